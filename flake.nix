@@ -1,0 +1,40 @@
+{
+  description = "vibes: development shell";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs = { self, nixpkgs }:
+    let
+      systems = [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ];
+      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      devShells = forAllSystems (pkgs:
+        let
+          inherit (pkgs) lib stdenv;
+        in
+        {
+          # mkShell's stdenv already brings the C/C++ compiler node-gyp needs (gcc on Linux, clang on macOS).
+          default = pkgs.mkShell {
+            packages = [
+              pkgs.nodejs_22
+              pkgs.postgresql_16
+              pkgs.openssh
+              pkgs.python3
+              pkgs.gnumake
+              pkgs.pkg-config
+              pkgs.git
+            ] ++ lib.optionals stdenv.isLinux [ pkgs.chromium ];
+
+            shellHook = lib.optionalString stdenv.isLinux ''
+              export PLAYWRIGHT_CHROMIUM_EXECUTABLE_PATH=${pkgs.chromium}/bin/chromium
+              export VIBES_CHROMIUM=${pkgs.chromium}/bin/chromium
+            '' + ''
+              echo "vibes dev shell: run 'npm install && npm start'"
+            '';
+          };
+        });
+
+      formatter = forAllSystems (pkgs: pkgs.nixpkgs-fmt);
+    };
+}

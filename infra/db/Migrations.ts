@@ -1,0 +1,31 @@
+/**
+ * The schema of vibes: forward-only migrations, recorded in `vibes_migrations`, run at start-up.
+ * Running them again is a no-op; two nodes starting together take turns on the table lock.
+ */
+import { Effect, Schema } from "effect"
+import * as Migrator from "@effect/sql/Migrator"
+import type { SqlClient } from "@effect/sql/SqlClient"
+import m0001 from "./migrations/0001_nodes.js"
+
+/** The migrations could not be applied. */
+export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
+  message: Schema.String
+}) {}
+
+/** Name of the table that records applied migrations. */
+export const table = "vibes_migrations"
+
+/** Every migration, in order. Add new ones at the end; never edit one that has shipped. */
+export const loader = Migrator.fromRecord({
+  "0001_nodes": m0001
+})
+
+/** Applies the pending migrations; returns the ones applied now (`[id, name]`). */
+export const run: Effect.Effect<
+  ReadonlyArray<readonly [number, string]>,
+  MigrationFailed,
+  SqlClient
+> = Migrator.make({})({ loader, table }).pipe(
+  Effect.mapError((error) => new MigrationFailed({ message: `database migration failed: ${error.message}` })),
+  Effect.withSpan("Migrations.run")
+)

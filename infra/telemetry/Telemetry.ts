@@ -1,0 +1,77 @@
+/**
+ * Logs, traces and metrics of a node: JSON log lines when stdout is not a terminal (readable
+ * ones when it is), OTLP traces when an endpoint is configured, and Effect metrics rendered in
+ * the Prometheus text format for `/metrics`.
+ */
+import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
+import { Context, Effect, Layer, Logger, type LogLevel, Option } from "effect"
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
+import * as Metrics from "@effect/opentelemetry/Metrics"
+import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
+import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"
+import * as Resource from "@effect/opentelemetry/Resource"
+
+/** Replaces the default logger: JSON lines, or the pretty logger on a terminal. */
+export const layerLogger = (options: {
+  readonly format: "auto" | "json" | "pretty"
+  readonly level: LogLevel.LogLevel
+  readonly isTTY: boolean
+}): Layer.Layer<never> => {
+  const pretty = options.format === "pretty" || (options.format === "auto" && options.isTTY)
+  return Layer.merge(pretty ? Logger.pretty : Logger.json, Logger.minimumLogLevel(options.level))
+}
+
+/** Identity of this process in traces and metrics. */
+export interface ServiceIdentity {
+  readonly serviceVersion: string
+  readonly nodeId: string
+}
+
+/** OTLP/HTTP (JSON) trace export to `<endpoint>/v1/traces`, or nothing without an endpoint. */
+export const layerTracing = (
+  endpoint: Option.Option<string>,
+  identity: ServiceIdentity
+): Layer.Layer<never> =>
+  Option.match(endpoint, {
+    onNone: () => Layer.empty,
+    onSome: (base) =>
+      OtlpTracer.layer({
+        url: `${base.replace(/\/+$/, "")}/v1/traces`,
+        resource: {
+          serviceName: "vibes",
+          serviceVersion: identity.serviceVersion,
+          attributes: { "vibes.node_id": identity.nodeId }
+        }
+      }).pipe(Layer.provide(OtlpSerialization.layerJson), Layer.provide(FetchHttpClient.layer))
+  })
+
+/** Renders every Effect metric of the process in the Prometheus text format. */
+export class PrometheusMetrics extends Context.Tag("vibes/PrometheusMetrics")<
+  PrometheusMetrics,
+  { readonly render: Effect.Effect<string> }
+>() {}
+
+/** Bridges Effect metrics to an OpenTelemetry reader that is scraped on demand (no own port). */
+export const layerPrometheus = (identity: ServiceIdentity): Layer.Layer<PrometheusMetrics> =>
+  Layer.scoped(
+    PrometheusMetrics,
+    Effect.gen(function* () {
+      const exporter = new PrometheusExporter({ preventServerStart: true })
+      const producer = yield* Metrics.makeProducer
+      yield* Metrics.registerProducer(producer, () => exporter)
+      const serializer = new PrometheusSerializer()
+      return {
+        render: Effect.promise(() => exporter.collect()).pipe(
+          Effect.map(({ resourceMetrics }) => serializer.serialize(resourceMetrics))
+        )
+      }
+    })
+  ).pipe(
+    Layer.provide(
+      Resource.layer({
+        serviceName: "vibes",
+        serviceVersion: identity.serviceVersion,
+        attributes: { "vibes.node_id": identity.nodeId }
+      })
+    )
+  )

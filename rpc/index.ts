@@ -1,0 +1,6 @@
+/**
+ * The public contracts of vibes: schemas, errors, RPC groups and the client constructor.
+ */
+export * as Auth from "./Auth.js"
+export * as Client from "./Client.js"
+export * as System from "./System.js"

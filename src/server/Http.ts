@@ -1,0 +1,167 @@
+/**
+ * The HTTP surface of a node: `/healthz`, `/readyz`, `/metrics`, `/login`, `/logout`, `/` and
+ * `/rpc`. Everything but `/healthz` requires the admin token.
+ */
+import { Duration, Effect, Layer, Option } from "effect"
+import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as RpcSerialization from "@effect/rpc/RpcSerialization"
+import * as RpcServer from "@effect/rpc/RpcServer"
+import { SqlClient } from "@effect/sql/SqlClient"
+import { cookieName } from "../../rpc/Auth.js"
+import { VibesRpcs } from "../../rpc/Client.js"
+import { AdminToken } from "../../infra/auth/AdminToken.js"
+import * as Credentials from "../../infra/auth/Credentials.js"
+import { PrometheusMetrics } from "../../infra/telemetry/Telemetry.js"
+import { NodeInfo } from "./NodeInfo.js"
+import * as SystemHandlers from "./SystemHandlers.js"
+
+/** Extra readiness checks beyond the database (e.g. the embedded Postgres supervisor). */
+export type ReadinessCheck = Effect.Effect<Option.Option<string>>
+
+const securityHeaders = {
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
+  "x-frame-options": "DENY",
+  "content-security-policy":
+    "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+  "cache-control": "no-store"
+}
+
+const json = (status: number, body: unknown) =>
+  HttpServerResponse.unsafeJson(body, { status, headers: securityHeaders })
+
+const unauthorized = (message: string) => json(401, { error: "Unauthorized", message })
+
+const page = (status: number, title: string, body: string) =>
+  HttpServerResponse.text(
+    `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">` +
+      `<title>${title}</title></head><body style="font-family:system-ui;max-width:40rem;margin:3rem auto">` +
+      `${body}</body></html>`,
+    { status, contentType: "text/html; charset=utf-8", headers: securityHeaders }
+  )
+
+const loginForm = (message: string) =>
+  page(
+    401,
+    "vibes: log in",
+    `<h1>vibes</h1><p>${message}</p><form method="get" action="/login">` +
+      `<label for="token">Admin token</label> <input id="token" name="token" type="password" autocomplete="off" required> ` +
+      `<button type="submit">Log in</button></form>` +
+      `<p>The token is in <code>admin-token</code> in the server's data directory, and in the login URL it prints at start-up.</p>`
+  )
+
+/** Runs `handler` when the request carries the admin token, else answers 401. */
+const authenticated = <E, R>(
+  handler: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>,
+  onMissing: (message: string) => HttpServerResponse.HttpServerResponse = unauthorized
+) =>
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+    Credentials.check(request.headers).pipe(
+      Effect.matchEffect({
+        onFailure: (error) => Effect.succeed(onMissing(error.message)),
+        onSuccess: () => handler
+      })
+    )
+  )
+
+const healthz = HttpLayerRouter.add("GET", "/healthz", Effect.succeed(json(200, { status: "ok" })))
+
+const readyz = (extra: ReadinessCheck) =>
+  HttpLayerRouter.add(
+    "GET",
+    "/readyz",
+    authenticated(
+      Effect.gen(function* () {
+        const sql = yield* SqlClient
+        const node = yield* NodeInfo
+        const problem = yield* extra
+        if (Option.isSome(problem)) return json(503, { status: "unavailable", reason: problem.value })
+        const database = yield* sql`SELECT 1`.pipe(
+          Effect.timeout(Duration.seconds(2)),
+          Effect.as(Option.none<string>()),
+          Effect.catchAll((error) => Effect.succeed(Option.some(`database unreachable: ${error.message}`)))
+        )
+        return Option.match(database, {
+          onNone: () => json(200, { status: "ready", database: node.database, migrations: "applied" }),
+          onSome: (reason) => json(503, { status: "unavailable", reason })
+        })
+      })
+    )
+  )
+
+const metrics = HttpLayerRouter.add(
+  "GET",
+  "/metrics",
+  authenticated(
+    Effect.flatMap(PrometheusMetrics, (prometheus) => prometheus.render).pipe(
+      Effect.map((body) =>
+        HttpServerResponse.text(body, {
+          contentType: "text/plain; version=0.0.4; charset=utf-8",
+          headers: securityHeaders
+        })
+      )
+    )
+  )
+)
+
+const login = HttpLayerRouter.add(
+  "GET",
+  "/login",
+  Effect.gen(function* () {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const admin = yield* AdminToken
+    const token = new URL(request.url, "http://localhost").searchParams.get("token")
+    if (token === null || token === "") return loginForm("Log in with the admin token.")
+    if (!admin.verify(token)) return loginForm("That token is not valid for this server.")
+    // The redirect takes the token out of the address bar and the history.
+    return HttpServerResponse.redirect("/", { status: 303, headers: securityHeaders }).pipe(
+      HttpServerResponse.unsafeSetCookie(cookieName, token, {
+        httpOnly: true,
+        sameSite: "strict",
+        path: "/",
+        maxAge: Duration.days(30),
+        secure: request.headers["x-forwarded-proto"] === "https"
+      })
+    )
+  })
+)
+
+const logout = (method: "GET" | "POST") =>
+  HttpLayerRouter.add(
+    method,
+    "/logout",
+    Effect.succeed(
+      HttpServerResponse.redirect("/login", { status: 303, headers: securityHeaders }).pipe(
+        HttpServerResponse.expireCookie(cookieName, { path: "/", httpOnly: true, sameSite: "strict" })
+      )
+    )
+  )
+
+const home = HttpLayerRouter.add(
+  "GET",
+  "/",
+  authenticated(
+    Effect.map(NodeInfo, (node) =>
+      page(
+        200,
+        "vibes",
+        `<h1>vibes ${node.version}</h1><p>Node <code>${node.nodeId}</code> is running ` +
+          `with an ${node.database} database.</p><form method="post" action="/logout"><button>Log out</button></form>`
+      )
+    ),
+    (message) => loginForm(message)
+  )
+)
+
+/** `/rpc`: every RPC group over WebSocket with msgpack, each call checked by `AuthMiddleware`. */
+const rpc = RpcServer.layerHttpRouter({ group: VibesRpcs, path: "/rpc", protocol: "websocket" }).pipe(
+  Layer.provide(SystemHandlers.layer),
+  Layer.provide(Credentials.layerRpc),
+  Layer.provide(RpcSerialization.layerMsgPack)
+)
+
+/** Every route of the node. */
+export const routes = (extraReadiness: ReadinessCheck) =>
+  Layer.mergeAll(healthz, readyz(extraReadiness), metrics, login, logout("GET"), logout("POST"), home, rpc)

@@ -1,0 +1,177 @@
+/**
+ * `vibes serve`: wires the data directory, the database (external or embedded), migrations,
+ * authentication, telemetry and the HTTP routes into one running node.
+ *
+ * Start order: lock the data dir → admin token → database (embedded Postgres first when
+ * `DATABASE_URL` is unset) → migrations → node registry → HTTP. Shutdown runs it backwards:
+ * stop accepting, give in-flight requests `shutdownTimeout`, close the pool, stop Postgres.
+ */
+import * as http from "node:http"
+import type * as net from "node:net"
+import { DateTime, Duration, Effect, Layer, Option, Redacted, type Scope } from "effect"
+import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import { SqlClient } from "@effect/sql/SqlClient"
+import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
+import * as AdminToken from "../../infra/auth/AdminToken.js"
+import * as DataDir from "../../infra/datadir/DataDir.js"
+import * as Db from "../../infra/db/Db.js"
+import * as Migrations from "../../infra/db/Migrations.js"
+import * as Telemetry from "../../infra/telemetry/Telemetry.js"
+import type { ServerConfig } from "../config/Config.js"
+import { version } from "../Version.js"
+import * as Http from "./Http.js"
+import { NodeInfo, resolveNodeId } from "./NodeInfo.js"
+
+/** How the server reports where it listens. */
+export interface Announcement {
+  readonly url: string
+  readonly loginUrl: string
+  readonly nodeId: string
+}
+
+/** What the caller learns while the node runs. */
+export interface Hooks {
+  /** Called once the HTTP server listens. */
+  readonly onListening: (announcement: Announcement) => Effect.Effect<void, never, Scope.Scope>
+  /** Called when the node cannot go on (the embedded Postgres could not be restarted). */
+  readonly onFatal: (error: PgSupervisor.EmbeddedPgError) => Effect.Effect<void>
+}
+
+/** The database layer: external from `DATABASE_URL`, or a supervised embedded Postgres. */
+const database = (config: ServerConfig) =>
+  Option.match(config.databaseUrl, {
+    onSome: (url) =>
+      Effect.succeed({
+        kind: "external" as const,
+        layer: Db.layer(dbOptions(config, url)),
+        readiness: Effect.succeed(Option.none<string>())
+      }),
+    onNone: () =>
+      Effect.map(
+        PgSupervisor.make({ dataDir: config.dataDir, maxRestarts: config.embeddedPgMaxRestarts }),
+        (supervisor) => ({
+          kind: "embedded" as const,
+          layer: Db.layer(dbOptions(config, supervisor.url)),
+          readiness: Effect.map(supervisor.status.get, (status) =>
+            status === "running" ? Option.none<string>() : Option.some(`embedded Postgres is ${status}`)
+          ),
+          supervisor
+        })
+      )
+  })
+
+const dbOptions = (config: ServerConfig, url: Redacted.Redacted<string>): Db.Options => ({
+  url,
+  poolSize: config.dbPoolSize,
+  connectTimeout: config.dbConnectTimeout,
+  queryTimeout: config.dbQueryTimeout
+})
+
+/** Records this node in `vibes_nodes` for as long as it runs. */
+const registerNode = (nodeId: string, startedAt: DateTime.Utc) =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient
+    const started = DateTime.toDate(startedAt)
+    yield* sql`
+      INSERT INTO vibes_nodes (node_id, version, host, pid, started_at, last_seen_at)
+      VALUES (${nodeId}, ${version}, ${hostName()}, ${process.pid}, ${started}, ${started})
+      ON CONFLICT (node_id) DO UPDATE SET version = EXCLUDED.version, host = EXCLUDED.host, pid = EXCLUDED.pid,
+        started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at, stopped_at = NULL
+    `
+    yield* Effect.addFinalizer(() =>
+      sql`UPDATE vibes_nodes SET stopped_at = now(), last_seen_at = now() WHERE node_id = ${nodeId}`.pipe(
+        Effect.timeout("2 seconds"),
+        Effect.ignore
+      )
+    )
+  })
+
+const hostName = () => process.env["HOSTNAME"] ?? "localhost"
+
+/**
+ * Closes connections still open `timeout` after shutdown began, so a stuck client cannot hold
+ * the process; in-flight requests get until then.
+ */
+const trackConnections = (server: http.Server, timeout: ServerConfig["shutdownTimeout"]) =>
+  Effect.gen(function* () {
+    const sockets = new Set<net.Socket>()
+    server.on("connection", (socket) => {
+      sockets.add(socket)
+      socket.once("close", () => sockets.delete(socket))
+    })
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        server.closeIdleConnections()
+        setTimeout(() => {
+          for (const socket of sockets) socket.destroy()
+        }, Duration.toMillis(timeout)).unref()
+      })
+    )
+  })
+
+const announce = (
+  config: ServerConfig,
+  nodeId: string,
+  token: Redacted.Redacted<string>,
+  onListening: Hooks["onListening"]
+) =>
+  Effect.gen(function* () {
+    const server = yield* HttpServer.HttpServer
+    const port = server.address._tag === "TcpAddress" ? server.address.port : config.port
+    const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host
+    const base = `http://${host.includes(":") ? `[${host}]` : host}:${port}`
+    const loginUrl = `${base}/login?token=${encodeURIComponent(Redacted.value(token))}`
+    yield* onListening({ url: base, loginUrl, nodeId })
+  })
+
+/** The whole node as a layer; building it starts the node, releasing it stops the node. */
+export const layer = (config: ServerConfig, hooks: Hooks) =>
+  Layer.unwrapScoped(
+    Effect.gen(function* () {
+      yield* DataDir.lock(config.dataDir)
+      const nodeId = yield* resolveNodeId(config.nodeId, config.dataDir)
+      const adminToken = yield* Layer.build(
+        AdminToken.layer({ dataDir: config.dataDir, override: config.adminToken })
+      )
+      const db = yield* database(config)
+      const sqlContext = yield* Layer.build(db.layer)
+      const applied = yield* Migrations.run.pipe(Effect.provide(sqlContext))
+      if (applied.length > 0) {
+        yield* Effect.logInfo(
+          `applied migrations: ${applied.map(([id, name]) => `${id}_${name}`).join(", ")}`
+        )
+      }
+      const startedAt = yield* DateTime.now
+      yield* registerNode(nodeId, startedAt).pipe(Effect.provide(sqlContext))
+      yield* Effect.logInfo("vibes node started").pipe(
+        Effect.annotateLogs({ nodeId, version, database: db.kind, dataDir: config.dataDir })
+      )
+      const nodeInfo = Layer.succeed(NodeInfo, { nodeId, version, startedAt, database: db.kind })
+      const server = http.createServer()
+      const identity = { serviceVersion: version, nodeId }
+
+      const app = HttpLayerRouter.serve(Http.routes(db.readiness), { disableListenLog: true }).pipe(
+        Layer.merge(Layer.scopedDiscard(trackConnections(server, config.shutdownTimeout))),
+        Layer.merge(
+          Layer.scopedDiscard(
+            Effect.flatMap(AdminToken.AdminToken, (admin) =>
+              announce(config, nodeId, admin.token, hooks.onListening)
+            )
+          )
+        ),
+        Layer.provide(nodeInfo),
+        Layer.provide(Telemetry.layerPrometheus(identity)),
+        Layer.provide(Layer.succeedContext(adminToken)),
+        Layer.provide(Layer.succeedContext(sqlContext)),
+        Layer.provide(NodeHttpServer.layer(() => server, { port: config.port, host: config.host })),
+        Layer.provide(Telemetry.layerTracing(config.otlpEndpoint, identity))
+      )
+      // With an embedded Postgres, a supervisor that gave up ends the node with its error.
+      if ("supervisor" in db) {
+        yield* Effect.forkScoped(Effect.catchAll(db.supervisor.failed, hooks.onFatal))
+      }
+      return app
+    })
+  )
