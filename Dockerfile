@@ -3,7 +3,7 @@
 # ---- build: install all deps (native ones compiled here), compile TypeScript, drop devDeps ----
 FROM node:22-bookworm AS build
 
-# node-gyp toolchain: node-pty ships a prebuild for linux-x64 only, so arm64 compiles it. Usually already here.
+# node-gyp toolchain: node-pty 1.1 ships no Linux prebuilds, so it is compiled here.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 make g++ \
     && rm -rf /var/lib/apt/lists/*

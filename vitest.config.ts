@@ -5,7 +5,6 @@ export default defineConfig({
     include: ["test/**/*.test.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
-    pool: "forks",
-    globalSetup: ["test/globalSetup.ts"]
+    pool: "forks"
   }
 })

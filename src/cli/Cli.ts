@@ -222,23 +222,19 @@ const withClient = <A, E, R>(
     )
   )
 
+/** The innermost message of a transport error (e.g. "connect ECONNREFUSED 127.0.0.1:7432"). */
 const describeError = (error: unknown): string => {
-  if (typeof error === "object" && error !== null && "cause" in error) {
-    const cause = error.cause
-    const inner = Cause.isCause(cause) ? Cause.squash(cause) : cause
-    if (inner instanceof Error) return innermost(inner)
-    if (typeof inner === "object" && inner !== null && "cause" in inner && inner.cause instanceof Error) {
-      return innermost(inner.cause)
+  let message = "connection failed"
+  let current: unknown = error
+  for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
+    const candidate = Cause.isCause(current) ? Cause.squash(current) : current
+    if (typeof candidate !== "object" || candidate === null) break
+    if ("message" in candidate && typeof candidate.message === "string" && candidate.message !== "") {
+      message = candidate.message
     }
+    current = "cause" in candidate ? candidate.cause : undefined
   }
-  return error instanceof Error ? error.message : "connection failed"
-}
-
-const innermost = (error: Error): string => {
-  let current: Error = error
-  while (current.cause instanceof Error) current = current.cause
-  const code = (current as NodeJS.ErrnoException).code
-  return code !== undefined ? `${code} ${current.message}`.trim() : current.message || "connection failed"
+  return message
 }
 
 const formatUptime = (millis: number): string => {

@@ -36,66 +36,65 @@ export const defaultDataDir = (env: NodeJS.ProcessEnv = process.env): string => 
     : path.join(os.homedir(), ".local", "share", "vibes")
 }
 
+/** A variable that must satisfy `valid`; the message names the variable (Config paths get lost in combinators). */
+const checked = <A>(name: string, config: Config.Config<A>, rule: string, valid: (a: A) => boolean) =>
+  config.pipe(Config.validate({ message: `${name} ${rule}`, validation: valid }))
+
 const port = (name: string, fallback: number) =>
-  Config.integer(name).pipe(
-    Config.validate({
-      message: "must be a port number between 0 and 65535",
-      validation: (n) => n >= 0 && n <= 65535
-    }),
-    Config.withDefault(fallback)
-  )
+  checked(
+    name,
+    Config.integer(name),
+    "must be a port number between 0 and 65535",
+    (n) => n >= 0 && n <= 65535
+  ).pipe(Config.withDefault(fallback))
 
 const positiveInt = (name: string, fallback: number, max: number) =>
-  Config.integer(name).pipe(
-    Config.validate({
-      message: `must be an integer between 1 and ${max}`,
-      validation: (n) => n >= 1 && n <= max
-    }),
-    Config.withDefault(fallback)
-  )
+  checked(
+    name,
+    Config.integer(name),
+    `must be an integer between 1 and ${max}`,
+    (n) => n >= 1 && n <= max
+  ).pipe(Config.withDefault(fallback))
 
 const nonNegativeInt = (name: string, fallback: number) =>
-  Config.integer(name).pipe(
-    Config.validate({ message: "must be a non-negative integer", validation: (n) => n >= 0 }),
+  checked(name, Config.integer(name), "must be a non-negative integer", (n) => n >= 0).pipe(
     Config.withDefault(fallback)
   )
 
 const duration = (name: string, fallback: Duration.DurationInput) =>
-  Config.duration(name).pipe(
-    Config.validate({
-      message: "must be a positive duration such as '10 seconds'",
-      validation: Duration.greaterThan(0)
-    }),
-    Config.withDefault(Duration.decode(fallback)),
-    Config.map(Duration.decode)
-  )
+  checked(
+    name,
+    Config.duration(name),
+    "must be a positive duration such as '10 seconds'",
+    Duration.greaterThan(0)
+  ).pipe(Config.withDefault(Duration.decode(fallback)), Config.map(Duration.decode))
 
 const nonEmpty = (name: string) =>
-  Config.string(name).pipe(
-    Config.validate({ message: "must not be empty", validation: (s) => s.trim() !== "" }),
-    Config.option
-  )
+  checked(name, Config.string(name), "must not be empty", (s) => s.trim() !== "").pipe(Config.option)
 
 /** The node's host to listen on. */
-export const host = Config.string("VIBES_HOST").pipe(
-  Config.validate({ message: "must not be empty", validation: (s) => s.trim() !== "" }),
-  Config.withDefault("127.0.0.1")
-)
+export const host = checked(
+  "VIBES_HOST",
+  Config.string("VIBES_HOST"),
+  "must not be empty",
+  (s) => s.trim() !== ""
+).pipe(Config.withDefault("127.0.0.1"))
 /** The node's port to listen on; 0 picks a free one. */
 export const httpPort = port("VIBES_PORT", 7432)
 /** The data directory (token, embedded Postgres, PTY host socket). */
-export const dataDir = Config.string("VIBES_DATA_DIR").pipe(
-  Config.validate({ message: "must be an absolute path", validation: (s) => path.isAbsolute(s) }),
-  Config.orElse(() => Config.sync(() => defaultDataDir()))
-)
+export const dataDir = checked(
+  "VIBES_DATA_DIR",
+  Config.string("VIBES_DATA_DIR"),
+  "must be an absolute path",
+  (s) => path.isAbsolute(s)
+).pipe(Config.option, Config.map(Option.getOrElse(() => defaultDataDir())))
 
-const databaseUrl = Config.redacted("DATABASE_URL").pipe(
-  Config.validate({
-    message: "must be a postgres:// or postgresql:// URL",
-    validation: (value) => isPostgresUrl(value)
-  }),
-  Config.option
-)
+const databaseUrl = checked(
+  "DATABASE_URL",
+  Config.redacted("DATABASE_URL"),
+  "must be a postgres:// or postgresql:// URL",
+  isPostgresUrl
+).pipe(Config.option)
 
 const logFormat = Config.literal(
   "auto",
@@ -103,13 +102,12 @@ const logFormat = Config.literal(
   "pretty"
 )("VIBES_LOG_FORMAT").pipe(Config.withDefault("auto" as const))
 
-const otlpEndpoint = Config.string("OTEL_EXPORTER_OTLP_ENDPOINT").pipe(
-  Config.validate({
-    message: "must be an http(s) URL",
-    validation: (s) => Either.isRight(Either.try(() => new URL(s))) && /^https?:/.test(s)
-  }),
-  Config.option
-)
+const otlpEndpoint = checked(
+  "OTEL_EXPORTER_OTLP_ENDPOINT",
+  Config.string("OTEL_EXPORTER_OTLP_ENDPOINT"),
+  "must be an http(s) URL",
+  isHttpUrl
+).pipe(Config.option)
 
 /** The whole server configuration from the environment. */
 export const serverConfig: Config.Config<ServerConfig> = Config.all({
@@ -121,13 +119,12 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   dbConnectTimeout: duration("VIBES_DB_CONNECT_TIMEOUT", "10 seconds"),
   dbQueryTimeout: duration("VIBES_DB_QUERY_TIMEOUT", "30 seconds"),
   nodeId: nonEmpty("VIBES_NODE_ID"),
-  adminToken: Config.redacted("VIBES_ADMIN_TOKEN").pipe(
-    Config.validate({
-      message: "must be at least 16 characters",
-      validation: (value) => Redacted.value(value).length >= 16
-    }),
-    Config.option
-  ),
+  adminToken: checked(
+    "VIBES_ADMIN_TOKEN",
+    Config.redacted("VIBES_ADMIN_TOKEN"),
+    "must be at least 16 characters",
+    (value) => Redacted.value(value).length >= 16
+  ).pipe(Config.option),
   logFormat,
   logLevel: Config.logLevel("VIBES_LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info)),
   shutdownTimeout: duration("VIBES_SHUTDOWN_TIMEOUT", "10 seconds"),
@@ -144,8 +141,7 @@ export interface ClientConfig {
 
 /** `VIBES_URL`, `VIBES_TOKEN` and the data dir, for client commands. */
 export const clientConfig: Config.Config<ClientConfig> = Config.all({
-  url: Config.string("VIBES_URL").pipe(
-    Config.validate({ message: "must be an http(s) URL", validation: isHttpUrl }),
+  url: checked("VIBES_URL", Config.string("VIBES_URL"), "must be an http(s) URL", isHttpUrl).pipe(
     Config.option
   ),
   token: Config.redacted("VIBES_TOKEN").pipe(Config.option),

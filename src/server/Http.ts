@@ -4,6 +4,7 @@
  */
 import { Duration, Effect, Layer, Option } from "effect"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
@@ -106,26 +107,29 @@ const metrics = HttpLayerRouter.add(
   )
 )
 
+// Not access-logged: its URL carries the token.
 const login = HttpLayerRouter.add(
   "GET",
   "/login",
-  Effect.gen(function* () {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const admin = yield* AdminToken
-    const token = new URL(request.url, "http://localhost").searchParams.get("token")
-    if (token === null || token === "") return loginForm("Log in with the admin token.")
-    if (!admin.verify(token)) return loginForm("That token is not valid for this server.")
-    // The redirect takes the token out of the address bar and the history.
-    return HttpServerResponse.redirect("/", { status: 303, headers: securityHeaders }).pipe(
-      HttpServerResponse.unsafeSetCookie(cookieName, token, {
-        httpOnly: true,
-        sameSite: "strict",
-        path: "/",
-        maxAge: Duration.days(30),
-        secure: request.headers["x-forwarded-proto"] === "https"
-      })
-    )
-  })
+  HttpMiddleware.withLoggerDisabled(
+    Effect.gen(function* () {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const admin = yield* AdminToken
+      const token = new URL(request.url, "http://localhost").searchParams.get("token")
+      if (token === null || token === "") return loginForm("Log in with the admin token.")
+      if (!admin.verify(token)) return loginForm("That token is not valid for this server.")
+      // The redirect takes the token out of the address bar and the history.
+      return HttpServerResponse.redirect("/", { status: 303, headers: securityHeaders }).pipe(
+        HttpServerResponse.unsafeSetCookie(cookieName, token, {
+          httpOnly: true,
+          sameSite: "strict",
+          path: "/",
+          maxAge: Duration.days(30),
+          secure: request.headers["x-forwarded-proto"] === "https"
+        })
+      )
+    })
+  )
 )
 
 const logout = (method: "GET" | "POST") =>

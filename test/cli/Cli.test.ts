@@ -1,0 +1,100 @@
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { describe, expect, it } from "@effect/vitest"
+import { Deferred, Effect } from "effect"
+import * as DataDir from "../../infra/datadir/DataDir.js"
+import * as FreePort from "../../infra/net/FreePort.js"
+import { tempDir } from "../support/TempDir.js"
+import * as Vibes from "../support/VibesProcess.js"
+
+// These run the real executable against a real `vibes serve` with its embedded Postgres.
+const embedded = () => Vibes.childEnv({ DATABASE_URL: undefined })
+
+describe("vibes CLI", () => {
+  it.live(
+    "status finds the local server and its token by itself, and reports it",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-cli-")
+        const server = yield* Vibes.serve(dataDir, embedded())
+        const result = yield* Vibes.run(["status", "--data-dir", dataDir])
+        expect(result.stderr).toBe("")
+        expect(result.code).toBe(0)
+        expect(result.stdout).toContain(`at ${server.url}`)
+        expect(result.stdout).toMatch(/database\s+embedded/)
+
+        const json = yield* Vibes.run(["status", "--json", "--url", server.url], {
+          ...embedded(),
+          VIBES_TOKEN: fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
+        })
+        expect(json.code).toBe(0)
+        expect(JSON.parse(json.stdout)).toMatchObject({ url: server.url, database: "embedded" })
+
+        const wrong = yield* Vibes.run(["status", "--url", server.url, "--token", "wrong-token-wrong-token"])
+        expect(wrong.code).toBe(3)
+        expect(wrong.stderr.trim().split("\n")).toHaveLength(1)
+        expect(wrong.stderr).toContain("refused the token")
+      }).pipe(Effect.scoped),
+    120_000
+  )
+
+  it.live(
+    "status against no server exits 1 with a one-line reason",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-cli-")
+        // A port nothing listens on: one the kernel just reported free.
+        const port = yield* FreePort.find()
+        const url = `http://127.0.0.1:${port}`
+        const result = yield* Vibes.run(["status", "--data-dir", dataDir, "--url", url, "--timeout", "5"])
+        expect(result.code).toBe(1)
+        expect(result.stdout).toBe("")
+        expect(result.stderr.trim().split("\n")).toHaveLength(1)
+        expect(result.stderr).toContain(`cannot reach vibes at ${url}: connect ECONNREFUSED`)
+      }).pipe(Effect.scoped),
+    60_000
+  )
+
+  it.live(
+    "bad usage exits 2",
+    () =>
+      Effect.gen(function* () {
+        const result = yield* Vibes.run(["status", "--timeout", "soon"])
+        expect(result.code).toBe(2)
+      }),
+    60_000
+  )
+
+  it.live(
+    "a second serve on the same data dir is refused with a clear message",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-cli-")
+        const first = yield* Vibes.serve(dataDir, embedded())
+        const second = yield* Vibes.run(["serve", "--port", "0", "--data-dir", dataDir], embedded())
+        expect(second.code).toBe(1)
+        expect(second.stderr).toContain(`another vibes serve (pid ${first.child.pid}) is using ${dataDir}`)
+      }).pipe(Effect.scoped),
+    120_000
+  )
+
+  it.live(
+    "SIGTERM stops the server with exit 0 and takes the embedded Postgres with it",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-cli-")
+        const server = yield* Vibes.serve(dataDir, embedded())
+        const postgres = Vibes.postmasterPid(dataDir)
+        expect(postgres).toBeDefined()
+        expect(DataDir.isAlive(postgres ?? -1)).toBe(true)
+
+        server.child.kill("SIGTERM")
+        const exit = yield* Deferred.await(server.exited).pipe(Effect.timeout("15 seconds"))
+        expect(exit).toEqual({ code: 0, signal: null })
+        expect(DataDir.isAlive(postgres ?? -1)).toBe(false)
+        expect(fs.existsSync(path.join(dataDir, "vibes.lock"))).toBe(false)
+        expect(fs.existsSync(path.join(dataDir, "server.json"))).toBe(false)
+      }).pipe(Effect.scoped),
+    120_000
+  )
+})

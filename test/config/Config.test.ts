@@ -1,0 +1,118 @@
+import { describe, expect, it } from "@effect/vitest"
+import { ConfigProvider, Duration, Effect, LogLevel, Option, Redacted } from "effect"
+import * as Config from "../../src/config/Config.js"
+
+const load = (env: Record<string, string>) =>
+  Config.serverConfig.pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
+
+const failureOf = (env: Record<string, string>) =>
+  load(env).pipe(
+    Effect.flip,
+    Effect.map((error) => String(error))
+  )
+
+describe("server configuration", () => {
+  it.effect("has defaults for everything", () =>
+    Effect.gen(function* () {
+      const config = yield* load({})
+      expect(config.host).toBe("127.0.0.1")
+      expect(config.port).toBe(7432)
+      expect(config.dataDir).toBe(Config.defaultDataDir())
+      expect(Option.isNone(config.databaseUrl)).toBe(true)
+      expect(config.dbPoolSize).toBe(10)
+      expect(Duration.toMillis(config.dbConnectTimeout)).toBe(10_000)
+      expect(Duration.toMillis(config.dbQueryTimeout)).toBe(30_000)
+      expect(config.logFormat).toBe("auto")
+      expect(config.logLevel).toEqual(LogLevel.Info)
+      expect(Duration.toMillis(config.shutdownTimeout)).toBe(10_000)
+      expect(config.embeddedPgMaxRestarts).toBe(5)
+      expect(Option.isNone(config.otlpEndpoint)).toBe(true)
+    })
+  )
+
+  it.effect("reads every variable", () =>
+    Effect.gen(function* () {
+      const config = yield* load({
+        VIBES_HOST: "0.0.0.0",
+        VIBES_PORT: "0",
+        VIBES_DATA_DIR: "/var/lib/vibes",
+        DATABASE_URL: "postgres://u:p@db:5432/vibes",
+        VIBES_DB_POOL_SIZE: "25",
+        VIBES_DB_CONNECT_TIMEOUT: "3 seconds",
+        VIBES_DB_QUERY_TIMEOUT: "1 minute",
+        VIBES_NODE_ID: "node-a",
+        VIBES_ADMIN_TOKEN: "0123456789abcdef0123",
+        VIBES_LOG_FORMAT: "json",
+        VIBES_LOG_LEVEL: "Debug",
+        VIBES_SHUTDOWN_TIMEOUT: "2 seconds",
+        VIBES_PG_MAX_RESTARTS: "0",
+        OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318"
+      })
+      expect(config.host).toBe("0.0.0.0")
+      expect(config.port).toBe(0)
+      expect(config.dataDir).toBe("/var/lib/vibes")
+      expect(Option.map(config.databaseUrl, Redacted.value)).toEqual(
+        Option.some("postgres://u:p@db:5432/vibes")
+      )
+      expect(config.dbPoolSize).toBe(25)
+      expect(Duration.toMillis(config.dbConnectTimeout)).toBe(3_000)
+      expect(Duration.toMillis(config.dbQueryTimeout)).toBe(60_000)
+      expect(config.nodeId).toEqual(Option.some("node-a"))
+      expect(Option.map(config.adminToken, Redacted.value)).toEqual(Option.some("0123456789abcdef0123"))
+      expect(config.logFormat).toBe("json")
+      expect(config.logLevel).toEqual(LogLevel.Debug)
+      expect(Duration.toMillis(config.shutdownTimeout)).toBe(2_000)
+      expect(config.embeddedPgMaxRestarts).toBe(0)
+      expect(config.otlpEndpoint).toEqual(Option.some("http://collector:4318"))
+    })
+  )
+
+  it.effect("uses XDG_DATA_HOME for the default data directory", () =>
+    Effect.sync(() => {
+      expect(Config.defaultDataDir({ XDG_DATA_HOME: "/xdg" })).toBe("/xdg/vibes")
+      expect(Config.defaultDataDir({})).toMatch(/\.local\/share\/vibes$/)
+    })
+  )
+
+  const bad: ReadonlyArray<readonly [string, string]> = [
+    ["VIBES_PORT", "seventy"],
+    ["VIBES_PORT", "70000"],
+    ["VIBES_PORT", "-1"],
+    ["VIBES_HOST", " "],
+    ["VIBES_DATA_DIR", "relative/dir"],
+    ["DATABASE_URL", "mysql://localhost/db"],
+    ["DATABASE_URL", "not a url"],
+    ["VIBES_DB_POOL_SIZE", "0"],
+    ["VIBES_DB_CONNECT_TIMEOUT", "soon"],
+    ["VIBES_DB_QUERY_TIMEOUT", "0 seconds"],
+    ["VIBES_ADMIN_TOKEN", "short"],
+    ["VIBES_LOG_FORMAT", "xml"],
+    ["VIBES_LOG_LEVEL", "loud"],
+    ["VIBES_PG_MAX_RESTARTS", "-3"],
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"]
+  ]
+  for (const [name, value] of bad) {
+    it.effect(`rejects ${name}=${JSON.stringify(value)} with a message naming ${name}`, () =>
+      Effect.gen(function* () {
+        const message = yield* failureOf({ [name]: value })
+        expect(message).toContain(name)
+      })
+    )
+  }
+
+  it.effect("client settings read VIBES_URL and VIBES_TOKEN, and reject a non-http URL", () =>
+    Effect.gen(function* () {
+      const provider = (env: Record<string, string>) => ConfigProvider.fromMap(new Map(Object.entries(env)))
+      const ok = yield* Config.clientConfig.pipe(
+        Effect.withConfigProvider(provider({ VIBES_URL: "http://h:1", VIBES_TOKEN: "t" }))
+      )
+      expect(ok.url).toEqual(Option.some("http://h:1"))
+      expect(Option.map(ok.token, Redacted.value)).toEqual(Option.some("t"))
+      const error = yield* Config.clientConfig.pipe(
+        Effect.withConfigProvider(provider({ VIBES_URL: "ftp://h" })),
+        Effect.flip
+      )
+      expect(String(error)).toContain("VIBES_URL")
+    })
+  )
+})

@@ -1,0 +1,24 @@
+import { expect, layer } from "@effect/vitest"
+import { Effect } from "effect"
+import { SqlClient } from "@effect/sql/SqlClient"
+import * as Migrations from "../../../infra/db/Migrations.js"
+import * as TestDatabase from "../../support/TestDatabase.js"
+
+layer(TestDatabase.layerSql, { timeout: 120_000, excludeTestServices: true })("migrations", (it) => {
+  it.effect("apply once, record themselves, and are a no-op the second time", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient
+      const first = yield* Migrations.run
+      expect(first.map(([id, name]) => `${id}:${name}`)).toEqual(["1:nodes"])
+      const second = yield* Migrations.run
+      expect(second).toEqual([])
+      const recorded = yield* sql<{
+        migrationId: number
+      }>`SELECT migration_id AS "migrationId" FROM vibes_migrations`
+      expect(recorded.map((row) => row.migrationId)).toEqual([1])
+      const tables = yield* sql<{ name: string }>`
+          SELECT table_name AS name FROM information_schema.tables WHERE table_name = 'vibes_nodes'`
+      expect(tables).toHaveLength(1)
+    })
+  )
+})

@@ -1,0 +1,53 @@
+/**
+ * A real vibes node in this process, on a free port, with its own data dir and database.
+ */
+import { Deferred, Duration, Effect, Layer, LogLevel, Option, Redacted } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import type { ServerConfig } from "../../src/config/Config.js"
+import * as Server from "../../src/server/Server.js"
+import * as TestDatabase from "./TestDatabase.js"
+import { tempDir } from "./TempDir.js"
+
+/** A running node: where it listens and its admin token. */
+export interface Running {
+  readonly url: string
+  readonly token: string
+  readonly dataDir: string
+  readonly announcement: Server.Announcement
+}
+
+/** Starts a node for the life of the scope. */
+export const start = Effect.gen(function* () {
+  const dataDir = yield* tempDir("vibes-server-")
+  const database = yield* TestDatabase.databaseUrl
+  const config: ServerConfig = {
+    host: "127.0.0.1",
+    port: 0,
+    dataDir,
+    databaseUrl: Option.some(database.url),
+    dbPoolSize: 4,
+    dbConnectTimeout: Duration.seconds(10),
+    dbQueryTimeout: Duration.seconds(30),
+    nodeId: Option.some("test-node"),
+    adminToken: Option.none(),
+    logFormat: "json",
+    logLevel: LogLevel.Warning,
+    shutdownTimeout: Duration.seconds(5),
+    embeddedPgMaxRestarts: 1,
+    otlpEndpoint: Option.none()
+  }
+  const listening = yield* Deferred.make<Server.Announcement>()
+  yield* Layer.launch(
+    Server.layer(config, {
+      onListening: (announcement) => Deferred.succeed(listening, announcement),
+      onFatal: (error) => Effect.die(error)
+    })
+  ).pipe(Effect.forkScoped)
+  const announcement = yield* Deferred.await(listening)
+  const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
+  return { url: announcement.url, token, dataDir, announcement } satisfies Running
+})
+
+/** The token as the client wants it. */
+export const redacted = (running: Running) => Option.some(Redacted.make(running.token))

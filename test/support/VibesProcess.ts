@@ -1,0 +1,160 @@
+/**
+ * The `vibes` CLI run as a separate process (through tsx, from the sources).
+ */
+import * as childProcess from "node:child_process"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import * as readline from "node:readline"
+import { fileURLToPath } from "node:url"
+import { Deferred, Effect } from "effect"
+import * as DataDir from "../../infra/datadir/DataDir.js"
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
+const entry = path.join(root, "src", "main.ts")
+
+/** The environment for a child: this one, minus what would leak between tests. */
+export const childEnv = (extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv => {
+  const env: NodeJS.ProcessEnv = { ...process.env, VIBES_LOG_FORMAT: "json", ...extra }
+  for (const key of [
+    "VIBES_URL",
+    "VIBES_TOKEN",
+    "VIBES_PORT",
+    "VIBES_HOST",
+    "VIBES_ADMIN_TOKEN",
+    "VIBES_NODE_ID"
+  ]) {
+    if (!(key in extra)) delete env[key]
+  }
+  for (const [key, value] of Object.entries(extra)) if (value === undefined) delete env[key]
+  return env
+}
+
+/** How a finished CLI run went. */
+export interface Result {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+/** Runs `vibes <args>` to completion. */
+export const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = childEnv()) =>
+  Effect.async<Result>((resume) => {
+    const child = childProcess.spawn(process.execPath, ["--import", "tsx", entry, ...args], {
+      cwd: root,
+      env,
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")))
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")))
+    child.once("close", (code) => resume(Effect.succeed({ code, stdout, stderr })))
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
+/** A `vibes serve` process that is listening. */
+export interface Serving {
+  readonly url: string
+  readonly loginUrl: string
+  readonly dataDir: string
+  readonly child: childProcess.ChildProcess
+  /** Every line the process wrote to stdout so far. */
+  readonly lines: Array<string>
+  /** Completes with the exit code (or signal name) when the process ends. */
+  readonly exited: Deferred.Deferred<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
+}
+
+/**
+ * Starts `vibes serve --port 0` on `dataDir` and waits for its "listening" log line. When the
+ * scope closes, a process still running is stopped (TERM, then KILL), and so is a Postgres it left.
+ */
+export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv()) =>
+  Effect.gen(function* () {
+    const listening = yield* Deferred.make<{ url: string; loginUrl: string }, Error>()
+    const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
+    const lines: Array<string> = []
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        childProcess.spawn(
+          process.execPath,
+          ["--import", "tsx", entry, "serve", "--port", "0", "--data-dir", dataDir],
+          {
+            cwd: root,
+            env,
+            stdio: ["ignore", "pipe", "pipe"]
+          }
+        )
+      ),
+      (child) => stop(child, exited, dataDir)
+    )
+    let stderr = ""
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")))
+    readline.createInterface({ input: child.stdout }).on("line", (line) => {
+      lines.push(line)
+      try {
+        const entry: unknown = JSON.parse(line)
+        if (isListening(entry)) {
+          Deferred.unsafeDone(
+            listening,
+            Effect.succeed({ url: entry.annotations.url, loginUrl: entry.annotations.loginUrl })
+          )
+        }
+      } catch {
+        // not a log line
+      }
+    })
+    child.once("exit", (code, signal) => {
+      Deferred.unsafeDone(exited, Effect.succeed({ code, signal }))
+      Deferred.unsafeDone(
+        listening,
+        Effect.fail(
+          new Error(
+            `vibes serve exited (${code ?? signal}) before listening:\n${stderr}\n${lines.join("\n")}`
+          )
+        )
+      )
+    })
+    const { url, loginUrl } = yield* Deferred.await(listening)
+    return { url, loginUrl, dataDir, child, lines, exited } satisfies Serving
+  })
+
+const isListening = (
+  entry: unknown
+): entry is { message: "vibes is listening"; annotations: { url: string; loginUrl: string } } =>
+  typeof entry === "object" &&
+  entry !== null &&
+  "message" in entry &&
+  entry.message === "vibes is listening" &&
+  "annotations" in entry &&
+  typeof entry.annotations === "object" &&
+  entry.annotations !== null &&
+  "url" in entry.annotations &&
+  typeof entry.annotations.url === "string"
+
+const stop = (
+  child: childProcess.ChildProcess,
+  exited: Deferred.Deferred<{ code: number | null; signal: NodeJS.Signals | null }>,
+  dataDir: string
+) =>
+  Effect.gen(function* () {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM")
+      const done = yield* Deferred.await(exited).pipe(Effect.timeout("20 seconds"), Effect.option)
+      if (done._tag === "None") {
+        child.kill("SIGKILL")
+        yield* Deferred.await(exited)
+      }
+    }
+    const pid = postmasterPid(dataDir)
+    if (pid !== undefined && DataDir.isAlive(pid)) process.kill(pid, "SIGKILL")
+  })
+
+/** The pid in the embedded Postgres' postmaster.pid, if there is one. */
+export const postmasterPid = (dataDir: string): number | undefined => {
+  try {
+    const pid = Number.parseInt(fs.readFileSync(path.join(dataDir, "postgres", "postmaster.pid"), "utf8"), 10)
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
