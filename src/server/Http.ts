@@ -30,6 +30,8 @@ const securityHeaders = {
   "cache-control": "no-store"
 }
 
+const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
+
 const json = (status: number, body: unknown) =>
   HttpServerResponse.unsafeJson(body, { status, headers: securityHeaders })
 
@@ -151,7 +153,7 @@ const home = HttpLayerRouter.add(
       page(
         200,
         "vibes",
-        `<h1>vibes ${node.version}</h1><p>Node <code>${node.nodeId}</code> is running ` +
+        `<h1>vibes ${escapeHtml(node.version)}</h1><p>Node <code>${escapeHtml(node.nodeId)}</code> is running ` +
           `with an ${node.database} database.</p><form method="post" action="/logout"><button>Log out</button></form>`
       )
     ),

@@ -1,0 +1,340 @@
+/**
+ * The Postgres event log.
+ *
+ * Appends go through a bounded queue to one writer fiber that group-commits whatever is waiting
+ * (one `INSERT … SELECT FROM unnest(…)` per transaction). Offsets come from a one-row counter
+ * updated in the same transaction, so they are gapless and become visible in order across every
+ * node sharing the database. The transaction ends with `pg_notify`, which wakes the tailers of
+ * other nodes; subscribers read pages after their last offset whenever the head moves.
+ */
+import {
+  DateTime,
+  Deferred,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  Queue,
+  Schedule,
+  Stream,
+  SubscriptionRef
+} from "effect"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import { SqlClient } from "@effect/sql/SqlClient"
+import {
+  compileFilter,
+  compileGlob,
+  type CompiledFilter,
+  type EventFilter,
+  maxDataBytes,
+  type NewEvent,
+  Offset,
+  StoredEvent
+} from "../../rpc/Events.js"
+import { EventLog, EventLogError, EventTooLarge, type From, uuidv7 } from "./EventLog.js"
+
+/** Tuning of the writer. */
+export interface Options {
+  /** Appends (batches) that may wait for the writer before callers block. */
+  readonly queueCapacity?: number
+  /** Most events written in one transaction. */
+  readonly maxBatchEvents?: number
+  /** Page size of subscribers' catch-up reads. */
+  readonly pageSize?: number
+}
+
+/** The notification channel; its payload is the new head offset. */
+export const channel = "vibes_events"
+
+interface Pending {
+  readonly rows: ReadonlyArray<Row>
+  readonly done: Deferred.Deferred<ReadonlyArray<Offset>, EventLogError>
+}
+
+interface Row {
+  readonly id: string
+  readonly type: string
+  readonly ts: Date
+  readonly sourceNode: string
+  readonly sourceComponent: string
+  readonly sessionId: string | null
+  readonly jobId: string | null
+  readonly tenantId: string
+  readonly severity: string
+  readonly correlationId: string | null
+  readonly data: string
+}
+
+interface DbRow {
+  readonly offset: string | number
+  readonly id: string
+  readonly type: string
+  readonly ts: Date
+  readonly source_node: string
+  readonly source_component: string
+  readonly session_id: string | null
+  readonly job_id: string | null
+  readonly tenant_id: string
+  readonly severity: StoredEvent["severity"]
+  readonly correlation_id: string | null
+  readonly data: unknown
+}
+
+const toStored = (row: DbRow): StoredEvent =>
+  StoredEvent.make({
+    offset: Offset.make(Number(row.offset)),
+    id: row.id,
+    type: row.type,
+    ts: DateTime.unsafeFromDate(row.ts),
+    source: { nodeId: row.source_node, component: row.source_component },
+    ...(row.session_id !== null ? { sessionId: row.session_id } : {}),
+    ...(row.job_id !== null ? { jobId: row.job_id } : {}),
+    tenantId: row.tenant_id,
+    severity: row.severity,
+    ...(row.correlation_id !== null ? { correlationId: row.correlation_id } : {}),
+    data: row.data
+  })
+
+/** Serialises and checks one event; oversize payloads are refused here, before anything is stored. */
+export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventTooLarge> => {
+  const data = JSON.stringify(event.data ?? null)
+  const bytes = Buffer.byteLength(data, "utf8")
+  if (bytes > maxDataBytes) {
+    return Either.left(
+      new EventTooLarge({
+        type: event.type,
+        bytes,
+        limit: maxDataBytes,
+        message: `the ${event.type} payload is ${bytes} bytes; the limit is ${maxDataBytes}`
+      })
+    )
+  }
+  return Either.right({
+    id: uuidv7(now),
+    type: event.type,
+    ts: new Date(now),
+    sourceNode: event.source.nodeId,
+    sourceComponent: event.source.component,
+    sessionId: event.sessionId ?? null,
+    jobId: event.jobId ?? null,
+    tenantId: event.tenantId,
+    severity: event.severity,
+    correlationId: event.correlationId ?? null,
+    data
+  })
+}
+
+const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+/** Builds the log on the current SQL client; the scope owns the writer and the tailer. */
+export const make = (options: Options = {}) =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient
+    const pg = yield* PgClient.PgClient
+    const queueCapacity = options.queueCapacity ?? 1024
+    const maxBatchEvents = options.maxBatchEvents ?? 5000
+    const pageSize = options.pageSize ?? 1000
+    const queue = yield* Queue.bounded<Pending>(queueCapacity)
+
+    const readHead = sql<{ head: string }>`SELECT head FROM vibes_event_head`.pipe(
+      Effect.map((rows) => Number(rows[0]?.head ?? 0)),
+      Effect.mapError(
+        (error) => new EventLogError({ message: `cannot read the event log head: ${error.message}` })
+      )
+    )
+    const head = yield* SubscriptionRef.make(yield* readHead)
+    const advance = (to: number) => SubscriptionRef.update(head, (current) => Math.max(current, to))
+
+    const insert = (rows: ReadonlyArray<Row>) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          const [counter] = yield* sql<{ head: string }>`
+            UPDATE vibes_event_head SET head = head + ${rows.length} RETURNING head`
+          const last = Number(counter?.head ?? 0)
+          const first = last - rows.length + 1
+          yield* sql`
+            INSERT INTO vibes_events ("offset", id, type, ts, source_node, source_component, session_id, job_id,
+                                      tenant_id, severity, correlation_id, data)
+            SELECT o, i, ty, t, sn, sc, se, jo, te, sv, co, d::jsonb
+            FROM unnest(
+              ${rows.map((_, k) => first + k)}::bigint[], ${rows.map((r) => r.id)}::uuid[],
+              ${rows.map((r) => r.type)}::text[], ${rows.map((r) => r.ts)}::timestamptz[],
+              ${rows.map((r) => r.sourceNode)}::text[], ${rows.map((r) => r.sourceComponent)}::text[],
+              ${rows.map((r) => r.sessionId)}::text[], ${rows.map((r) => r.jobId)}::text[],
+              ${rows.map((r) => r.tenantId)}::text[], ${rows.map((r) => r.severity)}::text[],
+              ${rows.map((r) => r.correlationId)}::text[], ${rows.map((r) => r.data)}::text[]
+            ) AS t(o, i, ty, t, sn, sc, se, jo, te, sv, co, d)`
+          // Delivered on commit only, to every node listening.
+          yield* sql`SELECT pg_notify(${channel}, ${String(last)})`
+          return first
+        })
+      )
+
+    const writeBatch = (batch: ReadonlyArray<Pending>) =>
+      Effect.gen(function* () {
+        const rows = batch.flatMap((pending) => pending.rows)
+        const first = yield* insert(rows).pipe(
+          Effect.retry({ times: 3, schedule: Schedule.exponential("50 millis") }),
+          Effect.mapError(
+            (error) =>
+              new EventLogError({
+                message: `the event log could not write ${rows.length} events: ${error.message}`
+              })
+          )
+        )
+        let next = first
+        for (const pending of batch) {
+          const offsets = pending.rows.map(() => Offset.make(next++))
+          yield* Deferred.succeed(pending.done, offsets)
+        }
+        yield* advance(next - 1)
+      }).pipe(
+        Effect.catchAll((error) =>
+          Effect.gen(function* () {
+            yield* Effect.logError("system.alert: event log write failed").pipe(
+              Effect.annotateLogs({ component: "eventlog", message: error.message })
+            )
+            for (const pending of batch) yield* Deferred.fail(pending.done, error)
+          })
+        )
+      )
+
+    // The writer: takes whatever is waiting (up to maxBatchEvents) and commits it as one.
+    yield* Effect.forkScoped(
+      Effect.forever(
+        Effect.gen(function* () {
+          const first = yield* Queue.take(queue)
+          const batch = [first]
+          let count = first.rows.length
+          while (count < maxBatchEvents) {
+            const more = yield* Queue.poll(queue)
+            if (Option.isNone(more)) break
+            batch.push(more.value)
+            count += more.value.rows.length
+          }
+          yield* writeBatch(batch)
+        })
+      )
+    )
+
+    // The tailer: other nodes' commits arrive as notifications; a slow poll covers lost ones.
+    yield* Effect.forkScoped(
+      pg.listen(channel).pipe(
+        Stream.runForEach((payload) => {
+          const offset = Number(payload)
+          return Number.isSafeInteger(offset) ? advance(offset) : Effect.void
+        }),
+        Effect.catchAll((error) => Effect.logWarning(`event log listener failed: ${error.message}`)),
+        Effect.repeat(Schedule.spaced("1 second"))
+      )
+    )
+    yield* Effect.forkScoped(
+      readHead.pipe(Effect.flatMap(advance), Effect.ignore, Effect.repeat(Schedule.spaced("1 second")))
+    )
+
+    const append = (events: ReadonlyArray<NewEvent>) =>
+      Effect.gen(function* () {
+        if (events.length === 0) return []
+        const now = Date.now()
+        const rows: Array<Row> = []
+        for (const event of events) {
+          const row = toRow(event, now)
+          if (Either.isLeft(row)) return yield* row.left
+          rows.push(row.right)
+        }
+        const done = yield* Deferred.make<ReadonlyArray<Offset>, EventLogError>()
+        yield* Queue.offer(queue, { rows, done })
+        return yield* Deferred.await(done)
+      })
+
+    const page = (from: number, upTo: number, compiled: CompiledFilter, limit: number) => {
+      const filter = compiled.filter
+      const globs = filter.types.map((glob) => compileGlobSql(glob))
+      return sql<DbRow>`
+        SELECT "offset", id, type, ts, source_node, source_component, session_id, job_id, tenant_id, severity,
+               correlation_id, data
+        FROM vibes_events
+        WHERE "offset" >= ${from} AND "offset" <= ${upTo}
+          ${globs.length > 0 ? sql`AND type ~ ANY(${globs}::text[])` : sql``}
+          ${filter.sessionId !== undefined ? sql`AND session_id = ${filter.sessionId}` : sql``}
+          ${filter.jobId !== undefined ? sql`AND job_id = ${filter.jobId}` : sql``}
+          ${filter.tenantId !== undefined ? sql`AND tenant_id = ${filter.tenantId}` : sql``}
+        ORDER BY "offset"
+        LIMIT ${limit}`.pipe(
+        Effect.map((rows) => rows.map(toStored)),
+        Effect.mapError(
+          (error) => new EventLogError({ message: `cannot read the event log: ${error.message}` })
+        )
+      )
+    }
+
+    const compile = (filter: EventFilter) =>
+      Either.match(compileFilter(filter), { onLeft: Effect.fail, onRight: Effect.succeed })
+
+    const read = (from: number, filter: EventFilter, limit: number) =>
+      Effect.flatMap(compile(filter), (compiled) =>
+        page(Math.max(from, 1), Number.MAX_SAFE_INTEGER, compiled, Math.max(0, Math.min(limit, 10_000)))
+      )
+
+    const startOffset = (from: From) => {
+      switch (from._tag) {
+        case "Offset":
+          return Effect.succeed(Math.max(1, from.offset))
+        case "Latest":
+          return Effect.map(SubscriptionRef.get(head), (h) => h + 1)
+        case "Time":
+          return sql<{ offset: string | null }>`
+            SELECT min("offset") AS "offset" FROM vibes_events WHERE ts >= ${new Date(from.epochMillis)}`.pipe(
+            Effect.zip(SubscriptionRef.get(head)),
+            Effect.map(([rows, h]) => (rows[0]?.offset != null ? Number(rows[0].offset) : h + 1)),
+            Effect.mapError((error) => new EventLogError({ message: messageOf(error) }))
+          )
+      }
+    }
+
+    const subscribe = (from: From, filter: EventFilter) =>
+      Stream.unwrap(
+        Effect.gen(function* () {
+          const compiled = yield* compile(filter)
+          let next = yield* startOffset(from)
+          // Pages after `next` whenever the head is at or beyond it; offsets make it gapless.
+          const pages = head.changes.pipe(
+            Stream.filter((h) => h >= next),
+            Stream.mapEffect(() =>
+              Effect.gen(function* () {
+                const out: Array<StoredEvent> = []
+                for (;;) {
+                  const current = yield* SubscriptionRef.get(head)
+                  if (current < next) return out
+                  const rows = yield* page(next, current, compiled, pageSize)
+                  // Rows skipped by the filter still move `next` on, up to the head we saw.
+                  next =
+                    rows.length === pageSize ? (rows[rows.length - 1]?.offset ?? current) + 1 : current + 1
+                  out.push(...rows)
+                  if (out.length >= pageSize) return out
+                }
+              })
+            ),
+            Stream.flattenIterables
+          )
+          return pages
+        })
+      )
+
+    return EventLog.of({
+      append,
+      read,
+      subscribe,
+      head: SubscriptionRef.get(head)
+    })
+  })
+
+/** The Postgres regular expression of a glob already checked by `compileFilter`. */
+const compileGlobSql = (glob: string): string =>
+  Either.match(compileGlob(glob), { onLeft: () => "^$", onRight: (regex) => regex.source })
+
+/** The log as a layer on the current SQL client. */
+export const layer = (
+  options?: Options
+): Layer.Layer<EventLog, EventLogError, SqlClient | PgClient.PgClient> =>
+  Layer.scoped(EventLog, make(options))

@@ -1,0 +1,184 @@
+/**
+ * Events: the envelope every state change is written in, the typed payloads of the event types
+ * vibes knows, and the filters readers select with.
+ */
+import { Either, Schema } from "effect"
+
+/** Position of an event in the log: assigned by the log, strictly increasing, without gaps. */
+export const Offset = Schema.Int.pipe(Schema.nonNegative(), Schema.brand("Offset"))
+export type Offset = typeof Offset.Type
+
+/** A dotted `area.verb` event type, e.g. `session.created`. */
+export const EventType = Schema.String.pipe(
+  Schema.pattern(/^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$/, {
+    message: () => "an event type is dotted lower-case words, like 'session.created'"
+  }),
+  Schema.maxLength(100)
+)
+
+/** How much an event matters. */
+export const Severity = Schema.Literal("info", "warn", "error", "critical")
+export type Severity = typeof Severity.Type
+
+/** Which node and component wrote an event. */
+export const EventSource = Schema.Struct({
+  nodeId: Schema.String,
+  component: Schema.String
+})
+
+const Id = Schema.String.pipe(Schema.minLength(1), Schema.maxLength(200))
+
+/** The largest `data` payload accepted, in bytes of its JSON. */
+export const maxDataBytes = 256 * 1024
+
+/** An event as a writer hands it to the log. */
+export class NewEvent extends Schema.Class<NewEvent>("NewEvent")({
+  type: EventType,
+  source: EventSource,
+  sessionId: Schema.optional(Id),
+  jobId: Schema.optional(Id),
+  tenantId: Schema.optionalWith(Id, { default: () => "default" }),
+  severity: Schema.optionalWith(Severity, { default: () => "info" as const }),
+  correlationId: Schema.optional(Id),
+  data: Schema.Unknown
+}) {}
+
+/** An event as the log stored it. */
+export class StoredEvent extends Schema.Class<StoredEvent>("StoredEvent")({
+  offset: Offset,
+  id: Schema.UUID,
+  type: EventType,
+  ts: Schema.DateTimeUtc,
+  source: EventSource,
+  sessionId: Schema.optional(Id),
+  jobId: Schema.optional(Id),
+  tenantId: Id,
+  severity: Severity,
+  correlationId: Schema.optional(Id),
+  data: Schema.Unknown
+}) {}
+
+// Typed payloads ---------------------------------------------------------------------------
+
+/** Payload schemas of the event types vibes writes. Unknown types stay generic. */
+export const payloads = {
+  "system.started": Schema.Struct({ version: Schema.String, database: Schema.String }),
+  "system.stopped": Schema.Struct({ reason: Schema.String }),
+  "system.alert": Schema.Struct({ component: Schema.String, message: Schema.String }),
+  "client.connected": Schema.Struct({ clientId: Schema.String, via: Schema.String }),
+  "client.disconnected": Schema.Struct({ clientId: Schema.String }),
+  "client.called": Schema.Struct({ rpc: Schema.String }),
+  "session.created": Schema.Struct({
+    command: Schema.String,
+    args: Schema.Array(Schema.String),
+    cwd: Schema.String,
+    cols: Schema.Int,
+    rows: Schema.Int,
+    name: Schema.optional(Schema.String)
+  }),
+  "session.output": Schema.Struct({ seq: Schema.Int, bytes: Schema.String }),
+  "session.resized": Schema.Struct({ cols: Schema.Int, rows: Schema.Int }),
+  "session.exited": Schema.Struct({
+    exitCode: Schema.NullOr(Schema.Int),
+    signal: Schema.NullOr(Schema.String)
+  }),
+  "job.submitted": Schema.Struct({ command: Schema.String, strategy: Schema.String }),
+  "job.log": Schema.Struct({ stream: Schema.Literal("stdout", "stderr", "system"), chunk: Schema.String }),
+  "job.progress": Schema.Struct({ percent: Schema.Number }),
+  "job.done": Schema.Struct({ status: Schema.String, exitCode: Schema.NullOr(Schema.Int) }),
+  "proxy.request": Schema.Struct({
+    provider: Schema.String,
+    model: Schema.NullOr(Schema.String),
+    status: Schema.Int,
+    latencyMillis: Schema.Number
+  })
+} as const
+
+/** An event type vibes knows the payload of. */
+export type KnownType = keyof typeof payloads
+
+/** A decoded payload: typed for a known type, the raw JSON value otherwise. */
+export type Payload =
+  | {
+      readonly [K in KnownType]: { readonly _tag: K; readonly data: (typeof payloads)[K]["Type"] }
+    }[KnownType]
+  | { readonly _tag: "Generic"; readonly type: string; readonly data: unknown }
+
+const isKnown = (type: string): type is KnownType => Object.prototype.hasOwnProperty.call(payloads, type)
+
+/**
+ * Decodes an event's payload by its type. An unknown type, or a payload that does not match its
+ * schema (written by a newer version), becomes `Generic` rather than failing the reader.
+ */
+export const decodePayload = (event: { readonly type: string; readonly data: unknown }): Payload => {
+  if (isKnown(event.type)) {
+    const schema: Schema.Schema<unknown> = payloads[event.type] as Schema.Schema<unknown>
+    const decoded = Schema.decodeUnknownEither(schema)(event.data)
+    if (Either.isRight(decoded)) return { _tag: event.type, data: decoded.right } as Payload
+  }
+  return { _tag: "Generic", type: event.type, data: event.data }
+}
+
+// Filters -----------------------------------------------------------------------------------
+
+/** Selects events: any of the type globs, and each given id. Empty = everything. */
+export class EventFilter extends Schema.Class<EventFilter>("EventFilter")({
+  types: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  sessionId: Schema.optional(Id),
+  jobId: Schema.optional(Id),
+  tenantId: Schema.optional(Id)
+}) {}
+
+/** A malformed type glob. */
+export class InvalidGlob extends Schema.TaggedError<InvalidGlob>()("InvalidGlob", {
+  glob: Schema.String,
+  message: Schema.String
+}) {}
+
+const globSegment = /^([a-z0-9_]+|\*)$/
+
+/**
+ * Compiles a type glob: dotted segments, each a word or `*` (one segment); a trailing `**`
+ * matches the rest. `session.*`, `*.exited`, `job.**`.
+ */
+export const compileGlob = (glob: string): Either.Either<RegExp, InvalidGlob> => {
+  const segments = glob.split(".")
+  const invalid = (why: string) =>
+    Either.left(new InvalidGlob({ glob, message: `invalid type glob '${glob}': ${why}` }))
+  if (glob === "" || glob.length > 100) return invalid("it must be 1 to 100 characters")
+  let source = ""
+  for (let i = 0; i < segments.length; i++) {
+    const segment = segments[i] ?? ""
+    const last = i === segments.length - 1
+    if (segment === "**") {
+      if (!last) return invalid("'**' may only end a glob")
+      source += i === 0 ? "[a-z0-9_.]+" : "(\\.[a-z0-9_]+)+"
+      continue
+    }
+    if (!globSegment.test(segment)) return invalid(`segment '${segment}' must be a lower-case word or '*'`)
+    source += (i === 0 ? "" : "\\.") + (segment === "*" ? "[a-z0-9_]+" : segment)
+  }
+  return Either.right(new RegExp(`^${source}$`))
+}
+
+/** A filter ready to test events. */
+export interface CompiledFilter {
+  readonly filter: EventFilter
+  readonly matches: (event: {
+    readonly type: string
+    readonly sessionId?: string | undefined
+    readonly jobId?: string | undefined
+    readonly tenantId: string
+  }) => boolean
+}
+
+/** Compiles a filter, failing on the first malformed glob. */
+export const compileFilter = (filter: EventFilter): Either.Either<CompiledFilter, InvalidGlob> =>
+  Either.map(Either.all(filter.types.map(compileGlob)), (globs) => ({
+    filter,
+    matches: (event) =>
+      (globs.length === 0 || globs.some((glob) => glob.test(event.type))) &&
+      (filter.sessionId === undefined || filter.sessionId === event.sessionId) &&
+      (filter.jobId === undefined || filter.jobId === event.jobId) &&
+      (filter.tenantId === undefined || filter.tenantId === event.tenantId)
+  }))
