@@ -17,37 +17,42 @@ export interface Running {
   readonly announcement: Server.Announcement
 }
 
-/** Starts a node for the life of the scope. */
-export const start = Effect.gen(function* () {
-  const dataDir = yield* tempDir("vibes-server-")
-  const database = yield* TestDatabase.databaseUrl
-  const config: ServerConfig = {
-    host: "127.0.0.1",
-    port: 0,
-    dataDir,
-    databaseUrl: Option.some(database.url),
-    dbPoolSize: 4,
-    dbConnectTimeout: Duration.seconds(10),
-    dbQueryTimeout: Duration.seconds(30),
-    nodeId: Option.some("test-node"),
-    adminToken: Option.none(),
-    logFormat: "json",
-    logLevel: LogLevel.Warning,
-    shutdownTimeout: Duration.seconds(5),
-    embeddedPgMaxRestarts: 1,
-    otlpEndpoint: Option.none()
-  }
-  const listening = yield* Deferred.make<Server.Announcement>()
-  yield* Layer.launch(
-    Server.layer(config, {
-      onListening: (announcement) => Deferred.succeed(listening, announcement),
-      onFatal: (error) => Effect.die(error)
-    })
-  ).pipe(Effect.forkScoped)
-  const announcement = yield* Deferred.await(listening)
-  const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
-  return { url: announcement.url, token, dataDir, announcement } satisfies Running
-})
+/** Starts a node for the life of the scope; `overrides` change its configuration. */
+export const startWith = (overrides: Partial<ServerConfig>) =>
+  Effect.gen(function* () {
+    const dataDir = yield* tempDir("vibes-server-")
+    const database = yield* TestDatabase.databaseUrl
+    const config: ServerConfig = {
+      host: "127.0.0.1",
+      port: 0,
+      dataDir,
+      databaseUrl: Option.some(database.url),
+      dbPoolSize: 4,
+      dbConnectTimeout: Duration.seconds(10),
+      dbQueryTimeout: Duration.seconds(30),
+      nodeId: Option.some("test-node"),
+      adminToken: Option.none(),
+      logFormat: "json",
+      logLevel: LogLevel.Warning,
+      shutdownTimeout: Duration.seconds(5),
+      embeddedPgMaxRestarts: 1,
+      otlpEndpoint: Option.none(),
+      ...overrides
+    }
+    const listening = yield* Deferred.make<Server.Announcement>()
+    yield* Layer.launch(
+      Server.layer(config, {
+        onListening: (announcement) => Deferred.succeed(listening, announcement),
+        onFatal: (error) => Effect.die(error)
+      })
+    ).pipe(Effect.forkScoped)
+    const announcement = yield* Deferred.await(listening)
+    const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
+    return { url: announcement.url, token, dataDir, announcement } satisfies Running
+  })
+
+/** Starts a node with the test defaults. */
+export const start = startWith({})
 
 /** The token as the client wants it. */
 export const redacted = (running: Running) => Option.some(Redacted.make(running.token))
