@@ -121,7 +121,7 @@ export const decodePayload = (event: { readonly type: string; readonly data: unk
 
 // Filters -----------------------------------------------------------------------------------
 
-/** Selects events: any of the type globs, and each given id. Empty = everything. */
+/** Selects events by type globs (one must match) and by each id given. Empty selects everything. */
 export class EventFilter extends Schema.Class<EventFilter>("EventFilter")({
   types: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   sessionId: Schema.optional(Id),
