@@ -7,6 +7,7 @@
  * stop accepting, give in-flight requests `shutdownTimeout`, close the pool, stop Postgres.
  */
 import * as http from "node:http"
+import * as os from "node:os"
 import type * as net from "node:net"
 import { DateTime, Duration, Effect, Layer, Option, Redacted, type Scope } from "effect"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
@@ -76,7 +77,7 @@ const registerNode = (nodeId: string, startedAt: DateTime.Utc) =>
     const started = DateTime.toDate(startedAt)
     yield* sql`
       INSERT INTO vibes_nodes (node_id, version, host, pid, started_at, last_seen_at)
-      VALUES (${nodeId}, ${version}, ${hostName()}, ${process.pid}, ${started}, ${started})
+      VALUES (${nodeId}, ${version}, ${os.hostname()}, ${process.pid}, ${started}, ${started})
       ON CONFLICT (node_id) DO UPDATE SET version = EXCLUDED.version, host = EXCLUDED.host, pid = EXCLUDED.pid,
         started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at, stopped_at = NULL
     `
@@ -87,8 +88,6 @@ const registerNode = (nodeId: string, startedAt: DateTime.Utc) =>
       )
     )
   })
-
-const hostName = () => process.env["HOSTNAME"] ?? "localhost"
 
 /**
  * Closes connections still open `timeout` after shutdown began, so a stuck client cannot hold
