@@ -119,6 +119,36 @@ export const decodePayload = (event: { readonly type: string; readonly data: unk
   return { _tag: "Generic", type: event.type, data: event.data }
 }
 
+// Errors ------------------------------------------------------------------------------------
+
+/** Writing to or reading from the log failed (after retries, for writes). */
+export class EventLogError extends Schema.TaggedError<EventLogError>()("EventLogError", {
+  message: Schema.String
+}) {}
+
+/** An event's payload is larger than the log accepts; nothing was stored. */
+export class EventTooLarge extends Schema.TaggedError<EventTooLarge>()("EventTooLarge", {
+  type: Schema.String,
+  bytes: Schema.Int,
+  limit: Schema.Int,
+  message: Schema.String
+}) {}
+
+/** A consumer name or offset that the log refuses. */
+export class InvalidConsumer extends Schema.TaggedError<InvalidConsumer>()("InvalidConsumer", {
+  consumer: Schema.String,
+  message: Schema.String
+}) {}
+
+/**
+ * A subscriber fell too far behind and was cut off, so it could not slow the log or anyone
+ * else. It resumes by subscribing again after `lastOffset` (the last event it received; 0 if none).
+ */
+export class SubscriberLagged extends Schema.TaggedError<SubscriberLagged>()("SubscriberLagged", {
+  lastOffset: Schema.Int,
+  message: Schema.String
+}) {}
+
 // Filters -----------------------------------------------------------------------------------
 
 /** Selects events by type globs (one must match) and by each id given. Empty selects everything. */

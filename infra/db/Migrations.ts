@@ -7,6 +7,7 @@ import * as Migrator from "@effect/sql/Migrator"
 import type { SqlClient } from "@effect/sql/SqlClient"
 import m0001 from "./migrations/0001_nodes.js"
 import m0002 from "./migrations/0002_events.js"
+import m0003 from "./migrations/0003_event_consumers.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -19,7 +20,8 @@ export const table = "vibes_migrations"
 /** Every migration, in order. Add new ones at the end; never edit one that has shipped. */
 export const loader = Migrator.fromRecord({
   "0001_nodes": m0001,
-  "0002_events": m0002
+  "0002_events": m0002,
+  "0003_event_consumers": m0003
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

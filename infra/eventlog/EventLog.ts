@@ -3,27 +3,52 @@
  * `MemoryEventLog`) sit beside this module; callers see only `EventLog`.
  */
 import * as crypto from "node:crypto"
-import { Context, Schema, type Effect, type Stream } from "effect"
+import { Context, Effect, type Option, Schema, type Stream } from "effect"
 import {
   type EventFilter,
+  EventLogError,
+  EventTooLarge,
+  InvalidConsumer,
   InvalidGlob,
   type NewEvent,
   type Offset,
   type StoredEvent
 } from "../../rpc/Events.js"
 
-/** Writing to or reading from the log failed (after retries, for writes). */
-export class EventLogError extends Schema.TaggedError<EventLogError>()("EventLogError", {
-  message: Schema.String
+/** Consumer names: what a person would type, safe in URLs and logs. */
+export const consumerName = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$/
+
+/** Checks a consumer name. */
+export const checkConsumer = (name: string) =>
+  consumerName.test(name)
+    ? Effect.void
+    : Effect.fail(
+        new InvalidConsumer({
+          consumer: name.slice(0, 120),
+          message: `invalid consumer name '${name.slice(0, 120)}': use 1 to 100 letters, digits, '.', '_', ':' or '-'`
+        })
+      )
+
+/**
+ * A retention policy. Events whose type matches one of `types` are deleted once older than
+ * `maxAgeMillis`, once the matching events hold more than `maxBytes` of payload (oldest first),
+ * or, with `snapshotType`, once a later event of that type covers their session. Events a named
+ * consumer has not passed are kept unless `ignoreConsumers`.
+ */
+export class RetentionPolicy extends Schema.Class<RetentionPolicy>("RetentionPolicy")({
+  types: Schema.NonEmptyArray(Schema.String),
+  maxAgeMillis: Schema.optional(Schema.Int.pipe(Schema.positive())),
+  maxBytes: Schema.optional(Schema.Int.pipe(Schema.positive())),
+  snapshotType: Schema.optional(Schema.String),
+  ignoreConsumers: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {}
 
-/** An event's payload is larger than the log accepts; nothing was stored. */
-export class EventTooLarge extends Schema.TaggedError<EventTooLarge>()("EventTooLarge", {
-  type: Schema.String,
-  bytes: Schema.Int,
-  limit: Schema.Int,
-  message: Schema.String
-}) {}
+/** What one retention pass deleted. */
+export interface RetentionReport {
+  readonly deleted: number
+  /** Highest offset retention may delete up to (the slowest named consumer), if any consumer exists. */
+  readonly safeOffset: number | null
+}
 
 /** Where a subscription starts: an offset (inclusive), the next event, or a point in time. */
 export type From =
@@ -52,6 +77,22 @@ export class EventLog extends Context.Tag("vibes/EventLog")<
     ) => Stream.Stream<StoredEvent, EventLogError | InvalidGlob>
     /** Offset of the newest event (0 when the log is empty). */
     readonly head: Effect.Effect<number, EventLogError>
+    /** The first offset a subscription from `from` would deliver. */
+    readonly resolve: (from: From) => Effect.Effect<number, EventLogError>
+    /** Records that `consumer` has processed everything up to `offset` (inclusive). */
+    readonly commit: (
+      consumer: string,
+      offset: number
+    ) => Effect.Effect<void, EventLogError | InvalidConsumer>
+    /** The last offset `consumer` committed, if it ever did. */
+    readonly committed: (
+      consumer: string
+    ) => Effect.Effect<Option.Option<number>, EventLogError | InvalidConsumer>
+    /** Applies retention policies once; `now` is the reference time for ages. */
+    readonly applyRetention: (
+      policies: ReadonlyArray<RetentionPolicy>,
+      now: number
+    ) => Effect.Effect<RetentionReport, EventLogError | InvalidGlob>
   }
 >() {}
 
@@ -65,4 +106,4 @@ export const uuidv7 = (now: number = Date.now()): string => {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`
 }
 
-export { InvalidGlob }
+export { EventLogError, EventTooLarge, InvalidConsumer, InvalidGlob }

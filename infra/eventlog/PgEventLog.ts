@@ -31,7 +31,16 @@ import {
   Offset,
   StoredEvent
 } from "../../rpc/Events.js"
-import { EventLog, EventLogError, EventTooLarge, type From, uuidv7 } from "./EventLog.js"
+import {
+  checkConsumer,
+  EventLog,
+  EventLogError,
+  EventTooLarge,
+  type From,
+  InvalidConsumer,
+  type RetentionPolicy,
+  uuidv7
+} from "./EventLog.js"
 
 /** Tuning of the writer. */
 export interface Options {
@@ -41,6 +50,8 @@ export interface Options {
   readonly maxBatchEvents?: number
   /** Page size of subscribers' catch-up reads. */
   readonly pageSize?: number
+  /** The node id written as the source of the log's own events (`system.alert`). */
+  readonly nodeId?: string
 }
 
 /** The notification channel; its payload is the new head offset. */
@@ -51,7 +62,7 @@ interface Pending {
   readonly done: Deferred.Deferred<ReadonlyArray<Offset>, EventLogError>
 }
 
-interface Row {
+export interface Row {
   readonly id: string
   readonly type: string
   readonly ts: Date
@@ -170,9 +181,27 @@ export const make = (options: Options = {}) =>
         })
       )
 
-    const writeBatch = (batch: ReadonlyArray<Pending>) =>
+    // Alerts about failed writes, written ahead of the next batch that goes through.
+    let alerts: Array<Row> = []
+
+    const alertRow = (message: string): Row => ({
+      id: uuidv7(),
+      type: "system.alert",
+      ts: new Date(),
+      sourceNode: options.nodeId ?? "unknown",
+      sourceComponent: "eventlog",
+      sessionId: null,
+      jobId: null,
+      tenantId: "default",
+      severity: "critical",
+      correlationId: null,
+      data: JSON.stringify({ component: "eventlog", message })
+    })
+
+    const commitRows = (batch: ReadonlyArray<Pending>) =>
       Effect.gen(function* () {
-        const rows = batch.flatMap((pending) => pending.rows)
+        const waiting = alerts
+        const rows = [...waiting, ...batch.flatMap((pending) => pending.rows)]
         const first = yield* insert(rows).pipe(
           Effect.retry({ times: 3, schedule: Schedule.exponential("50 millis") }),
           Effect.mapError(
@@ -182,20 +211,37 @@ export const make = (options: Options = {}) =>
               })
           )
         )
-        let next = first
+        alerts = alerts.slice(waiting.length)
+        let next = first + waiting.length
         for (const pending of batch) {
           const offsets = pending.rows.map(() => Offset.make(next++))
           yield* Deferred.succeed(pending.done, offsets)
         }
         yield* advance(next - 1)
-      }).pipe(
+      })
+
+    const fail = (batch: ReadonlyArray<Pending>, error: EventLogError) =>
+      Effect.gen(function* () {
+        yield* Effect.logError("system.alert: event log write failed").pipe(
+          Effect.annotateLogs({ component: "eventlog", message: error.message })
+        )
+        if (alerts.length < 100) alerts.push(alertRow(error.message))
+        for (const pending of batch) yield* Deferred.fail(pending.done, error)
+      })
+
+    // A batch that cannot be written is split, so one bad append does not fail the others'.
+    const writeBatch = (batch: ReadonlyArray<Pending>) =>
+      commitRows(batch).pipe(
         Effect.catchAll((error) =>
-          Effect.gen(function* () {
-            yield* Effect.logError("system.alert: event log write failed").pipe(
-              Effect.annotateLogs({ component: "eventlog", message: error.message })
-            )
-            for (const pending of batch) yield* Deferred.fail(pending.done, error)
-          })
+          batch.length === 1
+            ? fail(batch, error)
+            : Effect.forEach(
+                batch,
+                (pending) => commitRows([pending]).pipe(Effect.catchAll((e) => fail([pending], e))),
+                {
+                  discard: true
+                }
+              )
         )
       )
 
@@ -292,6 +338,94 @@ export const make = (options: Options = {}) =>
       }
     }
 
+    const commit = (consumer: string, offset: number) =>
+      Effect.gen(function* () {
+        yield* checkConsumer(consumer)
+        const current = yield* SubscriptionRef.get(head)
+        if (!Number.isSafeInteger(offset) || offset < 0 || offset > current) {
+          return yield* new InvalidConsumer({
+            consumer,
+            message: `cannot commit offset ${offset} for '${consumer}': it must be between 0 and the head (${current})`
+          })
+        }
+        yield* sql`
+          INSERT INTO vibes_event_consumers (name, "offset", updated_at) VALUES (${consumer}, ${offset}, now())
+          ON CONFLICT (name) DO UPDATE SET "offset" = EXCLUDED."offset", updated_at = now()`.pipe(
+          Effect.mapError(
+            (error) => new EventLogError({ message: `cannot commit a consumer offset: ${error.message}` })
+          )
+        )
+      })
+
+    const committed = (consumer: string) =>
+      Effect.gen(function* () {
+        yield* checkConsumer(consumer)
+        const rows = yield* sql<{ offset: string }>`
+          SELECT "offset" FROM vibes_event_consumers WHERE name = ${consumer}`.pipe(
+          Effect.mapError(
+            (error) => new EventLogError({ message: `cannot read a consumer offset: ${error.message}` })
+          )
+        )
+        return Option.map(Option.fromNullable(rows[0]), (row) => Number(row.offset))
+      })
+
+    const applyRetention = (policies: ReadonlyArray<RetentionPolicy>, now: number) =>
+      Effect.gen(function* () {
+        for (const policy of policies) {
+          for (const glob of [
+            ...policy.types,
+            ...(policy.snapshotType !== undefined ? [policy.snapshotType] : [])
+          ]) {
+            yield* Either.match(compileGlob(glob), { onLeft: Effect.fail, onRight: () => Effect.void })
+          }
+        }
+        const [slowest] = yield* sql<{ offset: string | null }>`
+          SELECT min("offset") AS "offset" FROM vibes_event_consumers`
+        const safeOffset = slowest?.offset != null ? Number(slowest.offset) : null
+        let deleted = 0
+        for (const policy of policies) {
+          const types = policy.types.map(compileGlobSql)
+          const bound =
+            policy.ignoreConsumers || safeOffset === null ? sql`` : sql`AND "offset" <= ${safeOffset}`
+          if (policy.maxAgeMillis !== undefined) {
+            const rows = yield* sql`
+              DELETE FROM vibes_events
+              WHERE type ~ ANY(${types}::text[]) AND ts < ${new Date(now - policy.maxAgeMillis)} ${bound}
+              RETURNING 1`
+            deleted += rows.length
+          }
+          if (policy.maxBytes !== undefined) {
+            const rows = yield* sql`
+              DELETE FROM vibes_events WHERE "offset" IN (
+                SELECT "offset" FROM (
+                  SELECT "offset", sum(octet_length(data::text)) OVER (ORDER BY "offset" DESC) AS kept
+                  FROM vibes_events WHERE type ~ ANY(${types}::text[])
+                ) sized WHERE kept > ${policy.maxBytes}
+              ) ${bound}
+              RETURNING 1`
+            deleted += rows.length
+          }
+          if (policy.snapshotType !== undefined) {
+            const rows = yield* sql`
+              DELETE FROM vibes_events e
+              USING (
+                SELECT session_id, max("offset") AS covered FROM vibes_events
+                WHERE type ~ ${compileGlobSql(policy.snapshotType)} AND session_id IS NOT NULL
+                GROUP BY session_id
+              ) s
+              WHERE e.session_id = s.session_id AND e."offset" < s.covered AND e.type ~ ANY(${types}::text[])
+                ${policy.ignoreConsumers || safeOffset === null ? sql`` : sql`AND e."offset" <= ${safeOffset}`}
+              RETURNING 1`
+            deleted += rows.length
+          }
+        }
+        return { deleted, safeOffset }
+      }).pipe(
+        Effect.catchTag("SqlError", (error) =>
+          Effect.fail(new EventLogError({ message: `retention failed: ${error.message}` }))
+        )
+      )
+
     const subscribe = (from: From, filter: EventFilter) =>
       Stream.unwrap(
         Effect.gen(function* () {
@@ -325,7 +459,11 @@ export const make = (options: Options = {}) =>
       append,
       read,
       subscribe,
-      head: SubscriptionRef.get(head)
+      head: SubscriptionRef.get(head),
+      resolve: startOffset,
+      commit,
+      committed,
+      applyRetention
     })
   })
 

@@ -9,13 +9,13 @@ layer(TestDatabase.layerSql, { timeout: 120_000, excludeTestServices: true })("m
     Effect.gen(function* () {
       const sql = yield* SqlClient
       const first = yield* Migrations.run
-      expect(first.map(([id, name]) => `${id}:${name}`)).toEqual(["1:nodes", "2:events"])
+      expect(first.map(([id, name]) => `${id}:${name}`)).toEqual(["1:nodes", "2:events", "3:event_consumers"])
       const second = yield* Migrations.run
       expect(second).toEqual([])
       const recorded = yield* sql<{
         migrationId: number
       }>`SELECT migration_id AS "migrationId" FROM vibes_migrations`
-      expect(recorded.map((row) => row.migrationId)).toEqual([1, 2])
+      expect(recorded.map((row) => row.migrationId)).toEqual([1, 2, 3])
       const tables = yield* sql<{ name: string }>`
           SELECT table_name AS name FROM information_schema.tables WHERE table_name = 'vibes_nodes'`
       expect(tables).toHaveLength(1)
