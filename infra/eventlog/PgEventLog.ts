@@ -137,6 +137,12 @@ export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventToo
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
+/** An SQL error with the database's own reason, which `SqlError.message` leaves out. */
+export const describe = (error: { readonly message: string; readonly cause?: unknown }): string =>
+  error.cause instanceof Error && error.cause.message !== error.message
+    ? `${error.message}: ${error.cause.message}`
+    : error.message
+
 /** Builds the log on the current SQL client; the scope owns the writer and the tailer. */
 export const make = (options: Options = {}) =>
   Effect.gen(function* () {
@@ -150,7 +156,7 @@ export const make = (options: Options = {}) =>
     const readHead = sql<{ head: string }>`SELECT head FROM vibes_event_head`.pipe(
       Effect.map((rows) => Number(rows[0]?.head ?? 0)),
       Effect.mapError(
-        (error) => new EventLogError({ message: `cannot read the event log head: ${error.message}` })
+        (error) => new EventLogError({ message: `cannot read the event log head: ${describe(error)}` })
       )
     )
     const head = yield* SubscriptionRef.make(yield* readHead)
@@ -207,7 +213,7 @@ export const make = (options: Options = {}) =>
           Effect.mapError(
             (error) =>
               new EventLogError({
-                message: `the event log could not write ${rows.length} events: ${error.message}`
+                message: `the event log could not write ${rows.length} events: ${describe(error)}`
               })
           )
         )
@@ -270,7 +276,7 @@ export const make = (options: Options = {}) =>
           const offset = Number(payload)
           return Number.isSafeInteger(offset) ? advance(offset) : Effect.void
         }),
-        Effect.catchAll((error) => Effect.logWarning(`event log listener failed: ${error.message}`)),
+        Effect.catchAll((error) => Effect.logWarning(`event log listener failed: ${describe(error)}`)),
         Effect.repeat(Schedule.spaced("1 second"))
       )
     )
@@ -309,7 +315,7 @@ export const make = (options: Options = {}) =>
         LIMIT ${limit}`.pipe(
         Effect.map((rows) => rows.map(toStored)),
         Effect.mapError(
-          (error) => new EventLogError({ message: `cannot read the event log: ${error.message}` })
+          (error) => new EventLogError({ message: `cannot read the event log: ${describe(error)}` })
         )
       )
     }
@@ -352,7 +358,7 @@ export const make = (options: Options = {}) =>
           INSERT INTO vibes_event_consumers (name, "offset", updated_at) VALUES (${consumer}, ${offset}, now())
           ON CONFLICT (name) DO UPDATE SET "offset" = EXCLUDED."offset", updated_at = now()`.pipe(
           Effect.mapError(
-            (error) => new EventLogError({ message: `cannot commit a consumer offset: ${error.message}` })
+            (error) => new EventLogError({ message: `cannot commit a consumer offset: ${describe(error)}` })
           )
         )
       })
@@ -363,7 +369,7 @@ export const make = (options: Options = {}) =>
         const rows = yield* sql<{ offset: string }>`
           SELECT "offset" FROM vibes_event_consumers WHERE name = ${consumer}`.pipe(
           Effect.mapError(
-            (error) => new EventLogError({ message: `cannot read a consumer offset: ${error.message}` })
+            (error) => new EventLogError({ message: `cannot read a consumer offset: ${describe(error)}` })
           )
         )
         return Option.map(Option.fromNullable(rows[0]), (row) => Number(row.offset))
@@ -422,7 +428,7 @@ export const make = (options: Options = {}) =>
         return { deleted, safeOffset }
       }).pipe(
         Effect.catchTag("SqlError", (error) =>
-          Effect.fail(new EventLogError({ message: `retention failed: ${error.message}` }))
+          Effect.fail(new EventLogError({ message: `retention failed: ${describe(error)}` }))
         )
       )
 
