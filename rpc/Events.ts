@@ -67,7 +67,7 @@ export const payloads = {
   "system.alert": Schema.Struct({ component: Schema.String, message: Schema.String }),
   "client.connected": Schema.Struct({ clientId: Schema.String, via: Schema.String }),
   "client.disconnected": Schema.Struct({ clientId: Schema.String }),
-  "client.called": Schema.Struct({ rpc: Schema.String }),
+  "client.called": Schema.Struct({ rpc: Schema.String, clientId: Schema.optional(Schema.String) }),
   "session.created": Schema.Struct({
     command: Schema.String,
     args: Schema.Array(Schema.String),
@@ -77,6 +77,12 @@ export const payloads = {
     name: Schema.optional(Schema.String)
   }),
   "session.output": Schema.Struct({ seq: Schema.Int, bytes: Schema.String }),
+  "session.snapshot": Schema.Struct({
+    seq: Schema.Int,
+    cols: Schema.Int,
+    rows: Schema.Int,
+    screen: Schema.String
+  }),
   "session.resized": Schema.Struct({ cols: Schema.Int, rows: Schema.Int }),
   "session.exited": Schema.Struct({
     exitCode: Schema.NullOr(Schema.Int),

@@ -3,4 +3,6 @@
  */
 export * as Auth from "./Auth.js"
 export * as Client from "./Client.js"
+export * as Events from "./Events.js"
+export * as EventsRpcs from "./EventsRpcs.js"
 export * as System from "./System.js"

@@ -7,7 +7,19 @@
  * A subscription from a past offset reads history from the log up to the point where it joined
  * the bus, then continues with the bus: offsets decide, so there is no gap and no duplicate.
  */
-import { Chunk, Context, Effect, Either, Layer, Metric, Option, Queue, Schedule, Stream } from "effect"
+import {
+  Chunk,
+  Context,
+  type Duration,
+  Effect,
+  Either,
+  Layer,
+  Metric,
+  Option,
+  Queue,
+  Schedule,
+  Stream
+} from "effect"
 import {
   compileFilter,
   EventFilter,
@@ -46,11 +58,18 @@ export class EventBus extends Context.Tag("vibes/EventBus")<
       options?: { readonly bufferSize?: number }
     ) => Stream.Stream<StoredEvent, EventLogError | InvalidGlob | SubscriberLagged>
     readonly stats: Effect.Effect<Stats>
+    /**
+     * Ends every subscription once the events up to `upTo` have been handed to it (waiting at
+     * most `timeout` for the tailer to reach it); later subscriptions get history only. For
+     * shutdown: clients receive everything up to the node's last event, then a clean end.
+     */
+    readonly close: (upTo: number, timeout?: Duration.DurationInput) => Effect.Effect<void>
   }
 >() {}
 
 const lagged: unique symbol = Symbol("lagged")
-type Item = StoredEvent | typeof lagged
+const end: unique symbol = Symbol("end")
+type Item = StoredEvent | typeof lagged | typeof end
 
 interface Subscriber {
   readonly matches: (event: StoredEvent) => boolean
@@ -75,6 +94,7 @@ export const make = (options: Options = {}) =>
     const subscribers = new Set<Subscriber>()
     let position = yield* log.head
     let laggedTotal = 0
+    let closed = false
 
     // Runs between fiber steps, so a subscriber joining sees a consistent `position`.
     const fanOut = (events: Chunk.Chunk<StoredEvent>) =>
@@ -87,7 +107,7 @@ export const make = (options: Options = {}) =>
             if (!subscriber.matches(event)) continue
             const size = Option.getOrElse(subscriber.queue.unsafeSize(), () => 0)
             if (size >= subscriber.bufferSize) {
-              // The queue holds bufferSize + 1, so the marker always fits.
+              // The queue holds bufferSize + 2, so the markers always fit.
               subscriber.queue.unsafeOffer(lagged)
               subscribers.delete(subscriber)
               cutOff++
@@ -137,10 +157,11 @@ export const make = (options: Options = {}) =>
           })
           const start = yield* log.resolve(from)
           const bufferSize = Math.max(1, subscribeOptions?.bufferSize ?? defaultBuffer)
-          const queue = yield* Queue.bounded<Item>(bufferSize + 1)
+          const queue = yield* Queue.bounded<Item>(bufferSize + 2)
           const subscriber: Subscriber = { matches: compiled.matches, queue, bufferSize }
           const joinedAt = yield* Effect.sync(() => {
-            subscribers.add(subscriber)
+            if (closed) queue.unsafeOffer(end)
+            else subscribers.add(subscriber)
             return position
           })
           yield* Metric.set(subscribersGauge, subscribers.size)
@@ -151,12 +172,19 @@ export const make = (options: Options = {}) =>
             })
           )
           let last = start - 1
-          // The queue only ends at the lagged marker.
+          let stop: "lagged" | "end" | undefined
           const live = Stream.fromQueue(queue).pipe(
-            Stream.takeWhile((item): item is StoredEvent => item !== lagged),
+            Stream.takeWhile((item): item is StoredEvent => {
+              if (item === lagged || item === end) {
+                stop = item === lagged ? "lagged" : "end"
+                return false
+              }
+              return true
+            }),
             Stream.filter((event) => event.offset >= start)
           )
           const cut = Stream.suspend(() => {
+            if (stop !== "lagged") return Stream.empty
             const lastOffset = Math.max(0, last)
             return Stream.fail(
               new SubscriberLagged({
@@ -177,9 +205,25 @@ export const make = (options: Options = {}) =>
         })
       )
 
+    const close = (upTo: number, timeout: Duration.DurationInput = "2 seconds") =>
+      Effect.sync(() => position).pipe(
+        Effect.repeat({ until: (at) => at >= upTo, schedule: Schedule.spaced("5 millis") }),
+        Effect.timeout(timeout),
+        Effect.ignore,
+        Effect.zipRight(
+          Effect.sync(() => {
+            closed = true
+            for (const subscriber of subscribers) subscriber.queue.unsafeOffer(end)
+            subscribers.clear()
+          })
+        ),
+        Effect.zipRight(Metric.set(subscribersGauge, 0))
+      )
+
     return EventBus.of({
       subscribe,
-      stats: Effect.sync(() => ({ subscribers: subscribers.size, lagged: laggedTotal, position }))
+      stats: Effect.sync(() => ({ subscribers: subscribers.size, lagged: laggedTotal, position })),
+      close
     })
   })
 

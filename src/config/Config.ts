@@ -5,7 +5,19 @@
  */
 import * as os from "node:os"
 import * as path from "node:path"
-import { Config, Duration, Either, LogLevel, Option, Redacted } from "effect"
+import {
+  Config,
+  ConfigError,
+  Duration,
+  Either,
+  LogLevel,
+  Option,
+  ParseResult,
+  Redacted,
+  Schema
+} from "effect"
+import { compileGlob } from "../../rpc/Events.js"
+import { RetentionPolicy } from "../../infra/eventlog/EventLog.js"
 
 /** How log lines are written. `auto` means JSON unless stdout is a terminal. */
 export type LogFormat = "auto" | "json" | "pretty"
@@ -26,7 +38,85 @@ export interface ServerConfig {
   readonly shutdownTimeout: Duration.Duration
   readonly embeddedPgMaxRestarts: number
   readonly otlpEndpoint: Option.Option<string>
+  /** Events a live subscriber may have waiting before it is cut off as lagging. */
+  readonly eventsSubscriberBuffer: number
+  /** Interval of the SSE heartbeat comment. */
+  readonly sseHeartbeat: Duration.Duration
+  /** Retention policies of the event log. */
+  readonly eventsRetention: ReadonlyArray<RetentionPolicy>
+  /** How often retention runs. */
+  readonly eventsRetentionInterval: Duration.Duration
 }
+
+/** The default retention: terminal output goes once a later snapshot of its session covers it. */
+export const defaultRetention: ReadonlyArray<RetentionPolicy> = [
+  RetentionPolicy.make({ types: ["session.output"], snapshotType: "session.snapshot" })
+]
+
+const RetentionJson = Schema.parseJson(
+  Schema.Array(
+    Schema.Struct({
+      types: Schema.NonEmptyArray(Schema.String),
+      maxAge: Schema.optional(Schema.String),
+      maxBytes: Schema.optional(Schema.Int.pipe(Schema.positive())),
+      snapshotType: Schema.optional(Schema.String),
+      ignoreConsumers: Schema.optional(Schema.Boolean)
+    })
+  )
+)
+
+/**
+ * Parses `VIBES_EVENTS_RETENTION`: a JSON array of policies such as
+ * `[{"types":["job.log"],"maxAge":"30 days"},{"types":["session.output"],"maxBytes":1073741824}]`.
+ */
+export const parseRetention = (text: string): Either.Either<ReadonlyArray<RetentionPolicy>, string> =>
+  Either.flatMap(
+    Either.mapLeft(Schema.decodeUnknownEither(RetentionJson)(text), (error) =>
+      ParseResult.TreeFormatter.formatErrorSync(error)
+    ),
+    (policies) =>
+      Either.all(
+        policies.map((policy) => {
+          for (const glob of [...policy.types, ...(policy.snapshotType ? [policy.snapshotType] : [])]) {
+            const compiled = compileGlob(glob)
+            if (Either.isLeft(compiled)) return Either.left(compiled.left.message)
+          }
+          const maxAge = policy.maxAge === undefined ? Option.none() : Duration.decodeUnknown(policy.maxAge)
+          if (policy.maxAge !== undefined && Option.isNone(maxAge)) {
+            return Either.left(`maxAge '${policy.maxAge}' is not a duration such as '7 days'`)
+          }
+          if (
+            policy.maxAge === undefined &&
+            policy.maxBytes === undefined &&
+            policy.snapshotType === undefined
+          ) {
+            return Either.left(
+              `the policy for ${policy.types.join(", ")} sets none of maxAge, maxBytes, snapshotType`
+            )
+          }
+          return Either.right(
+            RetentionPolicy.make({
+              types: policy.types,
+              ...(Option.isSome(maxAge)
+                ? { maxAgeMillis: Math.max(1, Math.round(Duration.toMillis(maxAge.value))) }
+                : {}),
+              ...(policy.maxBytes !== undefined ? { maxBytes: policy.maxBytes } : {}),
+              ...(policy.snapshotType !== undefined ? { snapshotType: policy.snapshotType } : {}),
+              ignoreConsumers: policy.ignoreConsumers ?? false
+            })
+          )
+        })
+      )
+  )
+
+const eventsRetention = Config.string("VIBES_EVENTS_RETENTION").pipe(
+  Config.mapOrFail((text) =>
+    Either.mapLeft(parseRetention(text), (why) =>
+      ConfigError.InvalidData([], `VIBES_EVENTS_RETENTION is not a valid list of retention policies: ${why}`)
+    )
+  ),
+  Config.withDefault(defaultRetention)
+)
 
 /** `$XDG_DATA_HOME/vibes`, else `~/.local/share/vibes`. */
 export const defaultDataDir = (env: NodeJS.ProcessEnv = process.env): string => {
@@ -129,7 +219,11 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   logLevel: Config.logLevel("VIBES_LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info)),
   shutdownTimeout: duration("VIBES_SHUTDOWN_TIMEOUT", "10 seconds"),
   embeddedPgMaxRestarts: nonNegativeInt("VIBES_PG_MAX_RESTARTS", 5),
-  otlpEndpoint
+  otlpEndpoint,
+  eventsSubscriberBuffer: positiveInt("VIBES_EVENTS_SUBSCRIBER_BUFFER", 4096, 1_000_000),
+  sseHeartbeat: duration("VIBES_SSE_HEARTBEAT", "15 seconds"),
+  eventsRetention,
+  eventsRetentionInterval: duration("VIBES_EVENTS_RETENTION_INTERVAL", "1 hour")
 })
 
 /** Settings of the CLI's client commands (`vibes status`, …). */

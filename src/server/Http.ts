@@ -16,6 +16,8 @@ import { AdminToken } from "../../infra/auth/AdminToken.js"
 import * as Credentials from "../../infra/auth/Credentials.js"
 import { PrometheusMetrics } from "../../infra/telemetry/Telemetry.js"
 import { NodeInfo } from "./NodeInfo.js"
+import * as EventsHandlers from "./EventsHandlers.js"
+import * as EventsHttp from "./EventsHttp.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 
 /** Extra readiness checks beyond the database (e.g. the embedded Postgres supervisor). */
@@ -164,10 +166,33 @@ const home = HttpLayerRouter.add(
 /** `/rpc`: every RPC group over WebSocket with msgpack, each call checked by `AuthMiddleware`. */
 const rpc = RpcServer.layerHttpRouter({ group: VibesRpcs, path: "/rpc", protocol: "websocket" }).pipe(
   Layer.provide(SystemHandlers.layer),
+  Layer.provide(EventsHandlers.layer),
   Layer.provide(Credentials.layerRpc),
   Layer.provide(RpcSerialization.layerMsgPack)
 )
 
+/** `/api/events`: the event log as Server-Sent Events. */
+const events = (heartbeat: Duration.Duration) =>
+  HttpLayerRouter.add("GET", "/api/events", authenticated(EventsHttp.handler(heartbeat)))
+
+/** Options of the routes. */
+export interface RouteOptions {
+  /** Extra readiness checks beyond the database. */
+  readonly readiness: ReadinessCheck
+  /** Interval of the SSE heartbeat. */
+  readonly sseHeartbeat: Duration.Duration
+}
+
 /** Every route of the node. */
-export const routes = (extraReadiness: ReadinessCheck) =>
-  Layer.mergeAll(healthz, readyz(extraReadiness), metrics, login, logout("GET"), logout("POST"), home, rpc)
+export const routes = (options: RouteOptions) =>
+  Layer.mergeAll(
+    healthz,
+    readyz(options.readiness),
+    metrics,
+    login,
+    logout("GET"),
+    logout("POST"),
+    home,
+    events(options.sseHeartbeat),
+    rpc
+  )

@@ -9,7 +9,7 @@
 import * as http from "node:http"
 import * as os from "node:os"
 import type * as net from "node:net"
-import { DateTime, Duration, Effect, Layer, Option, Redacted, type Scope } from "effect"
+import { DateTime, Duration, Effect, Layer, Option, Redacted, Schedule, type Scope } from "effect"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
@@ -19,9 +19,13 @@ import * as AdminToken from "../../infra/auth/AdminToken.js"
 import * as DataDir from "../../infra/datadir/DataDir.js"
 import * as Db from "../../infra/db/Db.js"
 import * as Migrations from "../../infra/db/Migrations.js"
+import * as EventBus from "../../infra/eventlog/EventBus.js"
+import { EventLog } from "../../infra/eventlog/EventLog.js"
+import * as PgEventLog from "../../infra/eventlog/PgEventLog.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import type { ServerConfig } from "../config/Config.js"
 import { version } from "../Version.js"
+import * as Emitter from "./Emitter.js"
 import * as Http from "./Http.js"
 import { NodeInfo, resolveNodeId } from "./NodeInfo.js"
 
@@ -125,6 +129,30 @@ const announce = (
     yield* onListening({ url: base, loginUrl, nodeId })
   })
 
+/** On shutdown: records the stop and ends every event stream once it has been delivered. */
+const announceStop = Effect.gen(function* () {
+  const emitter = yield* Emitter.Emitter
+  const bus = yield* EventBus.EventBus
+  yield* Effect.addFinalizer(() =>
+    Effect.flatMap(emitter.emit("system.stopped", { reason: "shutdown" }), (offset) => bus.close(offset))
+  )
+})
+
+/** Applies the retention policies now and then on every interval; failures are logged and retried. */
+const retention = (config: ServerConfig) =>
+  Effect.gen(function* () {
+    const log = yield* EventLog
+    const report = yield* log.applyRetention(config.eventsRetention, Date.now())
+    if (report.deleted > 0) {
+      yield* Effect.logInfo(`event retention deleted ${report.deleted} events`).pipe(
+        Effect.annotateLogs({ safeOffset: report.safeOffset ?? "none" })
+      )
+    }
+  }).pipe(
+    Effect.catchAll((error) => Effect.logWarning(`event retention failed: ${error.message}`)),
+    Effect.repeat(Schedule.spaced(config.eventsRetentionInterval))
+  )
+
 /** The whole node as a layer; building it starts the node, releasing it stops the node. */
 export const layer = (config: ServerConfig, hooks: Hooks) =>
   Layer.unwrapScoped(
@@ -148,10 +176,30 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Effect.annotateLogs({ nodeId, version, database: db.kind, dataDir: config.dataDir })
       )
       const nodeInfo = Layer.succeed(NodeInfo, { nodeId, version, startedAt, database: db.kind })
+      const events = yield* Layer.build(
+        Emitter.layer(nodeId).pipe(
+          Layer.provideMerge(EventBus.layer({ bufferSize: config.eventsSubscriberBuffer })),
+          Layer.provideMerge(PgEventLog.layer({ nodeId })),
+          Layer.provide(Layer.succeedContext(sqlContext))
+        )
+      )
+      yield* Effect.flatMap(Emitter.Emitter, (emitter) =>
+        emitter.emit("system.started", { version, database: db.kind })
+      ).pipe(Effect.provide(events))
+      if (config.eventsRetention.length > 0) {
+        yield* Effect.forkScoped(retention(config).pipe(Effect.provide(events)))
+      }
       const server = http.createServer()
       const identity = { serviceVersion: version, nodeId }
 
-      const app = HttpLayerRouter.serve(Http.routes(db.readiness), { disableListenLog: true }).pipe(
+      const routes = HttpLayerRouter.serve(
+        Http.routes({ readiness: db.readiness, sseHeartbeat: config.sseHeartbeat }),
+        { disableListenLog: true }
+      )
+      // Built after the routes, so released before them: followers see the stop event, then a
+      // clean end of their streams, while the server still serves.
+      const app = Layer.scopedDiscard(announceStop).pipe(
+        Layer.provide(routes),
         Layer.merge(Layer.scopedDiscard(trackConnections(server, config.shutdownTimeout))),
         Layer.merge(
           Layer.scopedDiscard(
@@ -163,6 +211,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Layer.provide(nodeInfo),
         Layer.provide(Telemetry.layerPrometheus(identity)),
         Layer.provide(Layer.succeedContext(adminToken)),
+        Layer.provide(Layer.succeedContext(events)),
         Layer.provide(Layer.succeedContext(sqlContext)),
         Layer.provide(NodeHttpServer.layer(() => server, { port: config.port, host: config.host })),
         Layer.provide(Telemetry.layerTracing(config.otlpEndpoint, identity))

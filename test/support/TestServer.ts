@@ -37,6 +37,10 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       shutdownTimeout: Duration.seconds(5),
       embeddedPgMaxRestarts: 1,
       otlpEndpoint: Option.none(),
+      eventsSubscriberBuffer: 4096,
+      sseHeartbeat: Duration.seconds(15),
+      eventsRetention: [],
+      eventsRetentionInterval: Duration.hours(1),
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()

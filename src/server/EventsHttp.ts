@@ -1,0 +1,181 @@
+/**
+ * `GET /api/events`: the event log as Server-Sent Events.
+ *
+ * Query: `types` (globs, repeated or comma-separated), `session`, `job`, `tenant`, `from` (an
+ * offset, `latest`, or an ISO time), `consumer` (resume after its committed offset) and `limit`
+ * (end after that many events). `Last-Event-ID` wins over `from`: the stream resumes just after
+ * it. Each event's `id:` is its offset and `data:` its JSON; a comment goes out every heartbeat
+ * interval; a subscriber that falls behind gets `event: lagged` and is closed, and its
+ * EventSource reconnects from where it was.
+ */
+import { Chunk, type Duration, Effect, Either, Option, Schema, Stream } from "effect"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { compileFilter, EventFilter, StoredEvent } from "../../rpc/Events.js"
+import type { Start } from "../../rpc/EventsRpcs.js"
+import { EventBus } from "../../infra/eventlog/EventBus.js"
+import { EventLog } from "../../infra/eventlog/EventLog.js"
+import { resolveStart } from "./EventsHandlers.js"
+
+/** A request the endpoint refuses, with the reason. */
+export interface BadRequest {
+  readonly _tag: "BadRequest"
+  readonly message: string
+}
+
+/** What a valid request asks for. */
+export interface Query {
+  readonly filter: EventFilter
+  readonly start: Start
+  readonly limit: Option.Option<number>
+}
+
+const bad = (message: string): Either.Either<never, BadRequest> =>
+  Either.left({ _tag: "BadRequest", message })
+
+const idParam = /^[^\s]{1,200}$/
+const offsetText = /^\d{1,15}$/
+
+/** Checks the query string and `Last-Event-ID`; nothing is subscribed until both are valid. */
+export const parseQuery = (
+  params: URLSearchParams,
+  lastEventId: string | undefined
+): Either.Either<Query, BadRequest> => {
+  for (const key of params.keys()) {
+    if (!["types", "session", "job", "tenant", "from", "consumer", "limit"].includes(key)) {
+      return bad(`unknown parameter '${key}'; use types, session, job, tenant, from, consumer or limit`)
+    }
+  }
+  const types = params
+    .getAll("types")
+    .flatMap((value) => value.split(","))
+    .map((glob) => glob.trim())
+    .filter((glob) => glob !== "")
+  const ids: Record<string, string> = {}
+  for (const [param, field] of [
+    ["session", "sessionId"],
+    ["job", "jobId"],
+    ["tenant", "tenantId"]
+  ] as const) {
+    const value = params.get(param)
+    if (value === null) continue
+    if (!idParam.test(value)) return bad(`'${param}' must be 1 to 200 characters without spaces`)
+    ids[field] = value
+  }
+  const filter = EventFilter.make({ types, ...ids })
+  const compiled = compileFilter(filter)
+  if (Either.isLeft(compiled)) return bad(compiled.left.message)
+
+  let limit = Option.none<number>()
+  const limitText = params.get("limit")
+  if (limitText !== null) {
+    if (!offsetText.test(limitText) || Number(limitText) < 1) {
+      return bad(`'limit' must be a positive integer, not '${limitText.slice(0, 40)}'`)
+    }
+    limit = Option.some(Number(limitText))
+  }
+
+  let start: Start = { _tag: "Latest" }
+  if (lastEventId !== undefined && lastEventId.trim() !== "") {
+    const id = lastEventId.trim()
+    if (!offsetText.test(id)) return bad(`Last-Event-ID must be an event offset, not '${id.slice(0, 40)}'`)
+    start = { _tag: "Offset", offset: Number(id) + 1 }
+  } else if (params.get("consumer") !== null) {
+    const name = params.get("consumer") ?? ""
+    if (!/^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$/.test(name)) {
+      return bad("'consumer' must be 1 to 100 letters, digits, '.', '_', ':' or '-'")
+    }
+    if (params.get("from") !== null) return bad("give either 'from' or 'consumer', not both")
+    start = { _tag: "Consumer", name }
+  } else {
+    const from = params.get("from")
+    if (from !== null) {
+      if (from === "latest") start = { _tag: "Latest" }
+      else if (offsetText.test(from)) start = { _tag: "Offset", offset: Number(from) }
+      else {
+        const time = Date.parse(from)
+        if (!/^\d{4}-\d{2}-\d{2}/.test(from) || Number.isNaN(time)) {
+          return bad(`'from' must be an offset, 'latest' or an ISO time, not '${from.slice(0, 40)}'`)
+        }
+        start = { _tag: "Time", epochMillis: Math.max(0, time) }
+      }
+    }
+  }
+  return Either.right({ filter, start, limit })
+}
+
+const encodeEvent = Schema.encodeSync(StoredEvent)
+
+// Encoded once per event, however many clients receive it.
+const frames = new WeakMap<StoredEvent, string>()
+const frame = (event: StoredEvent): string => {
+  let text = frames.get(event)
+  if (text === undefined) {
+    text = `id: ${event.offset}\ndata: ${JSON.stringify(encodeEvent(event))}\n\n`
+    frames.set(event, text)
+  }
+  return text
+}
+
+const control = (event: string, data: unknown) => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`
+
+/** Headers that keep proxies and browsers from buffering or caching the stream. */
+export const sseHeaders = {
+  "cache-control": "no-cache, no-store, no-transform",
+  "x-accel-buffering": "no",
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer"
+}
+
+/** The handler; the caller checks credentials first. */
+export const handler = (heartbeat: Duration.Duration) =>
+  Effect.gen(function* () {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const bus = yield* EventBus
+    const log = yield* EventLog
+    const url = new URL(request.url, "http://localhost")
+    const lastEventId = request.headers["last-event-id"]
+    const query = parseQuery(url.searchParams, lastEventId)
+    if (Either.isLeft(query)) {
+      return HttpServerResponse.unsafeJson(
+        { error: "BadRequest", message: query.left.message },
+        { status: 400, headers: sseHeaders }
+      )
+    }
+    const { filter, limit, start } = query.right
+    const from = yield* resolveStart(log, start).pipe(Effect.either)
+    if (Either.isLeft(from)) {
+      const status = from.left._tag === "InvalidConsumer" ? 400 : 503
+      return HttpServerResponse.unsafeJson(
+        { error: from.left._tag, message: from.left.message },
+        { status, headers: sseHeaders }
+      )
+    }
+    const events = bus.subscribe(from.right, filter).pipe(
+      Option.match(limit, { onNone: () => (s) => s, onSome: (n) => Stream.take(n) }),
+      Stream.mapChunks((chunk) => {
+        let text = ""
+        for (const event of chunk) text += frame(event)
+        return Chunk.of(text)
+      }),
+      Stream.catchAll((error) =>
+        Stream.make(
+          error._tag === "SubscriberLagged"
+            ? control("lagged", { lastOffset: error.lastOffset, message: error.message })
+            : control("error", { error: error._tag, message: error.message })
+        )
+      )
+    )
+    const beats = Stream.tick(heartbeat).pipe(
+      Stream.drop(1),
+      Stream.map(() => ": heartbeat\n\n")
+    )
+    const body = Stream.make("retry: 1000\n: connected\n\n").pipe(
+      Stream.concat(Stream.merge(events, beats, { haltStrategy: "left" })),
+      Stream.encodeText
+    )
+    return HttpServerResponse.stream(body, {
+      contentType: "text/event-stream; charset=utf-8",
+      headers: sseHeaders
+    })
+  })
