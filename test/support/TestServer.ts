@@ -15,18 +15,22 @@ export interface Running {
   readonly token: string
   readonly dataDir: string
   readonly announcement: Server.Announcement
+  /** The node's database. */
+  readonly databaseUrl: Redacted.Redacted<string>
 }
 
 /** Starts a node for the life of the scope; `overrides` change its configuration. */
 export const startWith = (overrides: Partial<ServerConfig>) =>
   Effect.gen(function* () {
     const dataDir = yield* tempDir("vibes-server-")
-    const database = yield* TestDatabase.databaseUrl
+    const databaseUrl = Option.isSome(overrides.databaseUrl ?? Option.none())
+      ? (overrides.databaseUrl ?? Option.none())
+      : Option.some((yield* TestDatabase.databaseUrl).url)
     const config: ServerConfig = {
       host: "127.0.0.1",
       port: 0,
       dataDir,
-      databaseUrl: Option.some(database.url),
+      databaseUrl,
       dbPoolSize: 4,
       dbConnectTimeout: Duration.seconds(10),
       dbQueryTimeout: Duration.seconds(30),
@@ -52,7 +56,13 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
     ).pipe(Effect.forkScoped)
     const announcement = yield* Deferred.await(listening)
     const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
-    return { url: announcement.url, token, dataDir, announcement } satisfies Running
+    return {
+      url: announcement.url,
+      token,
+      dataDir,
+      announcement,
+      databaseUrl: Option.getOrThrow(databaseUrl)
+    } satisfies Running
   })
 
 /** Starts a node with the test defaults. */
