@@ -6,12 +6,27 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Cause, ConfigError, Deferred, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import {
+  Cause,
+  ConfigError,
+  Context,
+  DateTime,
+  Deferred,
+  Duration,
+  Effect,
+  Layer,
+  Option,
+  Redacted,
+  Schema,
+  Stream
+} from "effect"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { Unauthorized } from "../../rpc/Auth.js"
 import * as Client from "../../rpc/Client.js"
+import { compileGlob, EventFilter, StoredEvent } from "../../rpc/Events.js"
+import { follow } from "../../rpc/Follow.js"
 import * as AdminToken from "../../infra/auth/AdminToken.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import * as Config from "../config/Config.js"
@@ -186,40 +201,48 @@ const readServerFile = (dataDir: string): Option.Option<string> => {
   }
 }
 
+type Connection = { readonly url: string; readonly token: Option.Option<Redacted.Redacted<string>> }
+
+/** Turns transport and auth failures into one-line CLI failures. */
+const toCliFailure =
+  (connection: Connection) =>
+  (error: unknown): CliFailure =>
+    error instanceof CliFailure
+      ? error
+      : error instanceof Unauthorized
+        ? new CliFailure({
+            message: Option.isNone(connection.token)
+              ? `${connection.url} needs a token: pass --token or set VIBES_TOKEN`
+              : `${connection.url} refused the token (${error.message})`,
+            exitCode: 3
+          })
+        : new CliFailure({
+            message: `cannot reach vibes at ${connection.url}: ${describeError(error)}`,
+            exitCode: 1
+          })
+
+const clientLayer = (connection: Connection) =>
+  Client.layer({ url: connection.url, token: connection.token }).pipe(
+    Layer.provide(NodeSocket.layerWebSocketConstructor)
+  )
+
+const answerWithin = (connection: Connection, timeoutSeconds: number) =>
+  Effect.timeoutFail({
+    duration: Duration.seconds(timeoutSeconds),
+    onTimeout: () =>
+      new CliFailure({ message: `no answer from ${connection.url} within ${timeoutSeconds}s`, exitCode: 1 })
+  })
+
 /** Runs `use` with a connected client, turning transport and auth failures into one-liners. */
 const withClient = <A, E, R>(
-  connection: { readonly url: string; readonly token: Option.Option<Redacted.Redacted<string>> },
+  connection: Connection,
   timeoutSeconds: number,
   use: (client: Client.Client) => Effect.Effect<A, E, R>
 ) =>
   Effect.flatMap(Client.VibesClient, use).pipe(
-    Effect.provide(
-      Client.layer({ url: connection.url, token: connection.token }).pipe(
-        Layer.provide(NodeSocket.layerWebSocketConstructor)
-      )
-    ),
-    Effect.timeoutFail({
-      duration: Duration.seconds(timeoutSeconds),
-      onTimeout: () =>
-        new CliFailure({ message: `no answer from ${connection.url} within ${timeoutSeconds}s`, exitCode: 1 })
-    }),
-    Effect.catchAll((error) =>
-      Effect.fail(
-        error instanceof CliFailure
-          ? error
-          : error instanceof Unauthorized
-            ? new CliFailure({
-                message: Option.isNone(connection.token)
-                  ? `${connection.url} needs a token: pass --token or set VIBES_TOKEN`
-                  : `${connection.url} refused the token (${error.message})`,
-                exitCode: 3
-              })
-            : new CliFailure({
-                message: `cannot reach vibes at ${connection.url}: ${describeError(error)}`,
-                exitCode: 1
-              })
-      )
-    )
+    Effect.provide(clientLayer(connection)),
+    answerWithin(connection, timeoutSeconds),
+    Effect.mapError(toCliFailure(connection))
   )
 
 /** The innermost message of a transport error (e.g. "connect ECONNREFUSED 127.0.0.1:7432"). */
@@ -286,6 +309,138 @@ const status = Command.make(
     })
 ).pipe(Command.withDescription("Ask a vibes server how it is (System.Info). Exit 0 when it answers."))
 
+// events ----------------------------------------------------------------------------------
+
+/** One event as a line: offset, time, type, severity when not info, ids, payload. */
+export const formatEvent = (event: StoredEvent): string =>
+  [
+    `#${event.offset}`,
+    DateTime.formatIso(event.ts),
+    event.type,
+    event.severity !== "info" ? event.severity.toUpperCase() : "",
+    event.sessionId !== undefined ? `session=${event.sessionId}` : "",
+    event.jobId !== undefined ? `job=${event.jobId}` : "",
+    JSON.stringify(event.data)
+  ]
+    .filter((part) => part !== "")
+    .join(" ")
+
+const encodeEvent = Schema.encodeSync(StoredEvent)
+
+const events = Command.make(
+  "events",
+  {
+    url: urlOption,
+    token: tokenOption,
+    dataDir: dataDirOption,
+    timeout: timeoutOption,
+    type: Options.text("type").pipe(
+      Options.withDescription(
+        "Only events whose type matches this glob (repeatable): session.*, *.exited, job.**"
+      ),
+      Options.repeated
+    ),
+    session: Options.text("session").pipe(
+      Options.withDescription("Only events of this session"),
+      Options.optional
+    ),
+    job: Options.text("job").pipe(Options.withDescription("Only events of this job"), Options.optional),
+    from: Options.integer("from").pipe(
+      Options.withDescription("Start at this offset (inclusive). Default: the last --last events"),
+      Options.optional
+    ),
+    last: Options.integer("last").pipe(
+      Options.withDescription("Without --from: start this many offsets before the head"),
+      Options.withDefault(20)
+    ),
+    follow: Options.boolean("follow").pipe(
+      Options.withAlias("f"),
+      Options.withDescription("Keep printing new events as they happen (Ctrl-C stops)")
+    ),
+    json: Options.boolean("json").pipe(Options.withDescription("Print each event as one JSON line"))
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      if (Option.isSome(flags.from) && flags.from.value < 0) {
+        return yield* new CliFailure({ message: "--from must be a non-negative offset", exitCode: 2 })
+      }
+      if (flags.last < 0)
+        return yield* new CliFailure({ message: "--last must not be negative", exitCode: 2 })
+      for (const glob of flags.type) {
+        const compiled = compileGlob(glob)
+        if (compiled._tag === "Left")
+          return yield* new CliFailure({ message: compiled.left.message, exitCode: 2 })
+      }
+      const filter = EventFilter.make({
+        types: flags.type,
+        ...(Option.isSome(flags.session) ? { sessionId: flags.session.value } : {}),
+        ...(Option.isSome(flags.job) ? { jobId: flags.job.value } : {})
+      })
+      const connection = yield* resolveConnection(flags)
+      // The client lives as long as the command: following may take hours.
+      const client = yield* Effect.map(Layer.build(clientLayer(connection)), Context.get(Client.VibesClient))
+      const { head } = yield* client.Events.Head().pipe(
+        answerWithin(connection, flags.timeout),
+        Effect.mapError(toCliFailure(connection))
+      )
+      const from = Option.getOrElse(flags.from, () => Math.max(1, head - flags.last + 1))
+      let last = from - 1
+      const print = (event: StoredEvent) =>
+        Effect.sync(() => {
+          last = event.offset
+          console.log(flags.json ? JSON.stringify(encodeEvent(event)) : formatEvent(event))
+        })
+      const stream = flags.follow
+        ? follow(client, { _tag: "Offset", offset: from }, filter)
+        : follow(client, { _tag: "Offset", offset: from }, filter).pipe(
+            Stream.takeUntil((event) => event.offset >= head),
+            // Nothing matching up to the head: stop at once rather than wait for a new event.
+            Stream.interruptWhen(
+              Effect.flatMap(client.Events.Read({ from, filter, limit: 1 }), (found) =>
+                found.length > 0 && found[0] !== undefined && found[0].offset <= head
+                  ? Effect.never
+                  : Effect.void
+              )
+            )
+          )
+      yield* stream.pipe(
+        Stream.runForEach(print),
+        Effect.onInterrupt(() =>
+          Effect.sync(() =>
+            console.error(`vibes: stopped after offset ${last}; resume with --from ${last + 1}`)
+          )
+        ),
+        Effect.mapError(
+          (error) =>
+            new CliFailure({
+              message:
+                error._tag === "InvalidGlob" || error._tag === "InvalidConsumer"
+                  ? error.message
+                  : error._tag === "RpcClientError"
+                    ? `lost the connection to ${connection.url} (${describeError(error)}); resume with --from ${last + 1}`
+                    : `the event stream from ${connection.url} failed: ${error.message}; resume with --from ${last + 1}`,
+              exitCode:
+                error._tag === "InvalidGlob" || error._tag === "InvalidConsumer"
+                  ? 2
+                  : error._tag === "Unauthorized"
+                    ? 3
+                    : 1
+            })
+        )
+      )
+      if (flags.follow) {
+        return yield* new CliFailure({
+          message: `the server closed the stream (it is shutting down); resume with --from ${last + 1}`,
+          exitCode: 1
+        })
+      }
+    }).pipe(Effect.scoped)
+).pipe(
+  Command.withDescription(
+    "Print events from the log: the last 20 by default, from an offset with --from, and live with --follow."
+  )
+)
+
 // root ------------------------------------------------------------------------------------
 
 /** The `vibes` command and its subcommands. */
@@ -293,7 +448,7 @@ export const command = Command.make("vibes").pipe(
   Command.withDescription(
     "vibes: terminal sessions, jobs and AI-provider traffic with a durable event history."
   ),
-  Command.withSubcommands([serve, status])
+  Command.withSubcommands([serve, status, events])
 )
 
 /** Parses `argv` (without node and script) and runs the chosen command. */

@@ -97,4 +97,65 @@ describe("vibes CLI", () => {
       }).pipe(Effect.scoped),
     120_000
   )
+
+  it.live(
+    "events --follow shows server start, status calls and stop live; --from resumes with nothing missed",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-cli-")
+        const offsetOf = (line: string) => Number(/^#(\d+) /.exec(line)?.[1])
+        const first = yield* Vibes.serve(dataDir, embedded())
+        const follower = yield* Vibes.start(["events", "--follow", "--data-dir", dataDir])
+        yield* follower.untilLine((line) => line.includes(" system.started "))
+        expect((yield* Vibes.run(["status", "--data-dir", dataDir])).code).toBe(0)
+        yield* follower.untilLine((line) => line.includes(' client.called {"rpc":"System.Info"'))
+        follower.child.kill("SIGINT")
+        expect(yield* Deferred.await(follower.exited)).toBe(0)
+        const resume = /resume with --from (\d+)/.exec(follower.stderr())
+        expect(resume).not.toBeNull()
+        const from = Number(resume?.[1])
+        const seen = follower.stdout.map(offsetOf)
+        expect(from).toBe((seen[seen.length - 1] ?? 0) + 1)
+
+        // While nobody follows: two status calls, a stop and a start.
+        expect((yield* Vibes.run(["status", "--data-dir", dataDir])).code).toBe(0)
+        expect((yield* Vibes.run(["status", "--data-dir", dataDir])).code).toBe(0)
+        first.child.kill("SIGTERM")
+        expect((yield* Deferred.await(first.exited)).code).toBe(0)
+        yield* Vibes.serve(dataDir, embedded())
+
+        const caughtUp = yield* Vibes.run(["events", "--from", String(from), "--data-dir", dataDir])
+        expect(caughtUp.code).toBe(0)
+        const lines = caughtUp.stdout.trim().split("\n")
+        expect(lines.map(offsetOf)).toEqual(lines.map((_, i) => from + i))
+        expect(lines.map((line) => line.split(" ")[2])).toEqual([
+          "client.called",
+          "client.called",
+          "system.stopped",
+          "system.started"
+        ])
+
+        const json = yield* Vibes.run([
+          "events",
+          "--from",
+          "1",
+          "--type",
+          "system.*",
+          "--json",
+          "--data-dir",
+          dataDir
+        ])
+        expect(json.code).toBe(0)
+        const parsed = json.stdout
+          .trim()
+          .split("\n")
+          .map((line) => JSON.parse(line) as { type: string; source: { component: string } })
+        expect(parsed.map((e) => e.type)).toEqual(["system.started", "system.stopped", "system.started"])
+
+        const bad = yield* Vibes.run(["events", "--type", "session..x", "--data-dir", dataDir])
+        expect(bad.code).toBe(2)
+        expect(bad.stderr).toContain("invalid type glob 'session..x'")
+      }).pipe(Effect.scoped),
+    180_000
+  )
 })

@@ -158,3 +158,53 @@ export const postmasterPid = (dataDir: string): number | undefined => {
     return undefined
   }
 }
+
+/** A long-running `vibes <args>` (e.g. `events --follow`) whose output is watched line by line. */
+export interface Running {
+  readonly child: childProcess.ChildProcess
+  readonly stdout: Array<string>
+  readonly stderr: () => string
+  /** Resolves once a stdout line satisfies `predicate`. */
+  readonly untilLine: (predicate: (line: string) => boolean) => Effect.Effect<string>
+  readonly exited: Deferred.Deferred<number | null>
+}
+
+/** Starts `vibes <args>`; it is killed when the scope closes if it still runs. */
+export const start = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = childEnv()) =>
+  Effect.gen(function* () {
+    const exited = yield* Deferred.make<number | null>()
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        childProcess.spawn(process.execPath, ["--import", "tsx", entry, ...args], {
+          cwd: root,
+          env,
+          stdio: ["ignore", "pipe", "pipe"]
+        })
+      ),
+      (child) =>
+        Effect.sync(() => child.exitCode === null && child.signalCode === null && child.kill("SIGKILL"))
+    )
+    const stdout: Array<string> = []
+    let stderr = ""
+    const waiters = new Set<() => void>()
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")))
+    readline.createInterface({ input: child.stdout }).on("line", (line) => {
+      stdout.push(line)
+      for (const waiter of [...waiters]) waiter()
+    })
+    child.once("close", (code) => Deferred.unsafeDone(exited, Effect.succeed(code)))
+    const untilLine = (predicate: (line: string) => boolean) =>
+      Effect.async<string>((resume) => {
+        const check = () => {
+          const found = stdout.find(predicate)
+          if (found !== undefined) {
+            waiters.delete(check)
+            resume(Effect.succeed(found))
+          }
+        }
+        waiters.add(check)
+        check()
+        return Effect.sync(() => waiters.delete(check))
+      })
+    return { child, stdout, stderr: () => stderr, untilLine, exited } satisfies Running
+  })
