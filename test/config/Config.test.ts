@@ -67,6 +67,26 @@ describe("server configuration", () => {
     })
   )
 
+  it.effect("reads event retention policies, with terminal output compaction as the default", () =>
+    Effect.gen(function* () {
+      expect((yield* load({})).eventsRetention).toEqual(Config.defaultRetention)
+      const config = yield* load({
+        VIBES_EVENTS_RETENTION:
+          '[{"types":["job.log"],"maxAge":"30 days"},{"types":["proxy.*"],"maxBytes":1000,"ignoreConsumers":true}]',
+        VIBES_EVENTS_RETENTION_INTERVAL: "5 minutes",
+        VIBES_EVENTS_SUBSCRIBER_BUFFER: "100",
+        VIBES_SSE_HEARTBEAT: "5 seconds"
+      })
+      expect(config.eventsRetention.map((p) => ({ ...p }))).toEqual([
+        { types: ["job.log"], maxAgeMillis: 30 * 86_400_000, ignoreConsumers: false },
+        { types: ["proxy.*"], maxBytes: 1000, ignoreConsumers: true }
+      ])
+      expect(Duration.toMillis(config.eventsRetentionInterval)).toBe(300_000)
+      expect(config.eventsSubscriberBuffer).toBe(100)
+      expect(Duration.toMillis(config.sseHeartbeat)).toBe(5_000)
+    })
+  )
+
   it.effect("uses XDG_DATA_HOME for the default data directory", () =>
     Effect.sync(() => {
       expect(Config.defaultDataDir({ XDG_DATA_HOME: "/xdg" })).toBe("/xdg/vibes")
@@ -89,7 +109,14 @@ describe("server configuration", () => {
     ["VIBES_LOG_FORMAT", "xml"],
     ["VIBES_LOG_LEVEL", "loud"],
     ["VIBES_PG_MAX_RESTARTS", "-3"],
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"]
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"],
+    ["VIBES_EVENTS_SUBSCRIBER_BUFFER", "0"],
+    ["VIBES_SSE_HEARTBEAT", "never"],
+    ["VIBES_EVENTS_RETENTION", "{not json"],
+    ["VIBES_EVENTS_RETENTION", '[{"types":["job..log"],"maxAge":"1 day"}]'],
+    ["VIBES_EVENTS_RETENTION", '[{"types":["job.log"],"maxAge":"a while"}]'],
+    ["VIBES_EVENTS_RETENTION", '[{"types":["job.log"]}]'],
+    ["VIBES_EVENTS_RETENTION_INTERVAL", "0 seconds"]
   ]
   for (const [name, value] of bad) {
     it.effect(`rejects ${name}=${JSON.stringify(value)} with a message naming ${name}`, () =>
