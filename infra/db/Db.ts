@@ -3,7 +3,7 @@
  * connect timeout and per-statement timeout come from configuration.
  */
 import pg from "pg"
-import { Duration, Effect, Layer, Redacted, Schedule, Schema } from "effect"
+import { Context, Duration, Effect, Layer, Redacted, Schedule, Schema, Stream } from "effect"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type { SqlClient } from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
@@ -62,12 +62,70 @@ const openPool = (options: Options) =>
     (pool) => Effect.promise(() => pool.end().catch(() => undefined))
   )
 
+/**
+ * LISTEN on a dedicated connection. Unlike `PgClient.listen`, whose shared connection dies silently
+ * when its backend is terminated, the stream fails when its connection breaks, so a caller that
+ * repeats it listens again.
+ */
+export class Notifications extends Context.Tag("vibes/db/Notifications")<
+  Notifications,
+  { readonly listen: (channel: string) => Stream.Stream<string, SqlError> }
+>() {}
+
+const makeNotifications = (options: Options) =>
+  Notifications.of({
+    listen: (channel) =>
+      Stream.asyncScoped<string, SqlError>((emit) =>
+        Effect.acquireRelease(
+          Effect.tryPromise({
+            try: async () => {
+              const client = new pg.Client({
+                connectionString: Redacted.value(options.url),
+                connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
+                application_name: options.applicationName ?? "vibes",
+                keepAlive: true
+              })
+              const broken = (cause: unknown) =>
+                void emit.fail(new SqlError({ cause, message: `the LISTEN connection for ${channel} broke` }))
+              client.on("error", broken)
+              client.on("end", () => broken(new Error("connection ended")))
+              client.on("notification", (message) => {
+                if (message.channel === channel && message.payload !== undefined)
+                  void emit.single(message.payload)
+              })
+              try {
+                await client.connect()
+                await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`)
+              } catch (error) {
+                client.removeAllListeners()
+                await client.end().catch(() => undefined)
+                throw error
+              }
+              return client
+            },
+            catch: (cause) => new SqlError({ cause, message: `cannot LISTEN on ${channel}` })
+          }),
+          (client) =>
+            Effect.promise(() => {
+              client.removeAllListeners()
+              client.on("error", () => undefined)
+              return client.end().catch(() => undefined)
+            }).pipe(Effect.timeoutOption("1 second"))
+        )
+      )
+  })
+
 /** The SQL client, connected (checked with `SELECT 1`, a few retries) before the layer is built. */
-export const layer = (options: Options): Layer.Layer<PgClient.PgClient | SqlClient, DatabaseUnavailable> =>
+export const layer = (
+  options: Options
+): Layer.Layer<PgClient.PgClient | SqlClient | Notifications, DatabaseUnavailable> =>
   PgClient.layerFromPool({
     acquire: openPool(options).pipe(
       Effect.retry({ times: 3, schedule: Schedule.exponential("200 millis") }),
       Effect.mapError((error) => new SqlError({ cause: error, message: error.message }))
     ),
     applicationName: options.applicationName ?? "vibes"
-  }).pipe(Layer.mapError((error) => new DatabaseUnavailable({ message: error.message })))
+  }).pipe(
+    Layer.mapError((error) => new DatabaseUnavailable({ message: error.message })),
+    Layer.merge(Layer.succeed(Notifications, makeNotifications(options)))
+  )

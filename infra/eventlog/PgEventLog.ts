@@ -8,6 +8,7 @@
  * other nodes; subscribers read pages after their last offset whenever the head moves.
  */
 import {
+  Cause,
   DateTime,
   Deferred,
   Effect,
@@ -19,8 +20,8 @@ import {
   Stream,
   SubscriptionRef
 } from "effect"
-import * as PgClient from "@effect/sql-pg/PgClient"
 import { SqlClient } from "@effect/sql/SqlClient"
+import { Notifications } from "../db/Db.js"
 import {
   compileFilter,
   compileGlob,
@@ -137,6 +138,20 @@ export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventToo
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
+/** Backoff between the 3 retries of a failed write: 0.2 s, 0.4 s, 0.8 s (with jitter). */
+const retrySchedule = Schedule.exponential("200 millis").pipe(Schedule.jittered)
+
+/** How long a subscriber keeps retrying a failed read before it fails: up to about a minute. */
+const readRetry = Schedule.exponential("100 millis").pipe(
+  Schedule.union(Schedule.spaced("2 seconds")),
+  Schedule.upTo("60 seconds")
+)
+
+const describeUnknown = (error: unknown): string =>
+  typeof error === "object" && error !== null && "message" in error && typeof error.message === "string"
+    ? describe({ message: error.message, cause: "cause" in error ? error.cause : undefined })
+    : String(error)
+
 /** An SQL error with the database's own reason, which `SqlError.message` leaves out. */
 export const describe = (error: { readonly message: string; readonly cause?: unknown }): string =>
   error.cause instanceof Error && error.cause.message !== error.message
@@ -147,7 +162,7 @@ export const describe = (error: { readonly message: string; readonly cause?: unk
 export const make = (options: Options = {}) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient
-    const pg = yield* PgClient.PgClient
+    const notifications = yield* Notifications
     const queueCapacity = options.queueCapacity ?? 1024
     const maxBatchEvents = options.maxBatchEvents ?? 5000
     const pageSize = options.pageSize ?? 1000
@@ -161,6 +176,12 @@ export const make = (options: Options = {}) =>
     )
     const head = yield* SubscriptionRef.make(yield* readHead)
     const advance = (to: number) => SubscriptionRef.update(head, (current) => Math.max(current, to))
+
+    const insertUnlessCommitted = (rows: ReadonlyArray<Row>) =>
+      Effect.flatMap(
+        sql<{ offset: string }>`SELECT "offset" FROM vibes_events WHERE id = ${rows[0]?.id ?? null}`,
+        ([found]) => (found !== undefined ? Effect.succeed(Number(found.offset)) : insert(rows))
+      )
 
     const insert = (rows: ReadonlyArray<Row>) =>
       sql.withTransaction(
@@ -208,12 +229,24 @@ export const make = (options: Options = {}) =>
       Effect.gen(function* () {
         const waiting = alerts
         const rows = [...waiting, ...batch.flatMap((pending) => pending.rows)]
-        const first = yield* insert(rows).pipe(
-          Effect.retry({ times: 3, schedule: Schedule.exponential("50 millis") }),
+        let attempts = 0
+        // A retry first looks for the batch: a COMMIT whose answer was lost may have gone through.
+        const attempt = Effect.suspend(() =>
+          attempts++ === 0 ? insert(rows) : insertUnlessCommitted(rows)
+        ).pipe(
+          // @effect/sql turns a failed ROLLBACK or COMMIT (a dead connection) into a defect.
+          Effect.catchAllCause((cause) =>
+            Cause.isInterruptedOnly(cause)
+              ? Effect.failCause(cause)
+              : Effect.fail(Cause.squashWith(cause, (error) => error))
+          )
+        )
+        const first = yield* attempt.pipe(
+          Effect.retry({ times: 3, schedule: retrySchedule }),
           Effect.mapError(
             (error) =>
               new EventLogError({
-                message: `the event log could not write ${rows.length} events: ${describe(error)}`
+                message: `the event log could not write ${rows.length} events: ${describeUnknown(error)}`
               })
           )
         )
@@ -235,6 +268,17 @@ export const make = (options: Options = {}) =>
         for (const pending of batch) yield* Deferred.fail(pending.done, error)
       })
 
+    const answerShutdown = (batch: ReadonlyArray<Pending>) =>
+      Effect.forEach(
+        batch,
+        (pending) =>
+          Deferred.fail(
+            pending.done,
+            new EventLogError({ message: "the event log closed before the write" })
+          ),
+        { discard: true }
+      )
+
     // A batch that cannot be written is split, so one bad append does not fail the others'.
     const writeBatch = (batch: ReadonlyArray<Pending>) =>
       commitRows(batch).pipe(
@@ -251,7 +295,8 @@ export const make = (options: Options = {}) =>
         )
       )
 
-    // The writer: takes whatever is waiting (up to maxBatchEvents) and commits it as one.
+    // The writer: takes whatever is waiting (up to maxBatchEvents) and commits it as one. Whatever
+    // happens to a batch, its callers get an answer, and the writer goes on.
     yield* Effect.forkScoped(
       Effect.forever(
         Effect.gen(function* () {
@@ -264,19 +309,33 @@ export const make = (options: Options = {}) =>
             batch.push(more.value)
             count += more.value.rows.length
           }
-          yield* writeBatch(batch)
+          yield* writeBatch(batch).pipe(
+            Effect.catchAllCause((cause) =>
+              fail(
+                batch,
+                new EventLogError({ message: `the event log writer failed: ${Cause.pretty(cause)}` })
+              )
+            ),
+            Effect.onInterrupt(() => answerShutdown(batch))
+          )
         })
       )
+    )
+    // Appends still waiting when the log closes get an answer rather than hang.
+    yield* Effect.addFinalizer(() =>
+      Effect.flatMap(Queue.takeAll(queue), (waiting) => answerShutdown(Array.from(waiting)))
     )
 
     // The tailer: other nodes' commits arrive as notifications; a slow poll covers lost ones.
     yield* Effect.forkScoped(
-      pg.listen(channel).pipe(
+      notifications.listen(channel).pipe(
         Stream.runForEach((payload) => {
           const offset = Number(payload)
           return Number.isSafeInteger(offset) ? advance(offset) : Effect.void
         }),
         Effect.catchAll((error) => Effect.logWarning(`event log listener failed: ${describe(error)}`)),
+        // Listening again also re-reads the head, which covers what was missed meanwhile.
+        Effect.zipRight(Effect.ignore(Effect.flatMap(readHead, advance))),
         Effect.repeat(Schedule.spaced("1 second"))
       )
     )
@@ -446,7 +505,8 @@ export const make = (options: Options = {}) =>
                 for (;;) {
                   const current = yield* SubscriptionRef.get(head)
                   if (current < next) return out
-                  const rows = yield* page(next, current, compiled, pageSize)
+                  // A database outage is waited out (the writer retries too); only a long one ends the stream.
+                  const rows = yield* page(next, current, compiled, pageSize).pipe(Effect.retry(readRetry))
                   // Rows skipped by the filter still move `next` on, up to the head we saw.
                   next =
                     rows.length === pageSize ? (rows[rows.length - 1]?.offset ?? current) + 1 : current + 1
@@ -478,7 +538,5 @@ const compileGlobSql = (glob: string): string =>
   Either.match(compileGlob(glob), { onLeft: () => "^$", onRight: (regex) => regex.source })
 
 /** The log as a layer on the current SQL client. */
-export const layer = (
-  options?: Options
-): Layer.Layer<EventLog, EventLogError, SqlClient | PgClient.PgClient> =>
+export const layer = (options?: Options): Layer.Layer<EventLog, EventLogError, SqlClient | Notifications> =>
   Layer.scoped(EventLog, make(options))
