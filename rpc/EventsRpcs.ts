@@ -14,9 +14,12 @@ import {
   SubscriberLagged
 } from "./Events.js"
 
-/** Consumer names: 1 to 100 letters, digits, `.`, `_`, `:` or `-`. */
+/** Consumer names: 1 to 100 letters, digits, `.`, `_`, `:` or `-`, safe in URLs and logs. */
+export const consumerPattern = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$/
+
+/** A consumer name. */
 export const ConsumerName = Schema.String.pipe(
-  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$/, {
+  Schema.pattern(consumerPattern, {
     message: () => "a consumer name is 1 to 100 letters, digits, '.', '_', ':' or '-'"
   })
 )

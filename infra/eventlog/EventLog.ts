@@ -14,13 +14,11 @@ import {
   type Offset,
   type StoredEvent
 } from "../../rpc/Events.js"
-
-/** Consumer names: what a person would type, safe in URLs and logs. */
-export const consumerName = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$/
+import { consumerPattern } from "../../rpc/EventsRpcs.js"
 
 /** Checks a consumer name. */
 export const checkConsumer = (name: string) =>
-  consumerName.test(name)
+  consumerPattern.test(name)
     ? Effect.void
     : Effect.fail(
         new InvalidConsumer({

@@ -12,7 +12,7 @@ import { Chunk, type Duration, Effect, Either, Option, Schema, Stream } from "ef
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { compileFilter, EventFilter, StoredEvent } from "../../rpc/Events.js"
-import type { Start } from "../../rpc/EventsRpcs.js"
+import { consumerPattern, type Start } from "../../rpc/EventsRpcs.js"
 import { EventBus } from "../../infra/eventlog/EventBus.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
 import { resolveStart } from "./EventsHandlers.js"
@@ -82,7 +82,7 @@ export const parseQuery = (
     start = { _tag: "Offset", offset: Number(id) + 1 }
   } else if (params.get("consumer") !== null) {
     const name = params.get("consumer") ?? ""
-    if (!/^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$/.test(name)) {
+    if (!consumerPattern.test(name)) {
       return bad("'consumer' must be 1 to 100 letters, digits, '.', '_', ':' or '-'")
     }
     if (params.get("from") !== null) return bad("give either 'from' or 'consumer', not both")
