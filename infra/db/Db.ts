@@ -110,7 +110,7 @@ const makeNotifications = (options: Options) =>
               client.removeAllListeners()
               client.on("error", () => undefined)
               return client.end().catch(() => undefined)
-            }).pipe(Effect.timeoutOption("1 second"))
+            }).pipe(Effect.interruptible, Effect.timeoutOption("1 second"))
         )
       )
   })
