@@ -18,6 +18,7 @@ import {
   Option,
   Queue,
   Schedule,
+  type Scope,
   Stream
 } from "effect"
 import {
@@ -57,6 +58,16 @@ export class EventBus extends Context.Tag("vibes/EventBus")<
       filter: EventFilter,
       options?: { readonly bufferSize?: number }
     ) => Stream.Stream<StoredEvent, EventLogError | InvalidGlob | SubscriberLagged>
+    /**
+     * Like `subscribe`, but the fan-out hands each event to `sink` synchronously: no fiber and no
+     * queue per subscriber. Detached when the scope closes.
+     */
+    readonly attach: (
+      from: From,
+      filter: EventFilter,
+      sink: Sink,
+      options?: { readonly bufferSize?: number }
+    ) => Effect.Effect<void, EventLogError | InvalidGlob, Scope.Scope>
     readonly stats: Effect.Effect<Stats>
     /**
      * Ends every subscription once the events up to `upTo` have been handed to it (waiting at
@@ -67,15 +78,45 @@ export class EventBus extends Context.Tag("vibes/EventBus")<
   }
 >() {}
 
+/** Receives an attached subscription's events, synchronously, from the fan-out. */
+export interface Sink {
+  /** Takes the next event. */
+  readonly offer: (event: StoredEvent) => void
+  /** Events it has taken but not yet passed on; at the buffer size it is cut off as lagged. */
+  readonly backlog: () => number
+  /** The subscription ended: cut off, closed by the node, or failed reading history. */
+  readonly end: (reason: SinkEnd) => void
+}
+
+/** Why an attached subscription ended. */
+export type SinkEnd =
+  | { readonly _tag: "Lagged"; readonly error: SubscriberLagged }
+  | { readonly _tag: "Closed" }
+  | { readonly _tag: "Failed"; readonly error: EventLogError | InvalidGlob }
+
 const lagged: unique symbol = Symbol("lagged")
 const end: unique symbol = Symbol("end")
 type Item = StoredEvent | typeof lagged | typeof end
 
-interface Subscriber {
+interface QueueSubscriber {
+  readonly _tag: "Queue"
   readonly matches: (event: StoredEvent) => boolean
   readonly queue: Queue.Queue<Item>
   readonly bufferSize: number
 }
+
+interface SinkSubscriber {
+  readonly _tag: "Sink"
+  readonly matches: (event: StoredEvent) => boolean
+  readonly sink: Sink
+  readonly start: number
+  readonly bufferSize: number
+  /** Live events held back while history is read; undefined once live. */
+  pending: Array<StoredEvent> | undefined
+  last: number
+}
+
+type Subscriber = QueueSubscriber | SinkSubscriber
 
 const subscribersGauge = Metric.gauge("vibes_event_subscribers", {
   description: "Live subscribers of this node's event bus"
@@ -96,6 +137,37 @@ export const make = (options: Options = {}) =>
     let laggedTotal = 0
     let closed = false
 
+    const lag = (subscriber: SinkSubscriber) => {
+      const lastOffset = Math.max(0, subscriber.last)
+      subscriber.sink.end({
+        _tag: "Lagged",
+        error: new SubscriberLagged({
+          lastOffset,
+          message: `the subscriber fell more than ${subscriber.bufferSize} events behind; resume after offset ${lastOffset}`
+        })
+      })
+    }
+
+    // False when the subscriber is cut off.
+    const toSink = (subscriber: SinkSubscriber, event: StoredEvent): boolean => {
+      if (event.offset < subscriber.start) return true
+      if (subscriber.pending !== undefined) {
+        if (subscriber.pending.length >= subscriber.bufferSize) {
+          lag(subscriber)
+          return false
+        }
+        subscriber.pending.push(event)
+        return true
+      }
+      if (subscriber.sink.backlog() >= subscriber.bufferSize) {
+        lag(subscriber)
+        return false
+      }
+      subscriber.last = event.offset
+      subscriber.sink.offer(event)
+      return true
+    }
+
     // Runs between fiber steps, so a subscriber joining sees a consistent `position`.
     const fanOut = (events: Chunk.Chunk<StoredEvent>) =>
       Effect.suspend(() => {
@@ -105,6 +177,13 @@ export const make = (options: Options = {}) =>
           position = event.offset
           for (const subscriber of subscribers) {
             if (!subscriber.matches(event)) continue
+            if (subscriber._tag === "Sink") {
+              if (!toSink(subscriber, event)) {
+                subscribers.delete(subscriber)
+                cutOff++
+              }
+              continue
+            }
             const size = Option.getOrElse(subscriber.queue.unsafeSize(), () => 0)
             if (size >= subscriber.bufferSize) {
               // The queue holds bufferSize + 2, so the markers always fit.
@@ -158,7 +237,7 @@ export const make = (options: Options = {}) =>
           const start = yield* log.resolve(from)
           const bufferSize = Math.max(1, subscribeOptions?.bufferSize ?? defaultBuffer)
           const queue = yield* Queue.bounded<Item>(bufferSize + 2)
-          const subscriber: Subscriber = { matches: compiled.matches, queue, bufferSize }
+          const subscriber: Subscriber = { _tag: "Queue", matches: compiled.matches, queue, bufferSize }
           const joinedAt = yield* Effect.sync(() => {
             if (closed) queue.unsafeOffer(end)
             else subscribers.add(subscriber)
@@ -205,6 +284,90 @@ export const make = (options: Options = {}) =>
         })
       )
 
+    const attach = (
+      from: From,
+      filter: EventFilter,
+      sink: Sink,
+      attachOptions?: { readonly bufferSize?: number }
+    ) =>
+      Effect.gen(function* () {
+        const compiled = yield* Either.match(compileFilter(filter), {
+          onLeft: Effect.fail,
+          onRight: Effect.succeed
+        })
+        const start = yield* log.resolve(from)
+        const subscriber: SinkSubscriber = {
+          _tag: "Sink",
+          matches: compiled.matches,
+          sink,
+          start,
+          bufferSize: Math.max(1, attachOptions?.bufferSize ?? defaultBuffer),
+          pending: undefined,
+          last: start - 1
+        }
+        const joinedAt = yield* Effect.sync(() => {
+          if (closed) {
+            sink.end({ _tag: "Closed" })
+            return undefined
+          }
+          if (start <= position) subscriber.pending = []
+          subscribers.add(subscriber)
+          return position
+        })
+        if (joinedAt === undefined) return
+        yield* Metric.set(subscribersGauge, subscribers.size)
+        yield* Effect.addFinalizer(() =>
+          Effect.suspend(() => {
+            subscribers.delete(subscriber)
+            return Metric.set(subscribersGauge, subscribers.size)
+          })
+        )
+        if (subscriber.pending === undefined) return
+        let cut = false
+        // History up to where it joined, then what the fan-out held back, then live.
+        yield* Effect.forkScoped(
+          history(start, joinedAt, filter).pipe(
+            Stream.runForEachWhile((event) =>
+              Effect.sync(() => {
+                if (sink.backlog() < subscriber.bufferSize) {
+                  subscriber.last = event.offset
+                  sink.offer(event)
+                  return true
+                }
+                subscribers.delete(subscriber)
+                lag(subscriber)
+                cut = true
+                return false
+              })
+            ),
+            Effect.matchEffect({
+              onFailure: (error) =>
+                Effect.sync(() => {
+                  subscribers.delete(subscriber)
+                  sink.end({ _tag: "Failed", error })
+                }),
+              onSuccess: () =>
+                Effect.suspend(() => {
+                  if (cut) {
+                    laggedTotal++
+                    return Metric.increment(laggedCounter)
+                  }
+                  const held = subscriber.pending ?? []
+                  subscriber.pending = undefined
+                  for (const event of held) {
+                    if (!toSink(subscriber, event)) {
+                      subscribers.delete(subscriber)
+                      laggedTotal++
+                      return Metric.increment(laggedCounter)
+                    }
+                  }
+                  return Effect.void
+                })
+            })
+          )
+        )
+      })
+
     const close = (upTo: number, timeout: Duration.DurationInput = "2 seconds") =>
       Effect.sync(() => position).pipe(
         Effect.repeat({ until: (at) => at >= upTo, schedule: Schedule.spaced("5 millis") }),
@@ -213,7 +376,10 @@ export const make = (options: Options = {}) =>
         Effect.zipRight(
           Effect.sync(() => {
             closed = true
-            for (const subscriber of subscribers) subscriber.queue.unsafeOffer(end)
+            for (const subscriber of subscribers) {
+              if (subscriber._tag === "Sink") subscriber.sink.end({ _tag: "Closed" })
+              else subscriber.queue.unsafeOffer(end)
+            }
             subscribers.clear()
           })
         ),
@@ -222,6 +388,7 @@ export const make = (options: Options = {}) =>
 
     return EventBus.of({
       subscribe,
+      attach,
       stats: Effect.sync(() => ({ subscribers: subscribers.size, lagged: laggedTotal, position })),
       close
     })

@@ -8,9 +8,11 @@
  * interval; a subscriber that falls behind gets `event: lagged` and is closed, and its
  * EventSource reconnects from where it was.
  */
-import { Chunk, type Duration, Effect, Either, Option, Schema, Stream } from "effect"
+import { Readable } from "node:stream"
+import { Duration, Effect, Either, Exit, Option, Runtime, Schema, Scope } from "effect"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import { compileFilter, EventFilter, StoredEvent } from "../../rpc/Events.js"
 import { consumerPattern, type Start } from "../../rpc/EventsRpcs.js"
 import { EventBus } from "../../infra/eventlog/EventBus.js"
@@ -106,15 +108,17 @@ export const parseQuery = (
 
 const encodeEvent = Schema.encodeSync(StoredEvent)
 
+const encoder = new TextEncoder()
+
 // Encoded once per event, however many clients receive it.
-const frames = new WeakMap<StoredEvent, string>()
-const frame = (event: StoredEvent): string => {
-  let text = frames.get(event)
-  if (text === undefined) {
-    text = `id: ${event.offset}\ndata: ${JSON.stringify(encodeEvent(event))}\n\n`
-    frames.set(event, text)
+const frames = new WeakMap<StoredEvent, Uint8Array>()
+const frame = (event: StoredEvent): Uint8Array => {
+  let bytes = frames.get(event)
+  if (bytes === undefined) {
+    bytes = encoder.encode(`id: ${event.offset}\ndata: ${JSON.stringify(encodeEvent(event))}\n\n`)
+    frames.set(event, bytes)
   }
-  return text
+  return bytes
 }
 
 const control = (event: string, data: unknown) => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`
@@ -151,30 +155,57 @@ export const handler = (heartbeat: Duration.Duration) =>
         { status, headers: sseHeaders }
       )
     }
-    const events = bus.subscribe(from.right, filter).pipe(
-      Option.match(limit, { onNone: () => (s) => s, onSome: (n) => Stream.take(n) }),
-      Stream.mapChunks((chunk) => {
-        let text = ""
-        for (const event of chunk) text += frame(event)
-        return Chunk.of(text)
-      }),
-      Stream.catchAll((error) =>
-        Stream.make(
-          error._tag === "SubscriberLagged"
-            ? control("lagged", { lastOffset: error.lastOffset, message: error.message })
-            : control("error", { error: error._tag, message: error.message })
-        )
-      )
-    )
-    const beats = Stream.tick(heartbeat).pipe(
-      Stream.drop(1),
-      Stream.map(() => ": heartbeat\n\n")
-    )
-    const body = Stream.make("retry: 1000\n: connected\n\n").pipe(
-      Stream.concat(Stream.merge(events, beats, { haltStrategy: "left" })),
-      Stream.encodeText
-    )
-    return HttpServerResponse.stream(body, {
+    // The fan-out writes each frame straight into the response: no fiber per client. One object
+    // a frame, so the readable's length is the client's backlog in events.
+    const body = new Readable({ objectMode: true, read() {} })
+    body.push("retry: 1000\n: connected\n\n")
+    let sent = 0
+    let ended = false
+    const finish = (text?: string) => {
+      if (ended) return
+      ended = true
+      if (text !== undefined) body.push(text)
+      body.push(null)
+    }
+    const scope = yield* Scope.make()
+    const attached = yield* bus
+      .attach(from.right, filter, {
+        offer: (event) => {
+          if (ended) return
+          body.push(frame(event))
+          sent++
+          if (Option.isSome(limit) && sent >= limit.value) finish()
+        },
+        backlog: () => body.readableLength,
+        end: (reason) =>
+          finish(
+            reason._tag === "Lagged"
+              ? control("lagged", { lastOffset: reason.error.lastOffset, message: reason.error.message })
+              : reason._tag === "Failed"
+                ? control("error", { error: reason.error._tag, message: reason.error.message })
+                : undefined
+          )
+      })
+      .pipe(Scope.extend(scope), Effect.either)
+    if (Either.isLeft(attached)) {
+      finish(control("error", { error: attached.left._tag, message: attached.left.message }))
+    }
+    const timer = setInterval(() => {
+      if (!ended) body.push(": heartbeat\n\n")
+    }, Duration.toMillis(heartbeat))
+    const runtime = yield* Effect.runtime<never>()
+    let released = false
+    const release = () => {
+      if (released) return
+      released = true
+      clearInterval(timer)
+      finish()
+      Runtime.runFork(runtime)(Scope.close(scope, Exit.void))
+    }
+    body.once("close", release)
+    // Also when the client goes away before the body is piped to it.
+    NodeHttpServerRequest.toServerResponse(request).once("close", release)
+    return HttpServerResponse.raw(body, {
       contentType: "text/event-stream; charset=utf-8",
       headers: sseHeaders
     })

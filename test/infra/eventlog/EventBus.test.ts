@@ -46,6 +46,61 @@ layer(BusLive, { timeout: 60_000, excludeTestServices: true })("event bus", (it)
     })
   )
 
+  it.scoped(
+    "an attached sink gets history then live with no gap, and is cut off when its backlog fills",
+    () =>
+      Effect.gen(function* () {
+        const log = yield* EventLog
+        const bus = yield* EventBus
+        const first = yield* log.append(Array.from({ length: 120 }, (_, n) => event(0, n)))
+        const from = Number(first[30])
+        const total = 90 + 4 * 100
+        const received: Array<number> = []
+        const done = yield* Deferred.make<void>()
+        yield* bus.attach({ _tag: "Offset", offset: from }, all, {
+          offer: (e) => {
+            received.push(Number(e.offset))
+            if (received.length === total) Deferred.unsafeDone(done, Effect.void)
+          },
+          backlog: () => 0,
+          end: () => undefined
+        })
+        yield* Effect.forEach(
+          range(1, 4),
+          (p) => Effect.forEach(range(0, 100), (n) => log.append([event(p, n)])),
+          { concurrency: "unbounded" }
+        )
+        yield* Deferred.await(done)
+        expect(received).toEqual(range(from, total))
+
+        // A sink that never passes anything on: cut off once its backlog reaches the buffer.
+        let backlog = 0
+        const ended = yield* Deferred.make<string>()
+        const start = (yield* log.head) + 1
+        yield* bus.attach(
+          { _tag: "Latest" },
+          all,
+          {
+            offer: () => {
+              backlog++
+            },
+            backlog: () => backlog,
+            end: (reason) =>
+              Deferred.unsafeDone(
+                ended,
+                Effect.succeed(
+                  reason._tag === "Lagged" ? `lagged after ${reason.error.lastOffset}` : reason._tag
+                )
+              )
+          },
+          { bufferSize: 5 }
+        )
+        yield* log.append(Array.from({ length: 10 }, (_, n) => event(8, n)))
+        expect(yield* Deferred.await(ended)).toBe(`lagged after ${start + 4}`)
+        expect(backlog).toBe(5)
+      })
+  )
+
   it.effect("cuts off a slow subscriber with its last offset while a fast one keeps receiving", () =>
     Effect.gen(function* () {
       const log = yield* EventLog
