@@ -94,14 +94,11 @@ export class EventLog extends Context.Tag("vibes/EventLog")<
   }
 >() {}
 
-/** A time-ordered UUID (version 7). */
+/** A time-ordered UUID (version 7): 48 bits of milliseconds, then random bits (from a cached pool). */
 export const uuidv7 = (now: number = Date.now()): string => {
-  const bytes = crypto.randomBytes(16)
-  bytes.writeUIntBE(now, 0, 6)
-  bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x70
-  bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80
-  const hex = bytes.toString("hex")
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`
+  const time = Math.max(0, Math.floor(now)).toString(16).padStart(12, "0").slice(-12)
+  // randomUUID is a v4: "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx"; keep its variant and random tail.
+  return `${time.slice(0, 8)}-${time.slice(8, 12)}-7${crypto.randomUUID().slice(15)}`
 }
 
 export { EventLogError, EventTooLarge, InvalidConsumer, InvalidGlob }

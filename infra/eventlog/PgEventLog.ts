@@ -9,6 +9,7 @@
  */
 import {
   Cause,
+  Chunk,
   DateTime,
   Deferred,
   Effect,
@@ -92,20 +93,24 @@ interface DbRow {
   readonly data: unknown
 }
 
+// Rows were checked on the way in; validating them again on the way out costs more than the read.
 const toStored = (row: DbRow): StoredEvent =>
-  StoredEvent.make({
-    offset: Offset.make(Number(row.offset)),
-    id: row.id,
-    type: row.type,
-    ts: DateTime.unsafeFromDate(row.ts),
-    source: { nodeId: row.source_node, component: row.source_component },
-    ...(row.session_id !== null ? { sessionId: row.session_id } : {}),
-    ...(row.job_id !== null ? { jobId: row.job_id } : {}),
-    tenantId: row.tenant_id,
-    severity: row.severity,
-    ...(row.correlation_id !== null ? { correlationId: row.correlation_id } : {}),
-    data: row.data
-  })
+  StoredEvent.make(
+    {
+      offset: Offset.make(Number(row.offset), true),
+      id: row.id,
+      type: row.type,
+      ts: DateTime.unsafeFromDate(row.ts),
+      source: { nodeId: row.source_node, component: row.source_component },
+      ...(row.session_id !== null ? { sessionId: row.session_id } : {}),
+      ...(row.job_id !== null ? { jobId: row.job_id } : {}),
+      tenantId: row.tenant_id,
+      severity: row.severity,
+      ...(row.correlation_id !== null ? { correlationId: row.correlation_id } : {}),
+      data: row.data
+    },
+    true
+  )
 
 /** Serialises and checks one event; oversize payloads are refused here, before anything is stored. */
 export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventTooLarge> => {
@@ -496,26 +501,21 @@ export const make = (options: Options = {}) =>
         Effect.gen(function* () {
           const compiled = yield* compile(filter)
           let next = yield* startOffset(from)
-          // Pages after `next` whenever the head is at or beyond it; offsets make it gapless.
+          // Page after page up to the head, then wait for the head to move. Rows skipped by the
+          // filter still move `next` on, up to the head we saw; offsets make it gapless.
+          const catchUp = Stream.paginateChunkEffect(undefined, () =>
+            Effect.gen(function* () {
+              const current = yield* SubscriptionRef.get(head)
+              if (current < next) return [Chunk.empty<StoredEvent>(), Option.none<undefined>()] as const
+              // A database outage is waited out (the writer retries too); only a long one ends the stream.
+              const rows = yield* page(next, current, compiled, pageSize).pipe(Effect.retry(readRetry))
+              next = rows.length === pageSize ? (rows[rows.length - 1]?.offset ?? current) + 1 : current + 1
+              return [Chunk.unsafeFromArray(rows), Option.some(undefined)] as const
+            })
+          )
           const pages = head.changes.pipe(
             Stream.filter((h) => h >= next),
-            Stream.mapEffect(() =>
-              Effect.gen(function* () {
-                const out: Array<StoredEvent> = []
-                for (;;) {
-                  const current = yield* SubscriptionRef.get(head)
-                  if (current < next) return out
-                  // A database outage is waited out (the writer retries too); only a long one ends the stream.
-                  const rows = yield* page(next, current, compiled, pageSize).pipe(Effect.retry(readRetry))
-                  // Rows skipped by the filter still move `next` on, up to the head we saw.
-                  next =
-                    rows.length === pageSize ? (rows[rows.length - 1]?.offset ?? current) + 1 : current + 1
-                  out.push(...rows)
-                  if (out.length >= pageSize) return out
-                }
-              })
-            ),
-            Stream.flattenIterables
+            Stream.flatMap(() => catchUp)
           )
           return pages
         })
