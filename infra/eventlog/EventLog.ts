@@ -27,6 +27,20 @@ export const checkConsumer = (name: string) =>
         })
       )
 
+/** Checks a commit: a valid name and an offset between 0 and the head. */
+export const checkCommit = (consumer: string, offset: number, head: number) =>
+  Effect.zipRight(
+    checkConsumer(consumer),
+    !Number.isSafeInteger(offset) || offset < 0 || offset > head
+      ? Effect.fail(
+          new InvalidConsumer({
+            consumer,
+            message: `cannot commit offset ${offset} for '${consumer}': it must be between 0 and the head (${head})`
+          })
+        )
+      : Effect.void
+  )
+
 /**
  * A retention policy. Events whose type matches one of `types` are deleted once older than
  * `maxAgeMillis`, once the matching events hold more than `maxBytes` of payload (oldest first),

@@ -12,7 +12,7 @@ import {
   Offset,
   StoredEvent
 } from "../../rpc/Events.js"
-import { checkConsumer, EventLog, InvalidConsumer, type From, type RetentionPolicy } from "./EventLog.js"
+import { checkCommit, checkConsumer, EventLog, type From, type RetentionPolicy } from "./EventLog.js"
 import { type Row, toRow } from "./PgEventLog.js"
 
 /** Builds an empty log. */
@@ -119,14 +119,7 @@ export const make = Effect.gen(function* () {
 
   const commit = (consumer: string, offset: number) =>
     Effect.gen(function* () {
-      yield* checkConsumer(consumer)
-      const current = yield* SubscriptionRef.get(head)
-      if (!Number.isSafeInteger(offset) || offset < 0 || offset > current) {
-        return yield* new InvalidConsumer({
-          consumer,
-          message: `cannot commit offset ${offset} for '${consumer}': it must be between 0 and the head (${current})`
-        })
-      }
+      yield* checkCommit(consumer, offset, yield* SubscriptionRef.get(head))
       yield* Ref.update(consumers, (map) => new Map(map).set(consumer, offset))
     })
 

@@ -34,12 +34,12 @@ import {
   StoredEvent
 } from "../../rpc/Events.js"
 import {
+  checkCommit,
   checkConsumer,
   EventLog,
   EventLogError,
   EventTooLarge,
   type From,
-  InvalidConsumer,
   type RetentionPolicy,
   uuidv7
 } from "./EventLog.js"
@@ -410,14 +410,7 @@ export const make = (options: Options = {}) =>
 
     const commit = (consumer: string, offset: number) =>
       Effect.gen(function* () {
-        yield* checkConsumer(consumer)
-        const current = yield* SubscriptionRef.get(head)
-        if (!Number.isSafeInteger(offset) || offset < 0 || offset > current) {
-          return yield* new InvalidConsumer({
-            consumer,
-            message: `cannot commit offset ${offset} for '${consumer}': it must be between 0 and the head (${current})`
-          })
-        }
+        yield* checkCommit(consumer, offset, yield* SubscriptionRef.get(head))
         yield* sql`
           INSERT INTO vibes_event_consumers (name, "offset", updated_at) VALUES (${consumer}, ${offset}, now())
           ON CONFLICT (name) DO UPDATE SET "offset" = EXCLUDED."offset", updated_at = now()`.pipe(
