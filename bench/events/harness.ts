@@ -5,16 +5,14 @@
  * The database is a fresh one on the server of `DATABASE_URL` when that is set (dropped at the
  * end), else a fresh embedded Postgres in a temporary directory (removed at the end).
  */
-import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
-import * as path from "node:path"
 import pg from "pg"
 import { Effect, Layer, Logger, Redacted, Schema, type Scope } from "effect"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
 import * as Db from "../../infra/db/Db.js"
 import * as Migrations from "../../infra/db/Migrations.js"
+import * as TestDatabase from "../../test/support/TestDatabase.js"
 
 /** Preparing or measuring a benchmark failed. */
 export class BenchError extends Schema.TaggedError<BenchError>()("BenchError", {
@@ -69,45 +67,13 @@ export interface BenchDatabase {
   readonly where: string
 }
 
-const adminQuery = (url: string, text: string) =>
-  Effect.tryPromise({
-    try: async () => {
-      const client = new pg.Client({ connectionString: url })
-      await client.connect()
-      try {
-        await client.query(text)
-      } finally {
-        await client.end()
-      }
-    },
-    catch: (cause) => new BenchError({ message: `${text}: ${messageOf(cause)}` })
-  })
-
-const tempDir = (prefix: string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), prefix))),
-    (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
-  )
-
 /** A fresh database: on `DATABASE_URL`'s server when set, else in a new embedded Postgres. */
-export const database: Effect.Effect<BenchDatabase, BenchError, Scope.Scope> = Effect.gen(function* () {
-  const external = process.env["DATABASE_URL"]
-  if (external !== undefined && external !== "") {
-    const name = `vibes_bench_${crypto.randomBytes(6).toString("hex")}`
-    yield* Effect.acquireRelease(adminQuery(external, `CREATE DATABASE ${name}`), () =>
-      adminQuery(external, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).pipe(Effect.orDie)
-    )
-    const url = new URL(external)
-    url.pathname = `/${name}`
-    const redacted = Redacted.make(url.toString())
-    return { url: redacted, kind: "external" as const, where: Db.describe(redacted) }
-  }
-  const dir = yield* tempDir("vibes-bench-pg-")
-  const supervisor = yield* PgSupervisor.make({ dataDir: dir, maxRestarts: 0 }).pipe(
-    Effect.mapError((error) => new BenchError({ message: error.message }))
-  )
-  return { url: supervisor.url, kind: "embedded" as const, where: Db.describe(supervisor.url) }
-})
+export const database: Effect.Effect<BenchDatabase, BenchError, Scope.Scope> = TestDatabase.freshDatabase(
+  "vibes_bench"
+).pipe(
+  Effect.map(({ kind, url }) => ({ url, kind, where: Db.describe(url) })),
+  Effect.mapError((error) => new BenchError({ message: messageOf(error) }))
+)
 
 /** The vibes SQL client on `db`, with the vibes schema migrated, as the server would build it. */
 export const sqlLayer = (db: BenchDatabase, poolSize = 10) =>

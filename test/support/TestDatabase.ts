@@ -20,22 +20,29 @@ const adminQuery = (url: string, text: string) =>
     }
   })
 
+/**
+ * URL of a fresh database named `<prefix>_<random>` on `DATABASE_URL`'s server (dropped with the
+ * scope), or of a new embedded Postgres in a temporary directory when `DATABASE_URL` is unset.
+ */
+export const freshDatabase = (prefix: string) =>
+  Effect.gen(function* () {
+    const external = process.env["DATABASE_URL"]
+    if (external !== undefined && external !== "") {
+      const name = `${prefix}_${crypto.randomBytes(6).toString("hex")}`
+      yield* Effect.acquireRelease(adminQuery(external, `CREATE DATABASE ${name}`), () =>
+        adminQuery(external, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).pipe(Effect.orDie)
+      )
+      const url = new URL(external)
+      url.pathname = `/${name}`
+      return { url: Redacted.make(url.toString()), kind: "external" as const }
+    }
+    const dir = yield* tempDir(`${prefix}-pg-`)
+    const supervisor = yield* PgSupervisor.make({ dataDir: dir, maxRestarts: 3 })
+    return { url: supervisor.url, kind: "embedded" as const }
+  })
+
 /** URL of a database no other suite uses, for the life of the scope. */
-export const databaseUrl = Effect.gen(function* () {
-  const external = process.env["DATABASE_URL"]
-  if (external !== undefined && external !== "") {
-    const name = `vibes_test_${crypto.randomBytes(6).toString("hex")}`
-    yield* Effect.acquireRelease(adminQuery(external, `CREATE DATABASE ${name}`), () =>
-      adminQuery(external, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).pipe(Effect.orDie)
-    )
-    const url = new URL(external)
-    url.pathname = `/${name}`
-    return { url: Redacted.make(url.toString()), kind: "external" as const }
-  }
-  const dir = yield* tempDir("vibes-pg-")
-  const supervisor = yield* PgSupervisor.make({ dataDir: dir, maxRestarts: 3 })
-  return { url: supervisor.url, kind: "embedded" as const }
-})
+export const databaseUrl = freshDatabase("vibes_test")
 
 /** The SQL client on a suite-private database. */
 export const layerSql = Layer.unwrapScoped(
