@@ -88,6 +88,18 @@ export const payloads = {
     exitCode: Schema.NullOr(Schema.Int),
     signal: Schema.NullOr(Schema.String)
   }),
+  "session.started": Schema.Struct({ pid: Schema.Int, ptyId: Schema.String, restarts: Schema.Int }),
+  "session.attached": Schema.Struct({ attachmentId: Schema.String, readOnly: Schema.Boolean }),
+  "session.detached": Schema.Struct({ attachmentId: Schema.String }),
+  "session.idle": Schema.Struct({ seq: Schema.Int }),
+  "session.active": Schema.Struct({}),
+  "session.bell": Schema.Struct({}),
+  "session.closed": Schema.Struct({}),
+  "session.lost": Schema.Struct({
+    exitCode: Schema.NullOr(Schema.Int),
+    signal: Schema.NullOr(Schema.String)
+  }),
+  "session.gap": Schema.Struct({ from: Schema.Int, to: Schema.Int, bytes: Schema.Int }),
   "job.submitted": Schema.Struct({ command: Schema.String, strategy: Schema.String }),
   "job.log": Schema.Struct({ stream: Schema.Literal("stdout", "stderr", "system"), chunk: Schema.String }),
   "job.progress": Schema.Struct({ percent: Schema.Number }),

@@ -8,6 +8,7 @@ import type { SqlClient } from "@effect/sql/SqlClient"
 import m0001 from "./migrations/0001_nodes.js"
 import m0002 from "./migrations/0002_events.js"
 import m0003 from "./migrations/0003_event_consumers.js"
+import m0004 from "./migrations/0004_sessions.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -21,7 +22,8 @@ export const table = "vibes_migrations"
 export const loader = Migrator.fromRecord({
   "0001_nodes": m0001,
   "0002_events": m0002,
-  "0003_event_consumers": m0003
+  "0003_event_consumers": m0003,
+  "0004_sessions": m0004
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

@@ -82,6 +82,12 @@ export class EventLog extends Context.Tag("vibes/EventLog")<
       filter: EventFilter,
       limit: number
     ) => Effect.Effect<ReadonlyArray<StoredEvent>, EventLogError | InvalidGlob>
+    /** Up to `limit` matching events with offset <= `upTo`, newest first. */
+    readonly readBackward: (
+      upTo: number,
+      filter: EventFilter,
+      limit: number
+    ) => Effect.Effect<ReadonlyArray<StoredEvent>, EventLogError | InvalidGlob>
     /** Everything matching from `from` on, then live, with no gap and no duplicate. */
     readonly subscribe: (
       from: From,

@@ -81,6 +81,17 @@ export const make = Effect.gen(function* () {
       return out
     })
 
+  const readBackward = (upTo: number, filter: EventFilter, limit: number) =>
+    Effect.map(compile(filter), (compiled) => {
+      const out: Array<StoredEvent> = []
+      const max = Math.max(0, Math.min(limit, 10_000))
+      for (let i = indexOf(upTo + 1) - 1; i >= 0 && out.length < max; i--) {
+        const event = events[i]
+        if (event !== undefined && compiled.matches(event)) out.push(event)
+      }
+      return out
+    })
+
   const resolve = (from: From) =>
     Effect.map(SubscriptionRef.get(head), (current) => {
       switch (from._tag) {
@@ -184,6 +195,7 @@ export const make = Effect.gen(function* () {
   return EventLog.of({
     append,
     read,
+    readBackward,
     subscribe,
     head: SubscriptionRef.get(head),
     resolve,

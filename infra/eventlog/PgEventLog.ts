@@ -363,7 +363,13 @@ export const make = (options: Options = {}) =>
         return yield* Deferred.await(done)
       })
 
-    const page = (from: number, upTo: number, compiled: CompiledFilter, limit: number) => {
+    const page = (
+      from: number,
+      upTo: number,
+      compiled: CompiledFilter,
+      limit: number,
+      order: "forward" | "backward" = "forward"
+    ) => {
       const filter = compiled.filter
       const globs = filter.types.map((glob) => compileGlobSql(glob))
       return sql<DbRow>`
@@ -375,7 +381,7 @@ export const make = (options: Options = {}) =>
           ${filter.sessionId !== undefined ? sql`AND session_id = ${filter.sessionId}` : sql``}
           ${filter.jobId !== undefined ? sql`AND job_id = ${filter.jobId}` : sql``}
           ${filter.tenantId !== undefined ? sql`AND tenant_id = ${filter.tenantId}` : sql``}
-        ORDER BY "offset"
+        ORDER BY "offset" ${order === "forward" ? sql.literal("ASC") : sql.literal("DESC")}
         LIMIT ${limit}`.pipe(
         Effect.map((rows) => rows.map(toStored)),
         Effect.mapError(
@@ -390,6 +396,11 @@ export const make = (options: Options = {}) =>
     const read = (from: number, filter: EventFilter, limit: number) =>
       Effect.flatMap(compile(filter), (compiled) =>
         page(Math.max(from, 1), Number.MAX_SAFE_INTEGER, compiled, Math.max(0, Math.min(limit, 10_000)))
+      )
+
+    const readBackward = (upTo: number, filter: EventFilter, limit: number) =>
+      Effect.flatMap(compile(filter), (compiled) =>
+        page(1, upTo, compiled, Math.max(0, Math.min(limit, 10_000)), "backward")
       )
 
     const startOffset = (from: From) => {
@@ -517,6 +528,7 @@ export const make = (options: Options = {}) =>
     return EventLog.of({
       append,
       read,
+      readBackward,
       subscribe,
       head: SubscriptionRef.get(head),
       resolve: startOffset,

@@ -6,53 +6,32 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import {
-  Cause,
-  ConfigError,
-  Context,
-  DateTime,
-  Deferred,
-  Duration,
-  Effect,
-  Layer,
-  Option,
-  Redacted,
-  Schema,
-  Stream
-} from "effect"
+import { Context, DateTime, Deferred, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import { Unauthorized } from "../../rpc/Auth.js"
 import * as Client from "../../rpc/Client.js"
 import { compileGlob, EventFilter, StoredEvent } from "../../rpc/Events.js"
 import { follow } from "../../rpc/Follow.js"
-import * as AdminToken from "../../infra/auth/AdminToken.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import * as Config from "../config/Config.js"
 import * as Server from "../server/Server.js"
+import {
+  answerWithin,
+  CliFailure,
+  clientLayer,
+  configFailure,
+  connectionOptions,
+  dataDirOption,
+  describeError,
+  resolveConnection,
+  serverFile,
+  ServerFile,
+  toCliFailure,
+  withClient
+} from "./Connection.js"
+import * as PtyHostCommand from "./PtyHostCommand.js"
+import * as SessionCommands from "./SessionCommands.js"
 import { version } from "../Version.js"
-
-/** A failure the CLI reports as one line and an exit code. */
-export class CliFailure extends Schema.TaggedError<CliFailure>()("CliFailure", {
-  message: Schema.String,
-  exitCode: Schema.Int
-}) {}
-
-/** Name of the file in the data dir where a running server says where it listens. */
-export const serverFile = "server.json"
-
-const ServerFile = Schema.parseJson(Schema.Struct({ url: Schema.String, pid: Schema.Int }))
-
-const configFailure = (error: ConfigError.ConfigError) =>
-  new CliFailure({ message: `invalid configuration: ${String(error).replace(/\s+/g, " ")}`, exitCode: 2 })
-
-const dataDirOption = Options.text("data-dir").pipe(
-  Options.withDescription(
-    "Data directory (token, embedded Postgres). Default: $VIBES_DATA_DIR or ~/.local/share/vibes"
-  ),
-  Options.optional
-)
 
 // serve -----------------------------------------------------------------------------------
 
@@ -147,119 +126,6 @@ const removeServerFile = (dataDir: string) => {
 
 // status ----------------------------------------------------------------------------------
 
-const urlOption = Options.text("url").pipe(
-  Options.withDescription(
-    "Server URL. Default: $VIBES_URL, the local server of the data dir, or http://127.0.0.1:7432"
-  ),
-  Options.optional
-)
-const tokenOption = Options.redacted("token").pipe(
-  Options.withDescription("Admin token. Default: $VIBES_TOKEN, or the token file in the data dir"),
-  Options.optional
-)
-const timeoutOption = Options.integer("timeout").pipe(
-  Options.withDescription("Seconds to wait for the server"),
-  Options.withDefault(10)
-)
-
-/** Where and with what token a client command connects. */
-const resolveConnection = (flags: {
-  readonly url: Option.Option<string>
-  readonly token: Option.Option<Redacted.Redacted<string>>
-  readonly dataDir: Option.Option<string>
-}) =>
-  Effect.gen(function* () {
-    const env = yield* Config.clientConfig.pipe(Effect.mapError(configFailure))
-    const dataDir = Option.match(flags.dataDir, {
-      onNone: () => env.dataDir,
-      onSome: (dir) => path.resolve(dir)
-    })
-    const local = readServerFile(dataDir)
-    const url = flags.url.pipe(
-      Option.orElse(() => env.url),
-      Option.orElse(() => local),
-      Option.getOrElse(() => "http://127.0.0.1:7432")
-    )
-    if (!Config.isHttpUrl(url)) {
-      return yield* new CliFailure({ message: `--url must be an http(s) URL, got '${url}'`, exitCode: 2 })
-    }
-    const fromFile = yield* AdminToken.read(dataDir)
-    const token = flags.token.pipe(
-      Option.orElse(() => env.token),
-      Option.orElse(() => fromFile)
-    )
-    return { url, token }
-  })
-
-const readServerFile = (dataDir: string): Option.Option<string> => {
-  try {
-    return Schema.decodeUnknownOption(ServerFile)(
-      fs.readFileSync(path.join(dataDir, serverFile), "utf8")
-    ).pipe(Option.map((file) => file.url))
-  } catch {
-    return Option.none()
-  }
-}
-
-type Connection = { readonly url: string; readonly token: Option.Option<Redacted.Redacted<string>> }
-
-/** Turns transport and auth failures into one-line CLI failures. */
-const toCliFailure =
-  (connection: Connection) =>
-  (error: unknown): CliFailure =>
-    error instanceof CliFailure
-      ? error
-      : error instanceof Unauthorized
-        ? new CliFailure({
-            message: Option.isNone(connection.token)
-              ? `${connection.url} needs a token: pass --token or set VIBES_TOKEN`
-              : `${connection.url} refused the token (${error.message})`,
-            exitCode: 3
-          })
-        : new CliFailure({
-            message: `cannot reach vibes at ${connection.url}: ${describeError(error)}`,
-            exitCode: 1
-          })
-
-const clientLayer = (connection: Connection) =>
-  Client.layer({ url: connection.url, token: connection.token }).pipe(
-    Layer.provide(NodeSocket.layerWebSocketConstructor)
-  )
-
-const answerWithin = (connection: Connection, timeoutSeconds: number) =>
-  Effect.timeoutFail({
-    duration: Duration.seconds(timeoutSeconds),
-    onTimeout: () =>
-      new CliFailure({ message: `no answer from ${connection.url} within ${timeoutSeconds}s`, exitCode: 1 })
-  })
-
-/** Runs `use` with a connected client, turning transport and auth failures into one-liners. */
-const withClient = <A, E, R>(
-  connection: Connection,
-  timeoutSeconds: number,
-  use: (client: Client.Client) => Effect.Effect<A, E, R>
-) =>
-  Effect.flatMap(Client.VibesClient, use).pipe(
-    Effect.provide(clientLayer(connection)),
-    answerWithin(connection, timeoutSeconds),
-    Effect.mapError(toCliFailure(connection))
-  )
-
-/** The innermost message of a transport error (e.g. "connect ECONNREFUSED 127.0.0.1:7432"). */
-const describeError = (error: unknown): string => {
-  let message = "connection failed"
-  let current: unknown = error
-  for (let depth = 0; depth < 8 && typeof current === "object" && current !== null; depth++) {
-    const candidate = Cause.isCause(current) ? Cause.squash(current) : current
-    if (typeof candidate !== "object" || candidate === null) break
-    if ("message" in candidate && typeof candidate.message === "string" && candidate.message !== "") {
-      message = candidate.message
-    }
-    current = "cause" in candidate ? candidate.cause : undefined
-  }
-  return message
-}
-
 const formatUptime = (millis: number): string => {
   const seconds = Math.floor(millis / 1000)
   const d = Math.floor(seconds / 86400)
@@ -274,10 +140,7 @@ const formatUptime = (millis: number): string => {
 const status = Command.make(
   "status",
   {
-    url: urlOption,
-    token: tokenOption,
-    dataDir: dataDirOption,
-    timeout: timeoutOption,
+    ...connectionOptions,
     json: Options.boolean("json").pipe(Options.withDescription("Print the answer as JSON"))
   },
   (flags) =>
@@ -330,10 +193,7 @@ const encodeEvent = Schema.encodeSync(StoredEvent)
 const events = Command.make(
   "events",
   {
-    url: urlOption,
-    token: tokenOption,
-    dataDir: dataDirOption,
-    timeout: timeoutOption,
+    ...connectionOptions,
     type: Options.text("type").pipe(
       Options.withDescription(
         "Only events whose type matches this glob (repeatable): session.*, *.exited, job.**"
@@ -448,8 +308,9 @@ export const command = Command.make("vibes").pipe(
   Command.withDescription(
     "vibes: terminal sessions, jobs and AI-provider traffic with a durable event history."
   ),
-  Command.withSubcommands([serve, status, events])
+  Command.withSubcommands([serve, status, events, ...SessionCommands.commands, PtyHostCommand.command])
 )
 
 /** Parses `argv` (without node and script) and runs the chosen command. */
 export const run = Command.run(command, { name: "vibes", version })
+export { CliFailure, serverFile } from "./Connection.js"

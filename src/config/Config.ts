@@ -46,6 +46,14 @@ export interface ServerConfig {
   readonly eventsRetention: ReadonlyArray<RetentionPolicy>
   /** How often retention runs. */
   readonly eventsRetentionInterval: Duration.Duration
+  /** Lines of scrollback each session's screen model keeps. */
+  readonly sessionScrollback: number
+  /** Quiet time after which a session counts as idle. */
+  readonly sessionIdleAfter: Duration.Duration
+  /** The argv that starts `vibes pty-host`; by default this very program. */
+  readonly ptyHostCommand: Option.Option<ReadonlyArray<string>>
+  /** Stop the PTY host (and every session) when the server stops: for tests, never the default. */
+  readonly stopPtyHostOnExit: boolean
 }
 
 /** The default retention: terminal output goes once a later snapshot of its session covers it. */
@@ -223,7 +231,11 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   eventsSubscriberBuffer: positiveInt("VIBES_EVENTS_SUBSCRIBER_BUFFER", 4096, 1_000_000),
   sseHeartbeat: duration("VIBES_SSE_HEARTBEAT", "15 seconds"),
   eventsRetention,
-  eventsRetentionInterval: duration("VIBES_EVENTS_RETENTION_INTERVAL", "1 hour")
+  eventsRetentionInterval: duration("VIBES_EVENTS_RETENTION_INTERVAL", "1 hour"),
+  sessionScrollback: positiveInt("VIBES_SESSION_SCROLLBACK", 10_000, 1_000_000),
+  sessionIdleAfter: duration("VIBES_SESSION_IDLE_AFTER", "5 seconds"),
+  ptyHostCommand: Config.succeed(Option.none()),
+  stopPtyHostOnExit: Config.succeed(false)
 })
 
 /** Settings of the CLI's client commands (`vibes status`, …). */

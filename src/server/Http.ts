@@ -18,6 +18,7 @@ import { PrometheusMetrics } from "../../infra/telemetry/Telemetry.js"
 import { NodeInfo } from "./NodeInfo.js"
 import * as EventsHandlers from "./EventsHandlers.js"
 import * as EventsHttp from "./EventsHttp.js"
+import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 
 /** Extra readiness checks beyond the database (e.g. the embedded Postgres supervisor). */
@@ -167,6 +168,7 @@ const home = HttpLayerRouter.add(
 const rpc = RpcServer.layerHttpRouter({ group: VibesRpcs, path: "/rpc", protocol: "websocket" }).pipe(
   Layer.provide(SystemHandlers.layer),
   Layer.provide(EventsHandlers.layer),
+  Layer.provide(SessionsHandlers.layer),
   Layer.provide(Credentials.layerRpc),
   Layer.provide(RpcSerialization.layerMsgPack)
 )

@@ -14,7 +14,13 @@ import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { SqlClient } from "@effect/sql/SqlClient"
+import * as RunnerAddress from "@effect/cluster/RunnerAddress"
+import * as SingleRunner from "@effect/cluster/SingleRunner"
+import * as SessionEntity from "../../actors/session/SessionEntity.js"
+import * as SessionRegistry from "../../actors/session/SessionRegistry.js"
+import * as SessionSettings from "../../actors/session/SessionSettings.js"
 import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
+import * as PtyHostSupervisor from "../../actors/supervisors/PtyHostSupervisor.js"
 import * as AdminToken from "../../infra/auth/AdminToken.js"
 import * as DataDir from "../../infra/datadir/DataDir.js"
 import * as Db from "../../infra/db/Db.js"
@@ -153,6 +159,68 @@ const retention = (config: ServerConfig) =>
     Effect.repeat(Schedule.spaced(config.eventsRetentionInterval))
   )
 
+/** The argv that starts this program as `vibes pty-host` for `dataDir`. */
+const ptyHostCommand = (config: ServerConfig): ReadonlyArray<string> =>
+  Option.getOrElse(config.ptyHostCommand, () => [
+    process.execPath,
+    ...process.execArgv,
+    process.argv[1] ?? "vibes",
+    "pty-host",
+    "--data-dir",
+    config.dataDir
+  ])
+
+/**
+ * Sessions: the machine's PTY host (started when none runs), the session registry, and the
+ * cluster runner with the session entity. One node is its own single runner; the runner address
+ * is set here so the generic `HOST`/`PORT` variables never leak into it.
+ */
+const sessions = (config: ServerConfig, nodeId: string) =>
+  SessionEntity.layer.pipe(
+    Layer.provideMerge(
+      SingleRunner.layer({
+        shardingConfig: {
+          runnerAddress: Option.some(RunnerAddress.make("127.0.0.1", 34431)),
+          entityTerminationTimeout: Duration.seconds(5)
+        },
+        runnerStorage: "memory"
+      }).pipe(Layer.orDie)
+    ),
+    Layer.provideMerge(SessionRegistry.layer),
+    Layer.provideMerge(
+      SessionSettings.layer(nodeId, {
+        scrollback: config.sessionScrollback,
+        idleAfter: config.sessionIdleAfter
+      })
+    ),
+    Layer.provideMerge(
+      PtyHostSupervisor.layer({
+        dataDir: config.dataDir,
+        command: ptyHostCommand(config),
+        stopHostOnRelease: config.stopPtyHostOnExit
+      })
+    )
+  )
+
+/** Wakes the entities of the sessions that were running here, so they record what was missed. */
+const resumeSessions = (nodeId: string) =>
+  Effect.gen(function* () {
+    const registry = yield* SessionRegistry.SessionRegistry
+    const makeClient = yield* SessionEntity.Session.client
+    const ids = yield* registry.running(nodeId)
+    yield* Effect.forEach(
+      ids,
+      (id) =>
+        makeClient(id)
+          .Wake()
+          .pipe(
+            Effect.catchAll((error) => Effect.logWarning(`could not resume session ${id}: ${String(error)}`))
+          ),
+      { concurrency: 4, discard: true }
+    )
+    if (ids.length > 0) yield* Effect.logInfo(`resumed ${ids.length} sessions`)
+  }).pipe(Effect.catchAll((error) => Effect.logWarning(`could not resume sessions: ${error.message}`)))
+
 /** The whole node as a layer; building it starts the node, releasing it stops the node. */
 export const layer = (config: ServerConfig, hooks: Hooks) =>
   Layer.unwrapScoped(
@@ -189,6 +257,13 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       if (config.eventsRetention.length > 0) {
         yield* Effect.forkScoped(retention(config).pipe(Effect.provide(events)))
       }
+      const sessionsContext = yield* Layer.build(
+        sessions(config, nodeId).pipe(
+          Layer.provide(Layer.succeedContext(events)),
+          Layer.provide(Layer.succeedContext(sqlContext))
+        )
+      )
+      yield* Effect.forkScoped(resumeSessions(nodeId).pipe(Effect.provide(sessionsContext)))
       const server = http.createServer()
       const identity = { serviceVersion: version, nodeId }
 
@@ -211,6 +286,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Layer.provide(nodeInfo),
         Layer.provide(Telemetry.layerPrometheus(identity)),
         Layer.provide(Layer.succeedContext(adminToken)),
+        Layer.provide(Layer.succeedContext(sessionsContext)),
         Layer.provide(Layer.succeedContext(events)),
         Layer.provide(Layer.succeedContext(sqlContext)),
         Layer.provide(NodeHttpServer.layer(() => server, { port: config.port, host: config.host })),

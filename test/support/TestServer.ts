@@ -4,6 +4,7 @@
 import { Deferred, Duration, Effect, Layer, LogLevel, Option, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { fileURLToPath } from "node:url"
 import type { ServerConfig } from "../../src/config/Config.js"
 import * as Server from "../../src/server/Server.js"
 import * as TestDatabase from "./TestDatabase.js"
@@ -18,6 +19,19 @@ export interface Running {
   /** The node's database. */
   readonly databaseUrl: Redacted.Redacted<string>
 }
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
+
+/** The argv that starts a PTY host from the sources (as `vibes pty-host`). */
+export const ptyHostCommand = (dataDir: string): ReadonlyArray<string> => [
+  process.execPath,
+  "--import",
+  "tsx",
+  path.join(root, "src", "main.ts"),
+  "pty-host",
+  "--data-dir",
+  dataDir
+]
 
 /** Starts a node for the life of the scope; `overrides` change its configuration. */
 export const startWith = (overrides: Partial<ServerConfig>) =>
@@ -45,6 +59,10 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       sseHeartbeat: Duration.seconds(15),
       eventsRetention: [],
       eventsRetentionInterval: Duration.hours(1),
+      sessionScrollback: 10_000,
+      sessionIdleAfter: Duration.seconds(5),
+      ptyHostCommand: Option.some(ptyHostCommand(dataDir)),
+      stopPtyHostOnExit: true,
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()

@@ -9,7 +9,12 @@ layer(TestDatabase.layerSql, { timeout: 120_000, excludeTestServices: true })("m
     Effect.gen(function* () {
       const sql = yield* SqlClient
       const first = yield* Migrations.run
-      expect(first.map(([id, name]) => `${id}:${name}`)).toEqual(["1:nodes", "2:events", "3:event_consumers"])
+      expect(first.map(([id, name]) => `${id}:${name}`)).toEqual([
+        "1:nodes",
+        "2:events",
+        "3:event_consumers",
+        "4:sessions"
+      ])
       const second = yield* Migrations.run
       expect(second).toEqual([])
       const recorded = yield* sql<{

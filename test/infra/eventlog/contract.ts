@@ -126,6 +126,34 @@ export const eventLogContract = <E>(
       })
     )
 
+    it.effect("reads backwards from an offset, newest first, with the same filters", () =>
+      Effect.gen(function* () {
+        const log = yield* EventLog
+        const session = `back-${Date.now()}`
+        const offsets = yield* log.append(
+          [1, 2, 3, 4].map((n) =>
+            NewEvent.make({
+              type: n % 2 === 0 ? "session.snapshot" : "session.output",
+              source,
+              sessionId: session,
+              data: { n }
+            })
+          )
+        )
+        const snapshots = EventFilter.make({ sessionId: session, types: ["session.snapshot"] })
+        const newest = yield* log.readBackward(Number.MAX_SAFE_INTEGER, snapshots, 1)
+        expect(newest.map((e) => e.data)).toEqual([{ n: 4 }])
+        const before = yield* log.readBackward(Number(offsets[2]), snapshots, 10)
+        expect(before.map((e) => e.data)).toEqual([{ n: 2 }])
+        const everything = yield* log.readBackward(
+          Number(offsets[3]),
+          EventFilter.make({ sessionId: session }),
+          10
+        )
+        expect(everything.map((e) => Number(e.offset))).toEqual([...offsets].map(Number).reverse())
+      })
+    )
+
     it.effect("refuses a malformed glob and an oversize payload, and stores nothing", () =>
       Effect.gen(function* () {
         const log = yield* EventLog

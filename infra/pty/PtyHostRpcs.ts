@@ -1,0 +1,111 @@
+/**
+ * The wire protocol of the PTY host: the `PtyHost` service as an `@effect/rpc` group, plus `Ping`
+ * and `Shutdown` for whoever supervises the host. Spoken with msgpack over `<dataDir>/pty-host.sock`,
+ * so terminal bytes travel as binary. Also where a host is found: its socket and pid file.
+ */
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Layer, Option, Schema } from "effect"
+import * as Rpc from "@effect/rpc/Rpc"
+import * as RpcGroup from "@effect/rpc/RpcGroup"
+import * as RpcSerialization from "@effect/rpc/RpcSerialization"
+import {
+  PtyAlreadyExists,
+  PtyId,
+  PtyInfo,
+  PtyNotFound,
+  PtyNotRunning,
+  PtyOutput,
+  PtySignal,
+  PtySpawnFailed,
+  PtySpec
+} from "./PtyHost.js"
+
+/** Name of the host's Unix socket in the data dir. */
+export const socketFileName = "pty-host.sock"
+
+/** Name of the file in the data dir where a running host writes its pid. */
+export const pidFileName = "pty-host.json"
+
+/** The host's socket in `dataDir`. */
+export const socketPath = (dataDir: string): string => path.join(dataDir, socketFileName)
+
+/** The host's pid file in `dataDir`. */
+export const pidFilePath = (dataDir: string): string => path.join(dataDir, pidFileName)
+
+/** The content of `pty-host.json`. */
+export const PidFile = Schema.Struct({ pid: Schema.Int, startedAt: Schema.String })
+
+/** Alive, and not a zombie waiting to be reaped (zombies still take signal 0). */
+export const isRunning = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EPERM") return false
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    return stat.charAt(stat.lastIndexOf(")") + 2) !== "Z"
+  } catch {
+    return true
+  }
+}
+
+/** The pid in `pty-host.json` when it names a running `vibes pty-host` process. */
+export const runningHostPid = (dataDir: string): Option.Option<number> => {
+  try {
+    const file = Schema.decodeUnknownOption(Schema.parseJson(PidFile))(
+      fs.readFileSync(pidFilePath(dataDir), "utf8")
+    )
+    return Option.filter(
+      Option.map(file, ({ pid }) => pid),
+      (pid) => isRunning(pid) && fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("pty-host")
+    )
+  } catch {
+    return Option.none()
+  }
+}
+
+/** What `Ping` answers. */
+export class PingResult extends Schema.Class<PingResult>("PingResult")({
+  pid: Schema.Int,
+  startedAt: Schema.DateTimeUtc,
+  /** PTYs held, running or exited and not yet released. */
+  ptys: Schema.NonNegativeInt
+}) {}
+
+/** Every RPC the PTY host answers. */
+export class PtyHostRpcs extends RpcGroup.make(
+  Rpc.make("Spawn", {
+    payload: PtySpec,
+    success: PtyInfo,
+    error: Schema.Union(PtySpawnFailed, PtyAlreadyExists)
+  }),
+  Rpc.make("Write", {
+    payload: { id: PtyId, data: Schema.Uint8ArrayFromSelf },
+    error: Schema.Union(PtyNotFound, PtyNotRunning)
+  }),
+  Rpc.make("Resize", {
+    payload: { id: PtyId, cols: Schema.Int, rows: Schema.Int },
+    error: Schema.Union(PtyNotFound, PtyNotRunning)
+  }),
+  Rpc.make("Signal", {
+    payload: { id: PtyId, signal: PtySignal },
+    error: Schema.Union(PtyNotFound, PtyNotRunning)
+  }),
+  Rpc.make("Output", {
+    payload: { id: PtyId, from: Schema.Int },
+    success: PtyOutput,
+    error: PtyNotFound,
+    stream: true
+  }),
+  Rpc.make("Get", { payload: { id: PtyId }, success: PtyInfo, error: PtyNotFound }),
+  Rpc.make("List", { success: Schema.Array(PtyInfo) }),
+  Rpc.make("Release", { payload: { id: PtyId } }),
+  Rpc.make("Ping", { success: PingResult }),
+  Rpc.make("Shutdown")
+) {}
+
+/** The serialization both ends use. */
+export const layerSerialization: Layer.Layer<RpcSerialization.RpcSerialization> =
+  RpcSerialization.layerMsgPack

@@ -1,0 +1,768 @@
+/**
+ * The PTY host process (`vibes pty-host`): owns the pseudo-terminals (node-pty) and serves them
+ * over `<dataDir>/pty-host.sock`, so shells outlive `vibes serve`.
+ *
+ * Every PTY keeps a ring of its last output bytes, addressed by byte sequence numbers. A connected
+ * reader that falls more than a high-water mark behind pauses the program (the PTY is not read, so
+ * the program blocks on its next write) until every reader is back under a low-water mark: a slow
+ * but connected server loses nothing. With no reader the ring simply overwrites its oldest bytes.
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as NodePty from "node-pty"
+import {
+  Clock,
+  Context,
+  DateTime,
+  Deferred,
+  Duration,
+  Effect,
+  Layer,
+  Option,
+  Schedule,
+  Schema,
+  type Scope,
+  Stream
+} from "effect"
+import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
+import * as RpcServer from "@effect/rpc/RpcServer"
+import * as DataDir from "../datadir/DataDir.js"
+import {
+  PtyAlreadyExists,
+  PtyData,
+  PtyExit,
+  PtyExited,
+  PtyGap,
+  PtyInfo,
+  PtyNotFound,
+  PtyNotRunning,
+  type PtyOutput,
+  type PtySignal,
+  PtySpawnFailed,
+  type PtySpec
+} from "./PtyHost.js"
+import * as PtyHostClient from "./PtyHostClient.js"
+import {
+  isRunning,
+  layerSerialization,
+  PidFile,
+  pidFilePath,
+  PingResult,
+  PtyHostRpcs,
+  runningHostPid,
+  socketPath
+} from "./PtyHostRpcs.js"
+
+/** The host could not start (data dir, socket). */
+export class PtyHostServerError extends Schema.TaggedError<PtyHostServerError>()("PtyHostServerError", {
+  message: Schema.String
+}) {}
+
+/** Options of the host. */
+export interface Options {
+  /** The vibes data directory; the socket and pid file live in it. */
+  readonly dataDir: string
+  /** Output bytes kept per PTY. Default 8 MiB. */
+  readonly ringBytes?: number
+  /** The host exits after this long with no PTY and no client. Default 30 s. */
+  readonly idleExit?: Duration.DurationInput
+}
+
+/** Default size of a PTY's output ring. */
+export const defaultRingBytes = 8 * 1024 * 1024
+
+/** Default idle time before the host exits by itself. */
+export const defaultIdleExit: Duration.Duration = Duration.seconds(30)
+
+/** Largest size, in columns or rows, a PTY may have. */
+export const maxDimension = 1000
+
+/** Most bytes in one `Data` element. */
+const maxChunkBytes = 64 * 1024
+
+/** How long a program gets between SIGHUP and SIGKILL. */
+const killGrace = Duration.seconds(2)
+
+// ring ------------------------------------------------------------------------------------
+
+/**
+ * The last `capacity` bytes written, addressed by sequence number (bytes written before them).
+ * The buffer grows on demand up to `capacity`, so a quiet PTY costs little.
+ */
+class Ring {
+  private buffer: Buffer
+  private startSeq = 0
+  private endSeq = 0
+
+  constructor(private readonly capacity: number) {
+    this.buffer = Buffer.allocUnsafe(Math.min(capacity, maxChunkBytes))
+  }
+
+  /** Sequence number of the oldest byte held. */
+  get start(): number {
+    return this.startSeq
+  }
+
+  /** Sequence number of the next byte: the total written. */
+  get end(): number {
+    return this.endSeq
+  }
+
+  write(data: Uint8Array): void {
+    const held = this.endSeq - this.startSeq
+    const needed = Math.min(this.capacity, held + data.length)
+    if (needed > this.buffer.length) {
+      this.resize(Math.min(this.capacity, Math.max(needed, this.buffer.length * 2)))
+    }
+    const keep = Math.min(data.length, this.buffer.length)
+    const newEnd = this.endSeq + data.length
+    this.copyIn(newEnd - keep, data.subarray(data.length - keep))
+    this.endSeq = newEnd
+    this.startSeq = Math.max(this.startSeq, newEnd - this.buffer.length)
+  }
+
+  /** A copy of up to `max` bytes from `from` (at least `start`). */
+  read(from: number, max: number): Buffer {
+    const begin = Math.max(from, this.startSeq)
+    const count = Math.max(0, Math.min(this.endSeq, begin + max) - begin)
+    const out = Buffer.allocUnsafe(count)
+    const at = begin % this.buffer.length
+    const first = Math.min(count, this.buffer.length - at)
+    this.buffer.copy(out, 0, at, at + first)
+    if (count > first) this.buffer.copy(out, first, 0, count - first)
+    return out
+  }
+
+  private resize(length: number): void {
+    const held = this.read(this.startSeq, this.endSeq - this.startSeq)
+    this.buffer = Buffer.allocUnsafe(length)
+    this.copyIn(this.startSeq, held)
+  }
+
+  private copyIn(seq: number, bytes: Uint8Array): void {
+    const at = seq % this.buffer.length
+    const first = Math.min(bytes.length, this.buffer.length - at)
+    this.buffer.set(bytes.subarray(0, first), at)
+    if (bytes.length > first) this.buffer.set(bytes.subarray(first), 0)
+  }
+}
+
+// processes -------------------------------------------------------------------------------
+
+const signalNames = new Map(Object.entries(os.constants.signals).map(([name, number]) => [number, name]))
+
+const exitOf = (exitCode: number, signal: number | undefined): PtyExit =>
+  signal !== undefined && signal > 0
+    ? new PtyExit({ exitCode: null, signal: signalNames.get(signal) ?? `SIG${signal}` })
+    : new PtyExit({ exitCode, signal: null })
+
+const describeExit = (exit: PtyExit): string =>
+  exit.signal !== null ? `killed by ${exit.signal}` : `exit code ${exit.exitCode ?? "?"}`
+
+/** Sends `signal` to a process (negative: a process group); false when nothing got it. */
+const send = (target: number, signal: NodeJS.Signals | 0): boolean => {
+  try {
+    process.kill(target, signal)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+/** The terminal's foreground process group (field 8, `tpgid`, of /proc/<pid>/stat), Linux only. */
+const foregroundGroup = (pid: number): Option.Option<number> => {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    // The command name (field 2) may hold spaces and parentheses; fields after it are plain.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    const tpgid = Number.parseInt(fields[5] ?? "", 10)
+    return Number.isInteger(tpgid) && tpgid > 0 ? Option.some(tpgid) : Option.none()
+  } catch {
+    return Option.none()
+  }
+}
+
+/** node-pty's `destroy` (closes the master fd) is on the Unix terminal but not in its typings. */
+const destroyPty = (terminal: NodePty.IPty): void => {
+  if ("destroy" in terminal && typeof terminal.destroy === "function") terminal.destroy()
+}
+
+/** What node-pty's Unix terminal has beyond its typings: the master fd and its stream's events. */
+interface UnixTerminal {
+  readonly fd: number
+  on(event: "end", listener: () => void): void
+}
+
+const isUnixTerminal = (terminal: NodePty.IPty): terminal is NodePty.IPty & UnixTerminal =>
+  "fd" in terminal && typeof terminal.fd === "number" && "on" in terminal && typeof terminal.on === "function"
+
+/**
+ * libuv takes a short read after POLLHUP for the end of a PTY master (libuv#4992), so node-pty
+ * drops what a program wrote just before it exited (node-pty#726). On that early end the rest is
+ * still in the kernel: read it synchronously, before node-pty closes the fd.
+ */
+const drainOnEarlyEnd = (terminal: NodePty.IPty, onData: (chunk: Buffer) => void): void => {
+  if (!isUnixTerminal(terminal)) return
+  const { fd } = terminal
+  terminal.on("end", () => {
+    const buffer = Buffer.allocUnsafe(maxChunkBytes)
+    for (;;) {
+      let count: number
+      try {
+        count = fs.readSync(fd, buffer)
+      } catch {
+        // EIO once the kernel has nothing left (EAGAIN if the slave is somehow open again).
+        return
+      }
+      if (count <= 0) return
+      onData(Buffer.from(buffer.subarray(0, count)))
+    }
+  })
+}
+
+const isExecutableFile = (file: string): boolean => {
+  try {
+    fs.accessSync(file, fs.constants.X_OK)
+    return fs.statSync(file).isFile()
+  } catch {
+    return false
+  }
+}
+
+/** Checks what node-pty would only find out in the child, where a failure is just an exit code. */
+const validate = (spec: PtySpec): Option.Option<PtySpawnFailed> => {
+  const failed = (reason: PtySpawnFailed["reason"], message: string) =>
+    Option.some(new PtySpawnFailed({ id: spec.id, reason, message }))
+  const sizeOk = (n: number) => Number.isInteger(n) && n >= 1 && n <= maxDimension
+  if (!sizeOk(spec.cols) || !sizeOk(spec.rows)) {
+    return failed(
+      "other",
+      `the terminal size ${spec.cols}x${spec.rows} is out of range: cols and rows must be between 1 and ${maxDimension}`
+    )
+  }
+  if (!path.isAbsolute(spec.cwd)) return failed("cwd", `the working directory '${spec.cwd}' is not absolute`)
+  let isDirectory = false
+  try {
+    isDirectory = fs.statSync(spec.cwd).isDirectory()
+  } catch {
+    return failed("cwd", `the working directory '${spec.cwd}' does not exist`)
+  }
+  if (!isDirectory) return failed("cwd", `the working directory '${spec.cwd}' is not a directory`)
+  if (spec.file === "") return failed("command", "no program to start")
+  if (spec.file.includes("/")) {
+    return isExecutableFile(path.resolve(spec.cwd, spec.file))
+      ? Option.none()
+      : failed("command", `'${spec.file}' is not an executable file`)
+  }
+  // execvp's own fallback when PATH is unset.
+  const searchPath = spec.env["PATH"] ?? "/bin:/usr/bin"
+  const found = searchPath
+    .split(":")
+    .some((dir) => isExecutableFile(path.resolve(spec.cwd, dir === "" ? "." : dir, spec.file)))
+  return found ? Option.none() : failed("command", `'${spec.file}' was not found in PATH (${searchPath})`)
+}
+
+// registry --------------------------------------------------------------------------------
+
+/** A reader of a PTY's output: the sequence number of the next byte it takes. */
+interface Reader {
+  next: number
+  /** It got `Exited`. */
+  done: boolean
+}
+
+interface Entry {
+  readonly id: string
+  readonly terminal: NodePty.IPty
+  readonly pid: number
+  readonly ring: Ring
+  readonly readers: Set<Reader>
+  /** Callbacks of readers waiting for output, an exit or the release. */
+  readonly waiters: Set<() => void>
+  readonly listeners: ReadonlyArray<NodePty.IDisposable>
+  cols: number
+  rows: number
+  exit: PtyExit | null
+  paused: boolean
+  /** While paused: checks whether the program is gone, to read its last bytes before node-pty drops them. */
+  watchdog: ReturnType<typeof setInterval> | undefined
+  /** The program is gone but its last output may still be unread: never pause again. */
+  draining: boolean
+  /** Released and freed: readers still waiting end. */
+  freed: boolean
+}
+
+const infoOf = (entry: Entry): PtyInfo =>
+  new PtyInfo({
+    id: entry.id,
+    pid: entry.pid,
+    cols: entry.cols,
+    rows: entry.rows,
+    seq: entry.ring.end,
+    exit: entry.exit
+  })
+
+const notFound = (id: string) =>
+  new PtyNotFound({
+    id,
+    message: `no PTY '${id}' on this host (never created, released, or lost with a previous host)`
+  })
+
+const notRunning = (entry: Entry, exit: PtyExit) =>
+  new PtyNotRunning({
+    id: entry.id,
+    message: `the program in PTY '${entry.id}' has exited (${describeExit(exit)})`
+  })
+
+/** The PTYs of a host and what can be done with them. */
+interface Registry {
+  readonly size: () => number
+  readonly spawn: (spec: PtySpec) => Effect.Effect<PtyInfo, PtySpawnFailed | PtyAlreadyExists>
+  readonly write: (id: string, data: Uint8Array) => Effect.Effect<void, PtyNotFound | PtyNotRunning>
+  readonly resize: (
+    id: string,
+    cols: number,
+    rows: number
+  ) => Effect.Effect<void, PtyNotFound | PtyNotRunning>
+  readonly signal: (id: string, signal: PtySignal) => Effect.Effect<void, PtyNotFound | PtyNotRunning>
+  readonly output: (id: string, from: number) => Stream.Stream<PtyOutput, PtyNotFound>
+  readonly get: (id: string) => Effect.Effect<PtyInfo, PtyNotFound>
+  readonly list: Effect.Effect<ReadonlyArray<PtyInfo>>
+  readonly release: (id: string) => Effect.Effect<void>
+  readonly releaseAll: Effect.Effect<void>
+}
+
+const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const entries = new Map<string, Entry>()
+    const highWater = Math.max(1, Math.min(1024 * 1024, Math.floor(ringBytes / 4)))
+    const lowWater = Math.floor(highWater / 4)
+
+    /**
+     * Sends `signal` to the program's process group. Right after the fork the child may not have
+     * its own group yet (forkpty's setsid): then it gets it alone, which is safe while its pid
+     * is not reaped (it cannot have been reused).
+     */
+    const signalGroup = (entry: Entry, signal: NodeJS.Signals | 0): boolean =>
+      send(-entry.pid, signal) || (entry.exit === null && send(entry.pid, signal))
+
+    const wake = (entry: Entry) => {
+      const waiters = [...entry.waiters]
+      entry.waiters.clear()
+      for (const waiter of waiters) waiter()
+    }
+
+    const maxLag = (entry: Entry) => {
+      let lag = 0
+      for (const reader of entry.readers) lag = Math.max(lag, entry.ring.end - reader.next)
+      return lag
+    }
+
+    const resume = (entry: Entry) => {
+      if (!entry.paused) return
+      entry.paused = false
+      if (entry.watchdog !== undefined) clearInterval(entry.watchdog)
+      entry.watchdog = undefined
+      entry.terminal.resume()
+    }
+
+    const pause = (entry: Entry) => {
+      if (entry.paused || entry.draining || entry.exit !== null) return
+      entry.paused = true
+      entry.terminal.pause()
+      // node-pty destroys the PTY 200 ms after the program is reaped, unread bytes and all.
+      entry.watchdog = setInterval(() => {
+        if (!isRunning(entry.pid)) {
+          entry.draining = true
+          resume(entry)
+        }
+      }, 40)
+    }
+
+    const afterRead = (entry: Entry) => {
+      if (entry.paused && maxLag(entry) <= lowWater) resume(entry)
+    }
+
+    const lookup = (id: string) =>
+      Effect.suspend(() => {
+        const entry = entries.get(id)
+        return entry === undefined ? Effect.fail(notFound(id)) : Effect.succeed(entry)
+      })
+
+    const running = (id: string) =>
+      Effect.flatMap(lookup(id), (entry) =>
+        entry.exit === null ? Effect.succeed(entry) : Effect.fail(notRunning(entry, entry.exit))
+      )
+
+    const spawn = (spec: PtySpec) =>
+      Effect.suspend((): Effect.Effect<PtyInfo, PtySpawnFailed | PtyAlreadyExists> => {
+        if (entries.has(spec.id)) {
+          return Effect.fail(
+            new PtyAlreadyExists({ id: spec.id, message: `a PTY '${spec.id}' already exists` })
+          )
+        }
+        const invalid = validate(spec)
+        if (Option.isSome(invalid)) return Effect.fail(invalid.value)
+        let terminal: NodePty.IPty
+        try {
+          terminal = NodePty.spawn(spec.file, [...spec.args], {
+            name: "xterm-256color",
+            cols: spec.cols,
+            rows: spec.rows,
+            cwd: spec.cwd,
+            env: { ...spec.env },
+            encoding: null
+          })
+        } catch (cause) {
+          const message = cause instanceof Error ? cause.message : String(cause)
+          return Effect.fail(
+            new PtySpawnFailed({
+              id: spec.id,
+              reason: /EMFILE|ENFILE|EAGAIN|ENOSPC|forkpty/.test(message) ? "limit" : "other",
+              message: `cannot start '${spec.file}': ${message}`
+            })
+          )
+        }
+        const listeners: Array<NodePty.IDisposable> = []
+        const entry: Entry = {
+          id: spec.id,
+          terminal,
+          pid: terminal.pid,
+          ring: new Ring(ringBytes),
+          readers: new Set(),
+          waiters: new Set(),
+          listeners,
+          cols: spec.cols,
+          rows: spec.rows,
+          exit: null,
+          paused: false,
+          watchdog: undefined,
+          draining: false,
+          freed: false
+        }
+        const received = (chunk: Buffer) => {
+          if (entry.freed) return
+          entry.ring.write(chunk)
+          wake(entry)
+          if (maxLag(entry) > highWater) pause(entry)
+        }
+        // With `encoding: null` node-pty hands out Buffers, though its typings say string.
+        const onData = terminal.onData as unknown as NodePty.IEvent<Buffer>
+        drainOnEarlyEnd(terminal, received)
+        listeners.push(
+          onData(received),
+          terminal.onExit(({ exitCode, signal }) => {
+            entry.exit = exitOf(exitCode, signal)
+            resume(entry)
+            wake(entry)
+          })
+        )
+        entries.set(spec.id, entry)
+        return Effect.succeed(infoOf(entry))
+      })
+
+    /** The next element for `reader`, waiting for output when it has everything; fails with None at the end. */
+    const pull = (entry: Entry, reader: Reader): Effect.Effect<PtyOutput, Option.Option<PtyNotFound>> =>
+      Effect.suspend(() => {
+        const { ring } = entry
+        if (reader.done) return Effect.fail(Option.none())
+        if (reader.next < ring.start) {
+          const gap = new PtyGap({ from: reader.next, to: ring.start })
+          reader.next = ring.start
+          return Effect.succeed(gap)
+        }
+        if (reader.next < ring.end) {
+          const data = ring.read(reader.next, maxChunkBytes)
+          const element = new PtyData({ seq: reader.next, data })
+          reader.next += data.length
+          afterRead(entry)
+          return Effect.succeed(element)
+        }
+        if (entry.exit !== null) {
+          const exited = new PtyExited({ seq: ring.end, exit: entry.exit })
+          entry.readers.delete(reader)
+          reader.done = true
+          return Effect.succeed(exited)
+        }
+        if (entry.freed) return Effect.fail(Option.some(notFound(entry.id)))
+        return Effect.zipRight(waitForNews(entry, reader), pull(entry, reader))
+      })
+
+    const hasNews = (entry: Entry, reader: Reader) =>
+      reader.next < entry.ring.end || entry.exit !== null || entry.freed
+
+    const waitForNews = (entry: Entry, reader: Reader) =>
+      Effect.async<void>((resume) => {
+        // Checked again here: the fiber may have yielded since `pull` looked.
+        if (hasNews(entry, reader)) return resume(Effect.void)
+        const waiter = () => resume(Effect.void)
+        entry.waiters.add(waiter)
+        return Effect.sync(() => entry.waiters.delete(waiter))
+      })
+
+    const output = (id: string, from: number): Stream.Stream<PtyOutput, PtyNotFound> =>
+      Stream.unwrapScoped(
+        Effect.gen(function* () {
+          const entry = yield* lookup(id)
+          const reader = yield* Effect.acquireRelease(
+            Effect.sync(() => {
+              const reader: Reader = { next: Math.max(0, Math.min(from, entry.ring.end)), done: false }
+              entry.readers.add(reader)
+              if (maxLag(entry) > highWater) pause(entry)
+              return reader
+            }),
+            (reader) =>
+              Effect.sync(() => {
+                entry.readers.delete(reader)
+                afterRead(entry)
+              })
+          )
+          return Stream.repeatEffectOption(pull(entry, reader))
+        })
+      )
+
+    /**
+     * Resolves with true once `done` holds, or with false after `within`. The deadline is a timer
+     * rather than `Effect.timeout`: this runs in finalizers, where a timeout cannot interrupt.
+     */
+    const awaitCondition = (entry: Entry, done: () => boolean, within: Duration.Duration) =>
+      Effect.async<boolean>((resume) => {
+        let finished = false
+        const finish = (value: boolean) => {
+          if (finished) return
+          finished = true
+          clearInterval(poll)
+          clearTimeout(deadline)
+          entry.waiters.delete(check)
+          resume(Effect.succeed(value))
+        }
+        const check = () => {
+          if (done()) finish(true)
+          else if (!finished) entry.waiters.add(check)
+        }
+        // Group membership has no event; the exit has one (through `waiters`).
+        const poll = setInterval(check, 25)
+        const deadline = setTimeout(() => finish(false), Duration.toMillis(within))
+        check()
+        return Effect.sync(() => {
+          finished = true
+          clearInterval(poll)
+          clearTimeout(deadline)
+          entry.waiters.delete(check)
+        })
+      })
+
+    /** SIGHUP to the program's group, SIGKILL after a grace, then the PTY is freed. */
+    const terminate = (entry: Entry) =>
+      Effect.gen(function* () {
+        if (entry.exit === null || signalGroup(entry, 0)) {
+          signalGroup(entry, "SIGHUP")
+          resume(entry)
+          const gone = yield* awaitCondition(
+            entry,
+            () => entry.exit !== null && !signalGroup(entry, 0),
+            killGrace
+          )
+          if (!gone) {
+            signalGroup(entry, "SIGKILL")
+            yield* awaitCondition(entry, () => entry.exit !== null, killGrace)
+          }
+        }
+        resume(entry)
+        for (const listener of entry.listeners) listener.dispose()
+        destroyPty(entry.terminal)
+        entry.freed = true
+        wake(entry)
+      }).pipe(Effect.uninterruptible)
+
+    const release = (id: string) =>
+      Effect.suspend(() => {
+        const entry = entries.get(id)
+        if (entry === undefined) return Effect.void
+        entries.delete(id)
+        return terminate(entry)
+      })
+
+    const releaseAll = Effect.suspend(() => {
+      const all = [...entries.values()]
+      entries.clear()
+      return Effect.forEach(all, terminate, { concurrency: "unbounded", discard: true })
+    })
+
+    yield* Effect.addFinalizer(() => releaseAll)
+
+    return {
+      size: () => entries.size,
+      spawn,
+      write: (id, data) =>
+        Effect.flatMap(running(id), (entry) => Effect.sync(() => entry.terminal.write(Buffer.from(data)))),
+      resize: (id, cols, rows) =>
+        Effect.flatMap(running(id), (entry) => {
+          const ok = (n: number) => Number.isInteger(n) && n >= 1 && n <= maxDimension
+          if (!ok(cols) || !ok(rows)) {
+            return Effect.dieMessage(
+              `the terminal size ${cols}x${rows} is out of range: cols and rows must be between 1 and ${maxDimension}`
+            )
+          }
+          return Effect.try({
+            try: () => {
+              entry.terminal.resize(cols, rows)
+              entry.cols = cols
+              entry.rows = rows
+            },
+            // The fd is closed: the program has just exited.
+            catch: (cause) =>
+              new PtyNotRunning({ id, message: `the PTY '${id}' is closing: ${String(cause)}` })
+          })
+        }),
+      signal: (id, signal) =>
+        Effect.flatMap(running(id), (entry) =>
+          Effect.sync(() => {
+            signalGroup(entry, signal)
+            const foreground = foregroundGroup(entry.pid)
+            if (Option.isSome(foreground) && foreground.value !== entry.pid) send(-foreground.value, signal)
+          })
+        ),
+      output,
+      get: (id) => Effect.map(lookup(id), infoOf),
+      list: Effect.sync(() => [...entries.values()].map(infoOf)),
+      release,
+      releaseAll
+    } satisfies Registry
+  })
+
+// process ---------------------------------------------------------------------------------
+
+const fail = (message: string) => new PtyHostServerError({ message })
+
+const writePidFile = (file: string, startedAt: DateTime.Utc) =>
+  Effect.try({
+    try: () => {
+      const content = Schema.encodeSync(PidFile)({
+        pid: process.pid,
+        startedAt: DateTime.formatIso(startedAt)
+      })
+      fs.writeFileSync(file, JSON.stringify(content) + "\n", { mode: 0o600 })
+      fs.chmodSync(file, 0o600)
+    },
+    catch: (cause) => fail(`cannot write ${file}: ${String(cause)}`)
+  })
+
+/** Removes the pid file if it is ours (the socket file goes when the server closes). */
+const removePidFile = (pidFile: string) =>
+  Effect.sync(() => {
+    try {
+      const parsed = Schema.decodeUnknownOption(Schema.parseJson(PidFile))(fs.readFileSync(pidFile, "utf8"))
+      if (Option.isSome(parsed) && parsed.value.pid === process.pid) fs.rmSync(pidFile, { force: true })
+    } catch {
+      // already gone
+    }
+  })
+
+/** Waits, polling, until `pid` has exited; false if it still runs after `within`. */
+const awaitExit = (pid: number, within: Duration.DurationInput) =>
+  Effect.suspend(() => (isRunning(pid) ? Effect.fail("running") : Effect.void)).pipe(
+    Effect.retry(Schedule.spaced("25 millis").pipe(Schedule.upTo(within))),
+    Effect.as(true),
+    Effect.orElseSucceed(() => false)
+  )
+
+/** Polls until the host has had no PTY and no client for `idleExit`. */
+const idleFor = (idleExit: Duration.Duration, busy: Effect.Effect<boolean>) =>
+  Effect.gen(function* () {
+    const idleMillis = Duration.toMillis(idleExit)
+    const tick = Duration.millis(Math.min(1000, Math.max(10, idleMillis / 4)))
+    let idleSince: number | undefined
+    for (;;) {
+      yield* Effect.sleep(tick)
+      const now = yield* Clock.currentTimeMillis
+      if (yield* busy) {
+        idleSince = undefined
+      } else {
+        idleSince ??= now
+        if (now - idleSince >= idleMillis) return
+      }
+    }
+  })
+
+/**
+ * Runs the host until it is told to stop (`Shutdown`), has been idle for `idleExit`, or is
+ * interrupted (SIGTERM/SIGINT through `NodeRuntime.runMain`). Every way out kills every PTY's
+ * process group (SIGHUP, SIGKILL after a grace) and removes the socket and pid file. When
+ * another live host already answers on the socket, it returns at once.
+ */
+export const run = (options: Options): Effect.Effect<void, PtyHostServerError> =>
+  Effect.gen(function* () {
+    const ringBytes = options.ringBytes ?? defaultRingBytes
+    if (!Number.isInteger(ringBytes) || ringBytes < 1) {
+      return yield* fail(`the ring size must be a positive number of bytes, got ${ringBytes}`)
+    }
+    const idleExit = Duration.decode(options.idleExit ?? defaultIdleExit)
+    const socket = socketPath(options.dataDir)
+    const pidFile = pidFilePath(options.dataDir)
+    yield* DataDir.ensure(options.dataDir).pipe(Effect.mapError((error) => fail(error.message)))
+
+    const other = yield* PtyHostClient.ping(socket).pipe(Effect.option)
+    if (Option.isSome(other)) {
+      yield* Effect.logInfo(`another PTY host (pid ${other.value.pid}) is serving ${socket}; exiting`)
+      return
+    }
+    // A host that no longer answers may be closing: taking its socket now would let its close
+    // unlink ours.
+    const closing = runningHostPid(options.dataDir)
+    if (Option.isSome(closing)) {
+      const gone = yield* awaitExit(closing.value, "10 seconds")
+      if (!gone) {
+        return yield* fail(
+          `the PTY host with pid ${closing.value} holds ${socket} but does not answer; stop it (kill ${closing.value})`
+        )
+      }
+    }
+    // Nothing answers on it: a socket left by a host that died.
+    fs.rmSync(socket, { force: true })
+
+    const startedAt = yield* DateTime.now
+    const registry = yield* makeRegistry(ringBytes)
+    const stop = yield* Deferred.make<void>()
+
+    const handlers = PtyHostRpcs.toLayer({
+      Spawn: (spec) => registry.spawn(spec),
+      Write: ({ data, id }) => registry.write(id, data),
+      Resize: ({ cols, id, rows }) => registry.resize(id, cols, rows),
+      Signal: ({ id, signal }) => registry.signal(id, signal),
+      Output: ({ from, id }) => registry.output(id, from),
+      Get: ({ id }) => registry.get(id),
+      List: () => registry.list,
+      Release: ({ id }) => registry.release(id),
+      Ping: () => Effect.sync(() => new PingResult({ pid: process.pid, startedAt, ptys: registry.size() })),
+      Shutdown: () => Deferred.succeed(stop, undefined)
+    })
+
+    // A bad request fails only itself instead of ending every call of its client.
+    const server = RpcServer.layer(PtyHostRpcs, { disableFatalDefects: true, spanPrefix: "PtyHost" }).pipe(
+      Layer.provide(handlers),
+      Layer.provideMerge(RpcServer.layerProtocolSocketServer),
+      Layer.provide(layerSerialization),
+      Layer.provide(NodeSocketServer.layer({ path: socket }))
+    )
+    yield* Effect.addFinalizer(() => removePidFile(pidFile))
+    const context = yield* Layer.build(server).pipe(
+      Effect.mapError((error) => fail(`cannot listen on ${socket}: ${String(error.cause)}`))
+    )
+    const protocol = Context.get(context, RpcServer.Protocol)
+    // The data dir is private already; the socket stays private even where it is not.
+    yield* Effect.try({
+      try: () => fs.chmodSync(socket, 0o600),
+      catch: (cause) => fail(`cannot restrict ${socket}: ${String(cause)}`)
+    })
+    yield* writePidFile(pidFile, startedAt)
+    yield* Effect.logInfo(`PTY host (pid ${process.pid}) is listening on ${socket}`)
+
+    const busy = Effect.map(protocol.clientIds, (clients) => clients.size > 0 || registry.size() > 0)
+    const why = yield* Effect.raceFirst(
+      Effect.as(Deferred.await(stop), "a Shutdown request"),
+      Effect.as(idleFor(idleExit, busy), `${Duration.format(idleExit)} without PTYs or clients`)
+    )
+    yield* Effect.logInfo(`PTY host (pid ${process.pid}) is stopping after ${why}`)
+  }).pipe(Effect.scoped)

@@ -1,0 +1,242 @@
+/**
+ * Terminal sessions: the models, errors and the `Sessions` RPC group every client uses.
+ *
+ * A session is a program in a pseudo-terminal on a server. Clients attach to it (several at
+ * once, some read-only), send input, resize it, and can rebuild its screen at any past point.
+ * Output bytes carry sequence numbers (the count of bytes the program wrote before them), so a
+ * client that reconnects resumes exactly where it stopped.
+ */
+import { Schema } from "effect"
+import * as Rpc from "@effect/rpc/Rpc"
+import * as RpcGroup from "@effect/rpc/RpcGroup"
+import { AuthMiddleware } from "./Auth.js"
+
+/** A session's id (a UUIDv7). */
+export const SessionId = Schema.String.pipe(
+  Schema.pattern(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, {
+    message: () => "a session id is a UUID like 0193d9b4-7c1e-7a2b-9c3d-4e5f60718293"
+  })
+)
+export type SessionId = typeof SessionId.Type
+
+/** The largest terminal accepted, in columns and in rows. */
+export const maxDimension = 1000
+
+/** The largest `Input` payload accepted, in bytes. */
+export const maxInputBytes = 1024 * 1024
+
+/** What happens when the program ends or its machine is lost. */
+export const RestartPolicy = Schema.Literal("never", "on-failure", "always")
+export type RestartPolicy = typeof RestartPolicy.Type
+
+/**
+ * Where a session is in its life. `running`: the program runs; `exited`: it ended by itself or by a
+ * signal; `closed`: a client closed it; `lost`: its PTY host died with the program.
+ */
+export const SessionState = Schema.Literal("running", "exited", "closed", "lost")
+export type SessionState = typeof SessionState.Type
+
+/** Signals a client may send. */
+export const SessionSignal = Schema.Literal("INT", "TERM", "HUP", "KILL")
+export type SessionSignal = typeof SessionSignal.Type
+
+/** A new session. Every field has a default: the user's login shell in their home, 80x24. */
+export class CreateSession extends Schema.Class<CreateSession>("CreateSession")({
+  /** The program; the user's shell when omitted. */
+  command: Schema.optional(Schema.String),
+  args: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** Working directory; the user's home when omitted. */
+  cwd: Schema.optional(Schema.String),
+  /** Added to (and overriding) the server's environment. */
+  env: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), {
+    default: () => ({})
+  }),
+  /** The client's terminal size: the PTY starts at this size. */
+  cols: Schema.optionalWith(Schema.Int, { default: () => 80 }),
+  rows: Schema.optionalWith(Schema.Int, { default: () => 24 }),
+  name: Schema.optional(Schema.String.pipe(Schema.maxLength(200))),
+  restartPolicy: Schema.optionalWith(RestartPolicy, { default: () => "never" as const })
+}) {}
+
+/** A session as the registry knows it. */
+export class SessionInfo extends Schema.Class<SessionInfo>("SessionInfo")({
+  id: SessionId,
+  name: Schema.NullOr(Schema.String),
+  command: Schema.String,
+  args: Schema.Array(Schema.String),
+  cwd: Schema.String,
+  cols: Schema.Int,
+  rows: Schema.Int,
+  state: SessionState,
+  restartPolicy: RestartPolicy,
+  pid: Schema.NullOr(Schema.Int),
+  nodeId: Schema.String,
+  createdAt: Schema.DateTimeUtc,
+  exitedAt: Schema.NullOr(Schema.DateTimeUtc),
+  exitCode: Schema.NullOr(Schema.Int),
+  exitSignal: Schema.NullOr(Schema.String),
+  attachedClients: Schema.Int,
+  lastActivityAt: Schema.DateTimeUtc,
+  /** Bytes the program has written so far. */
+  outputBytes: Schema.Int,
+  restarts: Schema.Int
+}) {}
+
+/** A screen: plain text and the VT sequence that redraws it (colours, cursor, modes, scrollback). */
+export class Screen extends Schema.Class<Screen>("Screen")({
+  cols: Schema.Int,
+  rows: Schema.Int,
+  /** The visible screen as text, one line per row, trailing blanks trimmed. */
+  text: Schema.String,
+  /** Write this to a terminal of `cols`x`rows` to get the same screen. */
+  vt: Schema.String,
+  cursor: Schema.Struct({ x: Schema.Int, y: Schema.Int }),
+  altScreen: Schema.Boolean,
+  /** Sequence number of the first byte the screen does not include yet. */
+  seq: Schema.Int
+}) {}
+
+/** The first element of an attach stream: who the client is, and the screen to start from. */
+export class Attached extends Schema.TaggedClass<Attached>()("Attached", {
+  attachmentId: Schema.String,
+  readOnly: Schema.Boolean,
+  info: SessionInfo,
+  /** Absent when the client resumed from a `from` the session still had. */
+  screen: Schema.NullOr(Screen),
+  /** Sequence number of the next `Output` byte. */
+  seq: Schema.Int
+}) {}
+
+/** Bytes of output; `seq` is the sequence number of `data[0]`. */
+export class Output extends Schema.TaggedClass<Output>()("Output", {
+  seq: Schema.Int,
+  data: Schema.Uint8ArrayFromSelf
+}) {}
+
+/** The terminal changed size. */
+export class Resized extends Schema.TaggedClass<Resized>()("Resized", {
+  cols: Schema.Int,
+  rows: Schema.Int
+}) {}
+
+/**
+ * Output was lost before the server could record it (the PTY host's ring overflowed while no
+ * server read it); the screen that follows replaces the client's.
+ */
+export class Reset extends Schema.TaggedClass<Reset>()("Reset", { screen: Screen }) {}
+
+/** The program ended; the last element of an attach stream. */
+export class Ended extends Schema.TaggedClass<Ended>()("Ended", {
+  state: SessionState,
+  exitCode: Schema.NullOr(Schema.Int),
+  exitSignal: Schema.NullOr(Schema.String)
+}) {}
+
+/** An element of an attach stream. */
+export const AttachEvent = Schema.Union(Attached, Output, Resized, Reset, Ended)
+export type AttachEvent = typeof AttachEvent.Type
+
+/** A point in a session's history: an event offset or a time. */
+export const HistoryPoint = Schema.Union(
+  Schema.TaggedStruct("Offset", { offset: Schema.Int }),
+  Schema.TaggedStruct("Time", { at: Schema.DateTimeUtc })
+)
+export type HistoryPoint = typeof HistoryPoint.Type
+
+// Errors ------------------------------------------------------------------------------------
+
+/** No session with that id. */
+export class SessionNotFound extends Schema.TaggedError<SessionNotFound>()("SessionNotFound", {
+  sessionId: Schema.String,
+  message: Schema.String
+}) {}
+
+/** A request field is out of range or malformed; nothing was changed. */
+export class InvalidSessionRequest extends Schema.TaggedError<InvalidSessionRequest>()(
+  "InvalidSessionRequest",
+  { field: Schema.String, message: Schema.String }
+) {}
+
+/** The program could not be started (missing cwd, command not found, …); nothing was left behind. */
+export class SpawnFailed extends Schema.TaggedError<SpawnFailed>()("SpawnFailed", {
+  reason: Schema.Literal("cwd", "command", "limit", "other"),
+  message: Schema.String
+}) {}
+
+/** The session's program is not running (it exited, was closed or lost). */
+export class SessionNotRunning extends Schema.TaggedError<SessionNotRunning>()("SessionNotRunning", {
+  sessionId: Schema.String,
+  state: SessionState,
+  message: Schema.String
+}) {}
+
+/** The attachment is read-only: it may watch, not type or resize. */
+export class ReadOnlyAttachment extends Schema.TaggedError<ReadOnlyAttachment>()("ReadOnlyAttachment", {
+  attachmentId: Schema.String,
+  message: Schema.String
+}) {}
+
+/** The session's terminal is unreachable right now (its PTY host is restarting); retry. */
+export class SessionUnavailable extends Schema.TaggedError<SessionUnavailable>()("SessionUnavailable", {
+  sessionId: Schema.String,
+  message: Schema.String
+}) {}
+
+/** Every error a session RPC can fail with. */
+export const SessionError = Schema.Union(
+  SessionNotFound,
+  InvalidSessionRequest,
+  SpawnFailed,
+  SessionNotRunning,
+  ReadOnlyAttachment,
+  SessionUnavailable
+)
+export type SessionError = typeof SessionError.Type
+
+// RPCs --------------------------------------------------------------------------------------
+
+const ById = { sessionId: Schema.String }
+
+/** How a client attaches. */
+export class AttachSession extends Schema.Class<AttachSession>("AttachSession")({
+  sessionId: Schema.String,
+  /** The client's size; the PTY follows the size of the client that wrote most recently. */
+  cols: Schema.optional(Schema.Int),
+  rows: Schema.optional(Schema.Int),
+  readOnly: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  /** Resume from this byte sequence number instead of starting from a screen. */
+  from: Schema.optional(Schema.Int),
+  /** Scrollback lines in the starting screen (default 1000). */
+  scrollback: Schema.optional(Schema.Int)
+}) {}
+
+/** The `Sessions` RPC group, at `/rpc`. */
+export class SessionsRpcs extends RpcGroup.make(
+  Rpc.make("Create", { payload: CreateSession, success: SessionInfo, error: SessionError }),
+  Rpc.make("Input", {
+    payload: { ...ById, data: Schema.Uint8ArrayFromSelf, attachmentId: Schema.optional(Schema.String) },
+    error: SessionError
+  }),
+  Rpc.make("Resize", {
+    payload: {
+      ...ById,
+      cols: Schema.Int,
+      rows: Schema.Int,
+      attachmentId: Schema.optional(Schema.String)
+    },
+    error: SessionError
+  }),
+  Rpc.make("Signal", { payload: { ...ById, signal: SessionSignal }, error: SessionError }),
+  Rpc.make("Close", { payload: ById, success: SessionInfo, error: SessionError }),
+  Rpc.make("Attach", { payload: AttachSession, success: AttachEvent, error: SessionError, stream: true }),
+  Rpc.make("Snapshot", { payload: ById, success: Screen, error: SessionError }),
+  Rpc.make("ScreenAt", { payload: { ...ById, at: HistoryPoint }, success: Screen, error: SessionError }),
+  Rpc.make("List", {
+    payload: { state: Schema.optional(SessionState) },
+    success: Schema.Array(SessionInfo),
+    error: SessionError
+  }),
+  Rpc.make("Get", { payload: ById, success: SessionInfo, error: SessionError })
+)
+  .prefix("Sessions.")
+  .middleware(AuthMiddleware) {}

@@ -1,0 +1,434 @@
+/**
+ * Session commands of the CLI: `new`, `ls`, `attach`, `kill`, `send`, `snapshot`.
+ *
+ * `vibes attach` puts the terminal in raw mode, forwards keystrokes and window size changes,
+ * and reconnects by itself (resuming at the exact byte) when the server restarts. Ctrl-] detaches.
+ * The terminal is restored on every way out: detach, session end, error, signal.
+ */
+import { Context, DateTime, Deferred, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
+import * as Args from "@effect/cli/Args"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as Client from "../../rpc/Client.js"
+import { CreateSession, type SessionInfo, type SessionSignal } from "../../rpc/Sessions.js"
+import {
+  CliFailure,
+  clientLayer,
+  type Connection,
+  connectionOptions,
+  describeError,
+  resolveConnection,
+  toCliFailure,
+  withClient
+} from "./Connection.js"
+
+/** The byte that detaches `vibes attach` (Ctrl-], as in telnet). */
+export const detachKey = 0x1d
+
+const sessionId = Args.text({ name: "session-id" }).pipe(
+  Args.withDescription("The session's id (see `vibes ls`)")
+)
+
+const sessionFailure = (connection: Connection) => toCliFailure(connection)
+
+const terminalSize = () => ({
+  cols: process.stdout.isTTY === true ? process.stdout.columns : 80,
+  rows: process.stdout.isTTY === true ? process.stdout.rows : 24
+})
+
+const formatInfo = (info: SessionInfo) =>
+  [
+    info.id,
+    info.state.padEnd(7),
+    `${info.cols}x${info.rows}`.padEnd(9),
+    String(info.attachedClients).padStart(2),
+    DateTime.formatIso(info.lastActivityAt).slice(0, 19),
+    info.name ?? "-",
+    [info.command, ...info.args].join(" "),
+    info.cwd
+  ].join("  ")
+
+// new -------------------------------------------------------------------------------------
+
+const create = Command.make(
+  "new",
+  {
+    ...connectionOptions,
+    name: Options.text("name").pipe(
+      Options.withDescription("A name to find the session by"),
+      Options.optional
+    ),
+    cwd: Options.text("cwd").pipe(
+      Options.withDescription("Working directory on the server. Default: the server user's home"),
+      Options.optional
+    ),
+    restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(
+      Options.withDescription("Start the command again when it ends (on-failure: only when it fails)"),
+      Options.withDefault("never" as const)
+    ),
+    json: Options.boolean("json").pipe(Options.withDescription("Print the new session as JSON")),
+    command: Args.text({ name: "command" }).pipe(
+      Args.withDescription("The program and its arguments, after `--`. Default: the server user's shell"),
+      Args.repeated
+    )
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      const [program, ...args] = flags.command
+      const size = terminalSize()
+      const info = yield* withClient(connection, flags.timeout, (client) =>
+        client.Sessions.Create(
+          CreateSession.make({
+            ...(program !== undefined ? { command: program } : {}),
+            args,
+            ...(Option.isSome(flags.cwd) ? { cwd: flags.cwd.value } : {}),
+            ...(Option.isSome(flags.name) ? { name: flags.name.value } : {}),
+            cols: size.cols,
+            rows: size.rows,
+            restartPolicy: flags.restart
+          })
+        )
+      ).pipe(Effect.mapError(sessionFailure(connection)))
+      console.log(
+        flags.json ? JSON.stringify({ id: info.id, pid: info.pid, command: info.command }) : info.id
+      )
+    })
+).pipe(
+  Command.withDescription(
+    "Start a session: `vibes new [--name N] [--cwd D] [-- cmd args…]`. Prints its id; attach with `vibes attach ID`."
+  )
+)
+
+// ls --------------------------------------------------------------------------------------
+
+const list = Command.make(
+  "ls",
+  {
+    ...connectionOptions,
+    state: Options.choice("state", ["running", "exited", "closed", "lost"]).pipe(
+      Options.withDescription("Only sessions in this state"),
+      Options.optional
+    ),
+    json: Options.boolean("json").pipe(Options.withDescription("Print one JSON object a line"))
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      const sessions = yield* withClient(connection, flags.timeout, (client) =>
+        client.Sessions.List({ state: Option.getOrUndefined(flags.state) })
+      ).pipe(Effect.mapError(sessionFailure(connection)))
+      if (flags.json) {
+        for (const info of sessions) {
+          console.log(
+            JSON.stringify({
+              id: info.id,
+              name: info.name,
+              state: info.state,
+              command: info.command,
+              args: info.args,
+              cwd: info.cwd,
+              cols: info.cols,
+              rows: info.rows,
+              pid: info.pid,
+              attachedClients: info.attachedClients,
+              exitCode: info.exitCode,
+              exitSignal: info.exitSignal,
+              createdAt: DateTime.formatIso(info.createdAt),
+              lastActivityAt: DateTime.formatIso(info.lastActivityAt)
+            })
+          )
+        }
+        return
+      }
+      if (sessions.length === 0) {
+        console.log("no sessions")
+        return
+      }
+      console.log(
+        "ID                                    STATE    SIZE      AT  LAST ACTIVITY        NAME  COMMAND  CWD"
+      )
+      for (const info of sessions) console.log(formatInfo(info))
+    })
+).pipe(Command.withDescription("List sessions, newest first."))
+
+// kill / send / snapshot ------------------------------------------------------------------
+
+const kill = Command.make(
+  "kill",
+  {
+    ...connectionOptions,
+    sessionId,
+    signal: Options.choice("signal", ["INT", "TERM", "HUP", "KILL"]).pipe(
+      Options.withDescription("Send this signal instead of closing the session"),
+      Options.optional
+    )
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      yield* withClient(connection, flags.timeout, (client) =>
+        Option.match(flags.signal, {
+          onNone: () => Effect.asVoid(client.Sessions.Close({ sessionId: flags.sessionId })),
+          onSome: (signal: SessionSignal) => client.Sessions.Signal({ sessionId: flags.sessionId, signal })
+        })
+      ).pipe(Effect.mapError(sessionFailure(connection)))
+    })
+).pipe(
+  Command.withDescription("Close a session (its program gets SIGHUP, then SIGKILL), or send it --signal.")
+)
+
+const send = Command.make(
+  "send",
+  {
+    ...connectionOptions,
+    sessionId,
+    enter: Options.boolean("enter").pipe(
+      Options.withAlias("e"),
+      Options.withDescription("Press Enter after the text")
+    ),
+    text: Args.text({ name: "text" }).pipe(Args.withDescription("What to type into the session"))
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      const data = new TextEncoder().encode(flags.enter ? `${flags.text}\r` : flags.text)
+      yield* withClient(connection, flags.timeout, (client) =>
+        client.Sessions.Input({ sessionId: flags.sessionId, data })
+      ).pipe(Effect.mapError(sessionFailure(connection)))
+    })
+).pipe(Command.withDescription("Type TEXT into a session, as if at its keyboard (--enter adds Enter)."))
+
+const snapshot = Command.make(
+  "snapshot",
+  {
+    ...connectionOptions,
+    sessionId,
+    vt: Options.boolean("vt").pipe(
+      Options.withDescription("Print the VT sequence that redraws the screen (colours included), not text")
+    )
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      const screen = yield* withClient(connection, flags.timeout, (client) =>
+        client.Sessions.Snapshot({ sessionId: flags.sessionId })
+      ).pipe(Effect.mapError(sessionFailure(connection)))
+      process.stdout.write(flags.vt ? screen.vt : `${screen.text}\n`)
+    })
+).pipe(Command.withDescription("Print a session's current screen."))
+
+// attach ----------------------------------------------------------------------------------
+
+/** Raw mode for the life of the scope; restored however the scope ends, and at process exit. */
+const rawTerminal = Effect.acquireRelease(
+  Effect.sync(() => {
+    const stdin = process.stdin
+    const wasRaw = stdin.isTTY === true && stdin.isRaw
+    const restore = () => {
+      if (stdin.isTTY === true) stdin.setRawMode(wasRaw)
+      // Leave the alternate screen and show the cursor, in case the session left them set.
+      if (process.stdout.isTTY === true) process.stdout.write("\x1b[?1049l\x1b[?25h\x1b[0m")
+    }
+    if (stdin.isTTY === true) stdin.setRawMode(true)
+    process.once("exit", restore)
+    return restore
+  }),
+  (restore) =>
+    Effect.sync(() => {
+      process.removeListener("exit", restore)
+      restore()
+      process.stdin.pause()
+    })
+)
+
+/**
+ * Keystrokes from stdin, ending at the detach key. At the end of stdin (a pipe or /dev/null) the
+ * stream just stops sending: the attachment goes on until the session ends or Ctrl-C.
+ */
+const keystrokes = Stream.async<Uint8Array>((emit) => {
+  const onData = (chunk: Buffer) => {
+    const at = process.stdin.isTTY === true ? chunk.indexOf(detachKey) : -1
+    if (at >= 0) {
+      if (at > 0) void emit.single(new Uint8Array(chunk.subarray(0, at)))
+      void emit.end()
+      return
+    }
+    void emit.single(new Uint8Array(chunk))
+  }
+  process.stdin.on("data", onData)
+  process.stdin.resume()
+  return Effect.sync(() => {
+    process.stdin.off("data", onData)
+  })
+})
+
+/** Window size changes of the local terminal. */
+const windowSizes = Stream.async<{ readonly cols: number; readonly rows: number }>((emit) => {
+  const onResize = () => void emit.single(terminalSize())
+  process.stdout.on("resize", onResize)
+  return Effect.sync(() => process.stdout.off("resize", onResize))
+})
+
+type AttachOutcome =
+  | { readonly _tag: "Detached" }
+  | {
+      readonly _tag: "Ended"
+      readonly state: string
+      readonly exitCode: number | null
+      readonly signal: string | null
+    }
+
+const attach = Command.make(
+  "attach",
+  {
+    ...connectionOptions,
+    sessionId,
+    readOnly: Options.boolean("read-only").pipe(
+      Options.withAlias("r"),
+      Options.withDescription("Watch only: keystrokes are not sent")
+    )
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      yield* rawTerminal
+      const out = (data: Uint8Array | string) =>
+        Effect.async<void>((resume) => {
+          process.stdout.write(data, () => resume(Effect.void))
+        })
+      let seq: number | undefined
+      let lastError = ""
+      const keys = yield* Stream.toPull(keystrokes)
+      const keyQueue = keys
+
+      /** One connection: attach (resuming at `seq`), then forward both ways until it ends. */
+      const session = Effect.gen(function* () {
+        const scope = yield* Effect.scope
+        const client = yield* Effect.map(
+          Layer.buildWithScope(clientLayer(connection), scope),
+          Context.get(Client.VibesClient)
+        )
+        const size = terminalSize()
+        const events = client.Sessions.Attach({
+          sessionId: flags.sessionId,
+          readOnly: flags.readOnly,
+          ...(flags.readOnly ? {} : size),
+          ...(seq !== undefined ? { from: seq } : {})
+        })
+        // Keystrokes typed before the server confirmed the attachment wait for it.
+        const attached = yield* Deferred.make<string>()
+        const input = Stream.repeatEffectOption(keyQueue).pipe(
+          Stream.flattenChunks,
+          Stream.runForEach((data) =>
+            flags.readOnly
+              ? Effect.void
+              : Effect.flatMap(Deferred.await(attached), (attachmentId) =>
+                  client.Sessions.Input({ sessionId: flags.sessionId, data, attachmentId })
+                )
+          ),
+          Effect.as<AttachOutcome>({ _tag: "Detached" })
+        )
+        const resize = windowSizes.pipe(
+          Stream.runForEach((next) =>
+            flags.readOnly
+              ? Effect.void
+              : Effect.flatMap(Deferred.await(attached), (attachmentId) =>
+                  client.Sessions.Resize({ sessionId: flags.sessionId, ...next, attachmentId })
+                )
+          ),
+          Effect.andThen(Effect.never)
+        )
+        const output = events.pipe(
+          Stream.runFoldEffect(Option.none<AttachOutcome>(), (done, event) =>
+            Effect.gen(function* () {
+              switch (event._tag) {
+                case "Attached":
+                  yield* Deferred.succeed(attached, event.attachmentId)
+                  if (event.screen !== null) yield* out(`\x1bc${event.screen.vt}`)
+                  seq = event.seq
+                  yield* out("\x1b]0;vibes\x07")
+                  return done
+                case "Output":
+                  yield* out(event.data)
+                  seq = event.seq + event.data.length
+                  return done
+                case "Reset":
+                  yield* out(`\x1bc${event.screen.vt}`)
+                  seq = event.screen.seq
+                  return done
+                case "Resized":
+                  return done
+                case "Ended":
+                  return Option.some<AttachOutcome>({
+                    _tag: "Ended",
+                    state: event.state,
+                    exitCode: event.exitCode,
+                    signal: event.exitSignal
+                  })
+              }
+            })
+          ),
+          Effect.flatMap(
+            Option.match({
+              onNone: () =>
+                Effect.fail(new CliFailure({ message: "the server ended the stream", exitCode: 1 })),
+              onSome: Effect.succeed
+            })
+          )
+        )
+        return yield* Effect.raceFirst(output, Effect.raceFirst(input, resize))
+      }).pipe(Effect.scoped)
+
+      const retryable = (error: unknown) =>
+        typeof error === "object" &&
+        error !== null &&
+        "_tag" in error &&
+        (error._tag === "RpcClientError" ||
+          error._tag === "SessionUnavailable" ||
+          error instanceof CliFailure)
+
+      const outcome = yield* session.pipe(
+        Effect.tapError((error) =>
+          Effect.sync(() => {
+            lastError = describeError(error)
+          }).pipe(Effect.zipRight(retryable(error) ? out("\x1b]0;vibes: reconnecting…\x07") : Effect.void))
+        ),
+        Effect.retry({
+          while: retryable,
+          schedule: Schedule.exponential("200 millis").pipe(
+            Schedule.union(Schedule.spaced("2 seconds")),
+            Schedule.upTo(Duration.minutes(2))
+          )
+        }),
+        Effect.mapError((error) =>
+          retryable(error)
+            ? new CliFailure({
+                message: `lost ${connection.url} and could not reconnect: ${lastError}`,
+                exitCode: 1
+              })
+            : sessionFailure(connection)(error)
+        )
+      )
+      if (outcome._tag === "Ended") {
+        const how =
+          outcome.state === "exited"
+            ? outcome.signal !== null
+              ? `was killed by ${outcome.signal}`
+              : `exited with code ${outcome.exitCode ?? "?"}`
+            : `is ${outcome.state}`
+        process.stderr.write(`\r\n[vibes: session ${flags.sessionId} ${how}]\r\n`)
+      } else {
+        process.stderr.write(
+          `\r\n[vibes: detached from ${flags.sessionId}; reattach with vibes attach ${flags.sessionId}]\r\n`
+        )
+      }
+    }).pipe(Effect.scoped)
+).pipe(
+  Command.withDescription(
+    "Attach this terminal to a session. Ctrl-] detaches (the session keeps running); the window size follows yours."
+  )
+)
+
+/** The session subcommands. */
+export const commands = [create, list, attach, kill, send, snapshot] as const

@@ -1,0 +1,161 @@
+/**
+ * Handlers of the `Sessions` RPC group: per-session calls go to the session's entity through
+ * Sharding (whichever node owns it); `List`, `Get` and `ScreenAt` read the registry and the log.
+ */
+import { Effect, Option, Stream } from "effect"
+import { SessionsRpcs, SessionNotFound, SessionUnavailable, type SessionError } from "../../rpc/Sessions.js"
+import { EventFilter } from "../../rpc/Events.js"
+import { EventLog, uuidv7 } from "../../infra/eventlog/EventLog.js"
+import * as ScreenModel from "../../infra/terminal/ScreenModel.js"
+import { historyAfter, historySteps, latestSnapshot, Session } from "../../actors/session/SessionEntity.js"
+import { SessionRegistry, toInfo } from "../../actors/session/SessionRegistry.js"
+import { SessionSettings } from "../../actors/session/SessionSettings.js"
+import { Screen } from "../../rpc/Sessions.js"
+
+const sessionErrorTags = new Set([
+  "SessionNotFound",
+  "InvalidSessionRequest",
+  "SpawnFailed",
+  "SessionNotRunning",
+  "ReadOnlyAttachment",
+  "SessionUnavailable"
+])
+
+const isSessionError = (error: { readonly _tag: string }): error is SessionError =>
+  sessionErrorTags.has(error._tag)
+
+/** Keeps session errors; anything the cluster raised becomes `SessionUnavailable`. */
+const toSessionError =
+  (sessionId: string) =>
+  <E extends { readonly _tag: string; readonly message?: string }>(error: E): SessionError =>
+    isSessionError(error)
+      ? error
+      : new SessionUnavailable({
+          sessionId,
+          message: `session ${sessionId} is unreachable right now (${error._tag}${error.message !== undefined ? `: ${error.message}` : ""}); retry`
+        })
+
+/** The handlers. */
+export const layer = SessionsRpcs.toLayer(
+  Effect.gen(function* () {
+    const makeClient = yield* Session.client
+    const registry = yield* SessionRegistry
+    const settings = yield* SessionSettings
+    const log = yield* EventLog
+    // Session ids are never reused, so one that existed once is known for good.
+    const known = new Set<string>()
+
+    const unavailable = (sessionId: string) => (error: { readonly message: string }) =>
+      new SessionUnavailable({ sessionId, message: error.message })
+
+    const lookup = (sessionId: string) =>
+      registry.get(sessionId).pipe(
+        Effect.mapError(unavailable(sessionId)),
+        Effect.flatMap(
+          Option.match({
+            onNone: () =>
+              Effect.fail(new SessionNotFound({ sessionId, message: `no session with id ${sessionId}` })),
+            onSome: Effect.succeed
+          })
+        )
+      )
+
+    const entity = (sessionId: string) =>
+      Effect.gen(function* () {
+        if (!known.has(sessionId)) {
+          yield* lookup(sessionId)
+          known.add(sessionId)
+        }
+        return makeClient(sessionId)
+      })
+
+    const screenAt = (sessionId: string, upTo: number) =>
+      Effect.gen(function* () {
+        const row = yield* lookup(sessionId)
+        const snapshot = yield* latestSnapshot(sessionId, upTo).pipe(Effect.mapError(unavailable(sessionId)))
+        const created = yield* log
+          .read(1, EventFilter.make({ sessionId, types: ["session.created"] }), 1)
+          .pipe(Effect.mapError(unavailable(sessionId)))
+        const initial = created[0]?.data as { readonly cols?: number; readonly rows?: number } | undefined
+        const history = yield* historyAfter(
+          sessionId,
+          Option.match(snapshot, { onNone: () => 0, onSome: (s) => s.offset }),
+          upTo
+        ).pipe(Effect.mapError(unavailable(sessionId)))
+        const fromSeq = Option.match(snapshot, { onNone: () => 0, onSome: (s) => s.seq })
+        const steps = historySteps(history, fromSeq)
+        let seq = fromSeq
+        for (const step of steps) if (step._tag === "Output") seq = step.seq + step.data.length
+        const rebuilt = yield* ScreenModel.rebuild({
+          cols: Option.match(snapshot, { onNone: () => initial?.cols ?? row.cols, onSome: (s) => s.cols }),
+          rows: Option.match(snapshot, { onNone: () => initial?.rows ?? row.rows, onSome: (s) => s.rows }),
+          scrollback: settings.scrollback,
+          base: Option.map(snapshot, (s) => ({ cols: s.cols, rows: s.rows, vt: s.screen })),
+          outputs: steps.map((step) =>
+            step._tag === "Output" ? { data: step.data } : { resize: { cols: step.cols, rows: step.rows } }
+          )
+        })
+        return Screen.make({
+          cols: rebuilt.cols,
+          rows: rebuilt.rows,
+          text: rebuilt.text,
+          vt: rebuilt.vt,
+          cursor: rebuilt.cursor,
+          altScreen: rebuilt.altScreen,
+          seq
+        })
+      })
+
+    return {
+      "Sessions.Create": (request) => {
+        const sessionId = uuidv7()
+        return makeClient(sessionId)
+          .Create(request)
+          .pipe(
+            Effect.tap(() => Effect.sync(() => known.add(sessionId))),
+            Effect.mapError(toSessionError(sessionId))
+          )
+      },
+      "Sessions.Input": ({ sessionId, data, attachmentId }) =>
+        Effect.flatMap(entity(sessionId), (client) => client.Input({ data, attachmentId })).pipe(
+          Effect.mapError(toSessionError(sessionId))
+        ),
+      "Sessions.Resize": ({ sessionId, cols, rows, attachmentId }) =>
+        Effect.flatMap(entity(sessionId), (client) => client.Resize({ cols, rows, attachmentId })).pipe(
+          Effect.mapError(toSessionError(sessionId))
+        ),
+      "Sessions.Signal": ({ sessionId, signal }) =>
+        Effect.flatMap(entity(sessionId), (client) => client.Signal({ signal })).pipe(
+          Effect.mapError(toSessionError(sessionId))
+        ),
+      "Sessions.Close": ({ sessionId }) =>
+        Effect.flatMap(entity(sessionId), (client) => client.Close()).pipe(
+          Effect.mapError(toSessionError(sessionId))
+        ),
+      "Sessions.Attach": ({ sessionId, cols, rows, readOnly, from, scrollback }) =>
+        Stream.unwrap(
+          Effect.map(entity(sessionId), (client) => client.Attach({ cols, rows, readOnly, from, scrollback }))
+        ).pipe(Stream.mapError(toSessionError(sessionId))),
+      "Sessions.Snapshot": ({ sessionId }) =>
+        Effect.flatMap(entity(sessionId), (client) => client.Snapshot()).pipe(
+          Effect.mapError(toSessionError(sessionId))
+        ),
+      "Sessions.ScreenAt": ({ sessionId, at }) =>
+        Effect.gen(function* () {
+          const upTo =
+            at._tag === "Offset"
+              ? at.offset
+              : (yield* log
+                  .resolve({ _tag: "Time", epochMillis: at.at.epochMillis })
+                  .pipe(Effect.mapError(unavailable(sessionId)))) - 1
+          return yield* screenAt(sessionId, upTo)
+        }),
+      "Sessions.List": ({ state }) =>
+        registry.list(Option.fromNullable(state)).pipe(
+          Effect.map((rows) => rows.map(toInfo)),
+          Effect.mapError(unavailable("*"))
+        ),
+      "Sessions.Get": ({ sessionId }) => Effect.map(lookup(sessionId), toInfo)
+    }
+  })
+)

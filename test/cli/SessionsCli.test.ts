@@ -1,0 +1,125 @@
+import * as childProcess from "node:child_process"
+import * as crypto from "node:crypto"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import { expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer, Option } from "effect"
+import { eventually } from "../support/Attach.js"
+import * as TestServer from "../support/TestServer.js"
+import * as Vibes from "../support/VibesProcess.js"
+
+class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
+
+/** `vibes <args>` against the test node. */
+const vibes = (args: ReadonlyArray<string>) =>
+  Effect.flatMap(Node, (server) =>
+    Vibes.run(args, Vibes.childEnv({ VIBES_URL: server.url, VIBES_TOKEN: server.token }))
+  )
+
+/** A private tmux server, killed with the scope. */
+const tmux = Effect.acquireRelease(
+  Effect.sync(() => {
+    const socket = `vibes-test-${crypto.randomBytes(4).toString("hex")}`
+    const run = (...args: ReadonlyArray<string>) =>
+      childProcess.execFileSync("tmux", ["-L", socket, "-f", "/dev/null", ...args], { encoding: "utf8" })
+    run("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", "/bin/sh")
+    return {
+      keys: (...keys: ReadonlyArray<string>) => Effect.sync(() => run("send-keys", "-t", "t", ...keys)),
+      pane: () => run("capture-pane", "-p", "-t", "t"),
+      kill: () => run("kill-server")
+    }
+  }),
+  (session) => Effect.sync(() => session.kill())
+)
+
+const paneShows = (pane: () => string, text: string | RegExp | ((screen: string) => boolean)) => {
+  let last = ""
+  return eventually(
+    Effect.sync(() => {
+      last = pane()
+      const shown =
+        typeof text === "string" ? last.includes(text) : text instanceof RegExp ? text.test(last) : text(last)
+      return shown ? Option.some(last) : Option.none()
+    }),
+    `the pane to show ${String(text)}`,
+    30_000
+  ).pipe(Effect.mapError((error) => new Error(`${error.message}; the pane shows:\n${last}`)))
+}
+
+layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServices: true })(
+  "session commands",
+  (it) => {
+    it.scoped("new, ls, send, snapshot and kill work with exit codes", () =>
+      Effect.gen(function* () {
+        const created = yield* vibes(["new", "--name", "builder", "--", "/bin/sh"])
+        expect(created.code).toBe(0)
+        const id = created.stdout.trim()
+        expect(id).toMatch(/^[0-9a-f-]{36}$/)
+        const listed = yield* vibes(["ls"])
+        expect(listed.code).toBe(0)
+        expect(listed.stdout).toContain(id)
+        expect(listed.stdout).toContain("builder")
+        const sent = yield* vibes(["send", id, "echo sent-$((40+2))", "--enter"])
+        expect(sent.code).toBe(0)
+        const screen = yield* eventually(
+          Effect.map(vibes(["snapshot", id]), (result) =>
+            result.stdout.includes("\nsent-42") || result.stdout.startsWith("sent-42")
+              ? Option.some(result)
+              : Option.none()
+          ),
+          "the snapshot to show the output"
+        )
+        expect(screen.code).toBe(0)
+        expect((yield* vibes(["kill", id])).code).toBe(0)
+        const late = yield* vibes(["send", id, "x"])
+        expect(late.code).toBe(1)
+        expect(late.stderr).toContain("closed")
+        const unknown = yield* vibes(["attach", "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293"])
+        expect(unknown.code).toBe(1)
+        expect(unknown.stderr).toContain("no session")
+        const bad = yield* vibes(["new", "--cwd", "/does/not/exist"])
+        expect(bad.code).toBe(2)
+        expect(bad.stderr).toContain("/does/not/exist")
+        for (const command of ["new", "ls", "attach", "kill", "send", "snapshot"]) {
+          const help = yield* vibes([command, "--help"])
+          expect(help.code).toBe(0)
+        }
+      })
+    )
+
+    it.scoped(
+      "vibes attach in tmux: type, see output, detach with Ctrl-], reattach",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Node
+          const created = yield* vibes(["new", "--", "/bin/sh"])
+          const id = created.stdout.trim()
+          const term = yield* tmux
+          const attach = `${process.execPath} --import tsx ${path.join(root, "src", "main.ts")} attach ${id} --url ${server.url} --token ${server.token}`
+          yield* term.keys(attach, "Enter")
+          yield* term.keys("echo typed-$((6*7))", "Enter")
+          yield* paneShows(term.pane, /^typed-42$/m)
+          yield* term.keys("tput cols", "Enter")
+          yield* paneShows(term.pane, /^100$/m)
+          yield* term.keys("C-]")
+          yield* paneShows(term.pane, "[vibes: detached")
+          // The local terminal is back in cooked mode.
+          yield* term.keys("clear; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon", "Enter")
+          yield* paneShows(term.pane, /^icanon$/m)
+          yield* term.keys("clear", "Enter")
+          yield* term.keys(attach, "Enter")
+          // The screen comes back from the session's snapshot.
+          yield* paneShows(term.pane, /^typed-42$/m)
+          yield* term.keys("echo again-$((1+1))", "Enter")
+          yield* paneShows(term.pane, /^again-2$/m)
+          yield* term.keys("exit", "Enter")
+          yield* paneShows(term.pane, "exited with code 0")
+          const info = yield* vibes(["ls", "--json"])
+          expect(info.stdout).toContain(`"id":"${id}","name":null,"state":"exited"`)
+        }),
+      180_000
+    )
+  }
+)

@@ -1,0 +1,456 @@
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schedule, Stream } from "effect"
+import {
+  PtyHost,
+  type PtyOutput,
+  PtySpawnFailed,
+  PtySpec,
+  type PtyExited
+} from "../../../infra/pty/PtyHost.js"
+import * as PtyHostClient from "../../../infra/pty/PtyHostClient.js"
+import { pidFilePath, socketPath } from "../../../infra/pty/PtyHostRpcs.js"
+import * as PtyHostServer from "../../../infra/pty/PtyHostServer.js"
+import { tempDir } from "../../support/TempDir.js"
+
+type HostOptions = Omit<PtyHostServer.Options, "dataDir">
+
+/** A host running in this process on `dataDir`, and a client connected to it. */
+const startHostIn = (dataDir: string, options: HostOptions = {}) =>
+  Effect.gen(function* () {
+    const socket = socketPath(dataDir)
+    const server = yield* PtyHostServer.run({ dataDir, ...options }).pipe(Effect.forkScoped)
+    yield* PtyHostClient.ping(socket).pipe(
+      Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds")))
+    )
+    const context = yield* Layer.build(PtyHostClient.layer({ socketPath: socket }))
+    return {
+      dataDir,
+      socket,
+      server,
+      host: Context.get(context, PtyHost),
+      control: Context.get(context, PtyHostClient.PtyHostControl)
+    }
+  })
+
+/** A host running in this process on a fresh data dir, and a client connected to it. */
+const startHost = (options: HostOptions = {}) =>
+  Effect.flatMap(tempDir("vibes-pty-"), (dataDir) => startHostIn(dataDir, options))
+
+let ids = 0
+const spec = (file: string, args: ReadonlyArray<string>, overrides: Partial<PtySpec> = {}) =>
+  new PtySpec({
+    id: `pty-${process.pid}-${++ids}`,
+    file,
+    args,
+    cwd: os.tmpdir(),
+    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", LANG: "C" },
+    cols: 80,
+    rows: 24,
+    ...overrides
+  })
+
+const sh = (script: string, overrides: Partial<PtySpec> = {}) => spec("/bin/sh", ["-c", script], overrides)
+
+const bytesOf = (elements: ReadonlyArray<PtyOutput>): Buffer =>
+  Buffer.concat(elements.flatMap((element) => (element._tag === "Data" ? [element.data] : [])))
+
+const textOf = (elements: ReadonlyArray<PtyOutput>): string => bytesOf(elements).toString("latin1")
+
+const exitedOf = (elements: ReadonlyArray<PtyOutput>): PtyExited => {
+  const last = elements[elements.length - 1]
+  if (last?._tag !== "Exited") throw new Error(`the output did not end with Exited: ${JSON.stringify(last)}`)
+  return last
+}
+
+/** Everything a PTY writes, from `from` to its exit. */
+const drain = (host: PtyHost["Type"], id: string, from = 0) =>
+  host
+    .output(id, from)
+    .pipe(
+      Stream.runCollect,
+      Effect.map(Chunk.toReadonlyArray),
+      Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(`no exit of ${id}`) })
+    )
+
+/** Reads the output until the text so far satisfies `predicate`. */
+const readUntil = (host: PtyHost["Type"], id: string, predicate: (text: string) => boolean) =>
+  host.output(id, 0).pipe(
+    Stream.scan("", (text, element) =>
+      element._tag === "Data" ? text + Buffer.from(element.data).toString() : text
+    ),
+    Stream.takeUntil(predicate),
+    Stream.runLast,
+    Effect.map(Option.getOrElse(() => "")),
+    Effect.timeoutFail({
+      duration: "10 seconds",
+      onTimeout: () => new Error(`the expected output of ${id} never came`)
+    })
+  )
+
+/** `seq 1 n` as a terminal shows it (the PTY turns \n into \r\n). */
+const seqOutput = (n: number): string => {
+  const lines: Array<string> = []
+  for (let i = 1; i <= n; i++) lines.push(`${i}\r\n`)
+  return lines.join("")
+}
+
+/**
+ * Starts reading a PTY whose program prints "ready" and waits for a line: returns once the reader
+ * has seen "ready" (so it is attached), with the fiber collecting everything.
+ */
+const attachedReader = (
+  host: PtyHost["Type"],
+  id: string,
+  each: (element: PtyOutput) => Effect.Effect<void> = () => Effect.void
+) =>
+  Effect.gen(function* () {
+    const ready = yield* Deferred.make<void>()
+    let text = ""
+    const fiber = yield* host.output(id, 0).pipe(
+      Stream.tap((element) => {
+        if (element._tag === "Data") text += Buffer.from(element.data).toString()
+        return text.includes("ready") ? Deferred.succeed(ready, undefined) : Effect.void
+      }),
+      Stream.tap(each),
+      Stream.runCollect,
+      Effect.map(Chunk.toReadonlyArray),
+      Effect.fork
+    )
+    yield* Deferred.await(ready).pipe(Effect.timeout("10 seconds"))
+    return fiber
+  })
+
+const enter = new TextEncoder().encode("\n")
+
+/** Equal text, or a failure that shows where they part (not megabytes of diff). */
+const expectSameText = (actual: string, expected: string) => {
+  let at = 0
+  while (at < actual.length && at < expected.length && actual[at] === expected[at]) at++
+  if (at < actual.length || at < expected.length) {
+    const around = (text: string) => JSON.stringify(text.slice(Math.max(0, at - 40), at + 40))
+    throw new Error(
+      `texts differ at ${at} (lengths ${actual.length} and ${expected.length}): ${around(actual)} vs ${around(expected)}`
+    )
+  }
+}
+
+const fdCount = (): number => fs.readdirSync("/proc/self/fd").length
+
+/** Pids of this process's children. */
+const children = (): ReadonlyArray<number> =>
+  fs.readdirSync("/proc").flatMap((name) => {
+    if (!/^\d+$/.test(name)) return []
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, "utf8")
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
+      return ppid === process.pid ? [Number(name)] : []
+    } catch {
+      return []
+    }
+  })
+
+/** Polls `measure` until it returns `expected` (bounded), then returns what it last measured. */
+const settlesTo = <A>(measure: () => A, expected: A) =>
+  Effect.suspend(() => {
+    const value = measure()
+    return value === expected ? Effect.succeed(value) : Effect.fail(value)
+  }).pipe(
+    Effect.retry(Schedule.spaced("25 millis").pipe(Schedule.upTo("10 seconds"))),
+    Effect.catchAll((value) => Effect.succeed(value))
+  )
+
+describe("PTY host", () => {
+  it.scopedLive("a program's output and exit code reach the reader", () =>
+    Effect.gen(function* () {
+      const { host } = yield* startHost()
+      const s = sh("printf hello; exit 3")
+      const info = yield* host.spawn(s)
+      expect(info.id).toBe(s.id)
+      expect(info.pid).toBeGreaterThan(0)
+
+      const output = yield* drain(host, s.id)
+      expect(textOf(output)).toBe("hello")
+      const exited = exitedOf(output)
+      expect(exited.exit.exitCode).toBe(3)
+      expect(exited.exit.signal).toBeNull()
+      expect(exited.seq).toBe(5)
+
+      const after = yield* host.get(s.id)
+      expect(after.seq).toBe(5)
+      expect(after.exit?.exitCode).toBe(3)
+      // A reader from beyond the end starts at the end.
+      const late = yield* drain(host, s.id, 1_000_000)
+      expect(late.map((element) => element._tag)).toEqual(["Exited"])
+      expect(yield* Effect.flip(host.write(s.id, new Uint8Array([1])))).toMatchObject({
+        _tag: "PtyNotRunning"
+      })
+    })
+  )
+
+  it.scopedLive("input written to the PTY reaches the program", () =>
+    Effect.gen(function* () {
+      const { host } = yield* startHost()
+      const s = spec("cat", [])
+      yield* host.spawn(s)
+      yield* host.write(s.id, new TextEncoder().encode("ping\n"))
+      // Once echoed by the terminal, once written back by cat.
+      const text = yield* readUntil(host, s.id, (text) => text.split("ping\r\n").length === 3)
+      expect(text).toBe("ping\r\nping\r\n")
+      yield* host.release(s.id)
+      expect(yield* Effect.flip(host.get(s.id))).toMatchObject({ _tag: "PtyNotFound" })
+    })
+  )
+
+  it.scopedLive("a resize is what the program sees", () =>
+    Effect.gen(function* () {
+      const { host } = yield* startHost()
+      const s = sh("stty size; read x; stty size")
+      yield* host.spawn(s)
+      yield* readUntil(host, s.id, (text) => text.includes("24 80\r\n"))
+      yield* host.resize(s.id, 132, 43)
+      expect(yield* host.get(s.id)).toMatchObject({ cols: 132, rows: 43 })
+      yield* host.write(s.id, new TextEncoder().encode("\n"))
+      const output = yield* drain(host, s.id)
+      expect(textOf(output)).toContain("43 132\r\n")
+    })
+  )
+
+  it.scopedLive("a signal ends the program and its exit records the signal", () =>
+    Effect.gen(function* () {
+      const { host } = yield* startHost()
+      const s = spec("sleep", ["100"])
+      yield* host.spawn(s)
+      yield* host.signal(s.id, "SIGKILL")
+      const exited = exitedOf(yield* drain(host, s.id))
+      expect(exited.exit).toMatchObject({ exitCode: null, signal: "SIGKILL" })
+      expect(yield* Effect.flip(host.signal(s.id, "SIGINT"))).toMatchObject({ _tag: "PtyNotRunning" })
+    })
+  )
+
+  it.scopedLive("SIGINT reaches the terminal's foreground job", () =>
+    Effect.gen(function* () {
+      const { host } = yield* startHost()
+      // An interactive shell runs `sleep` in a process group of its own, in the foreground.
+      const s = spec("/bin/sh", ["-i"], { env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", PS1: "$ " } })
+      const { pid } = yield* host.spawn(s)
+      yield* readUntil(host, s.id, (text) => text.includes("$ "))
+      yield* host.write(s.id, new TextEncoder().encode("sleep 100\n"))
+      yield* Effect.suspend(() =>
+        foregroundOf(pid) !== pid ? Effect.void : Effect.fail("sleep not started")
+      ).pipe(Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))))
+      yield* host.signal(s.id, "SIGINT")
+      yield* Effect.suspend(() =>
+        foregroundOf(pid) === pid ? Effect.void : Effect.fail("sleep still runs")
+      ).pipe(Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))))
+      yield* host.write(s.id, new TextEncoder().encode("echo status-$?\n"))
+      const text = yield* readUntil(host, s.id, (text) => /status-\d+\r\n/.test(text))
+      expect(text).toMatch(/status-130\r\n/)
+      expect((yield* host.get(s.id)).exit).toBeNull()
+    })
+  )
+
+  it.scopedLive("with no reader the ring overwrites, and a late reader gets a Gap, then the tail", () =>
+    Effect.gen(function* () {
+      const { host } = yield* startHost({ ringBytes: 4096 })
+      const s = spec("seq", ["1", "10000"])
+      yield* host.spawn(s)
+      const info = yield* host.get(s.id).pipe(
+        Effect.filterOrFail((info) => info.exit !== null),
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds")))
+      )
+      const expected = seqOutput(10000)
+      expect(info.seq).toBe(expected.length)
+
+      const output = yield* drain(host, s.id)
+      expect(output[0]).toMatchObject({ _tag: "Gap", from: 0, to: expected.length - 4096 })
+      expectSameText(textOf(output), expected.slice(-4096))
+      expect(output.filter((element) => element._tag === "Gap")).toHaveLength(1)
+      expect(exitedOf(output).seq).toBe(expected.length)
+    })
+  )
+
+  it.scopedLive("concurrent readers each get every byte once, in order", () =>
+    Effect.gen(function* () {
+      // A small ring: the program outruns it many times over, so the readers hold it back.
+      const { host } = yield* startHost({ ringBytes: 64 * 1024 })
+      const s = sh("printf ready; read x; seq 1 100000")
+      yield* host.spawn(s)
+      const first = yield* attachedReader(host, s.id)
+      const second = yield* attachedReader(host, s.id)
+      yield* host.write(s.id, enter)
+      const [a, b] = yield* Fiber.join(Fiber.zip(first, second)).pipe(Effect.timeout("30 seconds"))
+
+      const expected = `ready\r\n${seqOutput(100000)}`
+      expect(a.some((element) => element._tag === "Gap")).toBe(false)
+      expectSameText(textOf(a), expected)
+      expect(bytesOf(b).equals(bytesOf(a))).toBe(true)
+      expect(exitedOf(a).seq).toBe(expected.length)
+      expect(exitedOf(b).seq).toBe(expected.length)
+    })
+  )
+
+  it.scopedLive(
+    "a slow reader loses nothing while the program writes far more than the ring holds",
+    () =>
+      Effect.gen(function* () {
+        const ringBytes = 256 * 1024
+        const { host } = yield* startHost({ ringBytes })
+        const lines = 600_000
+        const s = sh(`printf ready; read x; seq 1 ${lines}`)
+        yield* host.spawn(s)
+        // The reader is slower than the program: a short pause after every element.
+        const fiber = yield* attachedReader(host, s.id, () => Effect.sleep("2 millis"))
+        yield* host.write(s.id, enter)
+        const output = yield* Fiber.join(fiber).pipe(Effect.timeout("50 seconds"))
+        const text = textOf(output)
+        const expected = seqOutput(lines)
+        expect(expected.length).toBeGreaterThan(ringBytes * 10)
+        expect(output.some((element) => element._tag === "Gap")).toBe(false)
+        expectSameText(text, `ready\r\n${expected}`)
+        expect(exitedOf(output).seq).toBe(text.length)
+      }),
+    60_000
+  )
+
+  it.scopedLive("a spawn that cannot start fails with its reason and leaves no fd behind", () =>
+    Effect.gen(function* () {
+      const { dataDir, host } = yield* startHost()
+      yield* host.list
+      const before = fdCount()
+      const badCwd = yield* Effect.flip(host.spawn(spec("cat", [], { cwd: "/nonexistent/dir" })))
+      expect(badCwd).toBeInstanceOf(PtySpawnFailed)
+      expect(badCwd).toMatchObject({ reason: "cwd" })
+      const fileCwd = yield* Effect.flip(host.spawn(spec("cat", [], { cwd: "/etc/hostname" })))
+      expect(fileCwd).toMatchObject({ reason: "cwd" })
+      const unknown = yield* Effect.flip(host.spawn(spec("no-such-program-vibes", [])))
+      expect(unknown).toMatchObject({ reason: "command" })
+      const plainFile = path.join(dataDir, "not-a-program")
+      fs.writeFileSync(plainFile, "", { mode: 0o644 })
+      const notExecutable = yield* Effect.flip(host.spawn(spec(plainFile, [])))
+      expect(notExecutable).toMatchObject({ reason: "command" })
+      const noPath = yield* Effect.flip(host.spawn(spec("cat", [], { env: { PATH: "/nonexistent" } })))
+      expect(noPath).toMatchObject({ reason: "command" })
+      const zeroCols = yield* Effect.flip(host.spawn(spec("cat", [], { cols: 0 })))
+      expect(zeroCols).toMatchObject({ reason: "other" })
+      expect(zeroCols.message).toMatch(/between 1 and 1000/)
+      const hugeRows = yield* Effect.flip(host.spawn(spec("cat", [], { rows: 5000 })))
+      expect(hugeRows).toMatchObject({ reason: "other" })
+      expect(yield* host.list).toEqual([])
+      expect(fdCount()).toBe(before)
+
+      const s = spec("cat", [])
+      yield* host.spawn(s)
+      expect(yield* Effect.flip(host.spawn(s))).toMatchObject({ _tag: "PtyAlreadyExists" })
+    })
+  )
+
+  it.scopedLive("the socket and the pid file are private to the user", () =>
+    Effect.gen(function* () {
+      const { dataDir, socket } = yield* startHost()
+      expect(fs.statSync(socket).mode & 0o777).toBe(0o600)
+      const pidFile = pidFilePath(dataDir)
+      expect(fs.statSync(pidFile).mode & 0o777).toBe(0o600)
+      expect(JSON.parse(fs.readFileSync(pidFile, "utf8"))).toMatchObject({ pid: process.pid })
+    })
+  )
+
+  it.scopedLive(
+    "200 spawns and releases leave no process and no fd behind",
+    () =>
+      Effect.gen(function* () {
+        const { host } = yield* startHost()
+        yield* host.list
+        const fds = fdCount()
+        const processes = children().length
+        yield* Effect.forEach(
+          Array.from({ length: 200 }, (_, i) => i),
+          (i) =>
+            Effect.gen(function* () {
+              const s = i % 2 === 0 ? spec("cat", []) : sh("exit 0")
+              yield* host.spawn(s)
+              yield* host.release(s.id)
+            }),
+          { concurrency: 8, discard: true }
+        )
+        expect(yield* host.list).toEqual([])
+        expect(yield* settlesTo(() => children().length, processes)).toBe(processes)
+        expect(yield* settlesTo(fdCount, fds)).toBe(fds)
+      }),
+    60_000
+  )
+
+  it.scopedLive("Release kills a program that ignores SIGHUP once the grace is over", () =>
+    Effect.gen(function* () {
+      const { host } = yield* startHost()
+      const s = sh("trap '' HUP; printf ready; sleep 100")
+      const info = yield* host.spawn(s)
+      yield* readUntil(host, s.id, (text) => text.includes("ready"))
+      yield* host.release(s.id).pipe(Effect.timeout("10 seconds"))
+      expect(yield* settlesTo(() => isAlive(info.pid), false)).toBe(false)
+      expect(yield* Effect.flip(host.get(s.id))).toMatchObject({ _tag: "PtyNotFound" })
+    })
+  )
+
+  it.scopedLive("Shutdown kills every program, removes the socket and pid file, and ends the host", () =>
+    Effect.gen(function* () {
+      const { control, dataDir, host, server, socket } = yield* startHost()
+      const plain = yield* host.spawn(spec("sleep", ["100"]))
+      const stubborn = sh("trap '' HUP; printf ready; sleep 100")
+      const { pid } = yield* host.spawn(stubborn)
+      yield* readUntil(host, stubborn.id, (text) => text.includes("ready"))
+      yield* control.shutdown
+      const exit = yield* Fiber.await(server).pipe(Effect.timeout("10 seconds"))
+      expect(Exit.isSuccess(exit)).toBe(true)
+      expect(yield* settlesTo(() => isAlive(plain.pid), false)).toBe(false)
+      expect(yield* settlesTo(() => isAlive(pid), false)).toBe(false)
+      expect(fs.existsSync(socket)).toBe(false)
+      expect(fs.existsSync(pidFilePath(dataDir))).toBe(false)
+      expect(yield* Effect.flip(host.list)).toMatchObject({ _tag: "PtyHostUnavailable" })
+    })
+  )
+
+  it.scopedLive("an idle host exits by itself", () =>
+    Effect.gen(function* () {
+      const dataDir = yield* tempDir("vibes-pty-")
+      const server = yield* PtyHostServer.run({ dataDir, idleExit: "300 millis" }).pipe(Effect.forkScoped)
+      yield* PtyHostClient.ping(socketPath(dataDir)).pipe(
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds")))
+      )
+      const exit = yield* Fiber.await(server).pipe(Effect.timeout("10 seconds"))
+      expect(Exit.isSuccess(exit)).toBe(true)
+      expect(fs.existsSync(socketPath(dataDir))).toBe(false)
+    })
+  )
+
+  it.scopedLive("a stale socket file is replaced, and a second host leaves a live one alone", () =>
+    Effect.gen(function* () {
+      const dataDir = yield* tempDir("vibes-pty-")
+      fs.writeFileSync(path.join(dataDir, "pty-host.sock"), "left by a dead host")
+      const { host, server } = yield* startHostIn(dataDir)
+      const s = spec("cat", [])
+      yield* host.spawn(s)
+
+      yield* PtyHostServer.run({ dataDir }).pipe(Effect.timeout("10 seconds"))
+      expect(server.unsafePoll()).toBeNull()
+      expect((yield* host.get(s.id)).exit).toBeNull()
+    })
+  )
+})
+
+/** The foreground process group of the terminal of `pid`. */
+const foregroundOf = (pid: number): number => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[5])
+}
+
+const isAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}

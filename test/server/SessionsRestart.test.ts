@@ -1,0 +1,73 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
+import * as Client from "../../rpc/Client.js"
+import { CreateSession } from "../../rpc/Sessions.js"
+import { clientLayer, stopPtyHostAtEnd, watch } from "../support/Attach.js"
+import * as TestDatabase from "../support/TestDatabase.js"
+import { tempDir } from "../support/TempDir.js"
+import * as Vibes from "../support/VibesProcess.js"
+
+const lines = 3000
+
+const numbers = (text: string) => [...text.matchAll(/line-(\d+)\r\n/g)].map((m) => Number(m[1]))
+
+describe("sessions across a server crash", () => {
+  it.scopedLive(
+    "kill -9 of vibes serve while a shell prints: after a restart every byte arrives, in order, once",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-restart-")
+        yield* stopPtyHostAtEnd(dataDir)
+        const database = yield* TestDatabase.freshDatabase("vibes_restart")
+        const env = Vibes.childEnv({ DATABASE_URL: Redacted.value(database.url) })
+
+        const firstScope = yield* Scope.make()
+        const first = yield* Vibes.serve(dataDir, env).pipe(Scope.extend(firstScope))
+        const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
+        const rpc1 = yield* Effect.map(
+          Layer.build(clientLayer(first.url, token)).pipe(Scope.extend(firstScope)),
+          Context.get(Client.VibesClient)
+        )
+        const session = yield* rpc1.Sessions.Create(
+          CreateSession.make({
+            command: "/bin/sh",
+            args: [
+              "-c",
+              `read go; i=0; while [ $i -lt ${lines} ]; do i=$((i+1)); echo line-$i; done; exec cat`
+            ],
+            env: { PS1: "" }
+          })
+        )
+        const before = yield* watch(rpc1.Sessions.Attach({ sessionId: session.id })).pipe(
+          Scope.extend(firstScope)
+        )
+        yield* before.until((w) => w.attachmentId() !== "", "the first attach")
+        yield* rpc1.Sessions.Input({ sessionId: session.id, data: new TextEncoder().encode("go\r") })
+        yield* before.until((w) => numbers(w.text()).length >= 200, "some lines before the crash")
+
+        first.child.kill("SIGKILL")
+        yield* Effect.promise(() => new Promise((resolve) => first.child.once("exit", resolve)))
+        yield* Scope.close(firstScope, Exit.void)
+        const resumeAt = before.seq()
+        const seen = before.bytes()
+
+        const second = yield* Vibes.serve(dataDir, env)
+        const rpc2 = yield* Effect.map(
+          Layer.build(clientLayer(second.url, token)),
+          Context.get(Client.VibesClient)
+        )
+        const after = yield* watch(rpc2.Sessions.Attach({ sessionId: session.id, from: resumeAt }))
+        yield* after.until((w) => w.text().includes(`line-${lines}\r\n`), "the last line after the restart")
+        // Resumed exactly: no screen to start over from, the bytes continue where they stopped.
+        expect(after.screen()).toBeNull()
+        const all = numbers(Buffer.concat([seen, after.bytes()]).toString("utf8"))
+        expect(all).toEqual(Array.from({ length: lines }, (_, i) => i + 1))
+        const info = yield* rpc2.Sessions.Get({ sessionId: session.id })
+        expect(info.state).toBe("running")
+        yield* rpc2.Sessions.Close({ sessionId: session.id })
+      }),
+    240_000
+  )
+})
