@@ -20,7 +20,7 @@ layer(TestDatabase.layerSql, { timeout: 120_000, excludeTestServices: true })("m
       const recorded = yield* sql<{
         migrationId: number
       }>`SELECT migration_id AS "migrationId" FROM vibes_migrations`
-      expect(recorded.map((row) => row.migrationId)).toEqual([1, 2, 3])
+      expect(recorded.map((row) => row.migrationId)).toEqual([1, 2, 3, 4])
       const tables = yield* sql<{ name: string }>`
           SELECT table_name AS name FROM information_schema.tables WHERE table_name = 'vibes_nodes'`
       expect(tables).toHaveLength(1)
