@@ -571,7 +571,7 @@ export const layer = Session.toLayer(
         const restarts = current.restarts + 1
         const ptyId = `${sessionId}.${restarts}`
         const banner = new TextEncoder().encode(
-          `${screenText.replace(/\n/g, "\r\n")}\r\n\x1b[0m[vibes: restarting ${current.command} (restart ${restarts})]\r\n`
+          `${screenText.trimEnd().replace(/\n/g, "\r\n")}\r\n\x1b[0m[vibes: restarting ${current.command} (restart ${restarts})]\r\n`
         )
         yield* previous.lock.withPermits(1)(onData(previous, previous.ptySeq, banner))
         const seqBase = previous.seq
