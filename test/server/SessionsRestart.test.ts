@@ -3,6 +3,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
 import * as Client from "../../rpc/Client.js"
+import * as FreePort from "../../infra/net/FreePort.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import { clientLayer, stopPtyHostAtEnd, watch } from "../support/Attach.js"
 import * as TestDatabase from "../support/TestDatabase.js"
@@ -23,8 +24,10 @@ describe("sessions across a server crash", () => {
         const database = yield* TestDatabase.freshDatabase("vibes_restart")
         const env = Vibes.childEnv({ DATABASE_URL: Redacted.value(database.url) })
 
+        // A fixed port, so that the CLI client below finds the restarted server where it was.
+        const port = yield* FreePort.find()
         const firstScope = yield* Scope.make()
-        const first = yield* Vibes.serve(dataDir, env).pipe(Scope.extend(firstScope))
+        const first = yield* Vibes.serve(dataDir, env, port).pipe(Scope.extend(firstScope))
         const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
         const rpc1 = yield* Effect.map(
           Layer.build(clientLayer(first.url, token)).pipe(Scope.extend(firstScope)),
@@ -35,10 +38,14 @@ describe("sessions across a server crash", () => {
             command: "/bin/sh",
             args: [
               "-c",
-              `read go; i=0; while [ $i -lt ${lines} ]; do i=$((i+1)); echo line-$i; done; exec cat`
+              `read go; i=0; while [ $i -lt ${lines} ]; do i=$((i+1)); echo line-$i; [ $((i % 5)) -eq 0 ] && sleep 0.01; done; exec cat`
             ],
             env: { PS1: "" }
           })
+        )
+        const cli = yield* Vibes.start(
+          ["attach", session.id, "--read-only", "--url", first.url, "--token", token],
+          Vibes.childEnv()
         )
         const before = yield* watch(rpc1.Sessions.Attach({ sessionId: session.id })).pipe(
           Scope.extend(firstScope)
@@ -53,7 +60,7 @@ describe("sessions across a server crash", () => {
         const resumeAt = before.seq()
         const seen = before.bytes()
 
-        const second = yield* Vibes.serve(dataDir, env)
+        const second = yield* Vibes.serve(dataDir, env, port)
         const rpc2 = yield* Effect.map(
           Layer.build(clientLayer(second.url, token)),
           Context.get(Client.VibesClient)
@@ -64,6 +71,11 @@ describe("sessions across a server crash", () => {
         expect(after.screen()).toBeNull()
         const all = numbers(Buffer.concat([seen, after.bytes()]).toString("utf8"))
         expect(all).toEqual(Array.from({ length: lines }, (_, i) => i + 1))
+        // `vibes attach` reconnected by itself and resumed at its byte, too.
+        yield* cli.untilLine((line) => line.startsWith(`line-${lines}`))
+        expect(numbers(cli.stdout.map((line) => `${line}\r\n`).join(""))).toEqual(
+          Array.from({ length: lines }, (_, i) => i + 1)
+        )
         const info = yield* rpc2.Sessions.Get({ sessionId: session.id })
         expect(info.state).toBe("running")
         yield* rpc2.Sessions.Close({ sessionId: session.id })

@@ -65,10 +65,10 @@ export interface Serving {
 }
 
 /**
- * Starts `vibes serve --port 0` on `dataDir` and waits for its "listening" log line. When the
+ * Starts `vibes serve --port <port>` (0: a free one) on `dataDir` and waits for its "listening" log line. When the
  * scope closes, a process still running is stopped (TERM, then KILL), and so is a Postgres it left.
  */
-export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv()) =>
+export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv(), port = 0) =>
   Effect.gen(function* () {
     const listening = yield* Deferred.make<{ url: string; loginUrl: string }, Error>()
     const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
@@ -77,7 +77,7 @@ export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv()) =>
       Effect.sync(() =>
         childProcess.spawn(
           process.execPath,
-          ["--import", "tsx", entry, "serve", "--port", "0", "--data-dir", dataDir],
+          ["--import", "tsx", entry, "serve", "--port", String(port), "--data-dir", dataDir],
           {
             cwd: root,
             env,
