@@ -5,6 +5,7 @@
 // Both packages are CommonJS bundles without an `exports` map: Node gives ESM only their
 // `module.exports` as the default export (the named `Terminal` is not detectable), so import that.
 import Serialize from "@xterm/addon-serialize"
+import Unicode11 from "@xterm/addon-unicode11"
 import Headless from "@xterm/headless"
 import type { Terminal } from "@xterm/headless"
 import { Effect, Either, Option } from "effect"
@@ -131,6 +132,9 @@ const open = (cols: number, rows: number, scrollback: number) =>
       const xterm = new Headless.Terminal({ cols, rows, scrollback, allowProposedApi: true })
       const serializer = new Serialize.SerializeAddon()
       xterm.loadAddon(serializer)
+      // Unicode 11 widths (emoji take two columns), as in the browser terminal and modern programs.
+      xterm.loadAddon(new Unicode11.Unicode11Addon())
+      xterm.unicode.activeVersion = "11"
       const state = { title: "", closed: false }
       xterm.onTitleChange((title) => {
         state.title = title

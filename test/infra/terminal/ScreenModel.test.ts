@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import Unicode11 from "@xterm/addon-unicode11"
 import Headless from "@xterm/headless"
 import type { Terminal } from "@xterm/headless"
 import { Effect, Exit, Option, Scope } from "effect"
@@ -10,7 +11,13 @@ const bytes = (text: string) => encoder.encode(text)
 /** A plain headless terminal, the reference the model is checked against. */
 const reference = (cols: number, rows: number, scrollback = 1000) =>
   Effect.acquireRelease(
-    Effect.sync(() => new Headless.Terminal({ cols, rows, scrollback, allowProposedApi: true })),
+    Effect.sync(() => {
+      // Like the browser's terminal: Unicode 11 widths.
+      const terminal = new Headless.Terminal({ cols, rows, scrollback, allowProposedApi: true })
+      terminal.loadAddon(new Unicode11.Unicode11Addon())
+      terminal.unicode.activeVersion = "11"
+      return terminal
+    }),
     (terminal) => Effect.sync(() => terminal.dispose())
   )
 
@@ -251,6 +258,8 @@ describe("ScreenModel", () => {
       yield* feed(restored, snapshot.vt)
       expect(dump(restored)).toEqual(dump(raw))
       expect(snapshot.cursor).toEqual(dump(raw).cursor)
+      // Emoji and CJK take two columns each (Unicode 11), as in modern terminals.
+      expect(snapshot.cursor.x).toBe(17)
     })
   )
 
