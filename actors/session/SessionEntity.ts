@@ -19,6 +19,7 @@ import {
   ExecutionStrategy,
   Exit,
   Fiber,
+  Metric,
   Option,
   Queue,
   Schedule,
@@ -94,6 +95,19 @@ export const Session = Entity.make("Session", [
   /** Activates the entity (after a restart) so it reattaches to its PTY and records its output. */
   Rpc.make("Wake", { error: SessionError })
 ])
+
+// Metrics ------------------------------------------------------------------------------------
+
+const liveSessions = Metric.gauge("vibes_sessions_live", {
+  description: "Sessions whose program runs under this node"
+})
+const attachedClients = Metric.gauge("vibes_session_attached_clients", {
+  description: "Clients attached to this node's sessions"
+})
+const outputBytes = Metric.counter("vibes_session_output_bytes_total", {
+  description: "Bytes of terminal output this node read from its sessions",
+  incremental: true
+})
 
 // Helpers ------------------------------------------------------------------------------------
 
@@ -260,14 +274,18 @@ export const layer = Session.toLayer(
       Option.match(row, { onNone: () => Effect.fail(notFound()), onSome: Effect.succeed })
     )
 
+    const registryWrites = yield* Effect.makeSemaphore(1)
     const change = (update: Partial<Row>) =>
       Effect.gen(function* () {
         const current = yield* currentRow
         const next: Row = { ...current, ...update }
         row = Option.some(next)
-        yield* registry
-          .update(sessionId, update)
-          .pipe(Effect.catchAll((error) => Effect.logWarning(error.message)))
+        // In call order: concurrent changes (two clients attaching) must not land out of order.
+        yield* registryWrites.withPermits(1)(
+          registry
+            .update(sessionId, update)
+            .pipe(Effect.catchAll((error) => Effect.logWarning(error.message)))
+        )
         return next
       })
 
@@ -348,6 +366,7 @@ export const layer = Session.toLayer(
         state.seq += fresh.length
         state.lastOutput = Date.now()
         publish(Output.make({ seq, data: fresh }))
+        outputBytes.unsafeUpdate(fresh.length, [])
         remember(state, seq, fresh, replayBytes)
         state.recorder.output(seq, fresh)
         yield* state.model.write(fresh)
@@ -492,6 +511,8 @@ export const layer = Session.toLayer(
           pump: Option.none()
         }
         live = Option.some(state)
+        yield* Metric.increment(liveSessions)
+        yield* Scope.addFinalizer(scope, Metric.incrementBy(liveSessions, -1))
         const fiber = yield* Effect.forkIn(pump(state, options.ptyId), scope)
         state.pump = Option.some(fiber)
         yield* Effect.forkIn(idleWatch(state), scope)
@@ -926,10 +947,12 @@ export const layer = Session.toLayer(
             })
           )
           attachments.set(attachmentId, { readOnly: request.readOnly, cols, rows })
+          yield* Metric.increment(attachedClients)
           yield* Effect.addFinalizer(() =>
             Effect.gen(function* () {
               subscribers.delete(subscriber)
               attachments.delete(attachmentId)
+              yield* Metric.incrementBy(attachedClients, -1)
               if (lastWriter === attachmentId) lastWriter = undefined
               yield* emit("session.detached", { attachmentId })
               yield* change({ attachedClients: attachments.size }).pipe(Effect.ignore)
