@@ -7,12 +7,16 @@
  */
 import * as childProcess from "node:child_process"
 import * as fs from "node:fs"
+import * as os from "node:os"
 import * as path from "node:path"
 import * as readline from "node:readline"
 import { fileURLToPath } from "node:url"
 import * as NodePty from "node-pty"
 import { Context, Deferred, Effect, Layer, Option, Redacted, type Scope, Stream } from "effect"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import { PtyHost, type PtyOutput, PtySpec } from "../../infra/pty/PtyHost.js"
+import * as PtyHostClient from "../../infra/pty/PtyHostClient.js"
+import { socketPath } from "../../infra/pty/PtyHostRpcs.js"
 import * as Client from "../../rpc/Client.js"
 import type { AttachEvent, SessionInfo } from "../../rpc/Sessions.js"
 import { tempDir } from "../../test/support/TempDir.js"
@@ -71,13 +75,19 @@ export const settle = (pids: ReadonlyArray<number | undefined>, maxSeconds: numb
     }
   })
 
-/** Pids of the Postgres server's processes on this machine (postmaster and backends). */
-export const postgresPids = (): Array<number> => {
+/**
+ * Pids of the Postgres processes that work for `database`: its backends, and the shared
+ * background processes (WAL writer, checkpointer, …), not other databases' backends.
+ */
+export const postgresPids = (database: string): Array<number> => {
   const out: Array<number> = []
   for (const entry of fs.readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue
     try {
-      if (fs.readFileSync(`/proc/${entry}/comm`, "utf8").trim() === "postgres") out.push(Number(entry))
+      if (fs.readFileSync(`/proc/${entry}/comm`, "utf8").trim() !== "postgres") continue
+      const title = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8")
+      const isBackend = /\d+\.\d+\.\d+\.\d+\(\d+\)|\[local\]/.test(title)
+      if (!isBackend || title.includes(` ${database} `)) out.push(Number(entry))
     } catch {
       // gone meanwhile
     }
@@ -85,9 +95,9 @@ export const postgresPids = (): Array<number> => {
   return out
 }
 
-/** CPU time, in milliseconds, of every Postgres process now (backends come and go: sample around a run). */
-export const postgresCpuMillis = (): number =>
-  postgresPids().reduce((sum, pid) => sum + (Number.isNaN(cpuMillis(pid)) ? 0 : cpuMillis(pid)), 0)
+/** CPU milliseconds of the Postgres processes of `database` now (backends come and go: sample around a run). */
+export const postgresCpuMillis = (database: string): number =>
+  postgresPids(database).reduce((sum, pid) => sum + (Number.isNaN(cpuMillis(pid)) ? 0 : cpuMillis(pid)), 0)
 
 /** CPU time of this process so far, in milliseconds. */
 export const ownCpuMillis = (): number => {
@@ -110,7 +120,7 @@ export interface CpuSample {
 export const cpuSample = (server: Server): CpuSample => ({
   server: cpuMillis(server.pid),
   ptyHost: cpuMillis(server.ptyHostPid()),
-  postgres: postgresCpuMillis(),
+  postgres: postgresCpuMillis(server.database),
   client: ownCpuMillis()
 })
 
@@ -157,6 +167,8 @@ export interface Server {
   readonly pid: number
   /** The PTY host's pid, from `<dataDir>/pty-host.json`, once it runs. */
   readonly ptyHostPid: () => number | undefined
+  /** Name of its database. */
+  readonly database: string
 }
 
 /** What to start. */
@@ -219,11 +231,15 @@ export const serve = (
     let stderr = ""
     const child = yield* Effect.acquireRelease(
       Effect.sync(() =>
-        childProcess.spawn(process.execPath, [...nodeArgs, cli, "serve", "--port", "0", "--data-dir", dataDir], {
-          cwd: projectRoot,
-          env,
-          stdio: ["ignore", "pipe", "pipe"]
-        })
+        childProcess.spawn(
+          process.execPath,
+          [...nodeArgs, cli, "serve", "--port", "0", "--data-dir", dataDir],
+          {
+            cwd: projectRoot,
+            env,
+            stdio: ["ignore", "pipe", "pipe"]
+          }
+        )
       ),
       (child) =>
         Effect.gen(function* () {
@@ -256,7 +272,8 @@ export const serve = (
     const url = yield* Deferred.await(listening)
     const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
     const pid = child.pid ?? 0
-    return { url, token, dataDir, pid, ptyHostPid: () => ptyHostPidIn(dataDir) }
+    const database = new URL(Redacted.value(db.url)).pathname.slice(1)
+    return { url, token, dataDir, pid, ptyHostPid: () => ptyHostPidIn(dataDir), database }
   })
 
 // Clients -----------------------------------------------------------------------------------
@@ -271,7 +288,9 @@ export const connect = (server: Server): Effect.Effect<Client.Client, Harness.Be
     )
     const client = Context.get(context, Client.VibesClient)
     yield* client.System.Info().pipe(
-      Effect.mapError((error) => new Harness.BenchError({ message: `cannot reach the server: ${error.message}` }))
+      Effect.mapError(
+        (error) => new Harness.BenchError({ message: `cannot reach the server: ${error.message}` })
+      )
     )
     return client
   })
@@ -321,13 +340,23 @@ export const waitForInfo = (
       const info = yield* orBench(client.Sessions.Get({ sessionId }))
       if (done(info)) return info
       if (Harness.now() > deadline) {
-        return yield* new Harness.BenchError({ message: `timed out after ${maxSeconds} s waiting for ${what}` })
+        return yield* new Harness.BenchError({
+          message: `timed out after ${maxSeconds} s waiting for ${what}`
+        })
       }
       yield* Effect.sleep("200 millis")
     }
   })
 
 // Baselines ---------------------------------------------------------------------------------
+
+/** This process' environment with the TERM sessions get. */
+const terminalEnv = (): Record<string, string> => {
+  const env: Record<string, string> = {}
+  for (const [key, value] of Object.entries(process.env)) if (value !== undefined) env[key] = value
+  env["TERM"] = "xterm-256color"
+  return env
+}
 
 /** A terminal spawned with node-pty in this process (Buffers, not strings), killed with the scope. */
 export const rawPty = (
@@ -342,7 +371,7 @@ export const rawPty = (
         cols: size.cols,
         rows: size.rows,
         cwd: process.cwd(),
-        env: { ...process.env, TERM: "xterm-256color" },
+        env: terminalEnv(),
         encoding: null
       })
     ),
@@ -355,6 +384,49 @@ export const rawPty = (
         }
       })
   )
+
+/**
+ * A PTY of the server's own PTY host, driven over the host's socket by this process as the
+ * server would (without the server): the middle step between raw node-pty and a vibes session.
+ * Released with the scope.
+ */
+export const hostPty = (
+  server: Server,
+  file: string,
+  args: ReadonlyArray<string>,
+  size: { readonly cols: number; readonly rows: number }
+): Effect.Effect<
+  {
+    readonly output: Stream.Stream<PtyOutput, Harness.BenchError>
+    readonly write: (data: Uint8Array) => Effect.Effect<void, Harness.BenchError>
+  },
+  Harness.BenchError,
+  Scope.Scope
+> =>
+  Effect.gen(function* () {
+    const context = yield* Layer.build(PtyHostClient.layer({ socketPath: socketPath(server.dataDir) }))
+    const host = Context.get(context, PtyHost)
+    const id = `bench-${crypto.randomUUID()}`
+    yield* Effect.acquireRelease(
+      orBench(
+        host.spawn(
+          PtySpec.make({
+            id,
+            file,
+            args,
+            cwd: process.cwd(),
+            env: terminalEnv(),
+            ...size
+          })
+        )
+      ),
+      () => Effect.ignore(host.release(id))
+    )
+    return {
+      output: Stream.mapError(host.output(id, 0), (e) => new Harness.BenchError({ message: e.message })),
+      write: (data) => orBench(host.write(id, data))
+    }
+  })
 
 /** node-pty hands out Buffers with `encoding: null`, though its typings say string. */
 export const onBytes = (terminal: NodePty.IPty, listener: (data: Buffer) => void): NodePty.IDisposable =>
@@ -419,8 +491,11 @@ export const markerWatch = (marker: string) => {
 export const mbPerSecond = (bytes: number, ms: number): string =>
   Number.isFinite(ms) && ms > 0 ? (bytes / 1000 / ms).toFixed(1) : "n/a"
 
-/** A line of the results for the run: the commit and whether the working tree had changes. */
-export const commitLine = (): string => {
+/**
+ * Lines of the results about the run: the commit (and whether the working tree had changes) and
+ * the load average when it started, since other work on the machine skews every number.
+ */
+export const runLines = (): string => {
   const git = (args: ReadonlyArray<string>) => {
     try {
       return childProcess.execFileSync("git", [...args], { cwd: projectRoot, encoding: "utf8" }).trim()
@@ -429,5 +504,12 @@ export const commitLine = (): string => {
     }
   }
   const dirty = git(["status", "--porcelain", "--untracked-files=no"]) !== ""
-  return `- Commit: ${git(["rev-parse", "--short", "HEAD"])}${dirty ? " (with uncommitted changes)" : ""}`
+  const load = os
+    .loadavg()
+    .map((n) => n.toFixed(2))
+    .join(" / ")
+  return [
+    `- Commit: ${git(["rev-parse", "--short", "HEAD"])}${dirty ? " (with uncommitted changes)" : ""}`,
+    `- Load average (1 / 5 / 15 min) at the start: ${load}`
+  ].join("\n")
 }

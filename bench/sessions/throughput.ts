@@ -11,13 +11,15 @@
  *   (coalesced `session.output` events), feeds its screen model and takes snapshots.
  * - **raw node-pty**: the same command spawned with node-pty in this process (`encoding: null`),
  *   `go\r` written to it, bytes counted until the marker.
+ * - **PTY host** (for diagnosis): the same command in a PTY of the server's PTY host, read by
+ *   this process over the host's socket as the server reads it, without the server.
  *
  * Time runs from sending `go` to the marker. The systems alternate, `BENCH_ROUNDS` (3) times
  * each; the median is reported. Env: BENCH_THROUGHPUT_MB, BENCH_ROUNDS, BENCH_CPU_PROF (a
  * directory: the server writes a CPU profile there when it stops), DATABASE_URL.
  */
 import * as path from "node:path"
-import { Deferred, Effect } from "effect"
+import { Deferred, Effect, Stream } from "effect"
 import { CreateSession } from "../../rpc/Sessions.js"
 import * as Harness from "../events/harness.js"
 import * as Sessions from "./harness.js"
@@ -62,7 +64,42 @@ const raw = (file: string, bytes: number) =>
       terminal.write("go\r")
       const end = yield* Deferred.await(done).pipe(timeout("raw node-pty"))
       const cpu = { server: Number.NaN, ptyHost: Number.NaN, postgres: Number.NaN, client: 0 }
-      return { bytes: received, ms: end - start, cpu: { ...cpu, client: (Sessions.ownCpuMillis() - client) / 1000 } }
+      return {
+        bytes: received,
+        ms: end - start,
+        cpu: { ...cpu, client: (Sessions.ownCpuMillis() - client) / 1000 }
+      }
+    })
+  )
+
+const viaHost = (server: Sessions.Server, file: string, bytes: number) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const pty = yield* Sessions.hostPty(server, "/bin/sh", ["-c", script(file, bytes)], size)
+      const seen = Sessions.markerWatch(marker)
+      const done = yield* Deferred.make<number, Harness.BenchError>()
+      let received = 0
+      yield* pty.output.pipe(
+        Stream.runForEach((element) =>
+          Effect.sync(() => {
+            if (element._tag !== "Data") return
+            received += element.data.length
+            if (seen(element.data)) Deferred.unsafeDone(done, Effect.succeed(Harness.now()))
+          })
+        ),
+        Effect.catchAll((error) => Deferred.fail(done, error)),
+        Effect.forkScoped
+      )
+      const before = Sessions.cpuSample(server)
+      const window = Sessions.monotonicMicros()
+      const start = Harness.now()
+      yield* pty.write(new TextEncoder().encode("go\r"))
+      const end = yield* Deferred.await(done).pipe(timeout("PTY host"))
+      const cpu = Sessions.cpuSpent(before, Sessions.cpuSample(server))
+      yield* Harness.progress(
+        `PTY host measured in the monotonic µs window ${window}–${Sessions.monotonicMicros()}`
+      )
+      return { bytes: received, ms: end - start, cpu: { ...cpu, server: Number.NaN } }
     })
   )
 
@@ -71,7 +108,9 @@ const vibes = (server: Sessions.Server, file: string, bytes: number) =>
     Effect.gen(function* () {
       const client = yield* Sessions.connect(server)
       const session = yield* Sessions.orBench(
-        client.Sessions.Create(CreateSession.make({ command: "/bin/sh", args: ["-c", script(file, bytes)], ...size }))
+        client.Sessions.Create(
+          CreateSession.make({ command: "/bin/sh", args: ["-c", script(file, bytes)], ...size })
+        )
       )
       const seen = Sessions.markerWatch(marker)
       const attached = yield* Deferred.make<void>()
@@ -91,10 +130,14 @@ const vibes = (server: Sessions.Server, file: string, bytes: number) =>
       const before = Sessions.cpuSample(server)
       const window = Sessions.monotonicMicros()
       const start = Harness.now()
-      yield* Sessions.orBench(client.Sessions.Input({ sessionId: session.id, data: new TextEncoder().encode("go\r") }))
+      yield* Sessions.orBench(
+        client.Sessions.Input({ sessionId: session.id, data: new TextEncoder().encode("go\r") })
+      )
       const end = yield* Deferred.await(done).pipe(Effect.raceFirst(Deferred.await(failed)), timeout("vibes"))
       const cpu = Sessions.cpuSpent(before, Sessions.cpuSample(server))
-      yield* Harness.progress(`vibes measured in the monotonic µs window ${window}–${Sessions.monotonicMicros()}`)
+      yield* Harness.progress(
+        `vibes measured in the monotonic µs window ${window}–${Sessions.monotonicMicros()}`
+      )
       yield* Sessions.orBench(client.Sessions.Close({ sessionId: session.id }))
       return { bytes: received, ms: end - start, cpu }
     })
@@ -103,6 +146,7 @@ const vibes = (server: Sessions.Server, file: string, bytes: number) =>
 const throughput = (m: Measurement) => (m.bytes / 1e6 / m.ms) * 1000
 
 const main = Effect.gen(function* () {
+  const loadAtStart = Sessions.runLines()
   const db = yield* Harness.database
   const machine = yield* Harness.machine(db)
   const dir = yield* Sessions.scratch("vibes-bench-throughput-")
@@ -116,13 +160,22 @@ const main = Effect.gen(function* () {
   const warmFile = path.join(dir, "warm.txt")
   Sessions.writeTextFile(warmFile, 2_000_000, marker)
   yield* raw(warmFile, 2_000_000)
+  yield* viaHost(server, warmFile, 2_000_000)
   yield* vibes(server, warmFile, 2_000_000)
 
-  const results = { raw: [] as Array<Measurement>, vibes: [] as Array<Measurement> }
+  const results = {
+    raw: [] as Array<Measurement>,
+    host: [] as Array<Measurement>,
+    vibes: [] as Array<Measurement>
+  }
   for (let round = 1; round <= rounds; round++) {
     const r = yield* raw(file, bytes)
     results.raw.push(r)
     yield* Harness.progress(`round ${round}: raw node-pty ${Sessions.mbPerSecond(r.bytes, r.ms)} MB/s`)
+    yield* Sessions.settle([server.pid, server.ptyHostPid()], 60)
+    const h = yield* viaHost(server, file, bytes)
+    results.host.push(h)
+    yield* Harness.progress(`round ${round}: PTY host ${Sessions.mbPerSecond(h.bytes, h.ms)} MB/s`)
     yield* Sessions.settle([server.pid, server.ptyHostPid()], 60)
     const v = yield* vibes(server, file, bytes)
     results.vibes.push(v)
@@ -132,10 +185,9 @@ const main = Effect.gen(function* () {
 
   const medianOf = (ms: ReadonlyArray<Measurement>) => Harness.median(ms.map(throughput))
   const rawMedian = medianOf(results.raw)
-  const vibesMedian = medianOf(results.vibes)
   yield* Harness.print(`### Output throughput to an attached client (${megabytes} MB)\n`)
   yield* Harness.print(Harness.machineMarkdown(machine))
-  yield* Harness.print(Sessions.commitLine())
+  yield* Harness.print(loadAtStart)
   yield* Harness.print("")
   yield* Harness.print(
     Harness.header([
@@ -159,7 +211,8 @@ const main = Effect.gen(function* () {
       ms.map((m) => Sessions.cpuText(m.cpu)).join("; ")
     ])
   yield* Harness.print(line("raw node-pty, in process", results.raw, rawMedian))
-  yield* Harness.print(line("vibes", results.vibes, vibesMedian))
+  yield* Harness.print(line("PTY host over its socket, no server", results.host, medianOf(results.host)))
+  yield* Harness.print(line("vibes", results.vibes, medianOf(results.vibes)))
   yield* Harness.print("")
 })
 
