@@ -27,6 +27,7 @@ import {
   Scope,
   Stream
 } from "effect"
+import * as ClusterSchema from "@effect/cluster/ClusterSchema"
 import * as Entity from "@effect/cluster/Entity"
 import * as Rpc from "@effect/rpc/Rpc"
 import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
@@ -95,6 +96,9 @@ export const Session = Entity.make("Session", [
   /** Activates the entity (after a restart) so it reattaches to its PTY and records its output. */
   Rpc.make("Wake", { error: SessionError })
 ])
+  // Every keystroke is a message: a client span each would cost more than the keystroke (the
+  // public RPC already has its span).
+  .annotateRpcs(ClusterSchema.ClientTracingEnabled, false)
 
 // Metrics ------------------------------------------------------------------------------------
 
@@ -136,6 +140,35 @@ const checkSize = (cols: number, rows: number) =>
           message: `terminal size ${cols}x${rows} is out of range: columns and rows must be whole numbers from 1 to ${maxDimension}`
         })
       )
+
+/** Joins runs of adjacent `Output` events, so a busy session sends fewer, larger messages. */
+const coalesce = (events: Chunk.Chunk<AttachEvent>): Chunk.Chunk<AttachEvent> => {
+  if (Chunk.size(events) < 2) return events
+  const out: Array<AttachEvent> = []
+  let run: Array<Output> = []
+  const flush = () => {
+    const first = run[0]
+    if (first === undefined) return
+    out.push(
+      run.length === 1
+        ? first
+        : Output.make({ seq: first.seq, data: Buffer.concat(run.map((event) => event.data)) })
+    )
+    run = []
+  }
+  for (const event of events) {
+    const last = run[run.length - 1]
+    if (event._tag === "Output" && (last === undefined || last.seq + last.data.length === event.seq)) {
+      run.push(event)
+      continue
+    }
+    flush()
+    if (event._tag === "Output") run.push(event)
+    else out.push(event)
+  }
+  flush()
+  return Chunk.unsafeFromArray(out)
+}
 
 const decodeBase64 = (text: string) => new Uint8Array(Buffer.from(text, "base64"))
 
@@ -984,7 +1017,7 @@ export const layer = Session.toLayer(
                 )
                 return Chunk.of<AttachEvent>(reset)
               }
-              return yield* Queue.takeBetween(queue, 1, 256)
+              return coalesce(yield* Queue.takeBetween(queue, 1, 256))
             })
           ).pipe(
             Stream.filterMap((event): Option.Option<AttachEvent> => {

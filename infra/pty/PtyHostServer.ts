@@ -78,8 +78,14 @@ export const defaultIdleExit: Duration.Duration = Duration.seconds(30)
 /** Largest size, in columns or rows, a PTY may have. */
 export const maxDimension = 1000
 
-/** Most bytes in one `Data` element. */
+/** Size of the ring's first allocation and of the buffer that drains a PTY at its end. */
 const maxChunkBytes = 64 * 1024
+
+/**
+ * Most bytes in one `Data` element. Each element waits for the reader's ack, so elements carry
+ * whatever has accumulated (up to this) rather than a fixed small piece.
+ */
+const maxElementBytes = 1024 * 1024
 
 /** How long a program gets between SIGHUP and SIGKILL. */
 const killGrace = Duration.seconds(2)
@@ -473,7 +479,7 @@ const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.S
           return Effect.succeed(gap)
         }
         if (reader.next < ring.end) {
-          const data = ring.read(reader.next, maxChunkBytes)
+          const data = ring.read(reader.next, maxElementBytes)
           const element = new PtyData({ seq: reader.next, data })
           reader.next += data.length
           afterRead(entry)
