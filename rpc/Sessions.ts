@@ -77,7 +77,7 @@ export class SessionInfo extends Schema.Class<SessionInfo>("SessionInfo")({
   exitSignal: Schema.NullOr(Schema.String),
   attachedClients: Schema.Int,
   lastActivityAt: Schema.DateTimeUtc,
-  /** Bytes the program has written so far. */
+  /** Bytes the program has written so far (`List`: as of the session's last idle point). */
   outputBytes: Schema.Int,
   restarts: Schema.Int
 }) {}

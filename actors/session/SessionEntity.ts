@@ -1090,7 +1090,14 @@ export const layer = Session.toLayer(
       Close: () => close,
       Attach: (request) => Rpc.fork(attach(request.payload)),
       Snapshot: () => snapshot,
-      Info: () => Effect.map(currentRow, (current) => toInfo(current)),
+      Info: () =>
+        Effect.map(currentRow, (current) =>
+          Option.match(live, {
+            onNone: () => toInfo(current),
+            onSome: (state) =>
+              toInfo({ ...current, outputBytes: state.seq, lastActivityAt: new Date(state.lastOutput) })
+          })
+        ),
       Wake: () => Effect.void
     })
   }),

@@ -155,7 +155,16 @@ export const layer = SessionsRpcs.toLayer(
           Effect.map((rows) => rows.map(toInfo)),
           Effect.mapError(unavailable("*"))
         ),
-      "Sessions.Get": ({ sessionId }) => Effect.map(lookup(sessionId), toInfo)
+      // A running session's entity knows its output and activity up to the byte; the registry has
+      // them as of the last idle point.
+      "Sessions.Get": ({ sessionId }) =>
+        Effect.flatMap(lookup(sessionId), (row) =>
+          row.state === "running"
+            ? makeClient(sessionId)
+                .Info()
+                .pipe(Effect.orElseSucceed(() => toInfo(row)))
+            : Effect.succeed(toInfo(row))
+        )
     }
   })
 )

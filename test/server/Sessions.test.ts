@@ -145,6 +145,8 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
       expect(refusedResize._tag).toBe("ReadOnlyAttachment")
       const info = yield* rpc.Sessions.Get({ sessionId: session.id })
       expect(info.attachedClients).toBe(2)
+      // Up to the byte while the session runs, not as of its last idle point.
+      expect(info.outputBytes).toBe(writer.seq())
       const server = yield* Node
       const metrics = yield* Effect.promise(() =>
         fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${server.token}` } }).then((r) =>
