@@ -123,6 +123,9 @@ const replayBytes = 1024 * 1024
 const idleReplayBytes = 64 * 1024
 /** A client whose stream has this many chunks waiting is sent a fresh screen instead. */
 const subscriberChunks = 2048
+/** Output the screen model may have queued unparsed before reading waits for it. */
+const unparsedLimit = 1024 * 1024
+const empty = new Uint8Array(0)
 /** Output waiting for the event log beyond which reading from the PTY pauses. */
 const recorderBacklog = 8 * 1024 * 1024
 
@@ -279,6 +282,8 @@ interface Live {
   replayStart: number
   replaySize: number
   sinceSnapshot: number
+  /** Output handed to the screen model since the last wait for its parser. */
+  unparsed: number
   lastOutput: number
   idle: boolean
   pump: Option.Option<Fiber.RuntimeFiber<void>>
@@ -402,7 +407,13 @@ export const layer = Session.toLayer(
         outputBytes.unsafeUpdate(fresh.length, [])
         remember(state, seq, fresh, replayBytes)
         state.recorder.output(seq, fresh)
-        yield* state.model.write(fresh)
+        // Parsing runs behind the byte path; waiting for it now and then bounds its backlog.
+        state.model.feed(fresh)
+        state.unparsed += fresh.length
+        if (state.unparsed >= unparsedLimit) {
+          state.unparsed = 0
+          yield* state.model.write(empty)
+        }
         state.sinceSnapshot += fresh.length
         if (state.idle) {
           state.idle = false
@@ -539,6 +550,7 @@ export const layer = Session.toLayer(
           replayStart: first?.seq ?? seq,
           replaySize,
           sinceSnapshot: replaySize,
+          unparsed: 0,
           lastOutput: Date.now(),
           idle: false,
           pump: Option.none()

@@ -342,7 +342,7 @@ interface Registry {
 const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.Scope> =>
   Effect.gen(function* () {
     const entries = new Map<string, Entry>()
-    const highWater = Math.max(1, Math.min(1024 * 1024, Math.floor(ringBytes / 4)))
+    const highWater = Math.max(1, Math.min(4 * 1024 * 1024, Math.floor(ringBytes / 4)))
     const lowWater = Math.floor(highWater / 4)
 
     /**

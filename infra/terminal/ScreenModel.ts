@@ -48,6 +48,11 @@ export interface Options {
 export interface ScreenModel {
   /** Feeds program output; resolves once it is parsed. UTF-8 may be split anywhere across calls. */
   readonly write: (data: Uint8Array) => Effect.Effect<void>
+  /**
+   * Queues program output without waiting for the parser (each wait costs a timer tick). Later
+   * operations still see it; callers bound the backlog by awaiting `write` now and then.
+   */
+  readonly feed: (data: Uint8Array) => void
   /** Resizes the screen after everything written before. */
   readonly resize: (cols: number, rows: number) => Effect.Effect<void>
   /** The screen after everything written before. */
@@ -163,6 +168,7 @@ const hooked = (terminal: Opened, options: Omit<Options, "cols" | "rows">): Scre
   if (onTitle !== undefined) terminal.xterm.onTitleChange((title) => onTitle(title))
   return {
     write: (data) => terminal.run(data, () => undefined),
+    feed: (data) => terminal.queue(data),
     resize: (cols, rows) => terminal.run(empty, () => terminal.xterm.resize(cols, rows)),
     snapshot: (options) => terminal.run(empty, () => terminal.take(options ?? {}))
   }
