@@ -624,8 +624,9 @@ export const layer = Session.toLayer(
           yield* Scope.close(state.scope, Exit.void).pipe(Effect.forkIn(entityScope))
           return
         }
+        // `Close` may interrupt the wait; once the restart begins it completes, so no PTY is left behind.
         yield* Effect.sleep(restartDelay(updated.restarts))
-        yield* resurrect(state, updated, screen.text)
+        yield* Effect.uninterruptible(resurrect(state, updated, screen.text))
       })
 
     const restartDelay = (restarts: number) =>
@@ -682,7 +683,10 @@ export const layer = Session.toLayer(
           })
         )
         previous.ptySeq = 0
-        const fiber = yield* Effect.forkIn(pumpFrom(previous, ptyId, seqBase), previous.scope)
+        const fiber = yield* Effect.forkIn(
+          Effect.interruptible(pumpFrom(previous, ptyId, seqBase)),
+          previous.scope
+        )
         previous.pump = Option.some(fiber)
       })
 
@@ -1047,10 +1051,20 @@ export const layer = Session.toLayer(
       )
 
     const close = Effect.gen(function* () {
-      const current = yield* currentRow
-      if (current.state !== "running" || Option.isNone(live)) return toInfo(current)
+      const before = yield* currentRow
+      if (Option.isNone(live)) return toInfo(before)
       const state = live.value
-      yield* Option.match(state.pump, { onNone: () => Effect.void, onSome: Fiber.interrupt })
+      // Stop reading, and a restart that may be pending (the pump runs it); a restart under way
+      // finishes first and hands over to a new pump, which is stopped in turn.
+      let pumping = state.pump
+      while (Option.isSome(pumping)) {
+        yield* Fiber.interrupt(pumping.value)
+        if (state.pump === pumping) break
+        pumping = state.pump
+      }
+      // It may have ended by itself meanwhile.
+      if (Option.isNone(live)) return toInfo(yield* currentRow)
+      const current = yield* currentRow
       yield* host.release(current.ptyId).pipe(Effect.mapError(unavailable(sessionId)))
       yield* state.lock.withPermits(1)(snapshotEvent(state))
       state.recorder.event("session.closed", {})
