@@ -4,7 +4,8 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer, Option } from "effect"
-import { eventually } from "../support/Attach.js"
+import * as Client from "../../rpc/Client.js"
+import { clientLayer, eventually, watch } from "../support/Attach.js"
 import * as TestServer from "../support/TestServer.js"
 import * as Vibes from "../support/VibesProcess.js"
 
@@ -61,17 +62,19 @@ layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServi
         expect(listed.code).toBe(0)
         expect(listed.stdout).toContain(id)
         expect(listed.stdout).toContain("builder")
+        const server = yield* Node
+        const rpc = yield* Effect.map(
+          Layer.build(clientLayer(server.url, server.token)),
+          Context.get(Client.VibesClient)
+        )
+        const view = yield* watch(rpc.Sessions.Attach({ sessionId: id }))
+        yield* view.until((w) => w.attachmentId() !== "", "the watcher to attach")
         const sent = yield* vibes(["send", id, "echo sent-$((40+2))", "--enter"])
         expect(sent.code).toBe(0)
-        const screen = yield* eventually(
-          Effect.map(vibes(["snapshot", id]), (result) =>
-            result.stdout.includes("\nsent-42") || result.stdout.startsWith("sent-42")
-              ? Option.some(result)
-              : Option.none()
-          ),
-          "the snapshot to show the output"
-        )
+        yield* view.until((w) => w.text().includes("\r\nsent-42\r\n"), "the output of the sent line")
+        const screen = yield* vibes(["snapshot", id])
         expect(screen.code).toBe(0)
+        expect(screen.stdout).toMatch(/^sent-42$/m)
         expect((yield* vibes(["kill", id])).code).toBe(0)
         const late = yield* vibes(["send", id, "x"])
         expect(late.code).toBe(1)

@@ -199,13 +199,12 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
       ])
 
       const sleeper = yield* rpc.Sessions.Create(sh("exec sleep 1000"))
+      const sleeping = yield* watch(rpc.Sessions.Attach({ sessionId: sleeper.id }))
       yield* rpc.Sessions.Signal({ sessionId: sleeper.id, signal: "KILL" })
-      const killed = yield* eventually(
-        Effect.map(rpc.Sessions.Get({ sessionId: sleeper.id }), (info) =>
-          info.state === "exited" ? Option.some(info) : Option.none()
-        ),
-        "the sleeper to die"
-      )
+      // `Ended` goes out once the registry has the exit.
+      yield* sleeping.until((w) => Option.isSome(w.done()), "the sleeper to die")
+      const killed = yield* rpc.Sessions.Get({ sessionId: sleeper.id })
+      expect(killed.state).toBe("exited")
       expect([killed.exitSignal, killed.exitCode]).toEqual(["SIGKILL", null])
       const events = yield* rpc.Events.Read({
         from: 1,
@@ -249,13 +248,10 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
       const malformed = yield* Effect.flip(rpc.Sessions.Get({ sessionId: "../../etc/passwd" }))
       expect(malformed._tag).toBe("SessionNotFound")
 
-      const done = yield* rpc.Sessions.Create(sh("exit 3"))
-      yield* eventually(
-        Effect.map(rpc.Sessions.Get({ sessionId: done.id }), (info) =>
-          info.state === "exited" ? Option.some(info) : Option.none()
-        ),
-        "the session to exit"
-      )
+      const done = yield* rpc.Sessions.Create(sh("read x; exit 3"))
+      const ending = yield* watch(rpc.Sessions.Attach({ sessionId: done.id }))
+      yield* rpc.Sessions.Input({ sessionId: done.id, data: encode("\r") })
+      yield* ending.until((w) => Option.isSome(w.done()), "the session to exit")
       const late = yield* Effect.flip(rpc.Sessions.Input({ sessionId: done.id, data: encode("x") }))
       expect(late._tag).toBe("SessionNotRunning")
       expect(late.message).toContain("exited")

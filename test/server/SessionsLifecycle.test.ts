@@ -3,7 +3,7 @@ import { Context, Duration, Effect, Layer, Option, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import { CreateSession } from "../../rpc/Sessions.js"
-import { clientLayer, eventually, ptyHostPid, watch, type Watched } from "../support/Attach.js"
+import { clientLayer, ptyHostPid, watch, type Watched } from "../support/Attach.js"
 import * as TestServer from "../support/TestServer.js"
 
 class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
@@ -77,15 +77,19 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("session lifecy
       expect(closed.state).toBe("closed")
 
       const succeeded = yield* rpc.Sessions.Create(
-        CreateSession.make({ command: "/bin/sh", args: ["-c", "exit 0"], restartPolicy: "on-failure" })
+        CreateSession.make({
+          command: "/bin/sh",
+          args: ["-c", "read x; exit 0"],
+          restartPolicy: "on-failure"
+        })
       )
-      const done = yield* eventually(
-        Effect.map(rpc.Sessions.Get({ sessionId: succeeded.id }), (s) =>
-          s.state === "exited" ? Option.some(s) : Option.none()
-        ),
-        "the successful command to end"
-      )
-      expect([done.exitCode, done.restarts]).toEqual([0, 0])
+      const ending = yield* watch(rpc.Sessions.Attach({ sessionId: succeeded.id }))
+      yield* rpc.Sessions.Input({ sessionId: succeeded.id, data: encode("\r") })
+      // `Ended` goes out once the registry has the exit, and only when no restart follows.
+      yield* ending.until((w) => Option.isSome(w.done()), "the successful command to end")
+      expect(ending.events.at(-1)?._tag).toBe("Ended")
+      const done = yield* rpc.Sessions.Get({ sessionId: succeeded.id })
+      expect([done.state, done.exitCode, done.restarts]).toEqual(["exited", 0, 0])
     })
   )
 

@@ -1,11 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
+import { Context, Effect, Exit, Layer, Redacted, Scope, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
+import { EventFilter } from "../../rpc/Events.js"
 import * as FreePort from "../../infra/net/FreePort.js"
 import { CreateSession } from "../../rpc/Sessions.js"
-import { clientLayer, eventually, stopPtyHostAtEnd, watch } from "../support/Attach.js"
+import { clientLayer, stopPtyHostAtEnd, watch } from "../support/Attach.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 import { tempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
@@ -51,12 +52,11 @@ describe("sessions across a server crash", () => {
           Scope.extend(firstScope)
         )
         yield* before.until((w) => w.attachmentId() !== "", "the first attach")
-        yield* eventually(
-          Effect.map(rpc1.Sessions.Get({ sessionId: session.id }), (info) =>
-            info.attachedClients >= 2 ? Option.some(info) : Option.none()
-          ),
-          "vibes attach to attach"
-        )
+        // Both clients are attached (the CLI's stream is registered before its event is written).
+        yield* rpc1.Events.Subscribe({
+          from: { _tag: "Offset", offset: 1 },
+          filter: EventFilter.make({ sessionId: session.id, types: ["session.attached"] })
+        }).pipe(Stream.take(2), Stream.runDrain)
         yield* rpc1.Sessions.Input({ sessionId: session.id, data: new TextEncoder().encode("go\r") })
         yield* before.until((w) => numbers(w.text()).length >= 200, "some lines before the crash")
 
