@@ -100,10 +100,34 @@ export const payloads = {
     signal: Schema.NullOr(Schema.String)
   }),
   "session.gap": Schema.Struct({ from: Schema.Int, to: Schema.Int, bytes: Schema.Int }),
-  "job.submitted": Schema.Struct({ command: Schema.String, strategy: Schema.String }),
-  "job.log": Schema.Struct({ stream: Schema.Literal("stdout", "stderr", "system"), chunk: Schema.String }),
-  "job.progress": Schema.Struct({ percent: Schema.Number }),
-  "job.done": Schema.Struct({ status: Schema.String, exitCode: Schema.NullOr(Schema.Int) }),
+  "job.submitted": Schema.Struct({
+    jobId: Schema.String,
+    command: Schema.String,
+    strategy: Schema.String,
+    priority: Schema.Int
+  }),
+  "job.started": Schema.Struct({ jobId: Schema.String, attempt: Schema.Int, pid: Schema.NullOr(Schema.Int) }),
+  "job.log": Schema.Struct({
+    jobId: Schema.String,
+    seq: Schema.Int,
+    stream: Schema.Literal("stdout", "stderr", "system"),
+    chunk: Schema.String,
+    ts: Schema.String
+  }),
+  "job.progress": Schema.Struct({ jobId: Schema.String, percent: Schema.Number }),
+  "job.retrying": Schema.Struct({
+    jobId: Schema.String,
+    attempt: Schema.Int,
+    delayMillis: Schema.Number,
+    reason: Schema.String
+  }),
+  "job.done": Schema.Struct({
+    jobId: Schema.String,
+    status: Schema.String,
+    exitCode: Schema.NullOr(Schema.Int),
+    signal: Schema.NullOr(Schema.String),
+    attempts: Schema.Int
+  }),
   "proxy.request": Schema.Struct({
     provider: Schema.String,
     model: Schema.NullOr(Schema.String),

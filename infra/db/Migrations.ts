@@ -9,6 +9,7 @@ import m0001 from "./migrations/0001_nodes.js"
 import m0002 from "./migrations/0002_events.js"
 import m0003 from "./migrations/0003_event_consumers.js"
 import m0004 from "./migrations/0004_sessions.js"
+import m0005 from "./migrations/0005_jobs.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -23,7 +24,8 @@ export const loader = Migrator.fromRecord({
   "0001_nodes": m0001,
   "0002_events": m0002,
   "0003_event_consumers": m0003,
-  "0004_sessions": m0004
+  "0004_sessions": m0004,
+  "0005_jobs": m0005
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

@@ -54,6 +54,16 @@ export interface ServerConfig {
   readonly ptyHostCommand: Option.Option<ReadonlyArray<string>>
   /** Stop the PTY host (and every session) when the server stops: for tests, never the default. */
   readonly stopPtyHostOnExit: boolean
+  /** Jobs that may run at once on this node; the rest wait in priority order. */
+  readonly jobSlots: number
+  /** Time between SIGTERM and SIGKILL when a job is canceled or times out. */
+  readonly jobKillGrace: Duration.Duration
+  /** Finished jobs and job output older than this are pruned. */
+  readonly jobRetention: Duration.Duration
+  /** The known_hosts file SSH jobs are checked against unless a job names its own. */
+  readonly sshKnownHosts: string
+  /** Interval of SSH keepalive messages; the connection is dropped after 3 unanswered. */
+  readonly sshKeepalive: Duration.Duration
 }
 
 /** The default retention: terminal output goes once a later snapshot of its session covers it. */
@@ -235,7 +245,17 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   sessionScrollback: positiveInt("VIBES_SESSION_SCROLLBACK", 10_000, 1_000_000),
   sessionIdleAfter: duration("VIBES_SESSION_IDLE_AFTER", "5 seconds"),
   ptyHostCommand: Config.succeed(Option.none()),
-  stopPtyHostOnExit: Config.succeed(false)
+  stopPtyHostOnExit: Config.succeed(false),
+  jobSlots: positiveInt("VIBES_JOB_SLOTS", 32, 100_000),
+  jobKillGrace: duration("VIBES_JOB_KILL_GRACE", "5 seconds"),
+  jobRetention: duration("VIBES_JOB_RETENTION", "30 days"),
+  sshKnownHosts: checked(
+    "VIBES_SSH_KNOWN_HOSTS",
+    Config.string("VIBES_SSH_KNOWN_HOSTS"),
+    "must be an absolute path",
+    (s) => path.isAbsolute(s)
+  ).pipe(Config.withDefault(path.join(os.homedir(), ".ssh", "known_hosts"))),
+  sshKeepalive: duration("VIBES_SSH_KEEPALIVE", "15 seconds")
 })
 
 /** Settings of the CLI's client commands (`vibes status`, …). */

@@ -1,6 +1,6 @@
 /**
- * The HTTP surface of a node: `/healthz`, `/readyz`, `/metrics`, `/login`, `/logout`, `/` and
- * `/rpc`. Everything but `/healthz` requires the admin token.
+ * The HTTP surface of a node: `/healthz`, `/readyz`, `/metrics`, `/login`, `/logout`, `/`,
+ * `/api/events`, `/api/jobs…` and `/rpc`. Everything but `/healthz` requires the admin token.
  */
 import { Duration, Effect, Layer, Option } from "effect"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
@@ -18,6 +18,8 @@ import { PrometheusMetrics } from "../../infra/telemetry/Telemetry.js"
 import { NodeInfo } from "./NodeInfo.js"
 import * as EventsHandlers from "./EventsHandlers.js"
 import * as EventsHttp from "./EventsHttp.js"
+import * as JobsHandlers from "./JobsHandlers.js"
+import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 
@@ -169,6 +171,7 @@ const rpc = RpcServer.layerHttpRouter({ group: VibesRpcs, path: "/rpc", protocol
   Layer.provide(SystemHandlers.layer),
   Layer.provide(EventsHandlers.layer),
   Layer.provide(SessionsHandlers.layer),
+  Layer.provide(JobsHandlers.layer),
   Layer.provide(Credentials.layerRpc),
   Layer.provide(RpcSerialization.layerMsgPack)
 )
@@ -196,5 +199,8 @@ export const routes = (options: RouteOptions) =>
     logout("POST"),
     home,
     events(options.sseHeartbeat),
+    ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler]) =>
+      HttpLayerRouter.add(method, path, authenticated(handler))
+    ),
     rpc
   )

@@ -16,6 +16,13 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { SqlClient } from "@effect/sql/SqlClient"
 import * as RunnerAddress from "@effect/cluster/RunnerAddress"
 import * as SingleRunner from "@effect/cluster/SingleRunner"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as JobEntity from "../../actors/job/JobEntity.js"
+import * as JobLogs from "../../actors/job/JobLogs.js"
+import * as Jobs from "../../actors/job/Jobs.js"
+import * as JobSettings from "../../actors/job/JobSettings.js"
+import * as JobStore from "../../actors/job/JobStore.js"
+import * as Scheduler from "../../actors/job/Scheduler.js"
 import * as SessionEntity from "../../actors/session/SessionEntity.js"
 import * as SessionRegistry from "../../actors/session/SessionRegistry.js"
 import * as SessionSettings from "../../actors/session/SessionSettings.js"
@@ -176,16 +183,25 @@ const ptyHostCommand = (config: ServerConfig): ReadonlyArray<string> =>
  * is set here so the generic `HOST`/`PORT` variables never leak into it.
  */
 const sessions = (config: ServerConfig, nodeId: string) =>
-  SessionEntity.layer.pipe(
+  Layer.mergeAll(
+    SessionEntity.layer,
+    Jobs.layer({ retention: config.jobRetention, pruneEvery: config.eventsRetentionInterval }).pipe(
+      Layer.provideMerge(JobEntity.layer),
+      Layer.provide(NodeContext.layer)
+    )
+  ).pipe(
     Layer.provideMerge(
       SingleRunner.layer({
         shardingConfig: {
           runnerAddress: Option.some(RunnerAddress.make("127.0.0.1", 34431)),
-          entityTerminationTimeout: Duration.seconds(5)
+          // Long enough for running jobs to be stopped (SIGTERM, a short grace, SIGKILL) and handed back.
+          entityTerminationTimeout: Duration.seconds(10)
         },
         runnerStorage: "memory"
       }).pipe(Layer.orDie)
     ),
+    // Below the runner, so they outlive the entities that use them while it stops.
+    Layer.provideMerge(jobServices(config, nodeId)),
     Layer.provideMerge(SessionRegistry.layer),
     Layer.provideMerge(
       SessionSettings.layer(nodeId, {
@@ -200,6 +216,26 @@ const sessions = (config: ServerConfig, nodeId: string) =>
         stopHostOnRelease: config.stopPtyHostOnExit
       })
     )
+  )
+
+/**
+ * What job entities use: worker slots, the output writer, the job table and settings. (The
+ * entity's persisted messages live in the cluster's SQL message storage.)
+ */
+const jobServices = (config: ServerConfig, nodeId: string) =>
+  JobLogs.layer(nodeId).pipe(
+    Layer.provideMerge(JobStore.layer),
+    Layer.provideMerge(Scheduler.layer(config.jobSlots)),
+    Layer.provideMerge(
+      JobSettings.layer({
+        nodeId,
+        dataDir: config.dataDir,
+        killGrace: config.jobKillGrace,
+        sshKnownHosts: config.sshKnownHosts,
+        sshKeepalive: config.sshKeepalive
+      })
+    ),
+    Layer.provide(NodeContext.layer)
   )
 
 /** Wakes the entities of the sessions that were running here, so they record what was missed. */

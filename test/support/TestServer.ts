@@ -63,6 +63,11 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       sessionIdleAfter: Duration.seconds(5),
       ptyHostCommand: Option.some(ptyHostCommand(dataDir)),
       stopPtyHostOnExit: true,
+      jobSlots: 32,
+      jobKillGrace: Duration.seconds(2),
+      jobRetention: Duration.days(30),
+      sshKnownHosts: `${dataDir}/known_hosts`,
+      sshKeepalive: Duration.seconds(15),
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()

@@ -1,0 +1,338 @@
+/**
+ * Job output: one writer for the whole node turns chunks into `job_events` rows and `job.log`
+ * events, in batches, and hands them to the node's followers once stored.
+ *
+ * Every running job hands its chunks to `write` (which waits when the writer is 64 Ki chunks
+ * behind, so a flood slows the job's pipe instead of growing memory). The writer takes whatever is
+ * waiting, inserts it in one statement and appends the events in one batch, so latency under light
+ * load is one round trip and throughput under heavy load grows with the batch. A failed insert is
+ * retried 3 times; then each chunk becomes an error-severity `job.log` event instead (and a log
+ * line), so output is never dropped silently.
+ *
+ * Followers read stored rows first and then live items; a sequence gap (a follower that fell
+ * behind has its oldest live items dropped) is filled from the table.
+ */
+import {
+  Chunk,
+  Context,
+  DateTime,
+  Deferred,
+  Effect,
+  Layer,
+  Metric,
+  Option,
+  Queue,
+  Schedule,
+  Stream
+} from "effect"
+import { SqlClient } from "@effect/sql/SqlClient"
+import { NewEvent } from "../../rpc/Events.js"
+import {
+  JobDone,
+  JobLog,
+  type JobOutput,
+  type JobProgress,
+  JobsUnavailable,
+  isFinal,
+  type LogStream,
+  type JobNotFound
+} from "../../rpc/Jobs.js"
+import { EventLog } from "../../infra/eventlog/EventLog.js"
+import { JobStore } from "./JobStore.js"
+
+/** One chunk of output. */
+export interface Entry {
+  readonly jobId: string
+  readonly seq: number
+  readonly stream: LogStream
+  readonly chunk: string
+  readonly ts: Date
+}
+
+/** The longest chunk stored in one row (and one event), in UTF-16 code units. */
+export const maxChunkChars = 32 * 1024
+
+const writerBacklog = 64 * 1024
+const batchSize = 2048
+const followerBuffer = 4096
+const pageSize = 1000
+
+const chunksWritten = Metric.counter("vibes_job_log_chunks_total", {
+  description: "Job output chunks stored in job_events",
+  incremental: true
+})
+const chunksFailed = Metric.counter("vibes_job_log_write_failures_total", {
+  description: "Job output chunks that could not be stored after 3 retries (kept as error events)",
+  incremental: true
+})
+
+/** Postgres text cannot hold NUL; it is stored as U+FFFD. */
+export const sanitize = (text: string): string =>
+  text.includes("\u0000") ? text.replaceAll("\u0000", "\uFFFD") : text
+
+type Item =
+  | { readonly _tag: "Entry"; readonly entry: Entry }
+  | { readonly _tag: "Flush"; readonly done: Deferred.Deferred<void> }
+
+interface Row {
+  readonly seq: string | number
+  readonly stream: LogStream
+  readonly chunk: string
+  readonly ts: Date
+}
+
+const toLog = (row: Row) =>
+  new JobLog({ seq: Number(row.seq), stream: row.stream, chunk: row.chunk, ts: DateTime.unsafeMake(row.ts) })
+
+/** The node's job output writer and follower hub. */
+export class JobLogs extends Context.Tag("vibes/JobLogs")<
+  JobLogs,
+  {
+    /** Queues a chunk for storage; waits only when the writer is far behind. */
+    readonly write: (entry: Entry) => Effect.Effect<void>
+    /** Resolves once everything queued before it is stored (or recorded as failed). */
+    readonly flush: Effect.Effect<void>
+    /** Hands a progress or end marker to the job's followers on this node. */
+    readonly publish: (jobId: string, item: JobProgress | JobDone) => Effect.Effect<void>
+    /** The highest sequence number stored for a job (0 when none). */
+    readonly lastSeq: (jobId: string) => Effect.Effect<number, JobsUnavailable>
+    /**
+     * Stored output after `after`, then (with `follow`) live output until the job ends; closes
+     * with the job's `JobDone` once it is final.
+     */
+    readonly stream: (
+      jobId: string,
+      after: number,
+      follow: boolean
+    ) => Stream.Stream<JobOutput, JobsUnavailable | JobNotFound>
+  }
+>() {}
+
+/** The writer on the node's SQL client and event log; `nodeId` is the events' source. */
+export const layer = (nodeId: string) =>
+  Layer.scoped(
+    JobLogs,
+    Effect.gen(function* () {
+      const sql = yield* SqlClient
+      const log = yield* EventLog
+      const store = yield* JobStore
+      const queue = yield* Queue.bounded<Item>(writerBacklog)
+      const followers = new Map<string, Set<Queue.Queue<JobOutput>>>()
+
+      const deliver = (jobId: string, item: JobOutput) => {
+        const set = followers.get(jobId)
+        if (set !== undefined) for (const follower of set) follower.unsafeOffer(item)
+      }
+
+      const toEvent = (entry: Entry, stored: boolean) =>
+        NewEvent.make({
+          type: "job.log",
+          source: { nodeId, component: "job" },
+          jobId: entry.jobId,
+          ...(stored ? {} : { severity: "error" as const }),
+          data: {
+            jobId: entry.jobId,
+            seq: entry.seq,
+            stream: entry.stream,
+            chunk: entry.chunk,
+            ts: entry.ts.toISOString(),
+            ...(stored ? {} : { stored: false })
+          }
+        })
+
+      const retry3 = Schedule.intersect(Schedule.exponential("50 millis"), Schedule.recurs(3))
+
+      const store_ = (entries: ReadonlyArray<Entry>) =>
+        Effect.gen(function* () {
+          const inserted = yield* sql`
+            INSERT INTO job_events ${sql.insert(
+              entries.map((e) => ({
+                job_id: e.jobId,
+                seq: e.seq,
+                ts: e.ts,
+                stream: e.stream,
+                chunk: e.chunk
+              }))
+            )}
+            ON CONFLICT (job_id, seq) DO NOTHING
+          `.pipe(
+            Effect.retry(retry3),
+            Effect.as(true),
+            Effect.catchAll((error) =>
+              Effect.as(
+                Effect.logError(
+                  `could not store ${entries.length} job output chunks after 3 retries: ${error.message}`
+                ).pipe(
+                  Effect.annotateLogs({
+                    jobIds: [...new Set(entries.map((e) => e.jobId))].join(","),
+                    chunks: JSON.stringify(
+                      entries.map((e) => ({ jobId: e.jobId, seq: e.seq, chunk: e.chunk }))
+                    )
+                  })
+                ),
+                false
+              )
+            )
+          )
+          yield* Metric.incrementBy(inserted ? chunksWritten : chunksFailed, entries.length)
+          yield* log.append(entries.map((entry) => toEvent(entry, inserted))).pipe(
+            Effect.retry(retry3),
+            Effect.catchAll((error) =>
+              Effect.logWarning(`could not record ${entries.length} job.log events: ${error.message}`)
+            )
+          )
+          for (const entry of entries) {
+            deliver(
+              entry.jobId,
+              new JobLog({
+                seq: entry.seq,
+                stream: entry.stream,
+                chunk: entry.chunk,
+                ts: DateTime.unsafeMake(entry.ts)
+              })
+            )
+          }
+        })
+
+      const writer = Effect.gen(function* () {
+        const items = yield* Queue.takeBetween(queue, 1, batchSize)
+        // A batch taken is a batch written, even when the node stops meanwhile.
+        yield* Effect.uninterruptible(handle(items))
+      }).pipe(Effect.forever)
+      const handle = (items: Iterable<Item>) =>
+        Effect.gen(function* () {
+          const entries: Array<Entry> = []
+          for (const item of items) {
+            if (item._tag === "Entry") {
+              entries.push(item.entry)
+            } else {
+              if (entries.length > 0) yield* store_(entries.splice(0))
+              yield* Deferred.succeed(item.done, undefined)
+            }
+          }
+          if (entries.length > 0) yield* store_(entries)
+        })
+      yield* Effect.forkScoped(Effect.interruptible(writer))
+      // Whatever is queued at shutdown is still written.
+      yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), handle))
+
+      const readAfter = (jobId: string, after: number, limit: number) =>
+        sql<Row>`
+          SELECT seq, stream, chunk, ts FROM job_events WHERE job_id = ${jobId} AND seq > ${after}
+          ORDER BY seq LIMIT ${limit}
+        `.pipe(
+          Effect.map((rows) => rows.map(toLog)),
+          Effect.mapError(
+            (error) => new JobsUnavailable({ message: `could not read job output: ${error.message}` })
+          )
+        )
+
+      /** Every stored chunk after `after`, page by page. */
+      const stored = (jobId: string, after: number): Stream.Stream<JobLog, JobsUnavailable> =>
+        Stream.paginateChunkEffect(after, (from) =>
+          Effect.map(readAfter(jobId, from, pageSize), (logs) => {
+            const last = logs[logs.length - 1]
+            return [
+              Chunk.unsafeFromArray(logs),
+              logs.length < pageSize || last === undefined ? Option.none<number>() : Option.some(last.seq)
+            ] as const
+          })
+        )
+
+      const follow = (
+        jobId: string,
+        after: number
+      ): Stream.Stream<JobOutput, JobsUnavailable | JobNotFound> =>
+        Stream.unwrapScoped(
+          Effect.gen(function* () {
+            const inbox = yield* Effect.acquireRelease(
+              Effect.tap(Queue.sliding<JobOutput>(followerBuffer), (q) =>
+                Effect.sync(() => {
+                  const set = followers.get(jobId) ?? new Set()
+                  set.add(q)
+                  followers.set(jobId, set)
+                })
+              ),
+              (q) =>
+                Effect.sync(() => {
+                  const set = followers.get(jobId)
+                  set?.delete(q)
+                  if (set !== undefined && set.size === 0) followers.delete(jobId)
+                })
+            )
+            const job = yield* store.getOrFail(jobId)
+            let last = after
+            const track = (logs: ReadonlyArray<JobLog>) => {
+              const fresh = logs.filter((l) => l.seq > last)
+              const tail = fresh[fresh.length - 1]
+              if (tail !== undefined) last = tail.seq
+              return fresh
+            }
+            const backlog = stored(jobId, after).pipe(Stream.tap((l) => Effect.sync(() => (last = l.seq))))
+            const done = (status: JobDone) =>
+              Stream.concat(
+                Stream.suspend(() => stored(jobId, last)),
+                Stream.succeed(status)
+              )
+            if (isFinal(job.info.status)) {
+              const info = job.info
+              return Stream.concat(
+                backlog,
+                Stream.succeed(
+                  new JobDone({ status: info.status, exitCode: info.exitCode, signal: info.signal })
+                )
+              )
+            }
+            const live = Stream.fromQueue(inbox).pipe(
+              Stream.mapEffect((item) => {
+                if (item._tag === "JobLog") {
+                  if (item.seq <= last) return Effect.succeed<ReadonlyArray<JobOutput>>([])
+                  if (item.seq === last + 1) return Effect.succeed<ReadonlyArray<JobOutput>>(track([item]))
+                  // A gap: this follower fell behind and lost live items; the table has them.
+                  return Effect.map(readAfter(jobId, last, item.seq - last), (logs) => track(logs))
+                }
+                return Effect.succeed<ReadonlyArray<JobOutput>>([item])
+              }),
+              Stream.mapConcat((items) => items),
+              Stream.takeUntil((item) => item._tag === "JobDone"),
+              Stream.flatMap((item) =>
+                item._tag === "JobDone" ? done(item) : Stream.succeed<JobOutput>(item)
+              )
+            )
+            return Stream.concat(backlog, live)
+          })
+        )
+
+      return JobLogs.of({
+        write: (entry) => Queue.offer(queue, { _tag: "Entry", entry }),
+        flush: Effect.flatMap(Deferred.make<void>(), (done) =>
+          Effect.zipRight(Queue.offer(queue, { _tag: "Flush", done }), Deferred.await(done))
+        ),
+        publish: (jobId, item) => Effect.sync(() => deliver(jobId, item)),
+        lastSeq: (jobId) =>
+          sql<{ readonly seq: string | number | null }>`
+            SELECT max(seq) AS seq FROM job_events WHERE job_id = ${jobId}
+          `.pipe(
+            Effect.map((rows) => Number(rows[0]?.seq ?? 0)),
+            Effect.mapError(
+              (error) => new JobsUnavailable({ message: `could not read job output: ${error.message}` })
+            )
+          ),
+        stream: (jobId, after, follow_) =>
+          follow_
+            ? follow(jobId, after)
+            : Stream.unwrap(
+                Effect.map(store.getOrFail(jobId), ({ info }) =>
+                  isFinal(info.status)
+                    ? Stream.concat(
+                        stored(jobId, after),
+                        Stream.succeed(
+                          new JobDone({ status: info.status, exitCode: info.exitCode, signal: info.signal })
+                        )
+                      )
+                    : stored(jobId, after)
+                )
+              )
+      })
+    })
+  )

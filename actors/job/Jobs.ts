@@ -1,0 +1,204 @@
+/**
+ * The jobs facade that the RPC handlers and the REST routes share: checks a submission, records
+ * it, and hands it to its entity as a persisted message; routes cancel and logs to the entity
+ * (wherever its shard lives); answers `Get` and `List` from the table.
+ *
+ * At start it re-sends `Submit` for every unfinished job (duplicates of a stored message are
+ * ignored), which covers a node that stopped between recording a job and sending its message, and
+ * it prunes finished jobs and output older than the retention.
+ */
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Context, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
+import type { Sharding } from "@effect/cluster/Sharding"
+import {
+  ExecuteOutput,
+  InvalidJobRequest,
+  JobAccepted,
+  type JobError,
+  type JobInfo,
+  type JobNotFound,
+  type JobOutput,
+  JobsUnavailable,
+  type JobSpec,
+  type JobStatus
+} from "../../rpc/Jobs.js"
+import { uuidv7 } from "../../infra/eventlog/EventLog.js"
+import * as Ssh from "../../infra/ssh/Ssh.js"
+import { Emitter } from "../../src/server/Emitter.js"
+import { Job } from "./JobEntity.js"
+import { JobSettings } from "./JobSettings.js"
+import { commandLine, JobStore } from "./JobStore.js"
+import { readSecret } from "./Strategies.js"
+
+const jobErrorTags = new Set(["JobNotFound", "InvalidJobRequest", "JobsUnavailable"])
+
+/** Keeps job errors; anything the cluster raised becomes `JobsUnavailable`. */
+const toJobError = <E extends { readonly _tag: string; readonly message?: string }>(error: E): JobError =>
+  jobErrorTags.has(error._tag)
+    ? (error as unknown as JobError)
+    : new JobsUnavailable({
+        message: `the job is unreachable right now (${error._tag}${error.message !== undefined ? `: ${error.message}` : ""}); retry`
+      })
+
+/** The jobs of the cluster, as clients use them. */
+export class Jobs extends Context.Tag("vibes/Jobs")<
+  Jobs,
+  {
+    readonly submit: (spec: JobSpec) => Effect.Effect<JobInfo, JobError>
+    /** Submits, then streams the accepted job, its output and its end. */
+    readonly execute: (spec: JobSpec) => Stream.Stream<ExecuteOutput, JobError>
+    readonly cancel: (jobId: string) => Effect.Effect<JobInfo, JobError>
+    readonly get: (jobId: string) => Effect.Effect<JobInfo, JobError>
+    readonly list: (
+      limit: number,
+      status: Option.Option<JobStatus>
+    ) => Effect.Effect<ReadonlyArray<JobInfo>, JobError>
+    readonly logs: (jobId: string, after: number, follow: boolean) => Stream.Stream<JobOutput, JobError>
+  }
+>() {}
+
+/** Checks what the schema cannot: strategy and target agree, the cwd and the credential exist. */
+export const validate = (spec: JobSpec, dataDir: string): Effect.Effect<void, InvalidJobRequest> =>
+  Effect.gen(function* () {
+    const invalid = (message: string) => Effect.fail(new InvalidJobRequest({ message }))
+    if (spec.strategy === "ssh") {
+      const target = spec.ssh
+      if (target === undefined) {
+        return yield* invalid("an ssh job needs a target: ssh { host, user, credential }")
+      }
+      const credential = target.credential
+      if (credential._tag === "key-file") {
+        const passphrase =
+          credential.passphraseSecret === undefined
+            ? Option.none()
+            : Option.some(
+                yield* readSecret(dataDir, credential.passphraseSecret).pipe(
+                  Effect.mapError((error) => new InvalidJobRequest({ message: error.message }))
+                )
+              )
+        yield* Ssh.checkKeyFile(credential.path, passphrase).pipe(
+          Effect.mapError((error) => new InvalidJobRequest({ message: error.message }))
+        )
+      } else if (credential._tag === "password") {
+        yield* readSecret(dataDir, credential.secret).pipe(
+          Effect.mapError((error) => new InvalidJobRequest({ message: error.message }))
+        )
+      } else if ((credential.socket ?? process.env["SSH_AUTH_SOCK"] ?? "") === "") {
+        return yield* invalid(
+          "agent authentication needs an ssh-agent: SSH_AUTH_SOCK is not set on the server"
+        )
+      }
+      if (target.knownHosts !== undefined && !path.isAbsolute(target.knownHosts)) {
+        return yield* invalid(`knownHosts must be an absolute path, not ${target.knownHosts}`)
+      }
+      return
+    }
+    if (spec.ssh !== undefined) {
+      return yield* invalid(
+        `a ${spec.strategy} job runs locally; drop the ssh target or use the ssh strategy`
+      )
+    }
+    if (spec.cwd !== undefined) {
+      if (!path.isAbsolute(spec.cwd)) return yield* invalid(`cwd must be an absolute path, not ${spec.cwd}`)
+      const isDir = yield* Effect.sync(() => {
+        try {
+          return fs.statSync(spec.cwd ?? "").isDirectory()
+        } catch {
+          return false
+        }
+      })
+      if (!isDir) return yield* invalid(`cwd ${spec.cwd} is not a directory on the server`)
+    }
+  })
+
+/** The facade, on the node's sharding, store and emitter. `pruneEvery` paces the retention. */
+export const layer = (options: {
+  readonly retention: Duration.Duration
+  readonly pruneEvery: Duration.Duration
+}) =>
+  Layer.scoped(
+    Jobs,
+    Effect.gen(function* () {
+      const makeClient = yield* Job.client
+      const store = yield* JobStore
+      const emitter = yield* Emitter
+      const settings = yield* JobSettings
+
+      const send = (jobId: string, spec: JobSpec) =>
+        makeClient(jobId).Submit({ jobId, spec }, { discard: true }).pipe(Effect.mapError(toJobError))
+
+      const submit = (spec: JobSpec) =>
+        Effect.gen(function* () {
+          yield* validate(spec, settings.dataDir)
+          const jobId = uuidv7()
+          const job = yield* store.insert(jobId, spec, new Date())
+          yield* emitter.emit(
+            "job.submitted",
+            { jobId, command: commandLine(spec), strategy: spec.strategy, priority: spec.priority },
+            { component: "job", jobId }
+          )
+          yield* send(jobId, spec).pipe(
+            Effect.tapError((error) =>
+              Effect.ignore(
+                store.update(jobId, { status: "failed", error: error.message, finishedAt: new Date() })
+              )
+            )
+          )
+          return job.info
+        })
+
+      const known = (jobId: string) => Effect.asVoid(store.getOrFail(jobId))
+
+      const logs = (jobId: string, after: number, follow: boolean): Stream.Stream<JobOutput, JobError> =>
+        Stream.unwrap(
+          Effect.as(known(jobId), makeClient(jobId).Logs({ after, follow }).pipe(Stream.mapError(toJobError)))
+        )
+
+      // Unfinished jobs get their message again (a stored one makes this a no-op).
+      yield* Effect.forkScoped(
+        Effect.gen(function* () {
+          const ids = yield* store.unfinished
+          for (const id of ids) {
+            const job = yield* store.get(id)
+            if (Option.isSome(job)) yield* Effect.ignore(send(id, job.value.info.spec))
+          }
+          if (ids.length > 0) yield* Effect.logInfo(`resumed ${ids.length} unfinished jobs`)
+        }).pipe(
+          Effect.catchAll((error) => Effect.logWarning(`could not resume unfinished jobs: ${error.message}`))
+        )
+      )
+
+      // Retention.
+      yield* Effect.forkScoped(
+        Effect.suspend(() => store.prune(new Date(Date.now() - Duration.toMillis(options.retention)))).pipe(
+          Effect.tap((pruned) =>
+            pruned.jobs + pruned.events > 0
+              ? Effect.logInfo(`job retention deleted ${pruned.jobs} jobs and ${pruned.events} output chunks`)
+              : Effect.void
+          ),
+          Effect.catchAll((error) => Effect.logWarning(`job retention failed: ${error.message}`)),
+          Effect.repeat(Schedule.spaced(options.pruneEvery))
+        )
+      )
+
+      return Jobs.of({
+        submit,
+        execute: (spec) =>
+          Stream.unwrap(
+            Effect.map(submit(spec), (info) =>
+              Stream.concat(Stream.succeed(new JobAccepted({ job: info })), logs(info.id, 0, true))
+            )
+          ),
+        cancel: (jobId) =>
+          Effect.zipRight(known(jobId), makeClient(jobId).Cancel().pipe(Effect.mapError(toJobError))),
+        get: (jobId) => Effect.map(store.getOrFail(jobId), (job) => job.info),
+        list: (limit, status) => store.list(limit, status),
+        logs
+      })
+    })
+  )
+
+/** The sharding requirement, for callers wiring the layer. */
+export type Requires = Sharding | JobStore | Emitter | JobSettings
+export type { JobNotFound }

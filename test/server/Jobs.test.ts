@@ -1,0 +1,331 @@
+import { expect, layer } from "@effect/vitest"
+import * as fs from "node:fs"
+import { Chunk, Context, DateTime, Duration, Effect, Either, Layer, Stream } from "effect"
+import * as Client from "../../rpc/Client.js"
+import { EventFilter } from "../../rpc/Events.js"
+import { JobSpec, RetryPolicy, SshTarget, type ExecuteOutput, type JobOutput } from "../../rpc/Jobs.js"
+import { clientLayer } from "../support/Attach.js"
+import * as TestServer from "../support/TestServer.js"
+
+class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
+
+const NodeLive = Layer.scoped(Node, TestServer.startWith({ jobKillGrace: Duration.seconds(1) }))
+
+const client = Effect.flatMap(Node, (server) =>
+  Effect.map(Layer.build(clientLayer(server.url, server.token)), Context.get(Client.VibesClient))
+)
+
+const sh = (script: string, extra: Partial<ConstructorParameters<typeof JobSpec>[0]> = {}) =>
+  JobSpec.make({ command: script, shell: true, ...extra })
+
+const text = (outputs: ReadonlyArray<ExecuteOutput | JobOutput>, stream: string) =>
+  outputs.flatMap((o) => (o._tag === "JobLog" && o.stream === stream ? [o.chunk] : [])).join("")
+
+/** Pids of live processes started for `jobId` (they carry `VIBES_JOB_ID` in their environment). */
+const jobProcesses = (jobId: string): Array<number> => {
+  const marker = `VIBES_JOB_ID=${jobId}\u0000`
+  const pids: Array<number> = []
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
+      if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) continue
+      if (fs.readFileSync(`/proc/${entry}/environ`, "utf8").includes(marker)) pids.push(Number(entry))
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return pids
+}
+
+/** Follows a job's output until `done` holds for the stdout text so far. */
+const untilStdout = (rpc: Client.Client, jobId: string, done: (stdout: string) => boolean) =>
+  rpc.Jobs.Logs({ jobId, follow: true }).pipe(
+    Stream.scan("", (acc, o) => (o._tag === "JobLog" && o.stream === "stdout" ? acc + o.chunk : acc)),
+    Stream.takeUntil(done),
+    Stream.runDrain
+  )
+
+/** Waits for the job's end through its log stream; returns the final info. */
+const finished = (rpc: Client.Client, jobId: string) =>
+  Effect.zipRight(rpc.Jobs.Logs({ jobId, follow: true }).pipe(Stream.runDrain), rpc.Jobs.Get({ jobId }))
+
+layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) => {
+  it.scoped("Execute streams stdout and stderr apart, in order, and ends with the exit code", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const outputs = Chunk.toReadonlyArray(
+        yield* Stream.runCollect(
+          rpc.Jobs.Execute(sh("for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 3"))
+        )
+      )
+      expect(outputs[0]?._tag).toBe("JobAccepted")
+      expect(text(outputs, "stdout")).toBe("out1\nout2\nout3\n")
+      expect(text(outputs, "stderr")).toBe("err1\nerr2\nerr3\n")
+      const done = outputs[outputs.length - 1]
+      expect(done?._tag).toBe("JobDone")
+      if (done?._tag !== "JobDone") return
+      expect(done.status).toBe("failed")
+      expect(done.exitCode).toBe(3)
+      const accepted = outputs[0]
+      if (accepted?._tag !== "JobAccepted") return
+      const info = yield* rpc.Jobs.Get({ jobId: accepted.job.id })
+      expect(info.status).toBe("failed")
+      expect(info.exitCode).toBe(3)
+      const stored = Chunk.toReadonlyArray(yield* Stream.runCollect(rpc.Jobs.Logs({ jobId: info.id })))
+      expect(text(stored, "stdout")).toBe("out1\nout2\nout3\n")
+    })
+  )
+
+  it.scoped("a job killed by a signal reports the signal", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const job = yield* rpc.Jobs.Submit(sh("echo before; kill -TERM $$; echo never"))
+      const info = yield* finished(rpc, job.id)
+      expect(info.status).toBe("failed")
+      expect(info.exitCode).toBeNull()
+      expect(info.signal).toBe("SIGTERM")
+      expect(info.error).toContain("SIGTERM")
+    })
+  )
+
+  it.scoped(
+    "cancel kills the whole process tree; a child that ignores SIGTERM gets SIGKILL after the grace",
+    () =>
+      Effect.gen(function* () {
+        const rpc = yield* client
+        const job = yield* rpc.Jobs.Submit(
+          sh("(trap '' TERM; exec sleep 1001) & sleep 1002 & echo started; wait")
+        )
+        yield* untilStdout(rpc, job.id, (out) => out.includes("started"))
+        expect(jobProcesses(job.id).length).toBeGreaterThanOrEqual(2)
+        const canceled = yield* rpc.Jobs.Cancel({ jobId: job.id })
+        expect(canceled.status).toBe("canceled")
+        expect(jobProcesses(job.id)).toEqual([])
+        const logs = Chunk.toReadonlyArray(yield* Stream.runCollect(rpc.Jobs.Logs({ jobId: job.id })))
+        const system = text(logs, "system")
+        expect(system).toContain("cancel requested")
+        expect(system).toContain("SIGKILL")
+        const done = logs[logs.length - 1]
+        expect(done?._tag === "JobDone" && done.status).toBe("canceled")
+        // Canceling again changes nothing.
+        const again = yield* rpc.Jobs.Cancel({ jobId: job.id })
+        expect(again.status).toBe("canceled")
+        expect(again.finishedAt).toEqual(canceled.finishedAt)
+      })
+  )
+
+  it.scoped("a timeout stops the attempt and the job ends timed out", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const job = yield* rpc.Jobs.Submit(sh("echo go; exec sleep 1003", { timeoutMs: 300 }))
+      const info = yield* finished(rpc, job.id)
+      expect(info.status).toBe("timed_out")
+      expect(info.signal).toBe("SIGTERM")
+      expect(jobProcesses(job.id)).toEqual([])
+    })
+  )
+
+  it.scoped("a delayed job does not start before runAt", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const runAt = DateTime.unsafeMake(Date.now() + 1500)
+      const job = yield* rpc.Jobs.Submit(sh("echo ran", { runAt }))
+      expect(job.status).toBe("queued")
+      const info = yield* finished(rpc, job.id)
+      expect(info.status).toBe("succeeded")
+      const started = info.startedAt
+      expect(started).not.toBeNull()
+      if (started === null) return
+      expect(DateTime.toEpochMillis(started)).toBeGreaterThanOrEqual(DateTime.toEpochMillis(runAt))
+    })
+  )
+
+  it.scoped("retries back off exponentially and the last failure dead-letters the job", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const job = yield* rpc.Jobs.Submit(
+        sh("echo attempt $VIBES_JOB_ATTEMPT; exit 4", {
+          retry: RetryPolicy.make({ maxAttempts: 3, initialDelayMs: 300, factor: 2 })
+        })
+      )
+      const info = yield* finished(rpc, job.id)
+      expect(info.status).toBe("dead")
+      expect(info.attempts).toBe(3)
+      expect(info.exitCode).toBe(4)
+      const logs = Chunk.toReadonlyArray(yield* Stream.runCollect(rpc.Jobs.Logs({ jobId: job.id })))
+      expect(text(logs, "stdout")).toBe("attempt 1\nattempt 2\nattempt 3\n")
+      expect(text(logs, "system")).toContain("dead-lettered")
+      const starts = yield* rpc.Events.Read({
+        from: 1,
+        filter: EventFilter.make({ jobId: job.id, types: ["job.started"] }),
+        limit: 10
+      })
+      const times = starts.map((e) => DateTime.toEpochMillis(e.ts))
+      expect(times.length).toBe(3)
+      expect((times[1] ?? 0) - (times[0] ?? 0)).toBeGreaterThanOrEqual(300)
+      expect((times[2] ?? 0) - (times[1] ?? 0)).toBeGreaterThanOrEqual(600)
+    })
+  )
+
+  it.scoped("::progress lines become progress events", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const outputs = Chunk.toReadonlyArray(
+        yield* Stream.runCollect(rpc.Jobs.Execute(sh("echo '::progress 40'; echo '::progress 100'")))
+      )
+      const percents = outputs.flatMap((o) => (o._tag === "JobProgress" ? [o.percent] : []))
+      expect(percents).toEqual([40, 100])
+      const accepted = outputs[0]
+      if (accepted?._tag !== "JobAccepted") return
+      const info = yield* rpc.Jobs.Get({ jobId: accepted.job.id })
+      expect(info.progress).toBe(100)
+    })
+  )
+
+  it.scoped("a terminal job runs in a PTY and keeps its colours", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const outputs = Chunk.toReadonlyArray(
+        yield* Stream.runCollect(
+          rpc.Jobs.Execute(
+            sh("test -t 1 && echo tty; printf '\\033[31mred\\033[0m\\n'; exit 5", { strategy: "terminal" })
+          )
+        )
+      )
+      const out = text(outputs, "stdout")
+      expect(out).toContain("tty")
+      expect(out).toContain("\u001b[31mred\u001b[0m")
+      const done = outputs[outputs.length - 1]
+      expect(done?._tag === "JobDone" && done.exitCode).toBe(5)
+    })
+  )
+
+  it.scoped("bad input is refused with a typed error and changes nothing", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const before = yield* rpc.Jobs.List({ limit: 1000 })
+      const refused = [
+        yield* Effect.either(rpc.Jobs.Submit(JobSpec.make({ command: "true", strategy: "ssh" }))),
+        yield* Effect.either(
+          rpc.Jobs.Submit(
+            JobSpec.make({
+              command: "true",
+              strategy: "ssh",
+              ssh: SshTarget.make({
+                host: "127.0.0.1",
+                user: "nobody",
+                credential: { _tag: "key-file", path: "/nonexistent/id_ed25519" }
+              })
+            })
+          )
+        ),
+        yield* Effect.either(rpc.Jobs.Submit(JobSpec.make({ command: "true", cwd: "/nonexistent/dir" }))),
+        yield* Effect.either(rpc.Jobs.Submit(JobSpec.make({ command: "true", cwd: "relative/dir" })))
+      ]
+      for (const result of refused) {
+        expect(Either.isLeft(result) && result.left._tag).toBe("InvalidJobRequest")
+      }
+      const key = refused[1] ?? Either.right(null)
+      expect(Either.isLeft(key) && key.left.message).toContain("/nonexistent/id_ed25519")
+      const unknown = yield* Effect.either(rpc.Jobs.Get({ jobId: "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293" }))
+      expect(Either.isLeft(unknown) && unknown.left._tag).toBe("JobNotFound")
+      const cancelUnknown = yield* Effect.either(
+        rpc.Jobs.Cancel({ jobId: "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293" })
+      )
+      expect(Either.isLeft(cancelUnknown) && cancelUnknown.left._tag).toBe("JobNotFound")
+      const after = yield* rpc.Jobs.List({ limit: 1000 })
+      expect(after.length).toBe(before.length)
+    })
+  )
+
+  it.scoped("REST: submit, get, list, logs (JSON and SSE), cancel; bad input is a 400", () =>
+    Effect.gen(function* () {
+      const server = yield* Node
+      const auth = { authorization: `Bearer ${server.token}` }
+      const call = (path: string, init: RequestInit = {}) =>
+        Effect.promise(async () => {
+          const response = await fetch(`${server.url}${path}`, {
+            ...init,
+            headers: { ...auth, "content-type": "application/json", ...init.headers }
+          })
+          const type = response.headers.get("content-type") ?? ""
+          const body: unknown = type.includes("json") ? await response.json() : await response.text()
+          return {
+            status: response.status,
+            body: body as Record<string, unknown> & Array<Record<string, unknown>>
+          }
+        })
+      const post = (path: string, body: unknown) => call(path, { method: "POST", body: JSON.stringify(body) })
+
+      const created = yield* post("/api/jobs", { command: "echo rest-out; echo rest-err >&2", shell: true })
+      expect(created.status).toBe(201)
+      const id = String(created.body["id"])
+      // The SSE stream follows the job to its end.
+      const sse = yield* call(`/api/jobs/${id}/logs?follow=1`)
+      expect(sse.status).toBe(200)
+      const frames = String(sse.body)
+      expect(frames).toContain("event: log")
+      expect(frames).toContain("rest-out")
+      expect(frames).toMatch(/event: done\ndata: .*"status":"succeeded"/)
+      const logs = yield* call(`/api/jobs/${id}/logs`)
+      expect(logs.status).toBe(200)
+      const entries = logs.body["logs"] as unknown as Array<{ _tag: string; stream?: string; chunk?: string }>
+      expect(
+        entries
+          .filter((e) => e.stream === "stdout")
+          .map((e) => e.chunk)
+          .join("")
+      ).toBe("rest-out\n")
+      expect(
+        entries
+          .filter((e) => e.stream === "stderr")
+          .map((e) => e.chunk)
+          .join("")
+      ).toBe("rest-err\n")
+      const one = yield* call(`/api/jobs/${id}`)
+      expect(one.status).toBe(200)
+      expect(one.body["status"]).toBe("succeeded")
+      expect(one.body["exitCode"]).toBe(0)
+      const listed = yield* call("/api/jobs?limit=5")
+      expect(listed.status).toBe(200)
+      expect(listed.body.length).toBeLessThanOrEqual(5)
+      expect(listed.body[0]?.["id"]).toBe(id)
+
+      const long = yield* post("/api/jobs", { command: "sleep", args: ["1004"] })
+      const canceled = yield* post("/api/jobs/cancel", { jobId: long.body["id"] })
+      expect(canceled.status).toBe(200)
+      expect(canceled.body["status"]).toBe("canceled")
+
+      for (const limit of ["0", "1001", "abc", "-1"]) {
+        const bad = yield* call(`/api/jobs?limit=${limit}`)
+        expect(bad.status).toBe(400)
+        expect(String(bad.body["message"])).toContain("limit")
+      }
+      const invalid = [
+        yield* post("/api/jobs", { command: "" }),
+        yield* post("/api/jobs", { command: "   " }),
+        yield* post("/api/jobs", { command: "true", strategy: "docker" }),
+        yield* post("/api/jobs", { command: "true", strategy: "ssh", ssh: { host: "h", user: "u" } }),
+        yield* post("/api/jobs", { command: "true", unknownField: 1 }),
+        yield* call("/api/jobs", { method: "POST", body: "{not json" }),
+        yield* post("/api/jobs/cancel", { jobId: "../../etc/passwd" }),
+        yield* call("/api/jobs/not-a-uuid")
+      ]
+      for (const response of invalid) {
+        expect(response.status).toBe(400)
+        expect(typeof response.body["message"]).toBe("string")
+      }
+      expect((yield* call("/api/jobs/0193d9b4-7c1e-7a2b-9c3d-4e5f60718293")).status).toBe(404)
+      expect(
+        (yield* post("/api/jobs/cancel", { jobId: "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293" })).status
+      ).toBe(404)
+      const anonymous = yield* Effect.promise(() => fetch(`${server.url}/api/jobs`))
+      expect(anonymous.status).toBe(401)
+      const anonymousPost = yield* Effect.promise(() =>
+        fetch(`${server.url}/api/jobs`, { method: "POST", body: JSON.stringify({ command: "true" }) })
+      )
+      expect(anonymousPost.status).toBe(401)
+    })
+  )
+})
