@@ -302,8 +302,10 @@ export const layer = Job.toLayer(
                   )
                   if (Option.isNone(gone)) {
                     yield* system(`still running ${Duration.format(grace)} after SIGTERM; sending SIGKILL`)
-                    yield* running.signal("SIGKILL")
                   }
+                  // Also when the leader is gone: what is left of its group (a child that ignored
+                  // SIGTERM, or one a remote shell cannot report) goes too.
+                  yield* running.signal("SIGKILL")
                   return yield* Fiber.join(exitFiber).pipe(
                     Effect.timeoutOption("10 seconds"),
                     Effect.map(

@@ -14,7 +14,6 @@ import { compileGlob, EventFilter, StoredEvent } from "../../rpc/Events.js"
 import { follow } from "../../rpc/Follow.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import * as Config from "../config/Config.js"
-import * as Server from "../server/Server.js"
 import {
   answerWithin,
   CliFailure,
@@ -29,6 +28,7 @@ import {
   toCliFailure,
   withClient
 } from "./Connection.js"
+import * as JobCommands from "./JobCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
 import * as SessionCommands from "./SessionCommands.js"
 import { version } from "../Version.js"
@@ -76,6 +76,8 @@ const serve = Command.make(
       process.once("SIGTERM", watchdog)
       process.once("SIGINT", watchdog)
 
+      // Loaded here, so client commands start without the server's modules.
+      const Server = yield* Effect.promise(() => import("../server/Server.js"))
       const node = Server.layer(config, {
         onListening: (announcement) =>
           Effect.gen(function* () {
@@ -308,7 +310,14 @@ export const command = Command.make("vibes").pipe(
   Command.withDescription(
     "vibes: terminal sessions, jobs and AI-provider traffic with a durable event history."
   ),
-  Command.withSubcommands([serve, status, events, ...SessionCommands.commands, PtyHostCommand.command])
+  Command.withSubcommands([
+    serve,
+    status,
+    events,
+    ...SessionCommands.commands,
+    ...JobCommands.commands,
+    PtyHostCommand.command
+  ])
 )
 
 /** Parses `argv` (without node and script) and runs the chosen command. */
