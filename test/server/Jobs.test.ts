@@ -74,6 +74,26 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
       expect(info.exitCode).toBe(3)
       const stored = Chunk.toReadonlyArray(yield* Stream.runCollect(rpc.Jobs.Logs({ jobId: info.id })))
       expect(text(stored, "stdout")).toBe("out1\nout2\nout3\n")
+      // The history has the job from submission to its end.
+      const events = yield* rpc.Events.Read({
+        from: 1,
+        filter: EventFilter.make({ jobId: info.id }),
+        limit: 100
+      })
+      const types = events.map((e) => e.type)
+      expect(types[0]).toBe("job.submitted")
+      expect(types).toContain("job.started")
+      expect(types[types.length - 1]).toBe("job.done")
+      const logEvents = events
+        .filter((e) => e.type === "job.log")
+        .map((e) => e.data as { stream: string; chunk: string })
+      expect(
+        logEvents
+          .filter((d) => d.stream === "stdout")
+          .map((d) => d.chunk)
+          .join("")
+      ).toBe("out1\nout2\nout3\n")
+      expect(events[events.length - 1]?.data).toMatchObject({ jobId: info.id, status: "failed", exitCode: 3 })
     })
   )
 

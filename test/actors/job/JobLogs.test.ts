@@ -1,0 +1,121 @@
+import { expect, layer } from "@effect/vitest"
+import { Chunk, Effect, Layer, Option, Stream } from "effect"
+import { SqlClient } from "@effect/sql/SqlClient"
+import { EventFilter } from "../../../rpc/Events.js"
+import { JobDone, JobSpec } from "../../../rpc/Jobs.js"
+import * as JobLogs from "../../../actors/job/JobLogs.js"
+import * as JobStore from "../../../actors/job/JobStore.js"
+import { EventLog, uuidv7 } from "../../../infra/eventlog/EventLog.js"
+import * as PgEventLog from "../../../infra/eventlog/PgEventLog.js"
+import * as Migrations from "../../../infra/db/Migrations.js"
+import * as TestDatabase from "../../support/TestDatabase.js"
+
+const Live = JobLogs.layer("test-node").pipe(
+  Layer.provideMerge(JobStore.layer),
+  Layer.provideMerge(PgEventLog.layer({ nodeId: "test-node" })),
+  Layer.provideMerge(Layer.effectDiscard(Migrations.run)),
+  Layer.provideMerge(TestDatabase.layerSql)
+)
+
+const newJob = Effect.gen(function* () {
+  const store = yield* JobStore.JobStore
+  const id = uuidv7()
+  yield* store.insert(id, JobSpec.make({ command: "true" }), new Date())
+  return id
+})
+
+const entry = (jobId: string, seq: number, chunk: string): JobLogs.Entry => ({
+  jobId,
+  seq,
+  stream: "stdout",
+  chunk,
+  ts: new Date()
+})
+
+layer(Live, { timeout: 60_000, excludeTestServices: true })("job output writer", (it) => {
+  it.effect("stores chunks in order, as rows and as job.log events", () =>
+    Effect.gen(function* () {
+      const logs = yield* JobLogs.JobLogs
+      const log = yield* EventLog
+      const jobId = yield* newJob
+      for (let seq = 1; seq <= 100; seq++) yield* logs.write(entry(jobId, seq, `line ${seq}\n`))
+      yield* logs.flush
+      expect(yield* logs.lastSeq(jobId)).toBe(100)
+      const stored = Chunk.toReadonlyArray(yield* Stream.runCollect(logs.stream(jobId, 0, false)))
+      expect(stored.map((o) => (o._tag === "JobLog" ? o.chunk : "")).join("")).toBe(
+        Array.from({ length: 100 }, (_, i) => `line ${i + 1}\n`).join("")
+      )
+      const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 1000)
+      expect(events.length).toBe(100)
+      expect(events[0]?.data).toMatchObject({ jobId, seq: 1, stream: "stdout", chunk: "line 1\n" })
+      // NUL cannot go into Postgres text; it is kept visible instead of failing the write.
+      expect(JobLogs.sanitize("a\u0000b")).toBe("a\uFFFDb")
+    })
+  )
+
+  it.effect("a write that fails every retry is kept as an error-severity job.log event, not dropped", () =>
+    Effect.gen(function* () {
+      const logs = yield* JobLogs.JobLogs
+      const log = yield* EventLog
+      const sql = yield* SqlClient
+      const jobId = yield* newJob
+      yield* sql`ALTER TABLE job_events ADD CONSTRAINT no_poison CHECK (chunk <> 'poison')`
+      yield* logs.write(entry(jobId, 1, "poison"))
+      yield* logs.flush
+      yield* sql`ALTER TABLE job_events DROP CONSTRAINT no_poison`
+      yield* logs.write(entry(jobId, 2, "fine"))
+      yield* logs.flush
+      const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 10)
+      expect(events.map((e) => [e.severity, e.data])).toEqual([
+        ["error", expect.objectContaining({ chunk: "poison", stored: false })],
+        ["info", expect.objectContaining({ chunk: "fine" })]
+      ])
+    })
+  )
+
+  it.effect("a follower gets stored output, then live output, then the end", () =>
+    Effect.gen(function* () {
+      const logs = yield* JobLogs.JobLogs
+      const store = yield* JobStore.JobStore
+      const jobId = yield* newJob
+      yield* store.update(jobId, { status: "running" })
+      yield* logs.write(entry(jobId, 1, "before\n"))
+      yield* logs.flush
+      const follower = yield* logs.stream(jobId, 0, true).pipe(
+        Stream.map((o) => (o._tag === "JobLog" ? o.chunk : o._tag)),
+        Stream.runCollect,
+        Effect.fork
+      )
+      // The follower is registered once it has read the stored line; wait through a second follower.
+      yield* logs.stream(jobId, 0, true).pipe(Stream.take(1), Stream.runDrain)
+      yield* logs.write(entry(jobId, 2, "live\n"))
+      yield* logs.flush
+      yield* store.update(jobId, { status: "succeeded", exitCode: 0 })
+      yield* logs.publish(jobId, new JobDone({ status: "succeeded", exitCode: 0, signal: null }))
+      const seen = Chunk.toReadonlyArray(yield* follower.await.pipe(Effect.flatten))
+      expect(seen).toEqual(["before\n", "live\n", "JobDone"])
+    })
+  )
+
+  it.effect("retention deletes finished jobs and output older than the cutoff", () =>
+    Effect.gen(function* () {
+      const logs = yield* JobLogs.JobLogs
+      const store = yield* JobStore.JobStore
+      const sql = yield* SqlClient
+      const old = yield* newJob
+      const recent = yield* newJob
+      const longAgo = new Date(Date.now() - 40 * 86_400_000)
+      yield* store.update(old, { status: "succeeded", finishedAt: longAgo })
+      yield* logs.write({ ...entry(old, 1, "old\n"), ts: longAgo })
+      yield* logs.write(entry(recent, 1, "recent\n"))
+      yield* logs.flush
+      const pruned = yield* store.prune(new Date(Date.now() - 30 * 86_400_000))
+      expect(pruned.jobs).toBeGreaterThanOrEqual(1)
+      expect(Option.isNone(yield* store.get(old))).toBe(true)
+      expect(Option.isSome(yield* store.get(recent))).toBe(true)
+      const rows = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM job_events WHERE job_id = ${old}`
+      expect(rows[0]?.n).toBe(0)
+      expect(yield* logs.lastSeq(recent)).toBe(1)
+    })
+  )
+})
