@@ -115,8 +115,25 @@ const checkJobId = (text: string) =>
 
 // Output --------------------------------------------------------------------------------------
 
+let pipeWatched = false
+
+/**
+ * A reader that went away (`vibes run … | head`) is treated like Ctrl-C: the command stops (and
+ * `run` cancels its job) instead of crashing on EPIPE while the job runs on.
+ */
+const watchPipes = () => {
+  if (pipeWatched) return
+  pipeWatched = true
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (error: NodeJS.ErrnoException) => {
+      if (error.code === "EPIPE") process.kill(process.pid, "SIGINT")
+    })
+  }
+}
+
 const write = (target: NodeJS.WriteStream, text: string) =>
   Effect.async<void>((resume) => {
+    watchPipes()
     target.write(text, () => resume(Effect.void))
   })
 
