@@ -1,10 +1,10 @@
 import { expect, layer } from "@effect/vitest"
-import * as fs from "node:fs"
 import { Chunk, Context, DateTime, Duration, Effect, Either, Layer, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
 import { JobSpec, RetryPolicy, SshTarget, type ExecuteOutput, type JobOutput } from "../../rpc/Jobs.js"
 import { clientLayer } from "../support/Attach.js"
+import * as Processes from "../support/Processes.js"
 import * as TestServer from "../support/TestServer.js"
 
 class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
@@ -20,23 +20,6 @@ const sh = (script: string, extra: Partial<ConstructorParameters<typeof JobSpec>
 
 const text = (outputs: ReadonlyArray<ExecuteOutput | JobOutput>, stream: string) =>
   outputs.flatMap((o) => (o._tag === "JobLog" && o.stream === stream ? [o.chunk] : [])).join("")
-
-/** Pids of live processes started for `jobId` (they carry `VIBES_JOB_ID` in their environment). */
-const jobProcesses = (jobId: string): Array<number> => {
-  const marker = `VIBES_JOB_ID=${jobId}\u0000`
-  const pids: Array<number> = []
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
-      if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) continue
-      if (fs.readFileSync(`/proc/${entry}/environ`, "utf8").includes(marker)) pids.push(Number(entry))
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return pids
-}
 
 /** Follows a job's output until `done` holds for the stdout text so far. */
 const untilStdout = (rpc: Client.Client, jobId: string, done: (stdout: string) => boolean) =>
@@ -118,10 +101,10 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
           sh("(trap '' TERM; exec sleep 1001) & sleep 1002 & echo started; wait")
         )
         yield* untilStdout(rpc, job.id, (out) => out.includes("started"))
-        expect(jobProcesses(job.id).length).toBeGreaterThanOrEqual(2)
+        expect(Processes.ofJob(job.id).length).toBeGreaterThanOrEqual(2)
         const canceled = yield* rpc.Jobs.Cancel({ jobId: job.id })
         expect(canceled.status).toBe("canceled")
-        expect(jobProcesses(job.id)).toEqual([])
+        expect(Processes.ofJob(job.id)).toEqual([])
         const logs = Chunk.toReadonlyArray(yield* Stream.runCollect(rpc.Jobs.Logs({ jobId: job.id })))
         const system = text(logs, "system")
         expect(system).toContain("cancel requested")
@@ -142,7 +125,7 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
       const info = yield* finished(rpc, job.id)
       expect(info.status).toBe("timed_out")
       expect(info.signal).toBe("SIGTERM")
-      expect(jobProcesses(job.id)).toEqual([])
+      expect(Processes.ofJob(job.id)).toEqual([])
     })
   )
 

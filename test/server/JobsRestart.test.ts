@@ -5,26 +5,10 @@ import { Chunk, Context, DateTime, Deferred, Effect, Exit, Layer, Redacted, Scop
 import * as Client from "../../rpc/Client.js"
 import { JobSpec, type JobOutput } from "../../rpc/Jobs.js"
 import { clientLayer, stopPtyHostAtEnd } from "../support/Attach.js"
+import * as Processes from "../support/Processes.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 import { tempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
-
-/** Pids of live processes started for `jobId` (they carry `VIBES_JOB_ID` in their environment). */
-const jobProcesses = (jobId: string): Array<number> => {
-  const marker = `VIBES_JOB_ID=${jobId}\u0000`
-  const pids: Array<number> = []
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
-      if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) continue
-      if (fs.readFileSync(`/proc/${entry}/environ`, "utf8").includes(marker)) pids.push(Number(entry))
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return pids
-}
 
 const stdout = (outputs: ReadonlyArray<JobOutput>) =>
   outputs.flatMap((o) => (o._tag === "JobLog" && o.stream === "stdout" ? [o.chunk] : [])).join("")
@@ -93,7 +77,7 @@ describe("jobs across server restarts", () => {
         expect(stored.startsWith(seen)).toBe(true)
         const numbers = [...stored.matchAll(/line-(\d+)\n/g)].map((m) => Number(m[1]))
         expect(numbers).toEqual(Array.from({ length: numbers.length }, (_, i) => i + 1))
-        expect(jobProcesses(job.id)).toEqual([])
+        expect(Processes.ofJob(job.id)).toEqual([])
       }),
     120_000
   )
@@ -135,7 +119,7 @@ describe("jobs across server restarts", () => {
         const stopped = yield* Deferred.await(first.serving.exited)
         expect(stopped.code).toBe(0)
         yield* Scope.close(firstScope, Exit.void)
-        expect(jobProcesses(handedBack.id)).toEqual([])
+        expect(Processes.ofJob(handedBack.id)).toEqual([])
 
         const second = yield* node(dataDir, env, yield* Effect.scope)
         const outputs = Chunk.toReadonlyArray(

@@ -1,9 +1,9 @@
 import { expect, layer } from "@effect/vitest"
-import * as fs from "node:fs"
 import { Chunk, Context, Effect, Either, Layer, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { JobSpec, SshTarget, type ExecuteOutput, type JobOutput } from "../../rpc/Jobs.js"
 import { clientLayer } from "../support/Attach.js"
+import * as Processes from "../support/Processes.js"
 import * as Sshd from "../support/Sshd.js"
 import * as TestServer from "../support/TestServer.js"
 
@@ -48,22 +48,7 @@ const text = (outputs: ReadonlyArray<ExecuteOutput | JobOutput>, stream: string)
   outputs.flatMap((o) => (o._tag === "JobLog" && o.stream === stream ? [o.chunk] : [])).join("")
 
 /** Live processes with `VIBES_TEST_MARKER=marker` in their environment. */
-const processesWith = (marker: string) =>
-  Effect.sync(() => {
-    const needle = `VIBES_TEST_MARKER=${marker}\u0000`
-    const pids: Array<number> = []
-    for (const entry of fs.readdirSync("/proc")) {
-      if (!/^\d+$/.test(entry)) continue
-      try {
-        const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
-        if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) continue
-        if (fs.readFileSync(`/proc/${entry}/environ`, "utf8").includes(needle)) pids.push(Number(entry))
-      } catch {
-        // Gone meanwhile.
-      }
-    }
-    return pids
-  })
+const processesWith = (marker: string) => Effect.sync(() => Processes.withEnv("VIBES_TEST_MARKER", marker))
 
 layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("ssh jobs", (it) => {
   it.scoped("runs a remote command: stdout and stderr apart, the exit code reported", () =>
