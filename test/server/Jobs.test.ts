@@ -323,6 +323,10 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
       expect(
         (yield* post("/api/jobs/cancel", { jobId: "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293" })).status
       ).toBe(404)
+      const metrics = yield* call("/metrics")
+      expect(String(metrics.body)).toMatch(/vibes_jobs_finished_total\{[^}]*status="succeeded"[^}]*\} [1-9]/)
+      expect(String(metrics.body)).toContain("vibes_jobs_running")
+      expect(String(metrics.body)).toContain("vibes_job_log_chunks_total")
       const anonymous = yield* Effect.promise(() => fetch(`${server.url}/api/jobs`))
       expect(anonymous.status).toBe(401)
       const anonymousPost = yield* Effect.promise(() =>
