@@ -165,7 +165,8 @@ export const layer = Job.toLayer(
             )
             yield* logs.publish(
               jobId,
-              new JobDone({ status, exitCode: patch.exitCode, signal: patch.signal })
+              new JobDone({ status, exitCode: patch.exitCode, signal: patch.signal }),
+              seq
             )
             yield* Metric.increment(Metric.tagged(finished, "status", status))
             return job.info

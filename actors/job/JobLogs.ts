@@ -18,14 +18,18 @@ import {
   DateTime,
   Deferred,
   Effect,
+  Exit,
   Layer,
   Metric,
   Option,
   Queue,
   Schedule,
+  Scope,
   Stream
 } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
+import type { Statement } from "@effect/sql/Statement"
 import { NewEvent } from "../../rpc/Events.js"
 import {
   JobDone,
@@ -48,6 +52,9 @@ export interface Entry {
   readonly chunk: string
   readonly ts: Date
 }
+
+/** What a follower's inbox holds: output, progress, and the end (with the last sequence number). */
+type Live = JobOutput | { readonly _tag: "End"; readonly done: JobDone; readonly lastSeq: number }
 
 /** The longest chunk stored in one row (and one event), in UTF-16 code units. */
 export const maxChunkChars = 32 * 1024
@@ -81,8 +88,12 @@ interface Row {
   readonly ts: Date
 }
 
+// Rows and entries are typed already (the table's CHECK constraints guard `stream`): no revalidation.
 const toLog = (row: Row) =>
-  new JobLog({ seq: Number(row.seq), stream: row.stream, chunk: row.chunk, ts: DateTime.unsafeMake(row.ts) })
+  new JobLog(
+    { seq: Number(row.seq), stream: row.stream, chunk: row.chunk, ts: DateTime.unsafeMake(row.ts) },
+    true
+  )
 
 /** The node's job output writer and follower hub. */
 export class JobLogs extends Context.Tag("vibes/JobLogs")<
@@ -92,8 +103,11 @@ export class JobLogs extends Context.Tag("vibes/JobLogs")<
     readonly write: (entry: Entry) => Effect.Effect<void>
     /** Resolves once everything queued before it is stored (or recorded as failed). */
     readonly flush: Effect.Effect<void>
-    /** Hands a progress or end marker to the job's followers on this node. */
-    readonly publish: (jobId: string, item: JobProgress | JobDone) => Effect.Effect<void>
+    /**
+     * Hands a progress or end marker to the job's followers on this node; with the end, the
+     * sequence number of the job's last chunk (when known), so followers that have it read nothing.
+     */
+    readonly publish: (jobId: string, item: JobProgress | JobDone, lastSeq?: number) => Effect.Effect<void>
     /** The highest sequence number stored for a job (0 when none). */
     readonly lastSeq: (jobId: string) => Effect.Effect<number, JobsUnavailable>
     /**
@@ -117,34 +131,66 @@ export const layer = (nodeId: string) =>
       const log = yield* EventLog
       const store = yield* JobStore
       const queue = yield* Queue.bounded<Item>(writerBacklog)
-      const followers = new Map<string, Set<Queue.Queue<JobOutput>>>()
+      const followers = new Map<string, Set<Queue.Queue<Live>>>()
 
-      const deliver = (jobId: string, item: JobOutput) => {
-        const set = followers.get(jobId)
-        if (set !== undefined) for (const follower of set) follower.unsafeOffer(item)
-      }
+      // `Queue.offer` applies the sliding strategy (the oldest item goes, never the newest, so the
+      // end always arrives); `unsafeOffer` would drop the new item instead. It never waits.
+      const deliver = (jobId: string, items: ReadonlyArray<Live>) =>
+        Effect.suspend(() => {
+          const set = followers.get(jobId)
+          return set === undefined
+            ? Effect.void
+            : Effect.forEach(set, (follower) => Queue.offerAll(follower, items), { discard: true })
+        })
 
       const toEvent = (entry: Entry, stored: boolean) =>
-        NewEvent.make({
-          type: "job.log",
-          source: { nodeId, component: "job" },
-          jobId: entry.jobId,
-          ...(stored ? {} : { severity: "error" as const }),
-          data: {
+        NewEvent.make(
+          {
+            type: "job.log",
+            source: { nodeId, component: "job" },
             jobId: entry.jobId,
-            seq: entry.seq,
-            stream: entry.stream,
-            chunk: entry.chunk,
-            ts: entry.ts.toISOString(),
-            ...(stored ? {} : { stored: false })
-          }
-        })
+            ...(stored ? {} : { severity: "error" as const }),
+            data: {
+              jobId: entry.jobId,
+              seq: entry.seq,
+              stream: entry.stream,
+              chunk: entry.chunk,
+              ts: entry.ts.toISOString(),
+              ...(stored ? {} : { stored: false })
+            }
+          },
+          // Built from a typed entry: no revalidation.
+          true
+        )
 
       const retry3 = Schedule.intersect(Schedule.exponential("50 millis"), Schedule.recurs(3))
 
+      // The writer keeps a connection of its own, so that output is stored (and reaches its
+      // followers) without queueing behind the pool when many jobs start or end at once. A
+      // connection that fails is given back and another one taken for the next try.
+      let held: { readonly connection: Connection; readonly scope: Scope.CloseableScope } | undefined
+      const release = Effect.suspend(() => {
+        const current = held
+        held = undefined
+        return current === undefined ? Effect.void : Scope.close(current.scope, Exit.void)
+      })
+      yield* Effect.addFinalizer(() => release)
+      const onWriterConnection = (statement: Statement<unknown>) =>
+        Effect.gen(function* () {
+          if (held === undefined) {
+            const scope = yield* Scope.make()
+            const connection = yield* Scope.extend(sql.reserve, scope).pipe(
+              Effect.tapError(() => Scope.close(scope, Exit.void))
+            )
+            held = { connection, scope }
+          }
+          const [text, params] = statement.compile()
+          return yield* held.connection.execute(text, params, undefined).pipe(Effect.tapError(() => release))
+        })
+
       const store_ = (entries: ReadonlyArray<Entry>) =>
         Effect.gen(function* () {
-          const inserted = yield* sql`
+          const inserted = yield* onWriterConnection(sql`
             INSERT INTO job_events ${sql.insert(
               entries.map((e) => ({
                 job_id: e.jobId,
@@ -155,7 +201,7 @@ export const layer = (nodeId: string) =>
               }))
             )}
             ON CONFLICT (job_id, seq) DO NOTHING
-          `.pipe(
+          `).pipe(
             Effect.retry(retry3),
             Effect.as(true),
             Effect.catchAll((error) =>
@@ -175,23 +221,20 @@ export const layer = (nodeId: string) =>
             )
           )
           yield* Metric.incrementBy(inserted ? chunksWritten : chunksFailed, entries.length)
+          // Followers get the output once it is stored, before the events are appended.
+          const byJob = new Map<string, Array<Live>>()
+          for (const entry of entries) {
+            const list = byJob.get(entry.jobId)
+            if (list === undefined) byJob.set(entry.jobId, [toLog(entry)])
+            else list.push(toLog(entry))
+          }
+          for (const [jobId, items] of byJob) yield* deliver(jobId, items)
           yield* log.append(entries.map((entry) => toEvent(entry, inserted))).pipe(
             Effect.retry(retry3),
             Effect.catchAll((error) =>
               Effect.logWarning(`could not record ${entries.length} job.log events: ${error.message}`)
             )
           )
-          for (const entry of entries) {
-            deliver(
-              entry.jobId,
-              new JobLog({
-                seq: entry.seq,
-                stream: entry.stream,
-                chunk: entry.chunk,
-                ts: DateTime.unsafeMake(entry.ts)
-              })
-            )
-          }
         })
 
       const writer = Effect.gen(function* () {
@@ -201,16 +244,16 @@ export const layer = (nodeId: string) =>
       }).pipe(Effect.forever)
       const handle = (items: Iterable<Item>) =>
         Effect.gen(function* () {
+          // One write for the whole batch: a flush resolves once everything taken with it is
+          // stored, which includes all that was queued before it.
           const entries: Array<Entry> = []
+          const flushes: Array<Deferred.Deferred<void>> = []
           for (const item of items) {
-            if (item._tag === "Entry") {
-              entries.push(item.entry)
-            } else {
-              if (entries.length > 0) yield* store_(entries.splice(0))
-              yield* Deferred.succeed(item.done, undefined)
-            }
+            if (item._tag === "Entry") entries.push(item.entry)
+            else flushes.push(item.done)
           }
           if (entries.length > 0) yield* store_(entries)
+          for (const done of flushes) yield* Deferred.succeed(done, undefined)
         })
       yield* Effect.forkScoped(Effect.interruptible(writer))
       // Whatever is queued at shutdown is still written.
@@ -246,7 +289,7 @@ export const layer = (nodeId: string) =>
         Stream.unwrapScoped(
           Effect.gen(function* () {
             const inbox = yield* Effect.acquireRelease(
-              Effect.tap(Queue.sliding<JobOutput>(followerBuffer), (q) =>
+              Effect.tap(Queue.sliding<Live>(followerBuffer), (q) =>
                 Effect.sync(() => {
                   const set = followers.get(jobId) ?? new Set()
                   set.add(q)
@@ -269,11 +312,6 @@ export const layer = (nodeId: string) =>
               return fresh
             }
             const backlog = stored(jobId, after).pipe(Stream.tap((l) => Effect.sync(() => (last = l.seq))))
-            const done = (status: JobDone) =>
-              Stream.concat(
-                Stream.suspend(() => stored(jobId, last)),
-                Stream.succeed(status)
-              )
             if (isFinal(job.info.status)) {
               const info = job.info
               return Stream.concat(
@@ -283,21 +321,39 @@ export const layer = (nodeId: string) =>
                 )
               )
             }
+            // Whole chunks of live items at a time (a busy node hands a follower many at once).
             const live = Stream.fromQueue(inbox).pipe(
-              Stream.mapEffect((item) => {
-                if (item._tag === "JobLog") {
-                  if (item.seq <= last) return Effect.succeed<ReadonlyArray<JobOutput>>([])
-                  if (item.seq === last + 1) return Effect.succeed<ReadonlyArray<JobOutput>>(track([item]))
-                  // A gap: this follower fell behind and lost live items; the table has them.
-                  return Effect.map(readAfter(jobId, last, item.seq - last), (logs) => track(logs))
-                }
-                return Effect.succeed<ReadonlyArray<JobOutput>>([item])
-              }),
-              Stream.mapConcat((items) => items),
-              Stream.takeUntil((item) => item._tag === "JobDone"),
-              Stream.flatMap((item) =>
-                item._tag === "JobDone" ? done(item) : Stream.succeed<JobOutput>(item)
-              )
+              Stream.mapChunksEffect((items) =>
+                Effect.gen(function* () {
+                  const out: Array<JobOutput> = []
+                  for (const item of items) {
+                    if (item._tag === "JobLog") {
+                      if (item.seq <= last) continue
+                      if (item.seq === last + 1) {
+                        last = item.seq
+                        out.push(item)
+                      } else {
+                        // A gap: this follower fell behind and lost live items; the table has them.
+                        out.push(...track(yield* readAfter(jobId, last, item.seq - last)))
+                      }
+                    } else if (item._tag === "JobProgress") {
+                      out.push(item)
+                    } else {
+                      // The end: whatever was stored after the last item seen, then the status.
+                      const lastSeq = item._tag === "End" ? item.lastSeq : undefined
+                      while (lastSeq === undefined || last < lastSeq) {
+                        const page = track(yield* readAfter(jobId, last, pageSize))
+                        out.push(...page)
+                        if (page.length < pageSize) break
+                      }
+                      out.push(item._tag === "End" ? item.done : item)
+                      break
+                    }
+                  }
+                  return Chunk.unsafeFromArray(out)
+                })
+              ),
+              Stream.takeUntil((item) => item._tag === "JobDone")
             )
             return Stream.concat(backlog, live)
           })
@@ -308,7 +364,10 @@ export const layer = (nodeId: string) =>
         flush: Effect.flatMap(Deferred.make<void>(), (done) =>
           Effect.zipRight(Queue.offer(queue, { _tag: "Flush", done }), Deferred.await(done))
         ),
-        publish: (jobId, item) => Effect.sync(() => deliver(jobId, item)),
+        publish: (jobId, item, lastSeq) =>
+          deliver(jobId, [
+            item._tag === "JobDone" && lastSeq !== undefined ? { _tag: "End", done: item, lastSeq } : item
+          ]),
         lastSeq: (jobId) =>
           sql<{ readonly seq: string | number | null }>`
             SELECT max(seq) AS seq FROM job_events WHERE job_id = ${jobId}

@@ -132,13 +132,16 @@ export const layer = Layer.effect(
       insert: (id, spec, createdAt) =>
         Effect.gen(function* () {
           const encoded = yield* Effect.mapError(encodeSpec(spec), (error) => unavailable(error))
-          yield* sql`
+          const inserted = yield* sql<Row>`
             INSERT INTO jobs (id, command, type, status, spec, priority, run_at, labels, created_at)
             VALUES (${id}, ${commandLine(spec)}, ${spec.strategy}, 'queued', ${JSON.stringify(encoded)}::jsonb,
               ${spec.priority}, ${spec.runAt === undefined ? null : DateTime.toDate(spec.runAt)},
               ${JSON.stringify(spec.labels)}::jsonb, ${createdAt})
             ON CONFLICT (id) DO NOTHING
+            RETURNING *
           `.pipe(Effect.mapError(unavailable))
+          if (inserted[0] !== undefined) return yield* toStored(inserted[0])
+          // Recorded before (the entity re-inserts what the facade recorded): the stored row wins.
           return yield* Effect.catchTag(getOrFail(id), "JobNotFound", () =>
             Effect.fail(unavailable({ message: `job ${id} vanished after insert` }))
           )
@@ -169,9 +172,13 @@ export const layer = Layer.effect(
         if (patch.ptyId !== undefined) columns.pty_id = patch.ptyId
         if (patch.startedAt !== undefined) columns.started_at = patch.startedAt
         if (patch.finishedAt !== undefined) columns.finished_at = patch.finishedAt
-        return sql`UPDATE jobs SET ${sql.update(columns)} WHERE id = ${id}`.pipe(
+        return sql<Row>`UPDATE jobs SET ${sql.update(columns)} WHERE id = ${id} RETURNING *`.pipe(
           Effect.mapError(unavailable),
-          Effect.zipRight(getOrFail(id))
+          Effect.flatMap((rows): Effect.Effect<StoredJob, JobsUnavailable | JobNotFound> =>
+            rows[0] === undefined
+              ? Effect.fail(new JobNotFound({ jobId: id, message: `no job has the id ${id}` }))
+              : toStored(rows[0])
+          )
         )
       },
       unfinished: sql<{ readonly id: string }>`

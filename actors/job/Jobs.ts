@@ -10,7 +10,8 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Context, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
-import type { Sharding } from "@effect/cluster/Sharding"
+import * as EntityId from "@effect/cluster/EntityId"
+import { Sharding } from "@effect/cluster/Sharding"
 import {
   ExecuteOutput,
   InvalidJobRequest,
@@ -27,6 +28,7 @@ import { uuidv7 } from "../../infra/eventlog/EventLog.js"
 import * as Ssh from "../../infra/ssh/Ssh.js"
 import { Emitter } from "../../src/server/Emitter.js"
 import { Job } from "./JobEntity.js"
+import { JobLogs } from "./JobLogs.js"
 import { JobSettings } from "./JobSettings.js"
 import { commandLine, JobStore } from "./JobStore.js"
 import { readSecret } from "./Strategies.js"
@@ -121,6 +123,8 @@ export const layer = (options: {
     Jobs,
     Effect.gen(function* () {
       const makeClient = yield* Job.client
+      const sharding = yield* Sharding
+      const jobLogs = yield* JobLogs
       const store = yield* JobStore
       const emitter = yield* Emitter
       const settings = yield* JobSettings
@@ -150,10 +154,21 @@ export const layer = (options: {
 
       const known = (jobId: string) => Effect.asVoid(store.getOrFail(jobId))
 
+      /** Whether the job's entity lives on this node, whose output writer then feeds its followers. */
+      const isLocal = (jobId: string) => {
+        const entityId = EntityId.make(jobId)
+        return sharding.hasShardId(sharding.getShardId(entityId, Job.getShardGroup(entityId)))
+      }
+
+      // Output of a job of this node is read here, without the hop through its entity; the
+      // entity serves the followers of jobs that live on other nodes.
+      const output = (jobId: string, after: number, follow: boolean): Stream.Stream<JobOutput, JobError> =>
+        isLocal(jobId)
+          ? jobLogs.stream(jobId, after, follow)
+          : makeClient(jobId).Logs({ after, follow }).pipe(Stream.mapError(toJobError))
+
       const logs = (jobId: string, after: number, follow: boolean): Stream.Stream<JobOutput, JobError> =>
-        Stream.unwrap(
-          Effect.as(known(jobId), makeClient(jobId).Logs({ after, follow }).pipe(Stream.mapError(toJobError)))
-        )
+        Stream.unwrap(Effect.as(known(jobId), output(jobId, after, follow)))
 
       // Unfinished jobs get their message again (a stored one makes this a no-op).
       yield* Effect.forkScoped(
@@ -187,7 +202,7 @@ export const layer = (options: {
         execute: (spec) =>
           Stream.unwrap(
             Effect.map(submit(spec), (info) =>
-              Stream.concat(Stream.succeed(new JobAccepted({ job: info })), logs(info.id, 0, true))
+              Stream.concat(Stream.succeed(new JobAccepted({ job: info })), output(info.id, 0, true))
             )
           ),
         cancel: (jobId) =>
@@ -200,5 +215,5 @@ export const layer = (options: {
   )
 
 /** The sharding requirement, for callers wiring the layer. */
-export type Requires = Sharding | JobStore | Emitter | JobSettings
+export type Requires = Sharding | JobStore | JobLogs | Emitter | JobSettings
 export type { JobNotFound }

@@ -1,5 +1,5 @@
 import { expect, layer } from "@effect/vitest"
-import { Chunk, Effect, Layer, Option, Stream } from "effect"
+import { Chunk, Deferred, Effect, Fiber, Layer, Option, Stream } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import { EventFilter } from "../../../rpc/Events.js"
 import { JobDone, JobSpec } from "../../../rpc/Jobs.js"
@@ -94,6 +94,40 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("job output writer",
       yield* logs.publish(jobId, new JobDone({ status: "succeeded", exitCode: 0, signal: null }))
       const seen = Chunk.toReadonlyArray(yield* follower.await.pipe(Effect.flatten))
       expect(seen).toEqual(["before\n", "live\n", "JobDone"])
+    })
+  )
+
+  it.effect("a follower that falls behind loses nothing: the gaps and the tail come from the table", () =>
+    Effect.gen(function* () {
+      const logs = yield* JobLogs.JobLogs
+      const store = yield* JobStore.JobStore
+      const jobId = yield* newJob
+      yield* store.update(jobId, { status: "running" })
+      const started = yield* Deferred.make<void>()
+      const go = yield* Deferred.make<void>()
+      // Takes the first chunk, then stops reading until told: its inbox (4,096 items) overflows.
+      const follower = yield* logs.stream(jobId, 0, true).pipe(
+        Stream.tap((o) =>
+          o._tag === "JobLog" && o.seq === 1
+            ? Effect.zipRight(Deferred.succeed(started, undefined), Deferred.await(go))
+            : Effect.void
+        ),
+        Stream.runCollect,
+        Effect.fork
+      )
+      yield* logs.write(entry(jobId, 1, "1\n"))
+      yield* Deferred.await(started)
+      const last = 6000
+      for (let seq = 2; seq <= last; seq++) yield* logs.write(entry(jobId, seq, `${seq}\n`))
+      yield* logs.flush
+      yield* store.update(jobId, { status: "succeeded", exitCode: 0 })
+      yield* logs.publish(jobId, new JobDone({ status: "succeeded", exitCode: 0, signal: null }), last)
+      yield* Deferred.succeed(go, undefined)
+      const seen = Chunk.toReadonlyArray(yield* Fiber.join(follower))
+      expect(seen.map((o) => (o._tag === "JobLog" ? o.seq : o._tag))).toEqual([
+        ...Array.from({ length: last }, (_, i) => i + 1),
+        "JobDone"
+      ])
     })
   )
 
