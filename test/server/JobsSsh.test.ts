@@ -1,11 +1,14 @@
 import { expect, layer } from "@effect/vitest"
-import { Chunk, Context, Effect, Either, Layer, Stream } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Chunk, Context, Effect, Either, Layer, Option, Schedule, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { JobSpec, SshTarget, type ExecuteOutput, type JobOutput } from "../../rpc/Jobs.js"
 import { clientLayer } from "../support/Attach.js"
 import * as Processes from "../support/Processes.js"
 import * as Sshd from "../support/Sshd.js"
 import * as TestServer from "../support/TestServer.js"
+import * as Vibes from "../support/VibesProcess.js"
 
 class Env extends Context.Tag("test/Env")<
   Env,
@@ -84,7 +87,15 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("ssh jobs", (it)
         Stream.takeUntil(() => seen.includes("started")),
         Stream.runDrain
       )
-      expect((yield* processesWith(marker)).length).toBeGreaterThanOrEqual(1)
+      // "started" can come before the two sleeps have exec'd (only then does /proc show the
+      // marker in their environment): wait for both, a bounded poll of /proc.
+      const running = yield* processesWith(marker).pipe(
+        Effect.repeat({
+          until: (pids) => pids.length >= 2,
+          schedule: Schedule.intersect(Schedule.spaced("20 millis"), Schedule.recurs(500))
+        })
+      )
+      expect(running.length).toBeGreaterThanOrEqual(2)
       const canceled = yield* rpc.Jobs.Cancel({ jobId: job.id })
       expect(canceled.status).toBe("canceled")
       expect(yield* processesWith(marker)).toEqual([])
@@ -116,6 +127,58 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("ssh jobs", (it)
       )
       expect(text(trusted, "stdout")).toBe("trusted\n")
     })
+  )
+
+  it.scoped(
+    "the CLI over ssh: vibes run exits with the remote code; a detached tail -f is watched, canceled, listed and read back",
+    () =>
+      Effect.gen(function* () {
+        const { server, sshd } = yield* Env
+        const rpc = yield* client
+        const env = Vibes.childEnv({ VIBES_URL: server.url, VIBES_TOKEN: server.token })
+        const target = `${sshd.user}@${sshd.host}:${sshd.port}`
+        const ssh = ["--ssh", target, "--identity", sshd.userKeyPath]
+
+        const ran = yield* Vibes.run(["run", ...ssh, "--", "sh", "-c", "echo out; echo err >&2; exit 4"], env)
+        expect(ran.stdout).toBe("out\n")
+        expect(ran.stderr).toMatch(/^err$/m)
+        expect(ran.code).toBe(4)
+
+        const log = path.join(sshd.dir, "app.log")
+        yield* Effect.sync(() => fs.writeFileSync(log, "line 1\nline 2\n"))
+        const detached = yield* Vibes.run(
+          ["run", ...ssh, "--detach", "--", "tail", "-n", "+1", "-f", log],
+          env
+        )
+        expect(detached.code).toBe(0)
+        const id = detached.stdout.trim()
+        // Watch it: both lines, then one appended while it runs.
+        const watched = yield* rpc.Jobs.Logs({ jobId: id, follow: true }).pipe(
+          Stream.scan("", (stdout, o) =>
+            o._tag === "JobLog" && o.stream === "stdout" ? stdout + o.chunk : stdout
+          ),
+          Stream.tap((stdout) =>
+            stdout === "line 1\nline 2\n"
+              ? Effect.sync(() => fs.appendFileSync(log, "line 3\n"))
+              : Effect.void
+          ),
+          Stream.takeUntil((stdout) => stdout.includes("line 3\n")),
+          Stream.runLast
+        )
+        expect(watched).toEqual(Option.some("line 1\nline 2\nline 3\n"))
+
+        const canceled = yield* Vibes.run(["cancel", id], env)
+        expect(canceled.stdout).toBe(`job ${id} canceled\n`)
+        const listed = yield* Vibes.run(["jobs", "--status", "canceled"], env)
+        expect(listed.stdout.split("\n").find((line) => line.startsWith(id))).toMatch(
+          /^\S+\s+canceled\s+SIGTERM\s+ssh\s+.*tail -n \+1 -f /
+        )
+        const logs = yield* Vibes.run(["logs", id], env)
+        expect(logs.stdout).toBe("line 1\nline 2\nline 3\n")
+        expect(logs.stderr).toContain("[vibes] canceled")
+        // Nothing of it is left on the remote side.
+        expect(Processes.ofJob(id)).toEqual([])
+      })
   )
 
   it.scoped("a missing key file is refused at submit", () =>
