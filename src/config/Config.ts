@@ -64,6 +64,8 @@ export interface ServerConfig {
   readonly sshKnownHosts: string
   /** Interval of SSH keepalive messages; the connection is dropped after 3 unanswered. */
   readonly sshKeepalive: Duration.Duration
+  /** The built web UI served at `/`; by default the package's `dist/web`. */
+  readonly webDir: Option.Option<string>
 }
 
 /** The default retention: terminal output goes once a later snapshot of its session covers it. */
@@ -255,7 +257,10 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
     "must be an absolute path",
     (s) => path.isAbsolute(s)
   ).pipe(Config.withDefault(path.join(os.homedir(), ".ssh", "known_hosts"))),
-  sshKeepalive: duration("VIBES_SSH_KEEPALIVE", "15 seconds")
+  sshKeepalive: duration("VIBES_SSH_KEEPALIVE", "15 seconds"),
+  webDir: checked("VIBES_WEB_DIR", Config.string("VIBES_WEB_DIR"), "must be an absolute path", (s) =>
+    path.isAbsolute(s)
+  ).pipe(Config.option)
 })
 
 /** Settings of the CLI's client commands (`vibes status`, …). */

@@ -18,6 +18,7 @@ import { consumerPattern, type Start } from "../../rpc/EventsRpcs.js"
 import { EventBus } from "../../infra/eventlog/EventBus.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
 import { resolveStart } from "./EventsHandlers.js"
+import { sseHeaders } from "./Headers.js"
 
 /** A request the endpoint refuses, with the reason. */
 export interface BadRequest {
@@ -122,14 +123,6 @@ const frame = (event: StoredEvent): Uint8Array => {
 }
 
 const control = (event: string, data: unknown) => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`
-
-/** Headers that keep proxies and browsers from buffering or caching the stream. */
-export const sseHeaders = {
-  "cache-control": "no-cache, no-store, no-transform",
-  "x-accel-buffering": "no",
-  "x-content-type-options": "nosniff",
-  "referrer-policy": "no-referrer"
-}
 
 /** The handler; the caller checks credentials first. */
 export const handler = (heartbeat: Duration.Duration) =>

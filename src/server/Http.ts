@@ -22,18 +22,11 @@ import * as JobsHandlers from "./JobsHandlers.js"
 import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
+import * as WebUi from "./WebUi.js"
+import { securityHeaders } from "./Headers.js"
 
 /** Extra readiness checks beyond the database (e.g. the embedded Postgres supervisor). */
 export type ReadinessCheck = Effect.Effect<Option.Option<string>>
-
-const securityHeaders = {
-  "x-content-type-options": "nosniff",
-  "referrer-policy": "no-referrer",
-  "x-frame-options": "DENY",
-  "content-security-policy":
-    "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-  "cache-control": "no-store"
-}
 
 const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 
@@ -150,21 +143,94 @@ const logout = (method: "GET" | "POST") =>
     )
   )
 
-const home = HttpLayerRouter.add(
-  "GET",
-  "/",
-  authenticated(
-    Effect.map(NodeInfo, (node) =>
-      page(
-        200,
-        "vibes",
-        `<h1>vibes ${escapeHtml(node.version)}</h1><p>Node <code>${escapeHtml(node.nodeId)}</code> is running ` +
-          `with an ${node.database} database.</p><form method="post" action="/logout"><button>Log out</button></form>`
-      )
-    ),
-    (message) => loginForm(message)
+/** Sends one file of the built UI, gzipped when the browser takes it. */
+const sendAsset = (asset: WebUi.Asset, acceptEncoding: string | undefined) => {
+  const gzip = WebUi.acceptsGzip(acceptEncoding) ? asset.gzip : Option.none()
+  return HttpServerResponse.uint8Array(
+    Option.getOrElse(gzip, () => asset.body),
+    {
+      contentType: asset.contentType,
+      headers: {
+        ...securityHeaders,
+        "cache-control": asset.immutable ? "private, max-age=31536000, immutable" : "no-store",
+        vary: "accept-encoding",
+        ...(Option.isSome(gzip) ? { "content-encoding": "gzip" } : {})
+      }
+    }
   )
+}
+
+/** `/`: the web UI for a logged-in browser, the login form for anyone else. */
+const home = (web: WebUi.WebUi) =>
+  HttpLayerRouter.add(
+    "GET",
+    "/",
+    authenticated(
+      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+        const index = web._tag === "Built" ? web.assets.get("/") : undefined
+        if (index !== undefined) return Effect.succeed(sendAsset(index, request.headers["accept-encoding"]))
+        return Effect.map(NodeInfo, (node) =>
+          page(
+            200,
+            "vibes",
+            `<h1>vibes ${escapeHtml(node.version)}</h1><p>Node <code>${escapeHtml(node.nodeId)}</code> is running ` +
+              `with an ${node.database} database.</p>` +
+              `<p>${escapeHtml(web._tag === "Missing" ? web.reason : "")}</p>` +
+              `<form method="post" action="/logout"><button>Log out</button></form>`
+          )
+        )
+      }),
+      (message) => loginForm(message)
+    )
+  )
+
+/** The UI's other files (`/assets/…`, icons); unknown paths are a 404. */
+const assets = (web: WebUi.WebUi) =>
+  HttpLayerRouter.add(
+    "GET",
+    "/assets/*",
+    authenticated(
+      Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+        const urlPath = new URL(request.url, "http://localhost").pathname
+        const asset = web._tag === "Built" ? web.assets.get(urlPath) : undefined
+        return asset === undefined
+          ? json(404, { error: "NotFound", message: `no such file: ${urlPath}` })
+          : sendAsset(asset, request.headers["accept-encoding"])
+      })
+    )
+  )
+
+/**
+ * Refuses a request that a page of another origin made with this browser's cookie (a WebSocket
+ * upgrade, a form post): when a request says where it comes from, that must be here. Programs
+ * (the CLI, curl) send no `Origin` and are not affected; CORS stays closed (no allow headers).
+ */
+const sameOrigin = HttpLayerRouter.middleware(
+  (effect) =>
+    Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+      const origin = request.headers["origin"]
+      if (origin === undefined || originMatches(origin, request.headers)) return effect
+      return Effect.succeed(
+        json(403, { error: "Forbidden", message: `requests from ${origin} are not accepted by this server` })
+      )
+    }),
+  { global: true }
 )
+
+/** True when `origin` is this server as the browser reached it. */
+export const originMatches = (
+  origin: string,
+  headers: Readonly<Record<string, string | undefined>>
+): boolean => {
+  const host = headers["x-forwarded-host"] ?? headers["host"]
+  if (host === undefined) return false
+  try {
+    const url = new URL(origin)
+    return (url.protocol === "http:" || url.protocol === "https:") && url.host === host.toLowerCase()
+  } catch {
+    return false
+  }
+}
 
 /** `/rpc`: every RPC group over WebSocket with msgpack, each call checked by `AuthMiddleware`. */
 const rpc = RpcServer.layerHttpRouter({ group: VibesRpcs, path: "/rpc", protocol: "websocket" }).pipe(
@@ -186,6 +252,8 @@ export interface RouteOptions {
   readonly readiness: ReadinessCheck
   /** Interval of the SSE heartbeat. */
   readonly sseHeartbeat: Duration.Duration
+  /** The built web UI. */
+  readonly web: WebUi.WebUi
 }
 
 /** Every route of the node. */
@@ -197,7 +265,9 @@ export const routes = (options: RouteOptions) =>
     login,
     logout("GET"),
     logout("POST"),
-    home,
+    home(options.web),
+    assets(options.web),
+    sameOrigin,
     events(options.sseHeartbeat),
     ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))

@@ -18,13 +18,9 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { JobId, JobInfo, type JobError, JobOutput, JobSpec, JobStatus, maxListLimit } from "../../rpc/Jobs.js"
 import { Jobs } from "../../actors/job/Jobs.js"
-import { sseHeaders } from "./EventsHttp.js"
+import { securityHeaders, sseHeaders } from "./Headers.js"
 
-const headers = {
-  "x-content-type-options": "nosniff",
-  "referrer-policy": "no-referrer",
-  "cache-control": "no-store"
-}
+const headers = securityHeaders
 
 /** The largest request body accepted, in bytes. */
 export const maxBodyBytes = 1024 * 1024

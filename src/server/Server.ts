@@ -40,6 +40,7 @@ import type { ServerConfig } from "../config/Config.js"
 import { version } from "../Version.js"
 import * as Emitter from "./Emitter.js"
 import * as Http from "./Http.js"
+import * as WebUi from "./WebUi.js"
 import { NodeInfo, resolveNodeId } from "./NodeInfo.js"
 
 /** How the server reports where it listens. */
@@ -304,7 +305,11 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       const identity = { serviceVersion: version, nodeId }
 
       const routes = HttpLayerRouter.serve(
-        Http.routes({ readiness: db.readiness, sseHeartbeat: config.sseHeartbeat }),
+        Http.routes({
+          readiness: db.readiness,
+          sseHeartbeat: config.sseHeartbeat,
+          web: WebUi.read(Option.getOrElse(config.webDir, WebUi.defaultDir))
+        }),
         { disableListenLog: true }
       )
       // Built after the routes, so released before them: followers see the stop event, then a

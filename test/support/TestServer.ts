@@ -68,6 +68,7 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       jobRetention: Duration.days(30),
       sshKnownHosts: `${dataDir}/known_hosts`,
       sshKeepalive: Duration.seconds(15),
+      webDir: Option.none(),
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()
