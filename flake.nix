@@ -28,7 +28,7 @@
 
             shellHook = lib.optionalString stdenv.isLinux ''
               export PLAYWRIGHT_CHROMIUM_EXECUTABLE_PATH=${pkgs.chromium}/bin/chromium
-              export VIBES_CHROMIUM=${pkgs.chromium}/bin/chromium
+              export VIBES_TEST_CHROMIUM=${pkgs.chromium}/bin/chromium
             '' + ''
               echo "vibes dev shell: run 'npm install && npm start'"
             '';
