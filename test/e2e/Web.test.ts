@@ -6,6 +6,7 @@
 import { expect, layer } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import * as zlib from "node:zlib"
 import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
 import type { Browser, BrowserContext, BrowserContextOptions, Page } from "playwright-core"
 import WebSocket from "ws"
@@ -25,6 +26,8 @@ class WebEnv extends Context.Tag("test/WebEnv")<
     readonly loginUrl: string
     readonly token: string
     readonly workDir: string
+    /** The UI as built for this run. */
+    readonly webDir: string
     readonly browser: Browser
     readonly rpc: Client.Client
     /** Stops the server gracefully and starts it again on the same port and data. */
@@ -54,7 +57,7 @@ const EnvLive = Layer.scoped(
       serverScope = yield* Scope.make()
       yield* Vibes.serve(dataDir, env, port).pipe(Scope.extend(serverScope))
     }).pipe(Effect.orDie)
-    return { url: first.url, loginUrl: first.loginUrl, token, workDir, browser, rpc, restart }
+    return { url: first.url, loginUrl: first.loginUrl, token, workDir, webDir, browser, rpc, restart }
   })
 )
 
@@ -356,6 +359,94 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
       yield* Web.untilTerminal(page, /^after-3$/m)
       expect(yield* terminalText(page)).not.toMatch(/^not-interrupted$/m)
       yield* Web.screenshot(page, "web-phone")
+    })
+  )
+
+  it.scoped(
+    "every view: controls labelled, reachable by keyboard with a visible focus, text with enough contrast",
+    () =>
+      Effect.gen(function* () {
+        const { rpc, workDir } = yield* WebEnv
+        const session = yield* rpc.Sessions.Create({ command: "/bin/sh", cwd: workDir, name: "for-a11y" })
+        yield* rpc.Jobs.Submit({ command: "echo for-a11y; echo oops >&2", shell: true, strategy: "stream" })
+        const ctx = yield* context()
+        const page = yield* loggedIn(ctx)
+        const origin = new URL(page.url()).origin
+
+        const views = [
+          { hash: "#/sessions", ready: page.locator(`tr:has-text("for-a11y")`) },
+          {
+            hash: `#/sessions/${session.id}`,
+            ready: page.locator('[data-testid="terminal"][data-attachments="1"]')
+          },
+          { hash: "#/jobs", ready: page.locator("tr[data-job]").first() },
+          { hash: "#/events", ready: page.locator("tr[data-type]").first() }
+        ]
+        for (const view of views) {
+          yield* promise(() => page.goto(`${origin}/${view.hash}`))
+          yield* promise(() => view.ready.waitFor())
+          expect({ view: view.hash, unnamed: yield* Web.unnamedControls(page) }).toEqual({
+            view: view.hash,
+            unnamed: []
+          })
+          expect({ view: view.hash, low: yield* Web.lowContrastText(page) }).toEqual({
+            view: view.hash,
+            low: []
+          })
+        }
+
+        // The settings dialog, opened and closed from the keyboard.
+        yield* promise(() => page.getByRole("button", { name: "Settings" }).focus())
+        yield* promise(() => page.keyboard.press("Enter"))
+        const dialog = page.getByRole("dialog")
+        yield* promise(() => dialog.waitFor())
+        expect(yield* Web.unnamedControls(page)).toEqual([])
+        expect(yield* Web.lowContrastText(page)).toEqual([])
+        yield* Web.screenshot(page, "web-settings")
+        yield* promise(() => page.keyboard.press("Escape"))
+        yield* promise(() => dialog.waitFor({ state: "hidden" }))
+
+        // The job cockpit from the keyboard alone: every stop shows where the focus is, and the
+        // command panel is reached, filled and run.
+        yield* promise(() => page.goto(`${origin}/#/jobs`))
+        yield* promise(() => page.reload())
+        yield* promise(() => page.locator("tr[data-job]").first().waitFor())
+        const stops = yield* Web.tabThrough(page, 10)
+        expect(stops.filter((stop) => !stop.visible)).toEqual([])
+        expect(stops.map((stop) => stop.label)).toEqual([
+          "vibes home",
+          "Sessions",
+          "Jobs",
+          "Events",
+          "Settings",
+          "Log out",
+          "command",
+          expect.stringContaining("Local"),
+          "cwd",
+          "Run"
+        ])
+        yield* promise(() => page.getByRole("textbox", { name: "Command" }).focus())
+        yield* promise(() => page.keyboard.type("echo typed-$((6*7))"))
+        yield* promise(() => page.keyboard.press("Enter"))
+        yield* promise(() => page.locator('.line.stdout:has-text("typed-42")').waitFor())
+        yield* rpc.Sessions.Close({ sessionId: session.id })
+      })
+  )
+
+  it.effect("the first load's JavaScript is at most 300 KB gzipped", () =>
+    Effect.gen(function* () {
+      const { webDir } = yield* WebEnv
+      const index = fs.readFileSync(path.join(webDir, "index.html"), "utf8")
+      const scripts = [...index.matchAll(/<(?:script|link)[^>]+(?:src|href)="\/(assets\/[^"]+\.js)"/g)].map(
+        (m) => m[1] ?? ""
+      )
+      expect(scripts.length).toBeGreaterThan(0)
+      const gzipped = scripts.reduce(
+        (total, script) =>
+          total + zlib.gzipSync(fs.readFileSync(path.join(webDir, script)), { level: 9 }).length,
+        0
+      )
+      expect(gzipped).toBeLessThanOrEqual(300 * 1024)
     })
   )
 })
