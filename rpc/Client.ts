@@ -16,11 +16,12 @@ import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import { AuthMiddleware } from "./Auth.js"
 import { EventsRpcs } from "./EventsRpcs.js"
 import { JobsRpcs } from "./Jobs.js"
+import { ProxyRpcs } from "./Proxy.js"
 import { SessionsRpcs } from "./Sessions.js"
 import { SystemRpcs } from "./System.js"
 
 /** Every RPC a vibes server answers at `/rpc`. */
-export class VibesRpcs extends SystemRpcs.merge(EventsRpcs, SessionsRpcs, JobsRpcs) {}
+export class VibesRpcs extends SystemRpcs.merge(EventsRpcs, SessionsRpcs, JobsRpcs, ProxyRpcs) {}
 
 /** What the client can call: `client.System.Info()`, … */
 export type Client = RpcClient.RpcClient<RpcGroup.Rpcs<typeof VibesRpcs>, RpcClientError>

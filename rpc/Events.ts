@@ -3,6 +3,7 @@
  * vibes knows, and the filters readers select with.
  */
 import { Either, Schema } from "effect"
+import { ProxyErrorKind } from "./Proxy.js"
 
 /** Position of an event in the log: assigned by the log, strictly increasing, without gaps. */
 export const Offset = Schema.Int.pipe(Schema.nonNegative(), Schema.brand("Offset"))
@@ -128,11 +129,25 @@ export const payloads = {
     signal: Schema.NullOr(Schema.String),
     attempts: Schema.Int
   }),
+  /** One request through the AI-provider proxy; the envelope's sessionId names the session it came from. */
   "proxy.request": Schema.Struct({
     provider: Schema.String,
     model: Schema.NullOr(Schema.String),
+    method: Schema.String,
+    path: Schema.String,
+    /** The status the client got (0 when it went away before any). */
     status: Schema.Int,
-    latencyMillis: Schema.Number
+    latencyMillis: Schema.Number,
+    /** Until the upstream's response headers (the first byte the client could get). */
+    ttfbMillis: Schema.NullOr(Schema.Number),
+    inputTokens: Schema.NullOr(Schema.Int),
+    outputTokens: Schema.NullOr(Schema.Int),
+    attempts: Schema.Int,
+    streamed: Schema.Boolean,
+    /** `admin` (the admin token) or `session` (a session's proxy token). */
+    client: Schema.String,
+    errorKind: Schema.NullOr(ProxyErrorKind),
+    bytes: Schema.Int
   })
 } as const
 

@@ -308,6 +308,15 @@ export const layer = Session.toLayer(
 
     const notFound = () => new SessionNotFound({ sessionId, message: `no session with id ${sessionId}` })
 
+    /** The environment the session's program gets: the node's, the proxy's, then the request's own. */
+    const spawnEnv = (requested: Readonly<Record<string, string>>) =>
+      Effect.map(settings.proxyEnv(sessionId), (proxy) => ({
+        ...settings.env,
+        ...proxy,
+        ...requested,
+        VIBES_SESSION_ID: sessionId
+      }))
+
     const currentRow = Effect.suspend(() =>
       Option.match(row, { onNone: () => Effect.fail(notFound()), onSome: Effect.succeed })
     )
@@ -649,7 +658,7 @@ export const layer = Session.toLayer(
               file: current.command,
               args: current.args,
               cwd: current.cwd,
-              env: current.env,
+              env: yield* spawnEnv(current.env),
               cols: current.cols,
               rows: current.rows
             })
@@ -814,7 +823,7 @@ export const layer = Session.toLayer(
             message: `cannot start the session: the working directory ${cwd} does not exist or is not a directory`
           })
         }
-        const env = { ...settings.env, ...request.env, VIBES_SESSION_ID: sessionId }
+        const env = yield* spawnEnv(request.env)
         const info = yield* host
           .spawn(
             PtySpec.make({

@@ -2,7 +2,7 @@
  * Node-wide settings of terminal sessions: defaults for new sessions and how history is kept.
  */
 import * as os from "node:os"
-import { Context, Duration, Layer } from "effect"
+import { Context, Duration, Effect, Layer } from "effect"
 
 /** Settings every session entity of this node shares. */
 export class SessionSettings extends Context.Tag("vibes/SessionSettings")<
@@ -22,6 +22,11 @@ export class SessionSettings extends Context.Tag("vibes/SessionSettings")<
     readonly snapshotEvery: number
     /** Quiet time after which a session counts as idle (waiting for input). */
     readonly idleAfter: Duration.Duration
+    /**
+     * Variables that point the session's agents at this node's AI-provider proxy, with the
+     * session's own token (added over `env`, under the request's own variables).
+     */
+    readonly proxyEnv: (sessionId: string) => Effect.Effect<Record<string, string>>
   }
 >() {}
 
@@ -60,5 +65,6 @@ export const layer = (
     scrollback: 10_000,
     snapshotEvery: 1024 * 1024,
     idleAfter: Duration.seconds(5),
+    proxyEnv: () => Effect.succeed({}),
     ...overrides
   })

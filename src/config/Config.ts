@@ -3,6 +3,7 @@
  * `OTEL_EXPORTER_OTLP_ENDPOINT`), overridable by CLI flags. Every value is checked here, and a
  * bad one fails with a message that names its variable.
  */
+import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import {
@@ -18,6 +19,7 @@ import {
 } from "effect"
 import { compileGlob } from "../../rpc/Events.js"
 import { RetentionPolicy } from "../../infra/eventlog/EventLog.js"
+import { ProviderConfig } from "../../rpc/Proxy.js"
 
 /** How log lines are written. `auto` means JSON unless stdout is a terminal. */
 export type LogFormat = "auto" | "json" | "pretty"
@@ -66,6 +68,13 @@ export interface ServerConfig {
   readonly sshKeepalive: Duration.Duration
   /** The built web UI served at `/`; by default the package's `dist/web`. */
   readonly webDir: Option.Option<string>
+  /** AI providers of the proxy beyond (or replacing) the built-in `anthropic` and `openai`. */
+  readonly proxyProviders: ReadonlyArray<ProviderConfig>
+  /** Largest request body the proxy accepts, in bytes. */
+  readonly proxyMaxBody: number
+  /** Proxy requests a second per client (0: no limit), and the burst allowed above that rate. */
+  readonly proxyRate: number
+  readonly proxyBurst: number
 }
 
 /** The default retention: terminal output goes once a later snapshot of its session covers it. */
@@ -136,6 +145,65 @@ const eventsRetention = Config.string("VIBES_EVENTS_RETENTION").pipe(
     )
   ),
   Config.withDefault(defaultRetention)
+)
+
+const ProvidersJson = Schema.parseJson(Schema.Array(ProviderConfig))
+
+/**
+ * Parses a JSON list of providers, e.g.
+ * `[{"name":"local","baseUrl":"http://127.0.0.1:11434","format":"openai","auth":"none"}]`.
+ */
+export const parseProviders = (text: string): Either.Either<ReadonlyArray<ProviderConfig>, string> =>
+  Either.flatMap(
+    Either.mapLeft(Schema.decodeUnknownEither(ProvidersJson)(text), (error) =>
+      ParseResult.TreeFormatter.formatErrorSync(error)
+    ),
+    (providers) => {
+      const names = new Set<string>()
+      for (const provider of providers) {
+        if (names.has(provider.name)) return Either.left(`provider '${provider.name}' is listed twice`)
+        names.add(provider.name)
+        if (provider.keyEnv !== undefined && provider.keyFile !== undefined) {
+          return Either.left(`provider '${provider.name}' sets both keyEnv and keyFile; choose one`)
+        }
+        if (provider.keyFile !== undefined && !path.isAbsolute(provider.keyFile)) {
+          return Either.left(`provider '${provider.name}': keyFile must be an absolute path`)
+        }
+      }
+      return Either.right(providers)
+    }
+  )
+
+/** `VIBES_PROXY_PROVIDERS` (JSON), else the JSON file named by `VIBES_PROXY_CONFIG`, else none. */
+const proxyProviders = Config.all({
+  inline: Config.string("VIBES_PROXY_PROVIDERS").pipe(Config.option),
+  file: Config.string("VIBES_PROXY_CONFIG").pipe(Config.option)
+}).pipe(
+  Config.mapOrFail(({ inline, file }) => {
+    if (Option.isSome(inline)) {
+      return Either.mapLeft(parseProviders(inline.value), (why) =>
+        ConfigError.InvalidData([], `VIBES_PROXY_PROVIDERS is not a valid list of providers: ${why}`)
+      )
+    }
+    if (Option.isNone(file)) return Either.right([])
+    if (!path.isAbsolute(file.value)) {
+      return Either.left(ConfigError.InvalidData([], "VIBES_PROXY_CONFIG must be an absolute path"))
+    }
+    return Either.flatMap(
+      Either.try({
+        try: () => fs.readFileSync(file.value, "utf8"),
+        catch: (error) =>
+          ConfigError.InvalidData([], `VIBES_PROXY_CONFIG: cannot read ${file.value}: ${String(error)}`)
+      }),
+      (text) =>
+        Either.mapLeft(parseProviders(text), (why) =>
+          ConfigError.InvalidData(
+            [],
+            `VIBES_PROXY_CONFIG (${file.value}) is not a valid list of providers: ${why}`
+          )
+        )
+    )
+  })
 )
 
 /** `$XDG_DATA_HOME/vibes`, else `~/.local/share/vibes`. */
@@ -260,7 +328,11 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   sshKeepalive: duration("VIBES_SSH_KEEPALIVE", "15 seconds"),
   webDir: checked("VIBES_WEB_DIR", Config.string("VIBES_WEB_DIR"), "must be an absolute path", (s) =>
     path.isAbsolute(s)
-  ).pipe(Config.option)
+  ).pipe(Config.option),
+  proxyProviders,
+  proxyMaxBody: positiveInt("VIBES_PROXY_MAX_BODY", 32 * 1024 * 1024, 1024 * 1024 * 1024),
+  proxyRate: nonNegativeInt("VIBES_PROXY_RATE", 20),
+  proxyBurst: positiveInt("VIBES_PROXY_BURST", 40, 1_000_000)
 })
 
 /** Settings of the CLI's client commands (`vibes status`, …). */

@@ -21,7 +21,9 @@ import * as EventsHttp from "./EventsHttp.js"
 import * as JobsHandlers from "./JobsHandlers.js"
 import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
+import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
+import { Proxy } from "../../actors/proxy/Proxy.js"
 import * as WebUi from "./WebUi.js"
 import { securityHeaders } from "./Headers.js"
 
@@ -232,12 +234,24 @@ export const originMatches = (
   }
 }
 
+/**
+ * `/proxy/<provider>/…`: the AI-provider proxy. It checks its own credentials (the admin token or
+ * a session's proxy token, as a bearer token or `x-api-key`, never the cookie) and records every
+ * request as a `proxy.request` event, so the access log skips it.
+ */
+const proxy = HttpLayerRouter.add(
+  "*",
+  "/proxy/*",
+  HttpMiddleware.withLoggerDisabled(Effect.flatMap(Proxy, (service) => service.handle))
+)
+
 /** `/rpc`: every RPC group over WebSocket with msgpack, each call checked by `AuthMiddleware`. */
 const rpc = RpcServer.layerHttpRouter({ group: VibesRpcs, path: "/rpc", protocol: "websocket" }).pipe(
   Layer.provide(SystemHandlers.layer),
   Layer.provide(EventsHandlers.layer),
   Layer.provide(SessionsHandlers.layer),
   Layer.provide(JobsHandlers.layer),
+  Layer.provide(ProxyHandlers.layer),
   Layer.provide(Credentials.layerRpc),
   Layer.provide(RpcSerialization.layerMsgPack)
 )
@@ -269,6 +283,7 @@ export const routes = (options: RouteOptions) =>
     assets(options.web),
     sameOrigin,
     events(options.sseHeartbeat),
+    proxy,
     ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     ),

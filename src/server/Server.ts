@@ -9,7 +9,18 @@
 import * as http from "node:http"
 import * as os from "node:os"
 import type * as net from "node:net"
-import { DateTime, Duration, Effect, Layer, Option, Redacted, Schedule, type Scope } from "effect"
+import {
+  Context,
+  DateTime,
+  Deferred,
+  Duration,
+  Effect,
+  Layer,
+  Option,
+  Redacted,
+  Schedule,
+  type Scope
+} from "effect"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
@@ -18,6 +29,7 @@ import * as RunnerAddress from "@effect/cluster/RunnerAddress"
 import * as SingleRunner from "@effect/cluster/SingleRunner"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as JobEntity from "../../actors/job/JobEntity.js"
+import * as Proxy from "../../actors/proxy/Proxy.js"
 import * as JobLogs from "../../actors/job/JobLogs.js"
 import * as Jobs from "../../actors/job/Jobs.js"
 import * as JobSettings from "../../actors/job/JobSettings.js"
@@ -183,7 +195,12 @@ const ptyHostCommand = (config: ServerConfig): ReadonlyArray<string> =>
  * cluster runner with the session entity. One node is its own single runner; the runner address
  * is set here so the generic `HOST`/`PORT` variables never leak into it.
  */
-const sessions = (config: ServerConfig, nodeId: string) =>
+const sessions = (
+  config: ServerConfig,
+  nodeId: string,
+  proxyEnv: SessionSettings.SessionSettings["Type"]["proxyEnv"],
+  hiddenEnv: ReadonlySet<string>
+) =>
   Layer.mergeAll(
     SessionEntity.layer,
     Jobs.layer({ retention: config.jobRetention, pruneEvery: config.eventsRetentionInterval }).pipe(
@@ -207,7 +224,12 @@ const sessions = (config: ServerConfig, nodeId: string) =>
     Layer.provideMerge(
       SessionSettings.layer(nodeId, {
         scrollback: config.sessionScrollback,
-        idleAfter: config.sessionIdleAfter
+        idleAfter: config.sessionIdleAfter,
+        // Provider keys stay on the server: sessions get their proxy token in those variables.
+        env: Object.fromEntries(
+          Object.entries(SessionSettings.sessionEnv()).filter(([name]) => !hiddenEnv.has(name))
+        ),
+        proxyEnv
       })
     ),
     Layer.provideMerge(
@@ -294,8 +316,22 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       if (config.eventsRetention.length > 0) {
         yield* Effect.forkScoped(retention(config).pipe(Effect.provide(events)))
       }
+      const proxyContext = yield* Layer.build(
+        Proxy.layer({
+          nodeId,
+          providers: config.proxyProviders,
+          maxBodyBytes: config.proxyMaxBody,
+          rate: config.proxyRate,
+          burst: config.proxyBurst
+        }).pipe(Layer.provide(Layer.succeedContext(adminToken)), Layer.provide(Layer.succeedContext(events)))
+      )
+      const proxy = Context.get(proxyContext, Proxy.Proxy)
+      // Where sessions reach this node's proxy: known once the server listens.
+      const serverUrl = yield* Deferred.make<string>()
+      const proxyEnv = (sessionId: string) =>
+        Effect.map(Deferred.await(serverUrl), (url) => proxy.sessionEnv(sessionId, url))
       const sessionsContext = yield* Layer.build(
-        sessions(config, nodeId).pipe(
+        sessions(config, nodeId, proxyEnv, proxy.keyVariables).pipe(
           Layer.provide(Layer.succeedContext(events)),
           Layer.provide(Layer.succeedContext(sqlContext))
         )
@@ -320,7 +356,12 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Layer.merge(
           Layer.scopedDiscard(
             Effect.flatMap(AdminToken.AdminToken, (admin) =>
-              announce(config, nodeId, admin.token, hooks.onListening)
+              announce(config, nodeId, admin.token, (announcement) =>
+                Effect.zipRight(
+                  Deferred.succeed(serverUrl, announcement.url),
+                  hooks.onListening(announcement)
+                )
+              )
             )
           )
         ),
@@ -328,6 +369,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Layer.provide(Telemetry.layerPrometheus(identity)),
         Layer.provide(Layer.succeedContext(adminToken)),
         Layer.provide(Layer.succeedContext(sessionsContext)),
+        Layer.provide(Layer.succeedContext(proxyContext)),
         Layer.provide(Layer.succeedContext(events)),
         Layer.provide(Layer.succeedContext(sqlContext)),
         Layer.provide(NodeHttpServer.layer(() => server, { port: config.port, host: config.host })),

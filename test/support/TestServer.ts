@@ -69,6 +69,10 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       sshKnownHosts: `${dataDir}/known_hosts`,
       sshKeepalive: Duration.seconds(15),
       webDir: Option.none(),
+      proxyProviders: [],
+      proxyMaxBody: 32 * 1024 * 1024,
+      proxyRate: 20,
+      proxyBurst: 40,
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()

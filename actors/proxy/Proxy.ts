@@ -1,0 +1,875 @@
+/**
+ * The AI-provider proxy of a node: `/proxy/<provider>/<path>` goes to the provider's base URL
+ * with the provider key injected and the client's own credentials removed; the response,
+ * Server-Sent Events included, is piped back chunk by chunk as it arrives.
+ *
+ * Before the first byte goes back, failures are retried (connection errors, 429 and 5xx, with
+ * exponential backoff and jitter, honouring `Retry-After`); after it, never. Each provider has a
+ * circuit breaker, each client (the admin token, or a session's token) a token bucket. Every
+ * request becomes a `proxy.request` event with its status, latency, time to first byte and
+ * token usage, and counts in the metrics.
+ *
+ * The state is per node (a service, not an entity): the request path cannot afford a hop
+ * through the cluster, and a provider's health is what this node sees of it.
+ */
+import type * as http from "node:http"
+import { Transform, pipeline } from "node:stream"
+import {
+  Context,
+  DateTime,
+  Duration,
+  Effect,
+  Layer,
+  Metric,
+  MetricBoundaries,
+  MetricLabel,
+  Option,
+  Runtime
+} from "effect"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
+import { NewEvent } from "../../rpc/Events.js"
+import {
+  ProviderInfo,
+  ProxyStats,
+  ProxyStatsRow,
+  type ProviderConfig,
+  type ProviderFormat,
+  type ProxyErrorKind
+} from "../../rpc/Proxy.js"
+import { AdminToken } from "../../infra/auth/AdminToken.js"
+import { EventLog } from "../../infra/eventlog/EventLog.js"
+import { CircuitBreaker, RateLimiter } from "./Guards.js"
+import * as Providers from "./Providers.js"
+import * as ProxyTokens from "./ProxyTokens.js"
+import * as Usage from "./Usage.js"
+
+/** How the proxy of a node is set up. */
+export interface ProxySettings {
+  readonly nodeId: string
+  /** Configured providers, on top of the built-in ones. */
+  readonly providers: ReadonlyArray<ProviderConfig>
+  /** Largest request body accepted, in bytes. */
+  readonly maxBodyBytes: number
+  /** Requests a second per client (0: no limit), and the burst above it. */
+  readonly rate: number
+  readonly burst: number
+}
+
+/** The proxy of this node. */
+export class Proxy extends Context.Tag("vibes/Proxy")<
+  Proxy,
+  {
+    /** Answers one `/proxy/…` request. */
+    readonly handle: Effect.Effect<
+      HttpServerResponse.HttpServerResponse,
+      never,
+      HttpServerRequest.HttpServerRequest
+    >
+    /** The providers with their health (never their keys). */
+    readonly providers: Effect.Effect<ReadonlyArray<ProviderInfo>>
+    /** Requests, errors, latency and tokens per provider and model since the node started. */
+    readonly stats: Effect.Effect<ProxyStats>
+    /**
+     * The variables that point a session's agents at this proxy (`ANTHROPIC_BASE_URL`,
+     * `OPENAI_BASE_URL`, their key variables set to the session's own token, `VIBES_PROXY_URL`,
+     * `VIBES_PROXY_TOKEN`), for a server reachable at `serverUrl`.
+     */
+    readonly sessionEnv: (sessionId: string, serverUrl: string) => Record<string, string>
+    /** The environment variables provider keys are read from: secrets no session may see. */
+    readonly keyVariables: ReadonlySet<string>
+  }
+>() {}
+
+// Metrics ---------------------------------------------------------------------------------------
+
+const requestsTotal = Metric.counter("vibes_proxy_requests_total", {
+  description: "Requests through the AI-provider proxy, by provider, model and status",
+  incremental: true
+})
+const errorsTotal = Metric.counter("vibes_proxy_errors_total", {
+  description: "Proxy requests that failed, by provider and kind",
+  incremental: true
+})
+const tokensTotal = Metric.counter("vibes_proxy_tokens_total", {
+  description: "Tokens reported by providers, by provider, model and direction",
+  incremental: true
+})
+const latencyBoundaries = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
+const latencySeconds = Metric.histogram(
+  "vibes_proxy_request_duration_seconds",
+  MetricBoundaries.fromIterable(latencyBoundaries),
+  "Time from a proxy request to the end of its response"
+)
+const ttfbSeconds = Metric.histogram(
+  "vibes_proxy_ttfb_seconds",
+  MetricBoundaries.fromIterable(latencyBoundaries),
+  "Time from a proxy request to the upstream's response headers"
+)
+
+// Wire details ----------------------------------------------------------------------------------
+
+/** Headers that belong to one connection and never cross the proxy. */
+const hopByHop = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade"
+])
+
+/** What the client sends that never goes upstream: its credentials for vibes, and what we set. */
+const notForwarded = new Set([
+  "host",
+  "authorization",
+  "x-api-key",
+  "cookie",
+  "content-length",
+  "accept-encoding"
+])
+
+const connectionListed = (value: string | Array<string> | undefined): Set<string> =>
+  new Set(
+    (Array.isArray(value) ? value.join(",") : (value ?? ""))
+      .split(",")
+      .map((name) => name.trim().toLowerCase())
+      .filter((name) => name !== "")
+  )
+
+/** The error body a client of `format` expects. */
+const errorBody = (format: ProviderFormat, status: number, message: string): unknown => {
+  if (format === "anthropic") {
+    const type =
+      status === 401
+        ? "authentication_error"
+        : status === 404
+          ? "not_found_error"
+          : status === 413
+            ? "request_too_large"
+            : status === 429
+              ? "rate_limit_error"
+              : status === 400
+                ? "invalid_request_error"
+                : "api_error"
+    return { type: "error", error: { type, message } }
+  }
+  const code =
+    status === 401
+      ? "invalid_api_key"
+      : status === 404
+        ? "not_found"
+        : status === 413
+          ? "request_too_large"
+          : status === 429
+            ? "rate_limit_exceeded"
+            : status === 400
+              ? "invalid_request"
+              : status === 504
+                ? "upstream_timeout"
+                : "upstream_error"
+  const type =
+    status < 500 && status !== 429 ? "invalid_request_error" : status === 429 ? "requests" : "server_error"
+  return { error: { message, type, param: null, code } }
+}
+
+const errorResponse = (
+  format: ProviderFormat,
+  status: number,
+  message: string,
+  headers: Record<string, string> = {}
+): HttpServerResponse.HttpServerResponse =>
+  HttpServerResponse.unsafeJson(errorBody(format, status, `vibes proxy: ${message}`), {
+    status,
+    headers: { "cache-control": "no-store", "x-content-type-options": "nosniff", ...headers }
+  })
+
+/** `Retry-After` in ms (seconds or an HTTP date), or null. */
+const retryAfterMs = (value: string | Array<string> | undefined, now: number = Date.now()): number | null => {
+  const text = Array.isArray(value) ? value[0] : value
+  if (text === undefined || text.trim() === "") return null
+  const seconds = Number(text)
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000)
+  const date = Date.parse(text)
+  return Number.isNaN(date) ? null : Math.max(0, date - now)
+}
+
+/** Exponential backoff with "equal jitter": half the delay fixed, half random. */
+const backoffMs = (retry: ProviderConfig["retry"], attempt: number): number => {
+  const delay = Math.min(retry.maxDelayMs, retry.initialDelayMs * 2 ** (attempt - 1))
+  return delay / 2 + Math.random() * (delay / 2)
+}
+
+/** Splits `/proxy/<name>/<rest>?<query>`; null when the path tries to climb out of the provider. */
+const target = (url: string): { readonly name: string; readonly rest: string } | null => {
+  const match = /^\/proxy\/([^/?#]*)(\/[^?#]*)?(\?[^#]*)?/.exec(url)
+  if (match === null) return null
+  const rest = match[2] ?? ""
+  for (const segment of rest.split("/")) {
+    let decoded = segment
+    try {
+      decoded = decodeURIComponent(segment)
+    } catch {
+      return null
+    }
+    if (decoded === "." || decoded === ".." || decoded.includes("/") || decoded.includes("\\")) return null
+  }
+  return { name: match[1] ?? "", rest: rest + (match[3] ?? "") }
+}
+
+// Reading the request ---------------------------------------------------------------------------
+
+type BodyResult =
+  { readonly _tag: "Body"; readonly body: Buffer } | { readonly _tag: "TooLarge" } | { readonly _tag: "Gone" }
+
+const readBody = (incoming: http.IncomingMessage, limit: number): Effect.Effect<BodyResult> =>
+  Effect.async<BodyResult>((resume) => {
+    const chunks: Array<Buffer> = []
+    let size = 0
+    const cleanup = () => {
+      incoming.off("data", onData)
+      incoming.off("end", onEnd)
+      incoming.off("error", onGone)
+      incoming.off("aborted", onGone)
+    }
+    const onData = (chunk: Buffer) => {
+      size += chunk.length
+      if (size > limit) {
+        cleanup()
+        incoming.resume()
+        resume(Effect.succeed({ _tag: "TooLarge" }))
+      } else chunks.push(chunk)
+    }
+    const onEnd = () => {
+      cleanup()
+      resume(Effect.succeed({ _tag: "Body", body: Buffer.concat(chunks, size) }))
+    }
+    const onGone = () => {
+      cleanup()
+      resume(Effect.succeed({ _tag: "Gone" }))
+    }
+    incoming.on("data", onData)
+    incoming.on("end", onEnd)
+    incoming.on("error", onGone)
+    incoming.on("aborted", onGone)
+    return Effect.sync(cleanup)
+  })
+
+// Calling the provider --------------------------------------------------------------------------
+
+type Attempt =
+  | {
+      readonly _tag: "Response"
+      readonly request: http.ClientRequest
+      readonly response: http.IncomingMessage
+    }
+  | { readonly _tag: "Failed"; readonly kind: "connect" | "timeout"; readonly message: string }
+
+const send = (
+  provider: Providers.Provider,
+  method: string,
+  path: string,
+  headers: http.OutgoingHttpHeaders,
+  body: Buffer
+): Effect.Effect<Attempt> =>
+  Effect.async<Attempt>((resume) => {
+    let timedOut: "connect" | "first byte" | null = null
+    let done = false
+    const request = provider.request(
+      {
+        agent: provider.agent,
+        protocol: provider.base.protocol,
+        hostname: provider.base.hostname,
+        port: provider.base.port === "" ? undefined : Number(provider.base.port),
+        method,
+        path,
+        headers
+      },
+      (response) => {
+        done = true
+        clearTimeout(firstByte)
+        resume(Effect.succeed({ _tag: "Response", request, response }))
+      }
+    )
+    const firstByte = setTimeout(() => {
+      timedOut = "first byte"
+      request.destroy(new Error(`no response within ${provider.config.firstByteTimeoutMs} ms`))
+    }, provider.config.firstByteTimeoutMs)
+    request.on("socket", (socket) => {
+      if (!socket.connecting) return
+      const connect = setTimeout(() => {
+        timedOut = "connect"
+        request.destroy(new Error(`could not connect within ${provider.config.connectTimeoutMs} ms`))
+      }, provider.config.connectTimeoutMs)
+      socket.once("connect", () => clearTimeout(connect))
+      socket.once("close", () => clearTimeout(connect))
+    })
+    request.on("error", (error) => {
+      clearTimeout(firstByte)
+      if (done) return
+      done = true
+      resume(
+        Effect.succeed({
+          _tag: "Failed",
+          kind: timedOut === "first byte" ? "timeout" : "connect",
+          message: error.message
+        })
+      )
+    })
+    request.end(body)
+    // Interrupted before the answer (the client went away): the upstream request goes too.
+    return Effect.sync(() => {
+      clearTimeout(firstByte)
+      done = true
+      request.destroy()
+    })
+  })
+
+// Statistics ------------------------------------------------------------------------------------
+
+interface Tally {
+  requests: number
+  errors: number
+  inputTokens: number
+  outputTokens: number
+  latencies: Array<number>
+  ttfbs: Array<number>
+}
+
+const sampleSize = 2048
+
+const percentile = (values: ReadonlyArray<number>, p: number): number => {
+  if (values.length === 0) return 0
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? 0
+}
+
+const pushSample = (samples: Array<number>, value: number) => {
+  if (samples.length >= sampleSize) samples.splice(0, samples.length - sampleSize + 1)
+  samples.push(value)
+}
+
+interface ProviderState {
+  readonly provider: Providers.Provider
+  readonly circuit: CircuitBreaker
+  requests: number
+  errors: number
+  lastStatus: number | null
+  lastRequestAt: Date | null
+}
+
+/** What one request did, as the event and the metrics record it. */
+interface Outcome {
+  readonly provider: string
+  readonly model: string | null
+  readonly method: string
+  readonly path: string
+  readonly status: number
+  readonly latencyMillis: number
+  readonly ttfbMillis: number | null
+  readonly inputTokens: number | null
+  readonly outputTokens: number | null
+  readonly attempts: number
+  readonly streamed: boolean
+  readonly client: ProxyTokens.ProxyClient
+  readonly errorKind: ProxyErrorKind | null
+  readonly bytes: number
+}
+
+const round = (ms: number) => Math.round(ms * 1000) / 1000
+
+/** Metric labels from a record. */
+const labels = (tags: Record<string, string>) =>
+  Object.entries(tags).map(([key, value]) => MetricLabel.make(key, value))
+
+// The service -----------------------------------------------------------------------------------
+
+/** The proxy for `settings`; it needs the admin token (for client credentials) and the event log. */
+export const layer = (
+  settings: ProxySettings
+): Layer.Layer<Proxy, Providers.ProxyConfigError, AdminToken | EventLog> =>
+  Layer.scoped(
+    Proxy,
+    Effect.gen(function* () {
+      const admin = yield* AdminToken
+      const log = yield* EventLog
+      const tokens = ProxyTokens.make(admin)
+      const loaded = yield* Effect.forEach(Providers.merge(settings.providers), (config) =>
+        Providers.load(config)
+      )
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => loaded.forEach((provider) => provider.agent.destroy()))
+      )
+      const states = new Map<string, ProviderState>(
+        loaded.map((provider) => [
+          provider.config.name,
+          {
+            provider,
+            circuit: new CircuitBreaker(provider.config.circuit),
+            requests: 0,
+            errors: 0,
+            lastStatus: null,
+            lastRequestAt: null
+          }
+        ])
+      )
+      const limiter = new RateLimiter(settings.rate, settings.burst)
+      const tallies = new Map<string, { provider: string; model: string | null; tally: Tally }>()
+      const since = yield* DateTime.now
+      const runtime = yield* Effect.runtime<never>()
+      const runFork = Runtime.runFork(runtime)
+
+      /** Records an outcome: statistics now, the event and metrics in the background. */
+      const record = (outcome: Outcome) => {
+        const state = states.get(outcome.provider)
+        if (state !== undefined) {
+          state.requests += 1
+          if (outcome.errorKind !== null) state.errors += 1
+          state.lastStatus = outcome.status
+          state.lastRequestAt = new Date()
+        }
+        const key = `${outcome.provider}\0${outcome.model ?? ""}`
+        const entry = tallies.get(key) ?? {
+          provider: outcome.provider,
+          model: outcome.model,
+          tally: { requests: 0, errors: 0, inputTokens: 0, outputTokens: 0, latencies: [], ttfbs: [] }
+        }
+        tallies.set(key, entry)
+        entry.tally.requests += 1
+        if (outcome.errorKind !== null) entry.tally.errors += 1
+        entry.tally.inputTokens += outcome.inputTokens ?? 0
+        entry.tally.outputTokens += outcome.outputTokens ?? 0
+        pushSample(entry.tally.latencies, outcome.latencyMillis)
+        if (outcome.ttfbMillis !== null) pushSample(entry.tally.ttfbs, outcome.ttfbMillis)
+
+        const sessionId = outcome.client.kind === "session" ? outcome.client.sessionId : undefined
+        const event = NewEvent.make({
+          type: "proxy.request",
+          source: { nodeId: settings.nodeId, component: "proxy" },
+          severity:
+            outcome.errorKind === null
+              ? "info"
+              : outcome.status >= 500 || outcome.status === 0
+                ? "warn"
+                : "info",
+          ...(sessionId !== undefined ? { sessionId } : {}),
+          data: {
+            provider: outcome.provider,
+            model: outcome.model,
+            method: outcome.method,
+            path: outcome.path,
+            status: outcome.status,
+            latencyMillis: round(outcome.latencyMillis),
+            ttfbMillis: outcome.ttfbMillis === null ? null : round(outcome.ttfbMillis),
+            inputTokens: outcome.inputTokens,
+            outputTokens: outcome.outputTokens,
+            attempts: outcome.attempts,
+            streamed: outcome.streamed,
+            client: outcome.client.kind,
+            errorKind: outcome.errorKind,
+            bytes: outcome.bytes
+          }
+        })
+        const model = outcome.model ?? "unknown"
+        const metrics = Effect.all(
+          [
+            Metric.increment(
+              Metric.taggedWithLabels(
+                requestsTotal,
+                labels({ provider: outcome.provider, model, status: String(outcome.status) })
+              )
+            ),
+            outcome.errorKind === null
+              ? Effect.void
+              : Metric.increment(
+                  Metric.taggedWithLabels(
+                    errorsTotal,
+                    labels({ provider: outcome.provider, kind: outcome.errorKind })
+                  )
+                ),
+            Metric.update(
+              Metric.taggedWithLabels(latencySeconds, labels({ provider: outcome.provider })),
+              outcome.latencyMillis / 1000
+            ),
+            outcome.ttfbMillis === null
+              ? Effect.void
+              : Metric.update(
+                  Metric.taggedWithLabels(ttfbSeconds, labels({ provider: outcome.provider })),
+                  outcome.ttfbMillis / 1000
+                ),
+            Metric.incrementBy(
+              Metric.taggedWithLabels(
+                tokensTotal,
+                labels({ provider: outcome.provider, model, direction: "input" })
+              ),
+              outcome.inputTokens ?? 0
+            ),
+            Metric.incrementBy(
+              Metric.taggedWithLabels(
+                tokensTotal,
+                labels({ provider: outcome.provider, model, direction: "output" })
+              ),
+              outcome.outputTokens ?? 0
+            )
+          ],
+          { discard: true }
+        )
+        runFork(
+          Effect.zipRight(
+            metrics,
+            log
+              .append([event])
+              .pipe(
+                Effect.catchAll((error) =>
+                  Effect.logWarning(`could not record a proxy.request event: ${error.message}`)
+                )
+              )
+          )
+        )
+      }
+
+      const handle = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+        Effect.suspend(() => {
+          const started = performance.now()
+          const headers = request.headers
+          const parsed = target(request.url)
+          const state = parsed === null ? undefined : states.get(parsed.name)
+          const format: ProviderFormat = state?.provider.config.format ?? "openai"
+          const credential = ProxyTokens.presented(headers)
+          const client = Option.flatMap(credential, tokens.verify)
+          if (Option.isNone(client)) {
+            return Effect.succeed(
+              errorResponse(
+                format,
+                401,
+                Option.isNone(credential)
+                  ? "no credentials: send the vibes token as 'authorization: Bearer <token>' or 'x-api-key: <token>'"
+                  : "the token is not valid for this server"
+              )
+            )
+          }
+          const method = request.method
+          const base = {
+            provider: parsed?.name ?? "",
+            method,
+            path: parsed?.rest.split("?")[0] ?? request.url,
+            client: client.value,
+            attempts: 0,
+            streamed: false,
+            ttfbMillis: null,
+            inputTokens: null,
+            outputTokens: null,
+            bytes: 0
+          }
+          const refuse = (
+            status: number,
+            errorKind: ProxyErrorKind,
+            message: string,
+            extraHeaders: Record<string, string> = {},
+            model: string | null = null
+          ) => {
+            record({ ...base, model, status, errorKind, latencyMillis: performance.now() - started })
+            return Effect.succeed(errorResponse(format, status, message, extraHeaders))
+          }
+          if (parsed === null) {
+            return refuse(
+              400,
+              "unknown_provider",
+              "the path must be /proxy/<provider>/<path>, without '.' or '..' segments"
+            )
+          }
+          if (state === undefined) {
+            return refuse(
+              404,
+              "unknown_provider",
+              `unknown provider '${parsed.name}'; this server knows: ${[...states.keys()].join(", ")}`
+            )
+          }
+          const provider = state.provider
+          const clientKey = client.value.kind === "admin" ? "admin" : `session:${client.value.sessionId}`
+          const wait = limiter.take(clientKey)
+          if (wait > 0) {
+            return refuse(
+              429,
+              "rate_limited",
+              `too many requests from this client; retry in ${Math.ceil(wait)} s`,
+              {
+                "retry-after": String(Math.ceil(wait))
+              }
+            )
+          }
+          const declared = Number(headers["content-length"] ?? "0")
+          if (Number.isFinite(declared) && declared > settings.maxBodyBytes) {
+            return refuse(
+              413,
+              "body_too_large",
+              `the request body is larger than ${settings.maxBodyBytes} bytes`,
+              {
+                connection: "close"
+              }
+            )
+          }
+          const incoming = NodeHttpServerRequest.toIncomingMessage(request)
+          return Effect.flatMap(readBody(incoming, settings.maxBodyBytes), (read) => {
+            if (read._tag === "TooLarge") {
+              return refuse(
+                413,
+                "body_too_large",
+                `the request body is larger than ${settings.maxBodyBytes} bytes`,
+                {
+                  connection: "close"
+                }
+              )
+            }
+            if (read._tag === "Gone") {
+              return refuse(0, "client_closed", "the client went away while sending its request")
+            }
+            const body = read.body
+            const model = Usage.requestModel(body, headers["content-type"])
+            if (!Providers.usable(provider)) {
+              return refuse(
+                503,
+                "no_key",
+                `no API key is configured for provider '${provider.config.name}' (${provider.keySource ?? "none"})`,
+                {},
+                model
+              )
+            }
+            const admitted = state.circuit.admit()
+            if (!admitted.ok) {
+              return refuse(
+                503,
+                "circuit_open",
+                `provider '${provider.config.name}' is failing; its circuit is open`,
+                { "retry-after": String(Math.ceil(admitted.retryAfterMs / 1000)) },
+                model
+              )
+            }
+            return forward(state, request, parsed.rest, body, { ...base, model }, started)
+          })
+        })
+      )
+
+      /** Sends the request upstream (with retries) and answers with its response. */
+      const forward = (
+        state: ProviderState,
+        request: HttpServerRequest.HttpServerRequest,
+        rest: string,
+        body: Buffer,
+        base: Omit<Outcome, "status" | "latencyMillis" | "errorKind">,
+        started: number
+      ): Effect.Effect<HttpServerResponse.HttpServerResponse> => {
+        const provider = state.provider
+        const config = provider.config
+        const format = config.format
+        const incomingHeaders = NodeHttpServerRequest.toIncomingMessage(request).headers
+        const listed = connectionListed(incomingHeaders["connection"])
+        const upstreamHeaders: http.OutgoingHttpHeaders = {}
+        for (const [name, value] of Object.entries(incomingHeaders)) {
+          if (value === undefined || hopByHop.has(name) || notForwarded.has(name) || listed.has(name))
+            continue
+          upstreamHeaders[name] = value
+        }
+        for (const [name, value] of Object.entries(config.headers))
+          upstreamHeaders[name.toLowerCase()] = value
+        upstreamHeaders["accept-encoding"] = "identity"
+        upstreamHeaders["content-length"] = String(body.length)
+        if (Option.isSome(provider.keyHeader)) {
+          const [name, value] = provider.keyHeader.value
+          upstreamHeaders[name] = value
+        }
+        const path = provider.basePath + (rest.startsWith("/") ? rest : `/${rest}`)
+        let attempts = 0
+        let settled = false
+        const finish = (outcome: Partial<Outcome> & Pick<Outcome, "status" | "errorKind">) => {
+          if (settled) return
+          settled = true
+          record({ ...base, attempts, latencyMillis: performance.now() - started, ...outcome })
+        }
+
+        const loop: Effect.Effect<HttpServerResponse.HttpServerResponse> = Effect.suspend(() => {
+          attempts += 1
+          return Effect.flatMap(send(provider, request.method, path, upstreamHeaders, body), (result) => {
+            const last = attempts >= config.retry.maxAttempts
+            if (result._tag === "Failed") {
+              if (result.kind === "connect" && !last) {
+                return Effect.zipRight(Effect.sleep(Duration.millis(backoffMs(config.retry, attempts))), loop)
+              }
+              state.circuit.failed()
+              const status = result.kind === "timeout" ? 504 : 502
+              finish({ status, errorKind: result.kind })
+              return Effect.succeed(
+                errorResponse(
+                  format,
+                  status,
+                  result.kind === "timeout"
+                    ? `provider '${config.name}' did not answer in time (${result.message})`
+                    : `cannot reach provider '${config.name}': ${result.message}`
+                )
+              )
+            }
+            const { response, request: upstream } = result
+            const status = response.statusCode ?? 502
+            const retryable = status === 429 || status >= 500
+            if (retryable && !last) {
+              const after = retryAfterMs(response.headers["retry-after"])
+              if (after === null || after <= config.retry.maxRetryAfterMs) {
+                response.resume()
+                const delay = Math.max(after ?? 0, backoffMs(config.retry, attempts))
+                return Effect.zipRight(Effect.sleep(Duration.millis(delay)), loop)
+              }
+            }
+            if (status >= 500) state.circuit.failed()
+            else state.circuit.succeeded()
+            return Effect.succeed(pass(response, upstream, status, base.model, request))
+          })
+        })
+
+        /** Pipes the upstream response back, reading usage on the way; records it at its end. */
+        const pass = (
+          response: http.IncomingMessage,
+          upstream: http.ClientRequest,
+          status: number,
+          requestedModel: string | null,
+          request: HttpServerRequest.HttpServerRequest
+        ): HttpServerResponse.HttpServerResponse => {
+          const ttfbMillis = performance.now() - started
+          const contentType = String(response.headers["content-type"] ?? "")
+          const streamed = contentType.includes("text/event-stream")
+          const usage: Usage.Usage = { model: null, inputTokens: null, outputTokens: null }
+          const sse = streamed ? new Usage.SseReader(usage) : null
+          const json = !streamed && contentType.includes("json") ? new Usage.JsonReader() : null
+          let bytes = 0
+          // Whichever side went first when the response did not complete.
+          let broken: "client_closed" | "upstream_reset" | null = null
+          response.once("aborted", () => (broken ??= "upstream_reset"))
+          response.once("error", () => (broken ??= "upstream_reset"))
+          const tap = new Transform({
+            transform(chunk: Buffer, _encoding, callback) {
+              bytes += chunk.length
+              sse?.push(chunk)
+              json?.push(chunk)
+              callback(null, chunk)
+            }
+          })
+          upstream.setTimeout(config.idleTimeoutMs, () =>
+            upstream.destroy(new Error(`no data for ${config.idleTimeoutMs} ms`))
+          )
+          const downstream = NodeHttpServerRequest.toServerResponse(request)
+          pipeline(response, tap, (error) => {
+            json?.end(usage)
+            const model = usage.model ?? requestedModel
+            const errorKind: ProxyErrorKind | null =
+              error === undefined || error === null
+                ? status >= 400
+                  ? "upstream_status"
+                  : null
+                : (broken ?? "upstream_reset")
+            finish({
+              status,
+              errorKind,
+              model,
+              ttfbMillis,
+              inputTokens: usage.inputTokens,
+              outputTokens: usage.outputTokens,
+              streamed,
+              bytes
+            })
+          })
+          // The client went away mid-stream: the upstream request goes with it.
+          downstream.once("close", () => {
+            if (!downstream.writableFinished) {
+              broken ??= "client_closed"
+              upstream.destroy()
+              tap.destroy()
+            }
+          })
+          const responseHeaders: Record<string, string> = {}
+          const listedUp = connectionListed(response.headers["connection"])
+          for (const [name, value] of Object.entries(response.headers)) {
+            if (value === undefined || hopByHop.has(name) || listedUp.has(name)) continue
+            responseHeaders[name] = Array.isArray(value) ? value.join(", ") : value
+          }
+          return HttpServerResponse.raw(tap, { status, headers: responseHeaders })
+        }
+
+        return loop.pipe(
+          Effect.onInterrupt(() =>
+            Effect.sync(() => {
+              if (!settled) {
+                state.circuit.released()
+                finish({ status: 0, errorKind: "client_closed" })
+              }
+            })
+          )
+        )
+      }
+
+      const providers = Effect.sync(() =>
+        [...states.values()].map(
+          (state) =>
+            new ProviderInfo({
+              name: state.provider.config.name,
+              baseUrl: state.provider.config.baseUrl,
+              format: state.provider.config.format,
+              keySource: state.provider.keySource,
+              hasKey: Option.isSome(state.provider.key),
+              circuit: state.circuit.state(),
+              consecutiveFailures: state.circuit.failures,
+              requests: state.requests,
+              errors: state.errors,
+              lastStatus: state.lastStatus,
+              lastRequestAt:
+                state.lastRequestAt === null ? null : DateTime.unsafeFromDate(state.lastRequestAt)
+            })
+        )
+      )
+
+      const stats = Effect.sync(
+        () =>
+          new ProxyStats({
+            since,
+            rows: [...tallies.values()]
+              .sort(
+                (a, b) => a.provider.localeCompare(b.provider) || (a.model ?? "").localeCompare(b.model ?? "")
+              )
+              .map(
+                ({ provider, model, tally }) =>
+                  new ProxyStatsRow({
+                    provider,
+                    model,
+                    requests: tally.requests,
+                    errors: tally.errors,
+                    inputTokens: tally.inputTokens,
+                    outputTokens: tally.outputTokens,
+                    latencyP50Ms: round(percentile(tally.latencies, 50)),
+                    latencyP99Ms: round(percentile(tally.latencies, 99)),
+                    ttfbP50Ms: round(percentile(tally.ttfbs, 50))
+                  })
+              )
+          })
+      )
+
+      const sessionEnv = (sessionId: string, serverUrl: string): Record<string, string> => {
+        const token = tokens.mint(sessionId)
+        const root = `${serverUrl.replace(/\/+$/, "")}/proxy`
+        const env: Record<string, string> = { VIBES_PROXY_URL: root, VIBES_PROXY_TOKEN: token }
+        for (const state of states.values()) {
+          const config = state.provider.config
+          if (!Providers.usable(state.provider)) continue
+          if (config.keyEnv !== undefined) env[config.keyEnv] = token
+          if (config.name === "anthropic") env["ANTHROPIC_BASE_URL"] = `${root}/anthropic`
+          if (config.name === "openai") env["OPENAI_BASE_URL"] = `${root}/openai/v1`
+        }
+        return env
+      }
+
+      const keyVariables = new Set(
+        loaded.flatMap((provider) => (provider.config.keyEnv === undefined ? [] : [provider.config.keyEnv]))
+      )
+      return Proxy.of({ handle, providers, stats, sessionEnv, keyVariables })
+    })
+  )
