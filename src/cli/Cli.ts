@@ -30,6 +30,7 @@ import {
 } from "./Connection.js"
 import * as JobCommands from "./JobCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
+import * as ProxyCommands from "./ProxyCommands.js"
 import * as SessionCommands from "./SessionCommands.js"
 import { version } from "../Version.js"
 
@@ -100,7 +101,11 @@ const serve = Command.make(
       })
 
       yield* Layer.launch(node).pipe(
-        Effect.mapError((error) => new CliFailure({ message: error.message, exitCode: 1 })),
+        Effect.mapError(
+          (error) =>
+            // A provider that cannot be used is a configuration mistake, like a bad variable.
+            new CliFailure({ message: error.message, exitCode: error._tag === "ProxyConfigError" ? 2 : 1 })
+        ),
         Effect.raceFirst(Deferred.await(fatal)),
         Effect.provide(Telemetry.layerLogger({ format: config.logFormat, level: config.logLevel, isTTY }))
       )
@@ -316,6 +321,7 @@ export const command = Command.make("vibes").pipe(
     events,
     ...SessionCommands.commands,
     ...JobCommands.commands,
+    ProxyCommands.command,
     PtyHostCommand.command
   ])
 )
