@@ -4,6 +4,8 @@
  * `proxy.request` events.
  */
 import { expect, layer } from "@effect/vitest"
+import Anthropic from "@anthropic-ai/sdk"
+import OpenAI from "openai"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import * as path from "node:path"
@@ -587,6 +589,71 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("AI-provider pro
       )
       expect(metrics).toMatch(/vibes_proxy_requests_total\{[^}]*provider="anthropic"/)
       expect(metrics).toMatch(/vibes_proxy_tokens_total\{[^}]*direction="output"/)
+    })
+  )
+
+  it.scoped("the official OpenAI and Anthropic SDKs work through it with a vibes token", () =>
+    Effect.gen(function* () {
+      const { server } = yield* ProxyEnv
+      const client = yield* freshClient
+      const openai = new OpenAI({
+        baseURL: `${server.url}/proxy/openai/v1`,
+        apiKey: client.token,
+        maxRetries: 0
+      })
+      const anthropic = new Anthropic({
+        baseURL: `${server.url}/proxy/anthropic`,
+        apiKey: client.token,
+        maxRetries: 0
+      })
+
+      const completion = yield* Effect.promise(() =>
+        openai.chat.completions.create({ model: "gpt-sdk", messages: [{ role: "user", content: "hi" }] })
+      )
+      expect(completion.choices[0]?.message.content).toBe("Hello world!")
+      const streamed = yield* Effect.promise(async () => {
+        let text = ""
+        const stream = await openai.chat.completions.create({
+          model: "gpt-sdk",
+          stream: true,
+          stream_options: { include_usage: true },
+          messages: [{ role: "user", content: "hi" }]
+        })
+        for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? ""
+        return text
+      })
+      expect(streamed).toBe("Hello world!")
+
+      const message = yield* Effect.promise(() =>
+        anthropic.messages.create({
+          model: "claude-sdk",
+          max_tokens: 32,
+          messages: [{ role: "user", content: "hi" }]
+        })
+      )
+      expect(message.usage).toMatchObject({ input_tokens: 12, output_tokens: 5 })
+      const final = yield* Effect.promise(() =>
+        anthropic.messages
+          .stream({ model: "claude-sdk", max_tokens: 32, messages: [{ role: "user", content: "hi" }] })
+          .finalMessage()
+      )
+      expect(final.content[0]).toMatchObject({ type: "text", text: "Hello world!" })
+
+      // A wrong token is the SDK's own authentication error.
+      const refused = yield* Effect.promise(() =>
+        new OpenAI({ baseURL: `${server.url}/proxy/openai/v1`, apiKey: "wrong", maxRetries: 0 }).models
+          .list()
+          .then(
+            () => undefined,
+            (error: unknown) => error
+          )
+      )
+      expect(refused).toBeInstanceOf(OpenAI.AuthenticationError)
+      const events = yield* proxyEvent(
+        client.sessionId,
+        (e) => dataOf(e)["model"] === "claude-sdk" && dataOf(e)["streamed"] === true
+      )
+      expect(dataOf(events)).toMatchObject({ inputTokens: 12, outputTokens: 5, status: 200 })
     })
   )
 })
