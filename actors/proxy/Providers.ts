@@ -15,33 +15,33 @@ export class ProxyConfigError extends Schema.TaggedError<ProxyConfigError>()("Pr
   message: Schema.String
 }) {}
 
+/** What a provider has unless its configuration says otherwise. */
+export const defaults = {
+  headers: {},
+  connectTimeoutMs: 10_000,
+  firstByteTimeoutMs: 300_000,
+  idleTimeoutMs: 300_000,
+  retry: { maxAttempts: 3, initialDelayMs: 250, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
+  circuit: { failures: 5, openMs: 30_000 }
+} satisfies Partial<ProviderConfig>
+
 /** The providers every node has unless configuration replaces them by name. */
 export const builtIns: ReadonlyArray<ProviderConfig> = [
   {
+    ...defaults,
     name: "anthropic",
     baseUrl: "https://api.anthropic.com",
     format: "anthropic",
     auth: "x-api-key",
-    keyEnv: "ANTHROPIC_API_KEY",
-    headers: {},
-    connectTimeoutMs: 10_000,
-    firstByteTimeoutMs: 300_000,
-    idleTimeoutMs: 300_000,
-    retry: { maxAttempts: 3, initialDelayMs: 250, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
-    circuit: { failures: 5, openMs: 30_000 }
+    keyEnv: "ANTHROPIC_API_KEY"
   },
   {
+    ...defaults,
     name: "openai",
     baseUrl: "https://api.openai.com",
     format: "openai",
     auth: "bearer",
-    keyEnv: "OPENAI_API_KEY",
-    headers: {},
-    connectTimeoutMs: 10_000,
-    firstByteTimeoutMs: 300_000,
-    idleTimeoutMs: 300_000,
-    retry: { maxAttempts: 3, initialDelayMs: 250, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
-    circuit: { failures: 5, openMs: 30_000 }
+    keyEnv: "OPENAI_API_KEY"
   }
 ]
 

@@ -2,7 +2,6 @@ import { expect, layer } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Context, Effect, Layer, Redacted } from "effect"
-import type { ProviderConfig } from "../../rpc/Proxy.js"
 import * as FakeProvider from "../support/FakeProvider.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 import { tempDir } from "../support/TempDir.js"
@@ -11,19 +10,7 @@ import * as Vibes from "../support/VibesProcess.js"
 
 const fakeKey = "sk-fake-for-the-cli-test"
 
-const provider = (name: string, url: string, extra: Partial<ProviderConfig> = {}): ProviderConfig => ({
-  name,
-  baseUrl: url,
-  format: "openai",
-  auth: "bearer",
-  headers: {},
-  connectTimeoutMs: 2_000,
-  firstByteTimeoutMs: 10_000,
-  idleTimeoutMs: 10_000,
-  retry: { maxAttempts: 1, initialDelayMs: 10, maxDelayMs: 10, maxRetryAfterMs: 0 },
-  circuit: { failures: 5, openMs: 10_000 },
-  ...extra
-})
+const provider = FakeProvider.providerConfig
 
 class Node extends Context.Tag("test/ProxyCliNode")<Node, TestServer.Running>() {}
 

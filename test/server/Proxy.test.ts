@@ -38,19 +38,12 @@ interface Env {
 class ProxyEnv extends Context.Tag("test/ProxyEnv")<ProxyEnv, Env>() {}
 
 const quick = { maxAttempts: 1, initialDelayMs: 10, maxDelayMs: 50, maxRetryAfterMs: 2_000 }
-const provider = (name: string, url: string, extra: Partial<ProviderConfig> = {}): ProviderConfig => ({
-  name,
-  baseUrl: url,
-  format: "openai",
-  auth: "bearer",
-  headers: {},
-  connectTimeoutMs: 2_000,
-  firstByteTimeoutMs: 30_000,
-  idleTimeoutMs: 30_000,
-  retry: { ...quick, maxAttempts: 3 },
-  circuit: { failures: 100, openMs: 60_000 },
-  ...extra
-})
+const provider = (name: string, url: string, extra: Partial<ProviderConfig> = {}) =>
+  FakeProvider.providerConfig(name, url, {
+    retry: { ...quick, maxAttempts: 3 },
+    circuit: { failures: 100, openMs: 60_000 },
+    ...extra
+  })
 
 const EnvLive = Layer.scoped(
   ProxyEnv,

@@ -7,6 +7,8 @@
  */
 import * as http from "node:http"
 import { Data, Deferred, Effect, Exit, FiberId, type Scope } from "effect"
+import type { ProviderConfig } from "../../rpc/Proxy.js"
+import * as Providers from "../../actors/proxy/Providers.js"
 
 /** What the fake does with one request instead of its normal answer. */
 export type Behaviour = Data.TaggedEnum<{
@@ -451,3 +453,21 @@ export const make = (options: Options = {}): Effect.Effect<FakeProvider, never, 
       )
     }
   })
+
+/** A proxy provider configuration for `url`, quick to give up (one attempt, short timeouts). */
+export const providerConfig = (
+  name: string,
+  url: string,
+  extra: Partial<ProviderConfig> = {}
+): ProviderConfig => ({
+  ...Providers.defaults,
+  name,
+  baseUrl: url,
+  format: "openai",
+  auth: "bearer",
+  connectTimeoutMs: 2_000,
+  firstByteTimeoutMs: 30_000,
+  idleTimeoutMs: 30_000,
+  retry: { maxAttempts: 1, initialDelayMs: 10, maxDelayMs: 50, maxRetryAfterMs: 2_000 },
+  ...extra
+})
