@@ -385,6 +385,23 @@ const round = (ms: number) => Math.round(ms * 1000) / 1000
 const labels = (tags: Record<string, string>) =>
   Object.entries(tags).map(([key, value]) => MetricLabel.make(key, value))
 
+const taggedCache = new WeakMap<object, Map<string, unknown>>()
+
+/** `metric` with `tags`, made once per combination (its key, and the key's hash, are reused). */
+const tagged = <Type, In, Out>(
+  metric: Metric.Metric<Type, In, Out>,
+  tags: Record<string, string>
+): Metric.Metric<Type, In, Out> => {
+  const byTags = taggedCache.get(metric) ?? new Map<string, unknown>()
+  taggedCache.set(metric, byTags)
+  const key = Object.values(tags).join("\0")
+  const cached = byTags.get(key) as Metric.Metric<Type, In, Out> | undefined
+  if (cached !== undefined) return cached
+  const made = Metric.taggedWithLabels(metric, labels(tags))
+  if (byTags.size < 10_000) byTags.set(key, made)
+  return made
+}
+
 // The service -----------------------------------------------------------------------------------
 
 /** The proxy for `settings`; it needs the admin token (for client credentials) and the event log. */
@@ -474,46 +491,29 @@ export const layer = (
           }
         })
         const model = outcome.model ?? "unknown"
+        const provider = outcome.provider
         const metrics = Effect.all(
           [
-            Metric.increment(
-              Metric.taggedWithLabels(
-                requestsTotal,
-                labels({ provider: outcome.provider, model, status: String(outcome.status) })
-              )
-            ),
+            Metric.increment(tagged(requestsTotal, { provider, model, status: String(outcome.status) })),
             outcome.errorKind === null
               ? Effect.void
-              : Metric.increment(
-                  Metric.taggedWithLabels(
-                    errorsTotal,
-                    labels({ provider: outcome.provider, kind: outcome.errorKind })
-                  )
-                ),
-            Metric.update(
-              Metric.taggedWithLabels(latencySeconds, labels({ provider: outcome.provider })),
-              outcome.latencyMillis / 1000
-            ),
+              : Metric.increment(tagged(errorsTotal, { provider, kind: outcome.errorKind })),
+            Metric.update(tagged(latencySeconds, { provider }), outcome.latencyMillis / 1000),
             outcome.ttfbMillis === null
               ? Effect.void
-              : Metric.update(
-                  Metric.taggedWithLabels(ttfbSeconds, labels({ provider: outcome.provider })),
-                  outcome.ttfbMillis / 1000
+              : Metric.update(tagged(ttfbSeconds, { provider }), outcome.ttfbMillis / 1000),
+            outcome.inputTokens === null
+              ? Effect.void
+              : Metric.incrementBy(
+                  tagged(tokensTotal, { provider, model, direction: "input" }),
+                  outcome.inputTokens
                 ),
-            Metric.incrementBy(
-              Metric.taggedWithLabels(
-                tokensTotal,
-                labels({ provider: outcome.provider, model, direction: "input" })
-              ),
-              outcome.inputTokens ?? 0
-            ),
-            Metric.incrementBy(
-              Metric.taggedWithLabels(
-                tokensTotal,
-                labels({ provider: outcome.provider, model, direction: "output" })
-              ),
-              outcome.outputTokens ?? 0
-            )
+            outcome.outputTokens === null
+              ? Effect.void
+              : Metric.incrementBy(
+                  tagged(tokensTotal, { provider, model, direction: "output" }),
+                  outcome.outputTokens
+                )
           ],
           { discard: true }
         )
