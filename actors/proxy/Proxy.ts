@@ -379,6 +379,9 @@ interface Outcome {
   readonly bytes: number
 }
 
+/** Distinct models per provider that statistics and metrics name; the rest count as "other". */
+const maxModels = 200
+
 const round = (ms: number) => Math.round(ms * 1000) / 1000
 
 /** Metric labels from a record. */
@@ -438,6 +441,18 @@ export const layer = (
       const since = yield* DateTime.now
       const runtime = yield* Effect.runtime<never>()
       const runFork = Runtime.runFork(runtime)
+      const modelsSeen = new Map<string, Set<string>>()
+      /** The model as statistics and metrics name it: at most `maxModels` per provider, then "other". */
+      const modelLabel = (provider: string, model: string | null): string => {
+        if (model === null) return "unknown"
+        if (!/^[A-Za-z0-9._:/@-]{1,100}$/.test(model)) return "other"
+        const seen = modelsSeen.get(provider) ?? new Set<string>()
+        modelsSeen.set(provider, seen)
+        if (seen.has(model)) return model
+        if (seen.size >= maxModels) return "other"
+        seen.add(model)
+        return model
+      }
 
       /** Records an outcome: statistics now, the event and metrics in the background. */
       const record = (outcome: Outcome) => {
@@ -448,10 +463,12 @@ export const layer = (
           state.lastStatus = outcome.status
           state.lastRequestAt = new Date()
         }
-        const key = `${outcome.provider}\0${outcome.model ?? ""}`
+        // Models come from clients: statistics and metric labels keep a bounded number of them.
+        const model = modelLabel(outcome.provider, outcome.model)
+        const key = `${outcome.provider}\0${model}`
         const entry = tallies.get(key) ?? {
           provider: outcome.provider,
-          model: outcome.model,
+          model: outcome.model === null ? null : model,
           tally: { requests: 0, errors: 0, inputTokens: 0, outputTokens: 0, latencies: [], ttfbs: [] }
         }
         tallies.set(key, entry)
@@ -475,7 +492,7 @@ export const layer = (
           ...(sessionId !== undefined ? { sessionId } : {}),
           data: {
             provider: outcome.provider,
-            model: outcome.model,
+            model: outcome.model === null ? null : outcome.model.slice(0, 200),
             method: outcome.method,
             path: outcome.path,
             status: outcome.status,
@@ -490,7 +507,6 @@ export const layer = (
             bytes: outcome.bytes
           }
         })
-        const model = outcome.model ?? "unknown"
         const provider = outcome.provider
         const metrics = Effect.all(
           [
