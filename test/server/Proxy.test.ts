@@ -512,17 +512,16 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("AI-provider pro
       const envFile = path.join(dir, "env")
       const session = yield* rpc.Sessions.Create({
         command: "/bin/sh",
-        args: ["-c", `env > ${envFile}; exec sleep 600`],
+        args: ["-c", `env > ${envFile}`],
         cwd: dir
       })
       yield* Effect.addFinalizer(() => Effect.ignore(rpc.Sessions.Close({ sessionId: session.id })))
-      const env = yield* Effect.promise(async () => {
-        for (;;) {
-          const text = fs.existsSync(envFile) ? fs.readFileSync(envFile, "utf8") : ""
-          if (text.includes("VIBES_PROXY_TOKEN=")) return text
-          await new Promise((resolve) => setTimeout(resolve, 20))
-        }
-      }).pipe(Effect.timeout("20 seconds"), Effect.orDie)
+      // The program writes its environment and exits: its session.exited event says the file is complete.
+      yield* rpc.Events.Subscribe({
+        from: { _tag: "Offset", offset: 0 },
+        filter: new EventFilter({ types: ["session.exited"], sessionId: session.id })
+      }).pipe(Stream.runHead, Effect.timeout("20 seconds"), Effect.orDie)
+      const env = fs.readFileSync(envFile, "utf8")
       const vars = Object.fromEntries(
         env
           .split("\n")
