@@ -13,12 +13,12 @@
  * through the cluster, and a provider's health is what this node sees of it.
  */
 import type * as http from "node:http"
-import { Transform, pipeline } from "node:stream"
 import {
+  Cause,
   Context,
   DateTime,
-  Duration,
   Effect,
+  Fiber,
   Layer,
   Metric,
   MetricBoundaries,
@@ -26,9 +26,6 @@ import {
   Option,
   Runtime
 } from "effect"
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import { NewEvent } from "../../rpc/Events.js"
 import {
   ProviderInfo,
@@ -61,12 +58,11 @@ export interface ProxySettings {
 export class Proxy extends Context.Tag("vibes/Proxy")<
   Proxy,
   {
-    /** Answers one `/proxy/…` request. */
-    readonly handle: Effect.Effect<
-      HttpServerResponse.HttpServerResponse,
-      never,
-      HttpServerRequest.HttpServerRequest
-    >
+    /**
+     * Answers one `/proxy/…` request straight on the node's HTTP server, outside the Effect
+     * router: the request path stays synchronous, with no fiber, until the upstream answers.
+     */
+    readonly serve: (request: http.IncomingMessage, response: http.ServerResponse) => void
     /** The providers with their health (never their keys). */
     readonly providers: Effect.Effect<ReadonlyArray<ProviderInfo>>
     /** Requests, errors, latency and tokens per provider and model since the node started. */
@@ -176,17 +172,6 @@ const errorBody = (format: ProviderFormat, status: number, message: string): unk
   return { error: { message, type, param: null, code } }
 }
 
-const errorResponse = (
-  format: ProviderFormat,
-  status: number,
-  message: string,
-  headers: Record<string, string> = {}
-): HttpServerResponse.HttpServerResponse =>
-  HttpServerResponse.unsafeJson(errorBody(format, status, `vibes proxy: ${message}`), {
-    status,
-    headers: { "cache-control": "no-store", "x-content-type-options": "nosniff", ...headers }
-  })
-
 /** `Retry-After` in ms (seconds or an HTTP date), or null. */
 const retryAfterMs = (value: string | Array<string> | undefined, now: number = Date.now()): number | null => {
   const text = Array.isArray(value) ? value[0] : value
@@ -225,108 +210,124 @@ const target = (url: string): { readonly name: string; readonly rest: string } |
 type BodyResult =
   { readonly _tag: "Body"; readonly body: Buffer } | { readonly _tag: "TooLarge" } | { readonly _tag: "Gone" }
 
-const readBody = (incoming: http.IncomingMessage, limit: number): Effect.Effect<BodyResult> =>
-  Effect.async<BodyResult>((resume) => {
-    const chunks: Array<Buffer> = []
-    let size = 0
-    const cleanup = () => {
-      incoming.off("data", onData)
-      incoming.off("end", onEnd)
-      incoming.off("error", onGone)
-      incoming.off("aborted", onGone)
-    }
-    const onData = (chunk: Buffer) => {
-      size += chunk.length
-      if (size > limit) {
-        cleanup()
-        incoming.resume()
-        resume(Effect.succeed({ _tag: "TooLarge" }))
-      } else chunks.push(chunk)
-    }
-    const onEnd = () => {
+/** Reads the request body up to `limit` bytes, then calls `done` once. */
+const readBody = (incoming: http.IncomingMessage, limit: number, done: (result: BodyResult) => void) => {
+  const chunks: Array<Buffer> = []
+  let size = 0
+  const cleanup = () => {
+    incoming.off("data", onData)
+    incoming.off("end", onEnd)
+    incoming.off("error", onGone)
+    incoming.off("close", onClose)
+  }
+  const onData = (chunk: Buffer) => {
+    size += chunk.length
+    if (size > limit) {
       cleanup()
-      resume(Effect.succeed({ _tag: "Body", body: Buffer.concat(chunks, size) }))
-    }
-    const onGone = () => {
-      cleanup()
-      resume(Effect.succeed({ _tag: "Gone" }))
-    }
-    incoming.on("data", onData)
-    incoming.on("end", onEnd)
-    incoming.on("error", onGone)
-    incoming.on("aborted", onGone)
-    return Effect.sync(cleanup)
+      incoming.resume()
+      done({ _tag: "TooLarge" })
+    } else chunks.push(chunk)
+  }
+  const onEnd = () => {
+    cleanup()
+    done({ _tag: "Body", body: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, size) })
+  }
+  const onGone = () => {
+    cleanup()
+    done({ _tag: "Gone" })
+  }
+  const onClose = () => {
+    if (!incoming.complete) onGone()
+  }
+  incoming.on("data", onData)
+  incoming.on("end", onEnd)
+  incoming.on("error", onGone)
+  incoming.on("close", onClose)
+}
+
+/** Writes a JSON error in the client's provider format. */
+const writeError = (
+  response: http.ServerResponse,
+  format: ProviderFormat,
+  status: number,
+  message: string,
+  headers: Record<string, string> = {}
+) => {
+  if (response.headersSent || response.destroyed) {
+    response.destroy()
+    return
+  }
+  const body = JSON.stringify(errorBody(format, status, `vibes proxy: ${message}`))
+  response.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    ...headers
   })
+  response.end(body)
+}
 
 // Calling the provider --------------------------------------------------------------------------
 
 type Attempt =
-  | {
-      readonly _tag: "Response"
-      readonly request: http.ClientRequest
-      readonly response: http.IncomingMessage
-    }
+  | { readonly _tag: "Response"; readonly response: http.IncomingMessage }
   | { readonly _tag: "Failed"; readonly kind: "connect" | "timeout"; readonly message: string }
 
+/** Sends one request upstream; `done` is called once, unless the returned request is destroyed first. */
 const send = (
   provider: Providers.Provider,
   method: string,
   path: string,
   headers: http.OutgoingHttpHeaders,
-  body: Buffer
-): Effect.Effect<Attempt> =>
-  Effect.async<Attempt>((resume) => {
-    let timedOut: "connect" | "first byte" | null = null
-    let done = false
-    const request = provider.request(
-      {
-        agent: provider.agent,
-        protocol: provider.base.protocol,
-        hostname: provider.base.hostname,
-        port: provider.base.port === "" ? undefined : Number(provider.base.port),
-        method,
-        path,
-        headers
-      },
-      (response) => {
-        done = true
-        clearTimeout(firstByte)
-        resume(Effect.succeed({ _tag: "Response", request, response }))
-      }
-    )
-    const firstByte = setTimeout(() => {
-      timedOut = "first byte"
-      request.destroy(new Error(`no response within ${provider.config.firstByteTimeoutMs} ms`))
-    }, provider.config.firstByteTimeoutMs)
-    request.on("socket", (socket) => {
-      if (!socket.connecting) return
-      const connect = setTimeout(() => {
-        timedOut = "connect"
-        request.destroy(new Error(`could not connect within ${provider.config.connectTimeoutMs} ms`))
-      }, provider.config.connectTimeoutMs)
-      socket.once("connect", () => clearTimeout(connect))
-      socket.once("close", () => clearTimeout(connect))
-    })
-    request.on("error", (error) => {
+  body: Buffer,
+  done: (attempt: Attempt) => void
+): http.ClientRequest => {
+  let timedOut = false
+  let settled = false
+  const request = provider.request(
+    {
+      agent: provider.agent,
+      protocol: provider.base.protocol,
+      hostname: provider.base.hostname,
+      port: provider.base.port === "" ? undefined : Number(provider.base.port),
+      method,
+      path,
+      headers
+    },
+    (response) => {
       clearTimeout(firstByte)
-      if (done) return
-      done = true
-      resume(
-        Effect.succeed({
-          _tag: "Failed",
-          kind: timedOut === "first byte" ? "timeout" : "connect",
-          message: error.message
-        })
-      )
-    })
-    request.end(body)
-    // Interrupted before the answer (the client went away): the upstream request goes too.
-    return Effect.sync(() => {
-      clearTimeout(firstByte)
-      done = true
-      request.destroy()
-    })
+      if (settled) return
+      settled = true
+      done({ _tag: "Response", response })
+    }
+  )
+  const firstByte = setTimeout(() => {
+    timedOut = true
+    request.destroy(new Error(`no response within ${provider.config.firstByteTimeoutMs} ms`))
+  }, provider.config.firstByteTimeoutMs)
+  request.on("socket", (socket) => {
+    if (!socket.connecting) return
+    const connect = setTimeout(() => {
+      request.destroy(new Error(`could not connect within ${provider.config.connectTimeoutMs} ms`))
+    }, provider.config.connectTimeoutMs)
+    socket.once("connect", () => clearTimeout(connect))
+    socket.once("close", () => clearTimeout(connect))
   })
+  request.on("error", (error) => {
+    clearTimeout(firstByte)
+    if (settled) return
+    settled = true
+    done({ _tag: "Failed", kind: timedOut ? "timeout" : "connect", message: error.message })
+  })
+  request.on("close", () => {
+    clearTimeout(firstByte)
+    // Destroyed by the proxy itself (the client went away): nobody waits for an answer.
+    settled = true
+  })
+  request.end(body)
+  return request
+}
 
 // Statistics ------------------------------------------------------------------------------------
 
@@ -405,6 +406,58 @@ const tagged = <Type, In, Out>(
   return made
 }
 
+/** Events waiting for the log beyond which new ones are dropped (and counted) rather than kept. */
+const maxPendingEvents = 50_000
+
+/**
+ * Appends events in batches: one append at a time, and each takes whatever arrived while the
+ * previous one ran, so a busy proxy writes few large batches and an idle one writes at once.
+ */
+const batcher = (
+  append: (events: ReadonlyArray<NewEvent>) => Effect.Effect<void>,
+  runFork: (effect: Effect.Effect<void>) => Fiber.RuntimeFiber<void>
+) => {
+  let pending: Array<NewEvent> = []
+  let running: Fiber.RuntimeFiber<void> | null = null
+  let dropped = 0
+  const flush = () => {
+    if (running !== null || pending.length === 0) return
+    const batch = pending
+    pending = []
+    const fiber = runFork(append(batch))
+    running = fiber
+    fiber.addObserver(() => {
+      running = null
+      flush()
+    })
+  }
+  const drain: Effect.Effect<void> = Effect.suspend(() => {
+    if (running !== null) return Effect.zipRight(Fiber.await(running), drain)
+    if (pending.length === 0) return Effect.void
+    flush()
+    return drain
+  })
+  return {
+    push: (event: NewEvent) => {
+      if (pending.length >= maxPendingEvents) {
+        dropped += 1
+        if (dropped % 1000 === 1) {
+          runFork(
+            Effect.logWarning(
+              `the event log is not keeping up: ${dropped} proxy.request events dropped so far`
+            )
+          )
+        }
+        return
+      }
+      pending.push(event)
+      flush()
+    },
+    /** Waits until every event pushed so far is appended. */
+    drain
+  }
+}
+
 // The service -----------------------------------------------------------------------------------
 
 /** The proxy for `settings`; it needs the admin token (for client credentials) and the event log. */
@@ -441,6 +494,30 @@ export const layer = (
       const since = yield* DateTime.now
       const runtime = yield* Effect.runtime<never>()
       const runFork = Runtime.runFork(runtime)
+      const events = batcher(
+        (batch) =>
+          log
+            .append(batch)
+            .pipe(
+              Effect.catchAll((error) =>
+                Effect.logWarning(`could not record ${batch.length} proxy.request events: ${error.message}`)
+              )
+            ),
+        runFork
+      )
+      yield* Effect.addFinalizer(() => events.drain)
+      // Valid tokens seen lately, so a request costs no hash; a new admin token means a new process.
+      const verdicts = new Map<string, ProxyTokens.ProxyClient>()
+      const verify = (token: string): Option.Option<ProxyTokens.ProxyClient> => {
+        const known = verdicts.get(token)
+        if (known !== undefined) return Option.some(known)
+        const verdict = tokens.verify(token)
+        if (Option.isSome(verdict)) {
+          if (verdicts.size >= 1024) verdicts.clear()
+          verdicts.set(token, verdict.value)
+        }
+        return verdict
+      }
       const modelsSeen = new Map<string, Set<string>>()
       /** The model as statistics and metrics name it: at most `maxModels` per provider, then "other". */
       const modelLabel = (provider: string, model: string | null): string => {
@@ -480,217 +557,201 @@ export const layer = (
         if (outcome.ttfbMillis !== null) pushSample(entry.tally.ttfbs, outcome.ttfbMillis)
 
         const sessionId = outcome.client.kind === "session" ? outcome.client.sessionId : undefined
-        const event = NewEvent.make({
-          type: "proxy.request",
-          source: { nodeId: settings.nodeId, component: "proxy" },
-          severity:
-            outcome.errorKind === null
-              ? "info"
-              : outcome.status >= 500 || outcome.status === 0
-                ? "warn"
-                : "info",
-          ...(sessionId !== undefined ? { sessionId } : {}),
-          data: {
-            provider: outcome.provider,
-            model: outcome.model === null ? null : outcome.model.slice(0, 200),
-            method: outcome.method,
-            path: outcome.path,
-            status: outcome.status,
-            latencyMillis: round(outcome.latencyMillis),
-            ttfbMillis: outcome.ttfbMillis === null ? null : round(outcome.ttfbMillis),
-            inputTokens: outcome.inputTokens,
-            outputTokens: outcome.outputTokens,
-            attempts: outcome.attempts,
-            streamed: outcome.streamed,
-            client: outcome.client.kind,
-            errorKind: outcome.errorKind,
-            bytes: outcome.bytes
-          }
-        })
+        // Built by this code from checked values: no validation on the request path.
+        const event = new NewEvent(
+          {
+            type: "proxy.request",
+            source: { nodeId: settings.nodeId, component: "proxy" },
+            tenantId: "default",
+            severity:
+              outcome.errorKind === null
+                ? "info"
+                : outcome.status >= 500 || outcome.status === 0
+                  ? "warn"
+                  : "info",
+            ...(sessionId !== undefined ? { sessionId } : {}),
+            data: {
+              provider: outcome.provider,
+              model: outcome.model === null ? null : outcome.model.slice(0, 200),
+              method: outcome.method,
+              path: outcome.path,
+              status: outcome.status,
+              latencyMillis: round(outcome.latencyMillis),
+              ttfbMillis: outcome.ttfbMillis === null ? null : round(outcome.ttfbMillis),
+              inputTokens: outcome.inputTokens,
+              outputTokens: outcome.outputTokens,
+              attempts: outcome.attempts,
+              streamed: outcome.streamed,
+              client: outcome.client.kind,
+              errorKind: outcome.errorKind,
+              bytes: outcome.bytes
+            }
+          },
+          true
+        )
         const provider = outcome.provider
-        const metrics = Effect.all(
-          [
-            Metric.increment(tagged(requestsTotal, { provider, model, status: String(outcome.status) })),
-            outcome.errorKind === null
-              ? Effect.void
-              : Metric.increment(tagged(errorsTotal, { provider, kind: outcome.errorKind })),
-            Metric.update(tagged(latencySeconds, { provider }), outcome.latencyMillis / 1000),
-            outcome.ttfbMillis === null
-              ? Effect.void
-              : Metric.update(tagged(ttfbSeconds, { provider }), outcome.ttfbMillis / 1000),
-            outcome.inputTokens === null
-              ? Effect.void
-              : Metric.incrementBy(
-                  tagged(tokensTotal, { provider, model, direction: "input" }),
-                  outcome.inputTokens
-                ),
-            outcome.outputTokens === null
-              ? Effect.void
-              : Metric.incrementBy(
-                  tagged(tokensTotal, { provider, model, direction: "output" }),
-                  outcome.outputTokens
-                )
-          ],
-          { discard: true }
-        )
-        runFork(
-          Effect.zipRight(
-            metrics,
-            log
-              .append([event])
-              .pipe(
-                Effect.catchAll((error) =>
-                  Effect.logWarning(`could not record a proxy.request event: ${error.message}`)
-                )
-              )
-          )
-        )
+        tagged(requestsTotal, { provider, model, status: String(outcome.status) }).unsafeUpdate(1, [])
+        if (outcome.errorKind !== null)
+          tagged(errorsTotal, { provider, kind: outcome.errorKind }).unsafeUpdate(1, [])
+        tagged(latencySeconds, { provider }).unsafeUpdate(outcome.latencyMillis / 1000, [])
+        if (outcome.ttfbMillis !== null)
+          tagged(ttfbSeconds, { provider }).unsafeUpdate(outcome.ttfbMillis / 1000, [])
+        if (outcome.inputTokens !== null)
+          tagged(tokensTotal, { provider, model, direction: "input" }).unsafeUpdate(outcome.inputTokens, [])
+        if (outcome.outputTokens !== null)
+          tagged(tokensTotal, { provider, model, direction: "output" }).unsafeUpdate(outcome.outputTokens, [])
+        events.push(event)
       }
 
-      const handle = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-        Effect.suspend(() => {
-          const started = performance.now()
-          const headers = request.headers
-          const parsed = target(request.url)
-          const state = parsed === null ? undefined : states.get(parsed.name)
-          const format: ProviderFormat = state?.provider.config.format ?? "openai"
-          const credential = ProxyTokens.presented(headers)
-          const client = Option.flatMap(credential, tokens.verify)
-          if (Option.isNone(client)) {
-            return Effect.succeed(
-              errorResponse(
-                format,
-                401,
-                Option.isNone(credential)
-                  ? "no credentials: send the vibes token as 'authorization: Bearer <token>' or 'x-api-key: <token>'"
-                  : "the token is not valid for this server"
-              )
-            )
-          }
-          const method = request.method
-          const base = {
-            provider: parsed?.name ?? "",
-            method,
-            path: parsed?.rest.split("?")[0] ?? request.url,
-            client: client.value,
-            attempts: 0,
-            streamed: false,
-            ttfbMillis: null,
-            inputTokens: null,
-            outputTokens: null,
-            bytes: 0
-          }
-          const refuse = (
-            status: number,
-            errorKind: ProxyErrorKind,
-            message: string,
-            extraHeaders: Record<string, string> = {},
-            model: string | null = null
-          ) => {
-            record({ ...base, model, status, errorKind, latencyMillis: performance.now() - started })
-            return Effect.succeed(errorResponse(format, status, message, extraHeaders))
-          }
-          if (parsed === null) {
-            return refuse(
-              400,
-              "unknown_provider",
-              "the path must be /proxy/<provider>/<path>, without '.' or '..' segments"
-            )
-          }
-          if (state === undefined) {
-            return refuse(
-              404,
-              "unknown_provider",
-              `unknown provider '${parsed.name}'; this server knows: ${[...states.keys()].join(", ")}`
-            )
-          }
-          const provider = state.provider
-          const clientKey = client.value.kind === "admin" ? "admin" : `session:${client.value.sessionId}`
-          const wait = limiter.take(clientKey)
-          if (wait > 0) {
-            return refuse(
-              429,
-              "rate_limited",
-              `too many requests from this client; retry in ${Math.ceil(wait)} s`,
-              {
-                "retry-after": String(Math.ceil(wait))
-              }
-            )
-          }
-          const declared = Number(headers["content-length"] ?? "0")
-          if (Number.isFinite(declared) && declared > settings.maxBodyBytes) {
-            return refuse(
-              413,
-              "body_too_large",
-              `the request body is larger than ${settings.maxBodyBytes} bytes`,
-              {
-                connection: "close"
-              }
-            )
-          }
-          const incoming = NodeHttpServerRequest.toIncomingMessage(request)
-          return Effect.flatMap(readBody(incoming, settings.maxBodyBytes), (read) => {
-            if (read._tag === "TooLarge") {
-              return refuse(
-                413,
-                "body_too_large",
-                `the request body is larger than ${settings.maxBodyBytes} bytes`,
-                {
-                  connection: "close"
-                }
-              )
+      /** `answer`, with a defect in it logged and answered 500 instead of ending the process. */
+      const serve = (request: http.IncomingMessage, response: http.ServerResponse): void => {
+        try {
+          answer(request, response)
+        } catch (defect) {
+          runFork(Effect.logError("the proxy failed on a request", Cause.die(defect)))
+          writeError(response, "openai", 500, "internal error; see the server log")
+        }
+      }
+
+      const answer = (request: http.IncomingMessage, response: http.ServerResponse): void => {
+        const started = performance.now()
+        const headers = request.headers
+        const url = request.url ?? "/"
+        const parsed = target(url)
+        const state = parsed === null ? undefined : states.get(parsed.name)
+        const format: ProviderFormat = state?.provider.config.format ?? "openai"
+        const credential = ProxyTokens.presented(headers)
+        const client = Option.flatMap(credential, verify)
+        if (Option.isNone(client)) {
+          request.resume()
+          return writeError(
+            response,
+            format,
+            401,
+            Option.isNone(credential)
+              ? "no credentials: send the vibes token as 'authorization: Bearer <token>' or 'x-api-key: <token>'"
+              : "the token is not valid for this server"
+          )
+        }
+        const method = request.method ?? "GET"
+        const base = {
+          provider: parsed?.name ?? "",
+          method,
+          path: parsed?.rest.split("?")[0] ?? url,
+          client: client.value,
+          attempts: 0,
+          streamed: false,
+          ttfbMillis: null,
+          inputTokens: null,
+          outputTokens: null,
+          bytes: 0
+        }
+        const refuse = (
+          status: number,
+          errorKind: ProxyErrorKind,
+          message: string,
+          extraHeaders: Record<string, string> = {},
+          model: string | null = null
+        ) => {
+          record({ ...base, model, status, errorKind, latencyMillis: performance.now() - started })
+          writeError(response, format, status, message, extraHeaders)
+        }
+        if (parsed === null) {
+          request.resume()
+          return refuse(
+            400,
+            "unknown_provider",
+            "the path must be /proxy/<provider>/<path>, without '.' or '..' segments"
+          )
+        }
+        if (state === undefined) {
+          request.resume()
+          return refuse(
+            404,
+            "unknown_provider",
+            `unknown provider '${parsed.name}'; this server knows: ${[...states.keys()].join(", ")}`
+          )
+        }
+        const provider = state.provider
+        const clientKey = client.value.kind === "admin" ? "admin" : `session:${client.value.sessionId}`
+        const wait = limiter.take(clientKey)
+        if (wait > 0) {
+          request.resume()
+          return refuse(
+            429,
+            "rate_limited",
+            `too many requests from this client; retry in ${Math.ceil(wait)} s`,
+            {
+              "retry-after": String(Math.ceil(wait))
             }
-            if (read._tag === "Gone") {
-              return refuse(0, "client_closed", "the client went away while sending its request")
-            }
-            const body = read.body
-            const model = Usage.requestModel(body, headers["content-type"])
-            if (!Providers.usable(provider)) {
-              return refuse(
-                503,
-                "no_key",
-                `no API key is configured for provider '${provider.config.name}' (${provider.keySource ?? "none"})`,
-                {},
-                model
-              )
-            }
-            const admitted = state.circuit.admit()
-            if (!admitted.ok) {
-              return refuse(
-                503,
-                "circuit_open",
-                `provider '${provider.config.name}' is failing; its circuit is open`,
-                { "retry-after": String(Math.ceil(admitted.retryAfterMs / 1000)) },
-                model
-              )
-            }
-            return forward(state, request, parsed.rest, body, { ...base, model }, started)
+          )
+        }
+        const tooLarge = () =>
+          refuse(413, "body_too_large", `the request body is larger than ${settings.maxBodyBytes} bytes`, {
+            connection: "close"
           })
+        const declared = Number(headers["content-length"] ?? "0")
+        if (Number.isFinite(declared) && declared > settings.maxBodyBytes) return tooLarge()
+        readBody(request, settings.maxBodyBytes, (read) => {
+          if (read._tag === "TooLarge") return tooLarge()
+          if (read._tag === "Gone") {
+            record({
+              ...base,
+              model: null,
+              status: 0,
+              errorKind: "client_closed",
+              latencyMillis: performance.now() - started
+            })
+            return
+          }
+          const body = read.body
+          const model = Usage.requestModel(body, headers["content-type"])
+          if (!Providers.usable(provider)) {
+            return refuse(
+              503,
+              "no_key",
+              `no API key is configured for provider '${provider.config.name}' (${provider.keySource ?? "none"})`,
+              {},
+              model
+            )
+          }
+          const admitted = state.circuit.admit()
+          if (!admitted.ok) {
+            return refuse(
+              503,
+              "circuit_open",
+              `provider '${provider.config.name}' is failing; its circuit is open`,
+              { "retry-after": String(Math.ceil(admitted.retryAfterMs / 1000)) },
+              model
+            )
+          }
+          forward(state, request, response, parsed.rest, body, { ...base, model }, started)
         })
-      )
+      }
 
       /** Sends the request upstream (with retries) and answers with its response. */
       const forward = (
         state: ProviderState,
-        request: HttpServerRequest.HttpServerRequest,
+        request: http.IncomingMessage,
+        response: http.ServerResponse,
         rest: string,
         body: Buffer,
         base: Omit<Outcome, "status" | "latencyMillis" | "errorKind">,
         started: number
-      ): Effect.Effect<HttpServerResponse.HttpServerResponse> => {
+      ): void => {
         const provider = state.provider
         const config = provider.config
         const format = config.format
-        const incomingHeaders = NodeHttpServerRequest.toIncomingMessage(request).headers
+        const incomingHeaders = request.headers
         const listed = connectionListed(incomingHeaders["connection"])
         const upstreamHeaders: http.OutgoingHttpHeaders = {}
-        for (const [name, value] of Object.entries(incomingHeaders)) {
+        for (const name in incomingHeaders) {
+          const value = incomingHeaders[name]
           if (value === undefined || hopByHop.has(name) || notForwarded.has(name) || listed.has(name))
             continue
           upstreamHeaders[name] = value
         }
-        for (const [name, value] of Object.entries(config.headers))
-          upstreamHeaders[name.toLowerCase()] = value
+        for (const name in config.headers) upstreamHeaders[name.toLowerCase()] = config.headers[name]
         upstreamHeaders["accept-encoding"] = "identity"
         upstreamHeaders["content-length"] = String(body.length)
         if (Option.isSome(provider.keyHeader)) {
@@ -700,128 +761,136 @@ export const layer = (
         const path = provider.basePath + (rest.startsWith("/") ? rest : `/${rest}`)
         let attempts = 0
         let settled = false
+        let answered = false
+        let upstream: http.ClientRequest | null = null
+        let backoff: NodeJS.Timeout | null = null
+        let passing = false
+        let clientGone = false
         const finish = (outcome: Partial<Outcome> & Pick<Outcome, "status" | "errorKind">) => {
           if (settled) return
           settled = true
           record({ ...base, attempts, latencyMillis: performance.now() - started, ...outcome })
         }
-
-        const loop: Effect.Effect<HttpServerResponse.HttpServerResponse> = Effect.suspend(() => {
+        // The client went away: the upstream request (or the wait for the next attempt) goes too.
+        response.once("close", () => {
+          if (response.writableFinished) return
+          clientGone = true
+          if (passing) {
+            // The response under way records itself when its upstream closes.
+            upstream?.destroy()
+            return
+          }
+          if (backoff !== null) clearTimeout(backoff)
+          upstream?.destroy()
+          if (!answered) state.circuit.released()
+          finish({ status: 0, errorKind: "client_closed" })
+        })
+        const retryIn = (delay: number) => {
+          backoff = setTimeout(() => {
+            backoff = null
+            attempt()
+          }, delay)
+        }
+        const attempt = () => {
+          if (settled) return
           attempts += 1
-          return Effect.flatMap(send(provider, request.method, path, upstreamHeaders, body), (result) => {
+          upstream = send(provider, request.method ?? "GET", path, upstreamHeaders, body, (result) => {
+            if (settled) return
             const last = attempts >= config.retry.maxAttempts
             if (result._tag === "Failed") {
-              if (result.kind === "connect" && !last) {
-                return Effect.zipRight(Effect.sleep(Duration.millis(backoffMs(config.retry, attempts))), loop)
-              }
+              if (result.kind === "connect" && !last) return retryIn(backoffMs(config.retry, attempts))
+              answered = true
               state.circuit.failed()
               const status = result.kind === "timeout" ? 504 : 502
               finish({ status, errorKind: result.kind })
-              return Effect.succeed(
-                errorResponse(
-                  format,
-                  status,
-                  result.kind === "timeout"
-                    ? `provider '${config.name}' did not answer in time (${result.message})`
-                    : `cannot reach provider '${config.name}': ${result.message}`
-                )
+              return writeError(
+                response,
+                format,
+                status,
+                result.kind === "timeout"
+                  ? `provider '${config.name}' did not answer in time (${result.message})`
+                  : `cannot reach provider '${config.name}': ${result.message}`
               )
             }
-            const { response, request: upstream } = result
-            const status = response.statusCode ?? 502
+            const upstreamResponse = result.response
+            const status = upstreamResponse.statusCode ?? 502
             const retryable = status === 429 || status >= 500
             if (retryable && !last) {
-              const after = retryAfterMs(response.headers["retry-after"])
+              const after = retryAfterMs(upstreamResponse.headers["retry-after"])
               if (after === null || after <= config.retry.maxRetryAfterMs) {
-                response.resume()
-                const delay = Math.max(after ?? 0, backoffMs(config.retry, attempts))
-                return Effect.zipRight(Effect.sleep(Duration.millis(delay)), loop)
+                upstreamResponse.resume()
+                return retryIn(Math.max(after ?? 0, backoffMs(config.retry, attempts)))
               }
             }
+            answered = true
             if (status >= 500) state.circuit.failed()
             else state.circuit.succeeded()
-            return Effect.succeed(pass(response, upstream, status, base.model, request))
+            pass(upstreamResponse, status)
           })
-        })
+        }
 
-        /** Pipes the upstream response back, reading usage on the way; records it at its end. */
-        const pass = (
-          response: http.IncomingMessage,
-          upstream: http.ClientRequest,
-          status: number,
-          requestedModel: string | null,
-          request: HttpServerRequest.HttpServerRequest
-        ): HttpServerResponse.HttpServerResponse => {
+        /** Writes the upstream response back as it arrives, reading usage on the way; records it at its end. */
+        const pass = (upstreamResponse: http.IncomingMessage, status: number) => {
+          passing = true
           const ttfbMillis = performance.now() - started
-          const contentType = String(response.headers["content-type"] ?? "")
+          const contentType = String(upstreamResponse.headers["content-type"] ?? "")
           const streamed = contentType.includes("text/event-stream")
           const usage: Usage.Usage = { model: null, inputTokens: null, outputTokens: null }
           const sse = streamed ? new Usage.SseReader(usage) : null
           const json = !streamed && contentType.includes("json") ? new Usage.JsonReader() : null
           let bytes = 0
-          // Whichever side went first when the response did not complete.
-          let broken: "client_closed" | "upstream_reset" | null = null
-          response.once("aborted", () => (broken ??= "upstream_reset"))
-          response.once("error", () => (broken ??= "upstream_reset"))
-          const tap = new Transform({
-            transform(chunk: Buffer, _encoding, callback) {
-              bytes += chunk.length
-              sse?.push(chunk)
-              json?.push(chunk)
-              callback(null, chunk)
-            }
-          })
-          upstream.setTimeout(config.idleTimeoutMs, () =>
-            upstream.destroy(new Error(`no data for ${config.idleTimeoutMs} ms`))
-          )
-          const downstream = NodeHttpServerRequest.toServerResponse(request)
-          pipeline(response, tap, (error) => {
+          let ended = false
+          const end = (errorKind: ProxyErrorKind | null) => {
             json?.end(usage)
-            const model = usage.model ?? requestedModel
-            const errorKind: ProxyErrorKind | null =
-              error === undefined || error === null
-                ? status >= 400
-                  ? "upstream_status"
-                  : null
-                : (broken ?? "upstream_reset")
             finish({
               status,
               errorKind,
-              model,
+              model: usage.model ?? base.model,
               ttfbMillis,
               inputTokens: usage.inputTokens,
               outputTokens: usage.outputTokens,
               streamed,
               bytes
             })
-          })
-          // The client went away mid-stream: the upstream request goes with it.
-          downstream.once("close", () => {
-            if (!downstream.writableFinished) {
-              broken ??= "client_closed"
-              upstream.destroy()
-              tap.destroy()
+          }
+          upstream?.setTimeout(config.idleTimeoutMs, () =>
+            upstream?.destroy(new Error(`no data for ${config.idleTimeoutMs} ms`))
+          )
+          const responseHeaders: http.OutgoingHttpHeaders = {}
+          const listedUp = connectionListed(upstreamResponse.headers["connection"])
+          for (const name in upstreamResponse.headers) {
+            const value = upstreamResponse.headers[name]
+            if (value === undefined || hopByHop.has(name) || listedUp.has(name)) continue
+            responseHeaders[name] = value
+          }
+          response.writeHead(status, responseHeaders)
+          // An event stream's headers go now: its first event may be a while.
+          if (streamed) response.flushHeaders()
+          const drained = () => upstreamResponse.resume()
+          upstreamResponse.on("data", (chunk: Buffer) => {
+            bytes += chunk.length
+            sse?.push(chunk)
+            json?.push(chunk)
+            if (!response.write(chunk)) {
+              upstreamResponse.pause()
+              response.once("drain", drained)
             }
           })
-          const responseHeaders: Record<string, string> = {}
-          const listedUp = connectionListed(response.headers["connection"])
-          for (const [name, value] of Object.entries(response.headers)) {
-            if (value === undefined || hopByHop.has(name) || listedUp.has(name)) continue
-            responseHeaders[name] = Array.isArray(value) ? value.join(", ") : value
-          }
-          return HttpServerResponse.raw(tap, { status, headers: responseHeaders })
+          upstreamResponse.on("end", () => {
+            ended = true
+            response.end()
+            end(status >= 400 ? "upstream_status" : null)
+          })
+          upstreamResponse.on("error", () => undefined)
+          upstreamResponse.on("close", () => {
+            if (ended) return
+            // Cut off before its end: the client must not take what it got for a whole answer.
+            end(clientGone ? "client_closed" : "upstream_reset")
+            response.destroy()
+          })
         }
 
-        return loop.pipe(
-          Effect.onInterrupt(() =>
-            Effect.sync(() => {
-              if (!settled) {
-                state.circuit.released()
-                finish({ status: 0, errorKind: "client_closed" })
-              }
-            })
-          )
-        )
+        attempt()
       }
 
       const providers = Effect.sync(() =>
@@ -886,6 +955,6 @@ export const layer = (
       const keyVariables = new Set(
         loaded.flatMap((provider) => (provider.config.keyEnv === undefined ? [] : [provider.config.keyEnv]))
       )
-      return Proxy.of({ handle, providers, stats, sessionEnv, keyVariables })
+      return Proxy.of({ serve, providers, stats, sessionEnv, keyVariables })
     })
   )

@@ -49,12 +49,14 @@ export const make = (admin: {
 }
 
 /** The credential a proxy request carries: `authorization: Bearer …`, else `x-api-key`. */
-export const presented = (headers: Readonly<Record<string, string | undefined>>): Option.Option<string> => {
+export const presented = (
+  headers: Readonly<Record<string, string | ReadonlyArray<string> | undefined>>
+): Option.Option<string> => {
   const authorization = headers["authorization"]
-  if (authorization !== undefined) {
+  if (typeof authorization === "string") {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization)
     if (match?.[1] !== undefined) return Option.some(match[1])
   }
   const apiKey = headers["x-api-key"]
-  return apiKey !== undefined && apiKey.trim() !== "" ? Option.some(apiKey.trim()) : Option.none()
+  return typeof apiKey === "string" && apiKey.trim() !== "" ? Option.some(apiKey.trim()) : Option.none()
 }

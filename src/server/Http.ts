@@ -1,7 +1,9 @@
 /**
  * The HTTP surface of a node: `/healthz`, `/readyz`, `/metrics`, `/login`, `/logout`, `/`,
- * `/api/events`, `/api/jobs…` and `/rpc`. Everything but `/healthz` requires the admin token.
+ * `/api/events`, `/api/jobs…`, `/rpc` and `/proxy/…`. Everything but `/healthz` requires the admin
+ * token (the proxy also takes a session's proxy token).
  */
+import * as http from "node:http"
 import { Duration, Effect, Layer, Option } from "effect"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
@@ -23,7 +25,7 @@ import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
-import { Proxy } from "../../actors/proxy/Proxy.js"
+import type { Proxy } from "../../actors/proxy/Proxy.js"
 import * as WebUi from "./WebUi.js"
 import { securityHeaders } from "./Headers.js"
 
@@ -234,17 +236,6 @@ export const originMatches = (
   }
 }
 
-/**
- * `/proxy/<provider>/…`: the AI-provider proxy. It checks its own credentials (the admin token or
- * a session's proxy token, as a bearer token or `x-api-key`, never the cookie) and records every
- * request as a `proxy.request` event, so the access log skips it.
- */
-const proxy = HttpLayerRouter.add(
-  "*",
-  "/proxy/*",
-  HttpMiddleware.withLoggerDisabled(Effect.flatMap(Proxy, (service) => service.handle))
-)
-
 /** `/rpc`: every RPC group over WebSocket with msgpack, each call checked by `AuthMiddleware`. */
 const rpc = RpcServer.layerHttpRouter({ group: VibesRpcs, path: "/rpc", protocol: "websocket" }).pipe(
   Layer.provide(SystemHandlers.layer),
@@ -283,9 +274,58 @@ export const routes = (options: RouteOptions) =>
     assets(options.web),
     sameOrigin,
     events(options.sseHeartbeat),
-    proxy,
     ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     ),
     rpc
   )
+
+/**
+ * The node's HTTP server. `/proxy/…` requests (the AI-provider proxy) go straight to the proxy
+ * before the Effect router sees them: the proxy answers in plain Node callbacks, with no fiber,
+ * router or middleware on its path, so it adds well under a millisecond. It checks its own
+ * credentials (the admin token or a session's proxy token, never the cookie) and records every
+ * request as a `proxy.request` event instead of an access-log line. A request from another
+ * origin's page gets the same 403 as everywhere else.
+ */
+export const createServer = (proxy: Proxy["Type"]): http.Server => {
+  const front = (request: http.IncomingMessage, response: http.ServerResponse): boolean => {
+    if (request.url?.startsWith("/proxy/") !== true) return false
+    const origin = request.headers["origin"]
+    const host = request.headers["host"]
+    const forwardedHost = request.headers["x-forwarded-host"]
+    if (
+      origin !== undefined &&
+      !originMatches(origin, {
+        host,
+        "x-forwarded-host": typeof forwardedHost === "string" ? forwardedHost : undefined
+      })
+    ) {
+      request.resume()
+      const body = JSON.stringify({
+        error: "Forbidden",
+        message: `requests from ${origin} are not accepted by this server`
+      })
+      response.writeHead(403, { ...securityHeaders, "content-type": "application/json" })
+      response.end(body)
+      return true
+    }
+    proxy.serve(request, response)
+    return true
+  }
+  class NodeServer extends http.Server {
+    override emit(event: string, ...args: Array<unknown>): boolean {
+      if (event === "request") {
+        const [request, response] = args
+        if (
+          request instanceof http.IncomingMessage &&
+          response instanceof http.ServerResponse &&
+          front(request, response)
+        )
+          return true
+      }
+      return super.emit(event, ...args)
+    }
+  }
+  return new NodeServer()
+}

@@ -337,7 +337,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         )
       )
       yield* Effect.forkScoped(resumeSessions(nodeId).pipe(Effect.provide(sessionsContext)))
-      const server = http.createServer()
+      const server = Http.createServer(proxy)
       const identity = { serviceVersion: version, nodeId }
 
       const routes = HttpLayerRouter.serve(

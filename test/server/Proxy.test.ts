@@ -444,7 +444,7 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("AI-provider pro
   )
 
   it.scoped(
-    "bad input: unknown provider 404, missing or wrong credentials 401, malformed JSON passed through",
+    "bad input: unknown provider 404, missing or wrong credentials 401, another origin 403, malformed JSON passed through",
     () =>
       Effect.gen(function* () {
         const { server, openai } = yield* ProxyEnv
@@ -491,6 +491,12 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("AI-provider pro
           request.on("error", (error) => resume(Effect.die(error)))
         })
         expect(climbing).toBe(400)
+        // Another origin's page, even with a valid token: refused like every other route.
+        const foreign = yield* call(`${server.url}/proxy/openai/v1/models`, {
+          headers: { authorization: `Bearer ${client.token}`, origin: "https://elsewhere.example" }
+        })
+        expect(foreign.status).toBe(403)
+        expect(yield* body(foreign)).toContain("https://elsewhere.example")
         expect(openai.requests.length).toBe(before)
 
         const malformed = '{"model": "gpt-test-1", "messages": [ oops'
