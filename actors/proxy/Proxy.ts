@@ -409,9 +409,14 @@ const tagged = <Type, In, Out>(
 /** Events waiting for the log beyond which new ones are dropped (and counted) rather than kept. */
 const maxPendingEvents = 50_000
 
+/** How long an event waits for others to share its append (a batch of this many goes at once). */
+const lingerMs = 25
+const batchSize = 1000
+
 /**
- * Appends events in batches: one append at a time, and each takes whatever arrived while the
- * previous one ran, so a busy proxy writes few large batches and an idle one writes at once.
+ * Appends events in batches, one append at a time. An event waits up to `lingerMs` for others,
+ * so the append (tens of µs of CPU however many events it holds) runs once per batch, off the
+ * path of the requests that follow, rather than once per request.
  */
 const batcher = (
   append: (events: ReadonlyArray<NewEvent>) => Effect.Effect<void>,
@@ -419,8 +424,13 @@ const batcher = (
 ) => {
   let pending: Array<NewEvent> = []
   let running: Fiber.RuntimeFiber<void> | null = null
+  let timer: NodeJS.Timeout | null = null
   let dropped = 0
   const flush = () => {
+    if (timer !== null) {
+      clearTimeout(timer)
+      timer = null
+    }
     if (running !== null || pending.length === 0) return
     const batch = pending
     pending = []
@@ -428,8 +438,12 @@ const batcher = (
     running = fiber
     fiber.addObserver(() => {
       running = null
-      flush()
+      schedule()
     })
+  }
+  const schedule = () => {
+    if (pending.length >= batchSize) flush()
+    else if (timer === null && running === null && pending.length > 0) timer = setTimeout(flush, lingerMs)
   }
   const drain: Effect.Effect<void> = Effect.suspend(() => {
     if (running !== null) return Effect.zipRight(Fiber.await(running), drain)
@@ -451,7 +465,7 @@ const batcher = (
         return
       }
       pending.push(event)
-      flush()
+      schedule()
     },
     /** Waits until every event pushed so far is appended. */
     drain
