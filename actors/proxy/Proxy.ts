@@ -877,7 +877,20 @@ export const layer = (
             if (value === undefined || hopByHop.has(name) || listedUp.has(name)) continue
             responseHeaders[name] = value
           }
-          response.writeHead(status, responseHeaders)
+          try {
+            response.writeHead(status, responseHeaders)
+          } catch (error) {
+            // A header Node will not send (an invalid value): nothing of this answer can go back.
+            ended = true
+            upstream?.destroy()
+            finish({ status: 502, errorKind: "upstream_status", ttfbMillis })
+            return writeError(
+              response,
+              format,
+              502,
+              `provider '${config.name}' sent a header that cannot be passed on: ${error instanceof Error ? error.message : String(error)}`
+            )
+          }
           // An event stream's headers go now: its first event may be a while.
           if (streamed) response.flushHeaders()
           const drained = () => upstreamResponse.resume()
