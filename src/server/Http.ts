@@ -214,12 +214,16 @@ const sameOrigin = HttpLayerRouter.middleware(
     Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const origin = request.headers["origin"]
       if (origin === undefined || originMatches(origin, request.headers)) return effect
-      return Effect.succeed(
-        json(403, { error: "Forbidden", message: `requests from ${origin} are not accepted by this server` })
-      )
+      return Effect.succeed(json(403, foreignOrigin(origin)))
     }),
   { global: true }
 )
+
+/** The 403 body for a request from another origin's page. */
+const foreignOrigin = (origin: string) => ({
+  error: "Forbidden",
+  message: `requests from ${origin} are not accepted by this server`
+})
 
 /** True when `origin` is this server as the browser reached it. */
 export const originMatches = (
@@ -302,10 +306,7 @@ export const createServer = (proxy: Proxy["Type"]): http.Server => {
       })
     ) {
       request.resume()
-      const body = JSON.stringify({
-        error: "Forbidden",
-        message: `requests from ${origin} are not accepted by this server`
-      })
+      const body = JSON.stringify(foreignOrigin(origin))
       response.writeHead(403, { ...securityHeaders, "content-type": "application/json" })
       response.end(body)
       return true
