@@ -101,6 +101,8 @@ export const payloads = {
     signal: Schema.NullOr(Schema.String)
   }),
   "session.gap": Schema.Struct({ from: Schema.Int, to: Schema.Int, bytes: Schema.Int }),
+  /** The session's machine was lost; it was started again as `replacedBy` on `machine`. */
+  "session.replaced": Schema.Struct({ replacedBy: Schema.String, machine: Schema.String }),
   "job.submitted": Schema.Struct({
     jobId: Schema.String,
     command: Schema.String,

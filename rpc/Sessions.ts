@@ -11,10 +11,14 @@ import * as Rpc from "@effect/rpc/Rpc"
 import * as RpcGroup from "@effect/rpc/RpcGroup"
 import { AuthMiddleware } from "./Auth.js"
 
-/** A session's id (a UUIDv7). */
+/**
+ * A session's id: the machine that holds its PTY, `_`, and a UUIDv7, like
+ * `build-1_0193d9b4-7c1e-7a2b-9c3d-4e5f60718293`. (A bare UUID is a session made before clusters.)
+ */
 export const SessionId = Schema.String.pipe(
-  Schema.pattern(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, {
-    message: () => "a session id is a UUID like 0193d9b4-7c1e-7a2b-9c3d-4e5f60718293"
+  Schema.pattern(/^(?:[a-z0-9-]{1,40}_)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, {
+    message: () =>
+      "a session id is a machine name, '_' and a UUID, like build-1_0193d9b4-7c1e-7a2b-9c3d-4e5f60718293"
   })
 )
 export type SessionId = typeof SessionId.Type
@@ -55,7 +59,9 @@ export class CreateSession extends Schema.Class<CreateSession>("CreateSession")(
   cols: Schema.optionalWith(Schema.Int, { default: () => 80 }),
   rows: Schema.optionalWith(Schema.Int, { default: () => 24 }),
   name: Schema.optional(Schema.String.pipe(Schema.maxLength(200))),
-  restartPolicy: Schema.optionalWith(RestartPolicy, { default: () => "never" as const })
+  restartPolicy: Schema.optionalWith(RestartPolicy, { default: () => "never" as const }),
+  /** In a cluster: the node whose machine runs it. Omitted: the node with the fewest sessions. */
+  node: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(200)))
 }) {}
 
 /** A session as the registry knows it. */
@@ -79,7 +85,9 @@ export class SessionInfo extends Schema.Class<SessionInfo>("SessionInfo")({
   lastActivityAt: Schema.DateTimeUtc,
   /** Bytes the program has written so far (`List`: as of the session's last idle point). */
   outputBytes: Schema.Int,
-  restarts: Schema.Int
+  restarts: Schema.Int,
+  /** Set when the session's machine was lost and the session was started again as this one. */
+  replacedBy: Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null })
 }) {}
 
 /** A screen: plain text and the VT sequence that redraws it (colours, cursor, modes, scrollback). */

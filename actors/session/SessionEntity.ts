@@ -52,6 +52,7 @@ import {
   SessionUnavailable,
   SpawnFailed
 } from "../../rpc/Sessions.js"
+import * as Cluster from "../../infra/cluster/Cluster.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
 import {
   PtyHost,
@@ -99,6 +100,8 @@ export const Session = Entity.make("Session", [
   // Every keystroke is a message: a client span each would cost more than the keystroke (the
   // public RPC already has its span).
   .annotateRpcs(ClusterSchema.ClientTracingEnabled, false)
+  // A session lives on the machine that holds its PTY; its id names that machine.
+  .annotate(ClusterSchema.ShardGroup, (entityId) => Cluster.sessionGroup(entityId))
 
 // Metrics ------------------------------------------------------------------------------------
 

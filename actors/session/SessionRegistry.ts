@@ -5,7 +5,7 @@
 import { Context, DateTime, Effect, Layer, Option, Schema } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { RestartPolicy, SessionInfo, SessionState } from "../../rpc/Sessions.js"
+import { RestartPolicy, SessionId, SessionInfo, SessionState } from "../../rpc/Sessions.js"
 
 /** The registry could not be read or written. */
 export class RegistryError extends Schema.TaggedError<RegistryError>()("RegistryError", {
@@ -39,6 +39,8 @@ export interface Row {
   readonly lastActivityAt: Date
   readonly outputBytes: number
   readonly restarts: number
+  /** The session that took over when this one's machine was lost. */
+  readonly replacedBy?: string | null
 }
 
 const DbRow = Schema.Struct({
@@ -64,7 +66,8 @@ const DbRow = Schema.Struct({
   attached_clients: Schema.Number,
   last_activity_at: Schema.DateFromSelf,
   output_bytes: Schema.NumberFromString,
-  restarts: Schema.Number
+  restarts: Schema.Number,
+  replaced_by: Schema.optionalWith(Schema.NullOr(Schema.String), { default: () => null })
 })
 
 const decodeRow = Schema.decodeUnknown(DbRow)
@@ -92,7 +95,8 @@ const toRow = (db: typeof DbRow.Type): Row => ({
   attachedClients: db.attached_clients,
   lastActivityAt: db.last_activity_at,
   outputBytes: db.output_bytes,
-  restarts: db.restarts
+  restarts: db.restarts,
+  replacedBy: db.replaced_by
 })
 
 /** The public view of a row. */
@@ -116,7 +120,8 @@ export const toInfo = (row: Row): SessionInfo =>
     attachedClients: row.attachedClients,
     lastActivityAt: DateTime.unsafeFromDate(row.lastActivityAt),
     outputBytes: row.outputBytes,
-    restarts: row.restarts
+    restarts: row.restarts,
+    replacedBy: row.replacedBy ?? null
   })
 
 /** The fields an entity changes as its session lives. */
@@ -138,6 +143,7 @@ export type Change = Partial<
     | "outputBytes"
     | "restarts"
     | "nodeId"
+    | "replacedBy"
   >
 >
 
@@ -156,7 +162,8 @@ const columns: { readonly [K in keyof Required<Change>]: string } = {
   lastActivityAt: "last_activity_at",
   outputBytes: "output_bytes",
   restarts: "restarts",
-  nodeId: "node_id"
+  nodeId: "node_id",
+  replacedBy: "replaced_by"
 }
 
 /** Reads and writes `vibes_sessions`. */
@@ -170,10 +177,15 @@ export class SessionRegistry extends Context.Tag("vibes/SessionRegistry")<
     readonly update: (id: string, change: Change) => Effect.Effect<void, RegistryError>
     /** Ids of the sessions in state `running` whose PTY lives with node `nodeId`. */
     readonly running: (nodeId: string) => Effect.Effect<ReadonlyArray<string>, RegistryError>
+    /**
+     * Marks the running sessions of node `nodeId` (whose machine is gone) lost and returns them.
+     * One statement: when several nodes sweep at once, each session goes to exactly one of them.
+     */
+    readonly takeLost: (nodeId: string) => Effect.Effect<ReadonlyArray<Row>, RegistryError>
   }
 >() {}
 
-const isUuid = (id: string) => /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)
+const isSessionId = Schema.is(SessionId)
 
 /** The registry on the node's database. */
 export const layer: Layer.Layer<SessionRegistry, never, SqlClient> = Layer.effect(
@@ -197,7 +209,7 @@ export const layer: Layer.Layer<SessionRegistry, never, SqlClient> = Layer.effec
             ${row.attachedClients}, ${row.lastActivityAt}, ${row.outputBytes}, ${row.restarts})
         `.pipe(Effect.asVoid, Effect.mapError(failed("write to"))),
       get: (id) =>
-        isUuid(id)
+        isSessionId(id)
           ? sql`SELECT * FROM vibes_sessions WHERE id = ${id}`.pipe(
               Effect.flatMap(decodeAll),
               Effect.map((rows) => Option.fromNullable(rows[0])),
@@ -228,7 +240,13 @@ export const layer: Layer.Layer<SessionRegistry, never, SqlClient> = Layer.effec
         }>`SELECT id FROM vibes_sessions WHERE state = 'running' AND node_id = ${nodeId}`.pipe(
           Effect.map((rows) => rows.map((row) => row.id)),
           Effect.mapError(failed("read"))
-        )
+        ),
+      takeLost: (nodeId) =>
+        sql`
+          UPDATE vibes_sessions SET state = 'lost', exited_at = now(), pid = NULL
+          WHERE state = 'running' AND node_id = ${nodeId}
+          RETURNING *
+        `.pipe(Effect.flatMap(decodeAll), Effect.mapError(failed("write to")))
     })
   })
 )

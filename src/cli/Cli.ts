@@ -12,6 +12,7 @@ import * as Options from "@effect/cli/Options"
 import * as Client from "../../rpc/Client.js"
 import { compileGlob, EventFilter, StoredEvent } from "../../rpc/Events.js"
 import { follow } from "../../rpc/Follow.js"
+import { ClusterInfo } from "../../rpc/System.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import * as Config from "../config/Config.js"
 import {
@@ -179,6 +180,63 @@ const status = Command.make(
     })
 ).pipe(Command.withDescription("Ask a vibes server how it is (System.Info). Exit 0 when it answers."))
 
+// cluster ---------------------------------------------------------------------------------
+
+const encodeCluster = Schema.encodeSync(ClusterInfo)
+
+/** The cluster as a table: one line a node, then the shard groups. */
+export const formatCluster = (info: ClusterInfo): string => {
+  const header = ["NODE", "STATE", "MACHINE", "SHARDS", "ENTITIES", "SESSIONS", "JOBS", "LAST SEEN", "URL"]
+  const rows = info.nodes.map((node) => [
+    node.nodeId + (node.nodeId === info.nodeId ? " *" : ""),
+    node.state,
+    node.machine ?? "-",
+    String(node.shards),
+    String(node.entities),
+    String(node.sessions),
+    String(node.jobs),
+    DateTime.formatIso(node.lastSeenAt),
+    node.url ?? "-"
+  ])
+  const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => (row[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) =>
+    cells
+      .map((cell, i) => cell.padEnd(widths[i] ?? 0))
+      .join("  ")
+      .trimEnd()
+  const up = info.nodes.filter((node) => node.state === "up").length
+  return [
+    `${info.mode === "cluster" ? "cluster" : "single node"}: ${up} of ${info.nodes.length} nodes up, ${info.shardsPerGroup} shards a group, entities ${info.entityTypes.join(", ")}`,
+    "",
+    line(header),
+    ...rows.map(line),
+    "",
+    "GROUP".padEnd(24) + "  SHARDS HELD  OWNERS",
+    ...info.groups.map(
+      (group) =>
+        `${group.name.padEnd(24)}  ${`${group.shards}/${info.shardsPerGroup}`.padEnd(11)}  ${group.owners.join(", ")}`
+    )
+  ].join("\n")
+}
+
+const cluster = Command.make(
+  "cluster",
+  {
+    ...connectionOptions,
+    json: Options.boolean("json").pipe(Options.withDescription("Print the answer as JSON"))
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      const info = yield* withClient(connection, flags.timeout, (client) => client.System.Cluster())
+      console.log(flags.json ? JSON.stringify(encodeCluster(info)) : formatCluster(info))
+    })
+).pipe(
+  Command.withDescription(
+    "Show the cluster (System.Cluster): every node with its state (up, unresponsive, lost, stopped), shards, entities, sessions and jobs, and who holds each shard group. * marks the node that answered."
+  )
+)
+
 // events ----------------------------------------------------------------------------------
 
 /** One event as a line: offset, time, type, severity when not info, ids, payload. */
@@ -318,6 +376,7 @@ export const command = Command.make("vibes").pipe(
   Command.withSubcommands([
     serve,
     status,
+    cluster,
     events,
     ...SessionCommands.commands,
     ...JobCommands.commands,

@@ -66,6 +66,12 @@ const create = Command.make(
       Options.withDescription("Start the command again when it ends (on-failure: only when it fails)"),
       Options.withDefault("never" as const)
     ),
+    node: Options.text("node").pipe(
+      Options.withDescription(
+        "In a cluster: the node whose machine runs the session. Default: the node with the fewest sessions"
+      ),
+      Options.optional
+    ),
     json: Options.boolean("json").pipe(Options.withDescription("Print the new session as JSON")),
     command: Args.text({ name: "command" }).pipe(
       Args.withDescription("The program and its arguments, after `--`. Default: the server user's shell"),
@@ -84,6 +90,7 @@ const create = Command.make(
             args,
             ...(Option.isSome(flags.cwd) ? { cwd: flags.cwd.value } : {}),
             ...(Option.isSome(flags.name) ? { name: flags.name.value } : {}),
+            ...(Option.isSome(flags.node) ? { node: flags.node.value } : {}),
             cols: size.cols,
             rows: size.rows,
             restartPolicy: flags.restart
@@ -91,7 +98,9 @@ const create = Command.make(
         )
       ).pipe(Effect.mapError(sessionFailure(connection)))
       console.log(
-        flags.json ? JSON.stringify({ id: info.id, pid: info.pid, command: info.command }) : info.id
+        flags.json
+          ? JSON.stringify({ id: info.id, pid: info.pid, command: info.command, nodeId: info.nodeId })
+          : info.id
       )
     })
 ).pipe(

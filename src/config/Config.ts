@@ -75,6 +75,26 @@ export interface ServerConfig {
   /** Proxy requests a second per client (0: no limit), and the burst allowed above that rate. */
   readonly proxyRate: number
   readonly proxyBurst: number
+  /** Cluster mode (`VIBES_RUNNER_PORT` set), else a single node that is its own runner. */
+  readonly cluster: Option.Option<ClusterConfig>
+  /** How often this node records that it is alive in `vibes_nodes`. */
+  readonly heartbeat: Duration.Duration
+  /** Silence after which a node that did not stop cleanly counts as gone: its sessions are lost. */
+  readonly nodeLostAfter: Duration.Duration
+}
+
+/** How a node takes part in a cluster of nodes on one Postgres. */
+export interface ClusterConfig {
+  /** The address other nodes reach this node's runner at. */
+  readonly runnerHost: string
+  readonly runnerPort: number
+  /** Where the runner listens; by default the runner host. */
+  readonly runnerListenHost: string
+  /** A shard lock not refreshed for this long may be taken by another node (the failover time). */
+  readonly shardLockExpiration: Duration.Duration
+  readonly shardLockRefresh: Duration.Duration
+  /** How often a node looks for shards to take or give back. */
+  readonly shardRefresh: Duration.Duration
 }
 
 /** The default retention: terminal output goes once a later snapshot of its session covers it. */
@@ -287,6 +307,43 @@ const otlpEndpoint = checked(
   isHttpUrl
 ).pipe(Config.option)
 
+/**
+ * Cluster mode: on when `VIBES_RUNNER_PORT` is set. The runner address comes from the `VIBES_RUNNER_*`
+ * variables only; the generic `HOST`/`PORT` never reach it.
+ */
+const cluster: Config.Config<Option.Option<ClusterConfig>> = Config.all({
+  runnerPort: checked(
+    "VIBES_RUNNER_PORT",
+    Config.integer("VIBES_RUNNER_PORT"),
+    "must be a port number between 1 and 65535",
+    (n) => n >= 1 && n <= 65535
+  ).pipe(Config.option),
+  runnerHost: checked(
+    "VIBES_RUNNER_HOST",
+    Config.string("VIBES_RUNNER_HOST"),
+    "must be a host name or address without spaces",
+    (s) => /^[^\s/]+$/.test(s)
+  ).pipe(Config.withDefault("127.0.0.1")),
+  runnerListenHost: checked(
+    "VIBES_RUNNER_LISTEN_HOST",
+    Config.string("VIBES_RUNNER_LISTEN_HOST"),
+    "must be a host name or address without spaces",
+    (s) => /^[^\s/]+$/.test(s)
+  ).pipe(Config.option),
+  shardLockExpiration: duration("VIBES_SHARD_LOCK_EXPIRATION", "3 seconds"),
+  shardLockRefresh: duration("VIBES_SHARD_LOCK_REFRESH", "1 second"),
+  shardRefresh: duration("VIBES_SHARD_REFRESH_INTERVAL", "500 millis")
+}).pipe(
+  Config.map(({ runnerPort, runnerHost, runnerListenHost, ...timing }) =>
+    Option.map(runnerPort, (port) => ({
+      runnerHost,
+      runnerPort: port,
+      runnerListenHost: Option.getOrElse(runnerListenHost, () => runnerHost),
+      ...timing
+    }))
+  )
+)
+
 /** The whole server configuration from the environment. */
 export const serverConfig: Config.Config<ServerConfig> = Config.all({
   host,
@@ -332,8 +389,33 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   proxyProviders,
   proxyMaxBody: positiveInt("VIBES_PROXY_MAX_BODY", 32 * 1024 * 1024, 1024 * 1024 * 1024),
   proxyRate: nonNegativeInt("VIBES_PROXY_RATE", 20),
-  proxyBurst: positiveInt("VIBES_PROXY_BURST", 40, 1_000_000)
-})
+  proxyBurst: positiveInt("VIBES_PROXY_BURST", 40, 1_000_000),
+  cluster,
+  heartbeat: duration("VIBES_HEARTBEAT_INTERVAL", "2 seconds"),
+  nodeLostAfter: duration("VIBES_NODE_LOST_AFTER", "30 seconds")
+}).pipe(
+  Config.mapOrFail((config) =>
+    Option.isSome(config.cluster) && Option.isNone(config.databaseUrl)
+      ? Either.left(
+          ConfigError.InvalidData(
+            [],
+            "VIBES_RUNNER_PORT turns on cluster mode, which needs DATABASE_URL: every node must use the same Postgres"
+          )
+        )
+      : Option.isSome(config.cluster) &&
+          Duration.lessThanOrEqualTo(
+            config.cluster.value.shardLockExpiration,
+            config.cluster.value.shardLockRefresh
+          )
+        ? Either.left(
+            ConfigError.InvalidData(
+              [],
+              "VIBES_SHARD_LOCK_EXPIRATION must be longer than VIBES_SHARD_LOCK_REFRESH, or locks lapse between refreshes"
+            )
+          )
+        : Either.right(config)
+  )
+)
 
 /** Settings of the CLI's client commands (`vibes status`, …). */
 export interface ClientConfig {

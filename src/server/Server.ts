@@ -16,17 +16,17 @@ import {
   Duration,
   Effect,
   Layer,
+  ExecutionStrategy,
+  Exit,
   Option,
   Redacted,
   Schedule,
-  type Scope
+  Scope
 } from "effect"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { SqlClient } from "@effect/sql/SqlClient"
-import * as RunnerAddress from "@effect/cluster/RunnerAddress"
-import * as SingleRunner from "@effect/cluster/SingleRunner"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as JobEntity from "../../actors/job/JobEntity.js"
 import * as Proxy from "../../actors/proxy/Proxy.js"
@@ -41,6 +41,7 @@ import * as SessionSettings from "../../actors/session/SessionSettings.js"
 import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
 import * as PtyHostSupervisor from "../../actors/supervisors/PtyHostSupervisor.js"
 import * as AdminToken from "../../infra/auth/AdminToken.js"
+import * as Cluster from "../../infra/cluster/Cluster.js"
 import * as DataDir from "../../infra/datadir/DataDir.js"
 import * as Db from "../../infra/db/Db.js"
 import * as Migrations from "../../infra/db/Migrations.js"
@@ -50,8 +51,10 @@ import * as PgEventLog from "../../infra/eventlog/PgEventLog.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import type { ServerConfig } from "../config/Config.js"
 import { version } from "../Version.js"
+import { PtyHost } from "../../infra/pty/PtyHost.js"
 import * as Emitter from "./Emitter.js"
 import * as Http from "./Http.js"
+import * as Membership from "./Membership.js"
 import * as WebUi from "./WebUi.js"
 import { NodeInfo, resolveNodeId } from "./NodeInfo.js"
 
@@ -101,15 +104,18 @@ const dbOptions = (config: ServerConfig, url: Redacted.Redacted<string>): Db.Opt
 })
 
 /** Records this node in `vibes_nodes` for as long as it runs. */
-const registerNode = (nodeId: string, startedAt: DateTime.Utc) =>
+const registerNode = (nodeId: string, startedAt: DateTime.Utc, config: ServerConfig) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient
     const started = DateTime.toDate(startedAt)
+    const machine = Cluster.machineOf(nodeId)
+    const runner = Option.getOrNull(Cluster.runnerAddress(config.cluster))
     yield* sql`
-      INSERT INTO vibes_nodes (node_id, version, host, pid, started_at, last_seen_at)
-      VALUES (${nodeId}, ${version}, ${os.hostname()}, ${process.pid}, ${started}, ${started})
+      INSERT INTO vibes_nodes (node_id, version, host, pid, started_at, last_seen_at, machine, runner_address)
+      VALUES (${nodeId}, ${version}, ${os.hostname()}, ${process.pid}, ${started}, now(), ${machine}, ${runner})
       ON CONFLICT (node_id) DO UPDATE SET version = EXCLUDED.version, host = EXCLUDED.host, pid = EXCLUDED.pid,
-        started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at, stopped_at = NULL
+        started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at, stopped_at = NULL,
+        machine = EXCLUDED.machine, runner_address = EXCLUDED.runner_address, url = NULL, shards = 0, entities = 0
     `
     yield* Effect.addFinalizer(() =>
       sql`UPDATE vibes_nodes SET stopped_at = now(), last_seen_at = now() WHERE node_id = ${nodeId}`.pipe(
@@ -191,9 +197,9 @@ const ptyHostCommand = (config: ServerConfig): ReadonlyArray<string> =>
   ])
 
 /**
- * Sessions: the machine's PTY host (started when none runs), the session registry, and the
- * cluster runner with the session entity. One node is its own single runner; the runner address
- * is set here so the generic `HOST`/`PORT` variables never leak into it.
+ * Sessions and jobs: the machine's PTY host (started when none runs), the session registry, and
+ * the cluster runner with the session and job entities (a single runner, or a member of the
+ * cluster; see `Cluster.runnerLayer`), and this node's membership on top.
  */
 const sessions = (
   config: ServerConfig,
@@ -201,43 +207,50 @@ const sessions = (
   proxyEnv: SessionSettings.SessionSettings["Type"]["proxyEnv"],
   hiddenEnv: ReadonlySet<string>
 ) =>
-  Layer.mergeAll(
-    SessionEntity.layer,
-    Jobs.layer({ retention: config.jobRetention, pruneEvery: config.eventsRetentionInterval }).pipe(
-      Layer.provideMerge(JobEntity.layer),
-      Layer.provide(NodeContext.layer)
-    )
-  ).pipe(
+  Membership.layer({
+    nodeId,
+    cluster: config.cluster,
+    heartbeat: config.heartbeat,
+    nodeLostAfter: config.nodeLostAfter
+  }).pipe(
     Layer.provideMerge(
-      SingleRunner.layer({
-        shardingConfig: {
-          runnerAddress: Option.some(RunnerAddress.make("127.0.0.1", 34431)),
-          // Long enough for running jobs to be stopped (SIGTERM, a short grace, SIGKILL) and handed back.
-          entityTerminationTimeout: Duration.seconds(10)
-        },
-        runnerStorage: "memory"
-      }).pipe(Layer.orDie)
-    ),
-    // Below the runner, so they outlive the entities that use them while it stops.
-    Layer.provideMerge(jobServices(config, nodeId)),
-    Layer.provideMerge(SessionRegistry.layer),
-    Layer.provideMerge(
-      SessionSettings.layer(nodeId, {
-        scrollback: config.sessionScrollback,
-        idleAfter: config.sessionIdleAfter,
-        // Provider keys stay on the server: sessions get their proxy token in those variables.
-        env: Object.fromEntries(
-          Object.entries(SessionSettings.sessionEnv()).filter(([name]) => !hiddenEnv.has(name))
+      Layer.mergeAll(
+        SessionEntity.layer,
+        Jobs.layer({ retention: config.jobRetention, pruneEvery: config.eventsRetentionInterval }).pipe(
+          Layer.provideMerge(JobEntity.layer),
+          Layer.provide(NodeContext.layer)
+        )
+      ).pipe(
+        Layer.provideMerge(
+          Cluster.runnerLayer({
+            nodeId,
+            cluster: config.cluster,
+            // Long enough for running jobs to be stopped (SIGTERM, a short grace, SIGKILL) and handed back.
+            entityTerminationTimeout: Duration.seconds(10)
+          })
         ),
-        proxyEnv
-      })
-    ),
-    Layer.provideMerge(
-      PtyHostSupervisor.layer({
-        dataDir: config.dataDir,
-        command: ptyHostCommand(config),
-        stopHostOnRelease: config.stopPtyHostOnExit
-      })
+        // Below the runner, so they outlive the entities that use them while it stops.
+        Layer.provideMerge(jobServices(config, nodeId)),
+        Layer.provideMerge(SessionRegistry.layer),
+        Layer.provideMerge(
+          SessionSettings.layer(nodeId, {
+            scrollback: config.sessionScrollback,
+            idleAfter: config.sessionIdleAfter,
+            // Provider keys stay on the server: sessions get their proxy token in those variables.
+            env: Object.fromEntries(
+              Object.entries(SessionSettings.sessionEnv()).filter(([name]) => !hiddenEnv.has(name))
+            ),
+            proxyEnv
+          })
+        ),
+        Layer.provideMerge(
+          PtyHostSupervisor.layer({
+            dataDir: config.dataDir,
+            command: ptyHostCommand(config),
+            stopHostOnRelease: config.stopPtyHostOnExit
+          })
+        )
+      )
     )
   )
 
@@ -278,6 +291,18 @@ const resumeSessions = (nodeId: string) =>
       { concurrency: 4, discard: true }
     )
     if (ids.length > 0) yield* Effect.logInfo(`resumed ${ids.length} sessions`)
+    // Sessions the cluster gave up on while this node was gone (marked lost, maybe restarted on
+    // another machine) must not go on running here.
+    const host = yield* PtyHost
+    const lost = new Set((yield* registry.list(Option.some("lost"))).map((row) => row.ptyId))
+    const stale = (yield* host.list).filter((pty) => lost.has(pty.id))
+    yield* Effect.forEach(
+      stale,
+      (pty) => Effect.zipRight(host.signal(pty.id, "SIGKILL").pipe(Effect.ignore), host.release(pty.id)),
+      { discard: true }
+    )
+    if (stale.length > 0)
+      yield* Effect.logWarning(`stopped ${stale.length} sessions the cluster had marked lost`)
   }).pipe(Effect.catchAll((error) => Effect.logWarning(`could not resume sessions: ${error.message}`)))
 
 /** The whole node as a layer; building it starts the node, releasing it stops the node. */
@@ -291,6 +316,9 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       )
       const db = yield* database(config)
       const sqlContext = yield* Layer.build(db.layer)
+      // Nodes starting together take turns creating tables, until this one's runner is up.
+      const startup = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
+      yield* Cluster.startupLock.pipe(Effect.provide(sqlContext), Scope.extend(startup), Effect.orDie)
       const applied = yield* Migrations.run.pipe(Effect.provide(sqlContext))
       if (applied.length > 0) {
         yield* Effect.logInfo(
@@ -298,7 +326,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         )
       }
       const startedAt = yield* DateTime.now
-      yield* registerNode(nodeId, startedAt).pipe(Effect.provide(sqlContext))
+      yield* registerNode(nodeId, startedAt, config).pipe(Effect.provide(sqlContext))
       yield* Effect.logInfo("vibes node started").pipe(
         Effect.annotateLogs({ nodeId, version, database: db.kind, dataDir: config.dataDir })
       )
@@ -336,6 +364,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
           Layer.provide(Layer.succeedContext(sqlContext))
         )
       )
+      yield* Scope.close(startup, Exit.void)
       yield* Effect.forkScoped(resumeSessions(nodeId).pipe(Effect.provide(sessionsContext)))
       const server = Http.createServer(proxy)
       const identity = { serviceVersion: version, nodeId }
@@ -358,7 +387,10 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
             Effect.flatMap(AdminToken.AdminToken, (admin) =>
               announce(config, nodeId, admin.token, (announcement) =>
                 Effect.zipRight(
-                  Deferred.succeed(serverUrl, announcement.url),
+                  Effect.zipRight(
+                    Deferred.succeed(serverUrl, announcement.url),
+                    Context.get(sessionsContext, Membership.Membership).announce(announcement.url)
+                  ),
                   hooks.onListening(announcement)
                 )
               )

@@ -2,15 +2,17 @@
  * Handlers of the `Sessions` RPC group: per-session calls go to the session's entity through
  * Sharding (whichever node owns it); `List`, `Get` and `ScreenAt` read the registry and the log.
  */
-import { Effect, Option, Stream } from "effect"
+import { Duration, Effect, Option, Stream } from "effect"
 import { SessionsRpcs, SessionNotFound, SessionUnavailable, type SessionError } from "../../rpc/Sessions.js"
 import { EventFilter } from "../../rpc/Events.js"
-import { EventLog, uuidv7 } from "../../infra/eventlog/EventLog.js"
+import * as Cluster from "../../infra/cluster/Cluster.js"
+import { EventLog } from "../../infra/eventlog/EventLog.js"
 import * as ScreenModel from "../../infra/terminal/ScreenModel.js"
 import { historyAfter, historySteps, latestSnapshot, Session } from "../../actors/session/SessionEntity.js"
 import { SessionRegistry, toInfo } from "../../actors/session/SessionRegistry.js"
 import { SessionSettings } from "../../actors/session/SessionSettings.js"
 import { Screen } from "../../rpc/Sessions.js"
+import { Membership } from "./Membership.js"
 
 const sessionErrorTags = new Set([
   "SessionNotFound",
@@ -35,10 +37,29 @@ const toSessionError =
           message: `session ${sessionId} is unreachable right now (${error._tag}${error.message !== undefined ? `: ${error.message}` : ""}); retry`
         })
 
+/**
+ * How long a call waits for the session's machine. A session lives on one machine: while its node
+ * is down (restarting, or gone until the session is taken over) the cluster holds the call.
+ */
+const reachTimeout = Duration.seconds(20)
+
+const withinReach =
+  (sessionId: string) =>
+  <A, E, R>(call: Effect.Effect<A, E, R>): Effect.Effect<A, E | SessionUnavailable, R> =>
+    Effect.timeoutFail(call, {
+      duration: reachTimeout,
+      onTimeout: () =>
+        new SessionUnavailable({
+          sessionId,
+          message: `session ${sessionId} did not answer within ${Duration.format(reachTimeout)}: the node of machine '${Option.getOrElse(Cluster.machineOfSession(sessionId), () => "?")}' is not running; retry when it is back (vibes cluster shows the nodes)`
+        })
+    })
+
 /** The handlers. */
 export const layer = SessionsRpcs.toLayer(
   Effect.gen(function* () {
     const makeClient = yield* Session.client
+    const membership = yield* Membership
     const registry = yield* SessionRegistry
     const settings = yield* SessionSettings
     const log = yield* EventLog
@@ -107,29 +128,28 @@ export const layer = SessionsRpcs.toLayer(
       })
 
     return {
-      "Sessions.Create": (request) => {
-        const sessionId = uuidv7()
-        return makeClient(sessionId)
-          .Create(request)
-          .pipe(
+      "Sessions.Create": (request) =>
+        Effect.flatMap(membership.pickMachine(Option.fromNullable(request.node)), (machine) => {
+          const sessionId = Cluster.newSessionId(machine)
+          return withinReach(sessionId)(makeClient(sessionId).Create(request)).pipe(
             Effect.tap(() => Effect.sync(() => known.add(sessionId))),
             Effect.mapError(toSessionError(sessionId))
           )
-      },
+        }),
       "Sessions.Input": ({ sessionId, data, attachmentId }) =>
-        Effect.flatMap(entity(sessionId), (client) => client.Input({ data, attachmentId })).pipe(
-          Effect.mapError(toSessionError(sessionId))
-        ),
+        Effect.flatMap(entity(sessionId), (client) =>
+          withinReach(sessionId)(client.Input({ data, attachmentId }))
+        ).pipe(Effect.mapError(toSessionError(sessionId))),
       "Sessions.Resize": ({ sessionId, cols, rows, attachmentId }) =>
-        Effect.flatMap(entity(sessionId), (client) => client.Resize({ cols, rows, attachmentId })).pipe(
-          Effect.mapError(toSessionError(sessionId))
-        ),
+        Effect.flatMap(entity(sessionId), (client) =>
+          withinReach(sessionId)(client.Resize({ cols, rows, attachmentId }))
+        ).pipe(Effect.mapError(toSessionError(sessionId))),
       "Sessions.Signal": ({ sessionId, signal }) =>
-        Effect.flatMap(entity(sessionId), (client) => client.Signal({ signal })).pipe(
+        Effect.flatMap(entity(sessionId), (client) => withinReach(sessionId)(client.Signal({ signal }))).pipe(
           Effect.mapError(toSessionError(sessionId))
         ),
       "Sessions.Close": ({ sessionId }) =>
-        Effect.flatMap(entity(sessionId), (client) => client.Close()).pipe(
+        Effect.flatMap(entity(sessionId), (client) => withinReach(sessionId)(client.Close())).pipe(
           Effect.mapError(toSessionError(sessionId))
         ),
       "Sessions.Attach": ({ sessionId, cols, rows, readOnly, from, scrollback }) =>
@@ -137,7 +157,7 @@ export const layer = SessionsRpcs.toLayer(
           Effect.map(entity(sessionId), (client) => client.Attach({ cols, rows, readOnly, from, scrollback }))
         ).pipe(Stream.mapError(toSessionError(sessionId))),
       "Sessions.Snapshot": ({ sessionId }) =>
-        Effect.flatMap(entity(sessionId), (client) => client.Snapshot()).pipe(
+        Effect.flatMap(entity(sessionId), (client) => withinReach(sessionId)(client.Snapshot())).pipe(
           Effect.mapError(toSessionError(sessionId))
         ),
       "Sessions.ScreenAt": ({ sessionId, at }) =>
@@ -162,7 +182,11 @@ export const layer = SessionsRpcs.toLayer(
           row.state === "running"
             ? makeClient(sessionId)
                 .Info()
-                .pipe(Effect.orElseSucceed(() => toInfo(row)))
+                .pipe(
+                  // Its machine may be down: the registry's row is the answer then.
+                  Effect.timeout("2 seconds"),
+                  Effect.orElseSucceed(() => toInfo(row))
+                )
             : Effect.succeed(toInfo(row))
         )
     }

@@ -57,7 +57,7 @@ layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServi
         const created = yield* vibes(["new", "--name", "builder", "--", "/bin/sh"])
         expect(created.code).toBe(0)
         const id = created.stdout.trim()
-        expect(id).toMatch(/^[0-9a-f-]{36}$/)
+        expect(id).toMatch(/^test-node_[0-9a-f-]{36}$/)
         const listed = yield* vibes(["ls"])
         expect(listed.code).toBe(0)
         expect(listed.stdout).toContain(id)

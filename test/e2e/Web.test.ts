@@ -92,7 +92,7 @@ const newSession = (page: Page, name: string) =>
     yield* promise(() => page.getByLabel("Working directory").fill(workDir))
     yield* promise(() => page.getByLabel("Name").fill(name))
     yield* promise(() => page.getByRole("button", { name: "Start session" }).click())
-    yield* promise(() => page.waitForURL(/#\/sessions\/[0-9a-f-]{36}$/))
+    yield* promise(() => page.waitForURL(/#\/sessions\/[a-z0-9-]+_[0-9a-f-]{36}$/))
     yield* promise(() => page.locator('[data-testid="terminal"][data-attachments="1"]').waitFor())
     const sessionId = page.url().split("/").at(-1) ?? ""
     return sessionId

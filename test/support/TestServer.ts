@@ -73,6 +73,9 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       proxyMaxBody: 32 * 1024 * 1024,
       proxyRate: 20,
       proxyBurst: 40,
+      cluster: Option.none(),
+      heartbeat: Duration.seconds(2),
+      nodeLostAfter: Duration.seconds(30),
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()

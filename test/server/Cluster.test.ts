@@ -1,0 +1,325 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber, Option, Ref } from "effect"
+import type * as Client from "../../rpc/Client.js"
+import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
+import { isFinal, type JobInfo, JobSpec, RetryPolicy } from "../../rpc/Jobs.js"
+import { CreateSession } from "../../rpc/Sessions.js"
+import { eventually } from "../support/Attach.js"
+import * as ClusterNodes from "../support/ClusterNodes.js"
+
+const encoder = new TextEncoder()
+
+/** Waits until job `jobId` is final, as `client` sees it. */
+const finished = (client: Client.Client, jobId: string, timeout = 60_000) =>
+  eventually(
+    Effect.map(client.Jobs.Get({ jobId }).pipe(Effect.option), (info) =>
+      Option.filter(info, (i) => isFinal(i.status))
+    ),
+    `job ${jobId} to finish`,
+    timeout
+  )
+
+/** Every event of the log, read page by page. */
+const allEvents = (client: Client.Client) =>
+  Effect.gen(function* () {
+    const events: Array<StoredEvent> = []
+    let from = 1
+    for (;;) {
+      const page = yield* client.Events.Read({ from, filter: EventFilter.make({}), limit: 10_000 })
+      events.push(...page)
+      const last = page.at(-1)
+      if (last === undefined || page.length < 10_000) return events
+      from = last.offset + 1
+    }
+  })
+
+/** The log has every offset from its first to its head once, and no event id twice. */
+const expectGapless = (events: ReadonlyArray<StoredEvent>) => {
+  const first = events[0]?.offset ?? 1
+  events.forEach((event, i) => expect(event.offset).toBe(first + i))
+  expect(new Set(events.map((event) => event.id)).size).toBe(events.length)
+}
+
+const shellJob = (command: string, attempts = 1) =>
+  JobSpec.make({
+    command,
+    shell: true,
+    retry: RetryPolicy.make({ maxAttempts: attempts, initialDelayMs: 100 })
+  })
+
+describe("a cluster of vibes nodes", () => {
+  it.scopedLive(
+    "sessions and jobs created through one node run on their owners, and every node answers for every entity",
+    () =>
+      Effect.gen(function* () {
+        const cluster = yield* ClusterNodes.make("clroute", 3)
+        yield* cluster.settled(3)
+        const [a, b, c] = cluster.nodes
+        if (a === undefined || b === undefined || c === undefined) return expect.unreachable()
+
+        // A session is placed on the node named, and its id names that node's machine.
+        const onB = yield* a.client.Sessions.Create(CreateSession.make({ command: "cat", node: b.nodeId }))
+        const onC = yield* a.client.Sessions.Create(CreateSession.make({ command: "cat", node: c.nodeId }))
+        expect(onB.nodeId).toBe(b.nodeId)
+        expect(onB.id.startsWith(`${b.nodeId}_`)).toBe(true)
+        expect(onC.nodeId).toBe(c.nodeId)
+        // Unnamed: the least loaded node (A has none).
+        const placed = yield* b.client.Sessions.Create(CreateSession.make({ command: "cat" }))
+        expect(placed.nodeId).toBe(a.nodeId)
+
+        // Input through every node reaches the program; every node sees the same screen.
+        for (const session of [onB, onC, placed]) {
+          for (const via of cluster.nodes) {
+            yield* via.client.Sessions.Input({
+              sessionId: session.id,
+              data: encoder.encode(`via-${via.nodeId}\r`)
+            })
+          }
+          for (const via of cluster.nodes) {
+            yield* eventually(
+              Effect.map(via.client.Sessions.Snapshot({ sessionId: session.id }), (screen) =>
+                cluster.nodes.every((n) => screen.text.includes(`via-${n.nodeId}`))
+                  ? Option.some(screen)
+                  : Option.none()
+              ),
+              `every node's input on the screen of ${session.id} as ${via.nodeId} sees it`
+            )
+          }
+        }
+
+        // A named node that is not in the cluster is refused, and nothing is created.
+        const before = (yield* a.client.Sessions.List({})).length
+        const refused = yield* a.client.Sessions.Create(
+          CreateSession.make({ command: "cat", node: "nope" })
+        ).pipe(Effect.flip)
+        expect(refused._tag).toBe("InvalidSessionRequest")
+        expect(refused.message).toContain("no live node 'nope'")
+        expect((yield* a.client.Sessions.List({})).length).toBe(before)
+
+        // Jobs: submitted through A, run on whichever node owns their shard, answered by every node.
+        const jobs: Array<JobInfo> = []
+        while (jobs.length < 30 && new Set(jobs.map((j) => j.nodeId)).size < 2) {
+          const submitted = yield* a.client.Jobs.Submit(shellJob(`echo job-${jobs.length}`))
+          jobs.push(yield* finished(a.client, submitted.id))
+        }
+        expect(new Set(jobs.map((j) => j.nodeId)).size).toBeGreaterThanOrEqual(2)
+        for (const job of jobs) {
+          expect(job.status).toBe("succeeded")
+          for (const via of cluster.nodes) {
+            const seen = yield* via.client.Jobs.Get({ jobId: job.id })
+            expect(seen.status).toBe("succeeded")
+            expect(seen.nodeId).toBe(job.nodeId)
+          }
+        }
+
+        // The cluster as every node reports it.
+        for (const via of cluster.nodes) {
+          const info = yield* via.client.System.Cluster()
+          expect(info.mode).toBe("cluster")
+          expect(info.nodeId).toBe(via.nodeId)
+          expect(
+            info.nodes
+              .filter((n) => n.state === "up")
+              .map((n) => n.nodeId)
+              .sort()
+          ).toEqual(cluster.nodes.map((n) => n.nodeId).sort())
+          const groups = new Map(info.groups.map((g) => [g.name, g]))
+          expect(groups.get("default")?.owners.length).toBe(3)
+          for (const node of cluster.nodes)
+            expect(groups.get(`m-${node.nodeId}`)?.owners).toEqual([node.nodeId])
+        }
+      }),
+    240_000
+  )
+
+  it.scopedLive(
+    "kill -9 of a node while jobs run: its jobs retry elsewhere, its sessions are lost or restarted per policy, nothing acknowledged is lost",
+    () =>
+      Effect.gen(function* () {
+        const cluster = yield* ClusterNodes.make("clkill", 3)
+        yield* cluster.settled(3)
+        const [a, , c] = cluster.nodes
+        if (a === undefined || c === undefined) return expect.unreachable()
+
+        const keep = yield* a.client.Sessions.Create(
+          CreateSession.make({ command: "sleep", args: ["600"], node: c.nodeId, restartPolicy: "always" })
+        )
+        const drop = yield* a.client.Sessions.Create(
+          CreateSession.make({ command: "sleep", args: ["600"], node: c.nodeId })
+        )
+        // Jobs that run long enough to be cut short, until at least two run on the victim.
+        const jobs: Array<JobInfo> = []
+        const onVictim = () => jobs.filter((j) => j.nodeId === c.nodeId).length
+        while (jobs.length < 40 && onVictim() < 2) {
+          const job = yield* a.client.Jobs.Submit(shellJob("sleep 4; echo finished", 3))
+          jobs.push(
+            yield* eventually(
+              Effect.map(a.client.Jobs.Get({ jobId: job.id }), (info) =>
+                info.status === "running" ? Option.some(info) : Option.none()
+              ),
+              `job ${job.id} to start`
+            )
+          )
+        }
+        expect(onVictim()).toBeGreaterThanOrEqual(2)
+
+        yield* cluster.kill(2)
+        const killedAt = Date.now()
+        // A call right after the kill gets its answer once the shard has moved.
+        const victimJob = jobs.find((j) => j.nodeId === c.nodeId)
+        if (victimJob === undefined) return expect.unreachable()
+        const status = yield* a.client.Jobs.Get({ jobId: victimJob.id })
+        expect(status.id).toBe(victimJob.id)
+
+        for (const job of jobs) {
+          const done = yield* finished(a.client, job.id)
+          expect(done.status).toBe("succeeded")
+          if (job.nodeId === c.nodeId) {
+            expect(done.nodeId).not.toBe(c.nodeId)
+            expect(done.attempts).toBe(2)
+          }
+        }
+        const failoverMillis = Date.now() - killedAt
+
+        // The always-restart session was started again on a live machine; the other is lost.
+        const replaced = yield* eventually(
+          Effect.map(a.client.Sessions.Get({ sessionId: keep.id }), (info) =>
+            info.replacedBy !== null ? Option.some(info) : Option.none()
+          ),
+          "the lost session to be restarted elsewhere"
+        )
+        expect(replaced.state).toBe("lost")
+        const replacement = yield* a.client.Sessions.Get({ sessionId: replaced.replacedBy ?? "" })
+        expect(replacement.state).toBe("running")
+        expect(replacement.nodeId).not.toBe(c.nodeId)
+        expect(replacement.command).toBe("sleep")
+        const dropped = yield* a.client.Sessions.Get({ sessionId: drop.id })
+        expect(dropped.state).toBe("lost")
+        expect(dropped.replacedBy).toBeNull()
+
+        // The history: gapless, no duplicate, and every job's story complete exactly once.
+        const events = yield* allEvents(a.client)
+        expectGapless(events)
+        for (const job of jobs) {
+          const mine = events.filter((e) => e.jobId === job.id)
+          expect(mine.filter((e) => e.type === "job.submitted").length).toBe(1)
+          expect(mine.filter((e) => e.type === "job.done").length).toBe(1)
+        }
+        expect(events.some((e) => e.type === "session.lost" && e.sessionId === keep.id)).toBe(true)
+        expect(events.some((e) => e.type === "session.replaced" && e.sessionId === keep.id)).toBe(true)
+        yield* Effect.logInfo(`all jobs of the killed node finished ${failoverMillis} ms after the kill`)
+      }),
+    240_000
+  )
+
+  it.scopedLive(
+    "SIGTERM drains a node under load with zero failed client calls",
+    () =>
+      Effect.gen(function* () {
+        const cluster = yield* ClusterNodes.make("cldrain", 3)
+        yield* cluster.settled(3)
+        const [a, b] = cluster.nodes
+        if (a === undefined || b === undefined) return expect.unreachable()
+
+        const failures = yield* Ref.make<Array<string>>([])
+        const submitted = yield* Ref.make<Array<string>>([])
+        const calls = yield* Ref.make(0)
+        // Clients of A and B keep submitting jobs and asking for them while C drains.
+        const load = (client: Client.Client) =>
+          Effect.gen(function* () {
+            const job = yield* client.Jobs.Submit(shellJob("sleep 0.3; echo ok"))
+            yield* Ref.update(submitted, (ids) => [...ids, job.id])
+            yield* client.Jobs.Get({ jobId: job.id })
+            yield* Ref.update(calls, (n) => n + 2)
+          }).pipe(
+            Effect.catchAll((error) => Ref.update(failures, (list) => [...list, String(error)])),
+            Effect.forever
+          )
+        const fibers = yield* Effect.all([Effect.fork(load(a.client)), Effect.fork(load(b.client))])
+        yield* eventually(
+          Effect.map(Ref.get(calls), (n) => (n >= 20 ? Option.some(n) : Option.none())),
+          "load to be under way"
+        )
+        const code = yield* cluster.drain(2)
+        expect(code).toBe(0)
+        const atExit = yield* Ref.get(calls)
+        // The survivors go on serving after the drain.
+        yield* eventually(
+          Effect.map(Ref.get(calls), (n) => (n >= atExit + 20 ? Option.some(n) : Option.none())),
+          "load to go on after the drain"
+        )
+        yield* Effect.forEach(fibers, Fiber.interrupt, { discard: true })
+        expect(yield* Ref.get(failures)).toEqual([])
+        for (const jobId of yield* Ref.get(submitted)) {
+          const done = yield* finished(a.client, jobId)
+          expect(done.status).toBe("succeeded")
+        }
+      }),
+    240_000
+  )
+
+  it.scopedLive(
+    "a rolling restart of every node while a producer submits continuously: no gap, no duplicate, no lost job",
+    () =>
+      Effect.gen(function* () {
+        const cluster = yield* ClusterNodes.make("clroll", 3)
+        yield* cluster.settled(3)
+
+        const acknowledged = yield* Ref.make<Array<string>>([])
+        const restarting = yield* Ref.make<ReadonlySet<number>>(new Set())
+        // The producer sends each job to a node that is not restarting; a call that fails was not
+        // acknowledged and is sent again elsewhere.
+        let turn = 0
+        const produce = Effect.gen(function* () {
+          const busy = yield* Ref.get(restarting)
+          const candidates = cluster.nodes.flatMap((node, i) => (busy.has(i) ? [] : [node]))
+          const node = candidates[turn++ % candidates.length]
+          if (node === undefined) return
+          const job = yield* node.client.Jobs.Submit(shellJob(`echo produced-${turn}`)).pipe(Effect.option)
+          if (Option.isSome(job)) yield* Ref.update(acknowledged, (ids) => [...ids, job.value.id])
+        }).pipe(Effect.forever)
+        const producer = yield* Effect.fork(produce)
+
+        for (let i = 0; i < 3; i++) {
+          const before = (yield* Ref.get(acknowledged)).length
+          yield* eventually(
+            Effect.map(Ref.get(acknowledged), (ids) =>
+              ids.length >= before + 10 ? Option.some(ids) : Option.none()
+            ),
+            "the producer to make progress"
+          )
+          yield* Ref.update(restarting, (set) => new Set([...set, i]))
+          expect(yield* cluster.drain(i)).toBe(0)
+          yield* cluster.start(i)
+          yield* Ref.update(restarting, (set) => new Set([...set].filter((n) => n !== i)))
+          yield* cluster.settled(3, i)
+        }
+        const before = (yield* Ref.get(acknowledged)).length
+        yield* eventually(
+          Effect.map(Ref.get(acknowledged), (ids) =>
+            ids.length >= before + 10 ? Option.some(ids) : Option.none()
+          ),
+          "the producer to make progress after the restarts"
+        )
+        yield* Fiber.interrupt(producer)
+
+        const client = cluster.nodes[0]?.client
+        if (client === undefined) return expect.unreachable()
+        const ids = yield* Ref.get(acknowledged)
+        for (const jobId of ids) {
+          const done = yield* finished(client, jobId)
+          expect(done.status).toBe("succeeded")
+        }
+        const events = yield* allEvents(client)
+        expectGapless(events)
+        const submittedEvents = events.filter((e) => e.type === "job.submitted")
+        const doneEvents = events.filter((e) => e.type === "job.done")
+        for (const jobId of ids) {
+          expect(submittedEvents.filter((e) => e.jobId === jobId).length).toBe(1)
+          expect(doneEvents.filter((e) => e.jobId === jobId).length).toBe(1)
+        }
+        expect(events.filter((e) => e.type === "system.started").length).toBe(6)
+      }),
+    300_000
+  )
+})
