@@ -25,7 +25,10 @@ import * as ShardingConfig from "@effect/cluster/ShardingConfig"
 import * as SocketRunner from "@effect/cluster/SocketRunner"
 import * as SqlMessageStorage from "@effect/cluster/SqlMessageStorage"
 import * as SqlRunnerStorage from "@effect/cluster/SqlRunnerStorage"
-import * as NodeClusterSocket from "@effect/platform-node/NodeClusterSocket"
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
+import { Socket } from "@effect/platform/Socket"
+import * as RpcClient from "@effect/rpc/RpcClient"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -127,12 +130,12 @@ export const runnerLayer = (
       ),
     onSome: (cluster) =>
       SocketRunner.layer.pipe(
-        Layer.provide([NodeClusterSocket.layerSocketServer, NodeClusterSocket.layerClientProtocol]),
+        Layer.provide([
+          socketServer(RunnerAddress.make(cluster.runnerListenHost, cluster.runnerPort)),
+          clientProtocol
+        ]),
         Layer.provide(
-          RunnerHealth.layerPing.pipe(
-            Layer.provide(Runners.layerRpc),
-            Layer.provide(NodeClusterSocket.layerClientProtocol)
-          )
+          RunnerHealth.layerPing.pipe(Layer.provide(Runners.layerRpc), Layer.provide(clientProtocol))
         ),
         Layer.provideMerge(messageStorage),
         Layer.provide(Layer.orDie(SqlRunnerStorage.layer)),
@@ -159,6 +162,39 @@ export const runnerLayer = (
       )
   })
 }
+
+/**
+ * How a runner reaches another: `NodeClusterSocket.layerClientProtocol`, with Nagle's algorithm
+ * off. With it on, a small message written while an earlier one is unacknowledged waits for the
+ * peer's delayed ACK (up to 40 ms): concurrent calls across nodes ran at a quarter of the rate.
+ */
+const clientProtocol: Layer.Layer<Runners.RpcClientProtocol, never, RpcSerialization.RpcSerialization> =
+  Layer.effect(
+    Runners.RpcClientProtocol,
+    Effect.map(
+      RpcSerialization.RpcSerialization,
+      (serialization) => (address: RunnerAddress.RunnerAddress) =>
+        NodeSocket.makeNet({
+          openTimeout: 1000,
+          timeout: 5500,
+          host: address.host,
+          port: address.port,
+          noDelay: true
+        }).pipe(
+          Effect.flatMap((socket) =>
+            RpcClient.makeProtocolSocket().pipe(
+              Effect.provideService(Socket, socket),
+              Effect.provideService(RpcSerialization.RpcSerialization, serialization)
+            )
+          ),
+          Effect.orDie
+        )
+    )
+  )
+
+/** The runner's server: `NodeClusterSocket.layerSocketServer` with Nagle's algorithm off (above). */
+const socketServer = (listen: RunnerAddress.RunnerAddress) =>
+  NodeSocketServer.layer({ host: listen.host, port: listen.port, noDelay: true })
 
 /** Shards of `groups` this node holds now. */
 export const ownedShards = (sharding: Sharding.Sharding["Type"], groups: ReadonlyArray<string>): number => {

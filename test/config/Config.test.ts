@@ -143,3 +143,58 @@ describe("server configuration", () => {
     })
   )
 })
+
+describe("cluster configuration", () => {
+  it.effect(
+    "a single node by default; cluster mode with VIBES_RUNNER_PORT, and HOST/PORT never reach the runner",
+    () =>
+      Effect.gen(function* () {
+        expect(Option.isNone((yield* load({ HOST: "10.0.0.9", PORT: "9999" })).cluster)).toBe(true)
+        const config = yield* load({
+          DATABASE_URL: "postgres://u:p@db:5432/vibes",
+          VIBES_RUNNER_PORT: "34431",
+          VIBES_RUNNER_HOST: "build-1.internal",
+          HOST: "10.0.0.9",
+          PORT: "9999"
+        })
+        const cluster = Option.getOrThrow(config.cluster)
+        expect(cluster.runnerHost).toBe("build-1.internal")
+        expect(cluster.runnerPort).toBe(34431)
+        expect(cluster.runnerListenHost).toBe("build-1.internal")
+        expect(Duration.toMillis(cluster.shardLockExpiration)).toBe(3000)
+        expect(Duration.toMillis(cluster.shardLockRefresh)).toBe(1000)
+        expect(Duration.toMillis(cluster.shardRefresh)).toBe(500)
+        expect(Duration.toMillis(config.nodeLostAfter)).toBe(30_000)
+        const listening = yield* load({
+          DATABASE_URL: "postgres://u:p@db:5432/vibes",
+          VIBES_RUNNER_PORT: "34431",
+          VIBES_RUNNER_LISTEN_HOST: "0.0.0.0",
+          VIBES_SHARD_LOCK_EXPIRATION: "2 seconds",
+          VIBES_SHARD_LOCK_REFRESH: "500 millis"
+        })
+        expect(Option.getOrThrow(listening.cluster).runnerHost).toBe("127.0.0.1")
+        expect(Option.getOrThrow(listening.cluster).runnerListenHost).toBe("0.0.0.0")
+      })
+  )
+
+  it.effect("bad cluster settings are refused with a message that names the variable", () =>
+    Effect.gen(function* () {
+      const db = { DATABASE_URL: "postgres://u:p@db:5432/vibes" }
+      expect(yield* failureOf({ ...db, VIBES_RUNNER_PORT: "0" })).toContain("VIBES_RUNNER_PORT")
+      expect(yield* failureOf({ ...db, VIBES_RUNNER_PORT: "http" })).toContain("VIBES_RUNNER_PORT")
+      expect(yield* failureOf({ ...db, VIBES_RUNNER_PORT: "1", VIBES_RUNNER_HOST: "a b" })).toContain(
+        "VIBES_RUNNER_HOST"
+      )
+      expect(yield* failureOf({ VIBES_RUNNER_PORT: "34431" })).toContain("needs DATABASE_URL")
+      expect(
+        yield* failureOf({
+          ...db,
+          VIBES_RUNNER_PORT: "34431",
+          VIBES_SHARD_LOCK_EXPIRATION: "1 second",
+          VIBES_SHARD_LOCK_REFRESH: "1 second"
+        })
+      ).toContain("VIBES_SHARD_LOCK_EXPIRATION must be longer than VIBES_SHARD_LOCK_REFRESH")
+      expect(yield* failureOf({ VIBES_NODE_LOST_AFTER: "soon" })).toContain("VIBES_NODE_LOST_AFTER")
+    })
+  )
+})

@@ -1,11 +1,13 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Option, Ref } from "effect"
+import { Chunk, Effect, Fiber, Option, Ref, Stream } from "effect"
 import type * as Client from "../../rpc/Client.js"
 import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import { isFinal, type JobInfo, JobSpec, RetryPolicy } from "../../rpc/Jobs.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import { eventually } from "../support/Attach.js"
 import * as ClusterNodes from "../support/ClusterNodes.js"
+import * as SseClient from "../support/SseClient.js"
+import * as Vibes from "../support/VibesProcess.js"
 
 const encoder = new TextEncoder()
 
@@ -112,6 +114,49 @@ describe("a cluster of vibes nodes", () => {
           }
         }
 
+        // REST and SSE on every node: a job's logs, and the events of jobs that ran elsewhere.
+        const auth = { authorization: `Bearer ${cluster.token}` }
+        for (const via of cluster.nodes) {
+          const job = jobs.find((j) => j.nodeId !== via.nodeId) ?? jobs[0]
+          if (job === undefined) return expect.unreachable()
+          const response = yield* Effect.promise(() =>
+            fetch(`${via.serving.url}/api/jobs/${job.id}/logs`, { headers: auth })
+          )
+          expect(response.status).toBe(200)
+          expect(yield* Effect.promise(() => response.text())).toContain(`job-${jobs.indexOf(job)}`)
+          const sse = yield* SseClient.connect(`${via.serving.url}/api/events?from=1&types=job.done`, auth)
+          expect(sse.status).toBe(200)
+          yield* sse.until((client) => jobs.every((j) => client.frames.some((f) => f.data.includes(j.id))))
+        }
+        const metrics = yield* Effect.promise(() =>
+          fetch(`${b.serving.url}/metrics`, { headers: auth }).then((r) => r.text())
+        )
+        expect(metrics).toMatch(/vibes_cluster_nodes\{[^}]*state="up"[^}]*\} 3/)
+        expect(metrics).toMatch(/vibes_cluster_shards\{[^}]*\} 400/)
+
+        // The CLI's view.
+        const cli = yield* Vibes.run(
+          ["cluster", "--json"],
+          Vibes.childEnv({ VIBES_URL: c.serving.url, VIBES_TOKEN: cluster.token })
+        )
+        expect(cli.code).toBe(0)
+        const parsed = JSON.parse(cli.stdout) as {
+          mode: string
+          nodes: Array<{ nodeId: string; state: string }>
+        }
+        expect(parsed.mode).toBe("cluster")
+        expect(parsed.nodes.filter((n) => n.state === "up").length).toBe(3)
+        const table = yield* Vibes.run(
+          ["cluster"],
+          Vibes.childEnv({ VIBES_URL: a.serving.url, VIBES_TOKEN: cluster.token })
+        )
+        expect(table.code).toBe(0)
+        expect(table.stdout).toContain("cluster: 3 of 3 nodes up")
+        expect(table.stdout).toContain(`m-${c.nodeId}`)
+        const help = yield* Vibes.run(["cluster", "--help"])
+        expect(help.code).toBe(0)
+        expect(help.stdout).toContain("System.Cluster")
+
         // The cluster as every node reports it.
         for (const via of cluster.nodes) {
           const info = yield* via.client.System.Cluster()
@@ -170,6 +215,9 @@ describe("a cluster of vibes nodes", () => {
         if (victimJob === undefined) return expect.unreachable()
         const status = yield* a.client.Jobs.Get({ jobId: victimJob.id })
         expect(status.id).toBe(victimJob.id)
+        // Its logs come from its entity, which is moving: the call waits for the move, then answers.
+        const logs = yield* a.client.Jobs.Logs({ jobId: victimJob.id, follow: false }).pipe(Stream.runCollect)
+        expect(Chunk.size(logs)).toBeGreaterThan(0)
 
         for (const job of jobs) {
           const done = yield* finished(a.client, job.id)
