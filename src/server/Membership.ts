@@ -17,7 +17,7 @@ import { CreateSession, InvalidSessionRequest, SessionUnavailable } from "../../
 import { ClusterInfo, ClusterNode, type NodeState } from "../../rpc/System.js"
 import * as Cluster from "../../infra/cluster/Cluster.js"
 import { Session } from "../../actors/session/SessionEntity.js"
-import { SessionRegistry } from "../../actors/session/SessionRegistry.js"
+import { type Row, SessionRegistry } from "../../actors/session/SessionRegistry.js"
 import type { ClusterConfig } from "../config/Config.js"
 import { Emitter } from "./Emitter.js"
 
@@ -231,6 +231,38 @@ export const layer = (
       })
 
       /** The sessions of a lost node: marked lost, and started again elsewhere per their policy. */
+      /** Starts lost session `row` again on a live machine and links the two. */
+      const restartElsewhere = (row: Row, lost: string) =>
+        Effect.gen(function* () {
+          const target = yield* pickMachine(Option.none())
+          const replacement = Cluster.newSessionId(target)
+          yield* makeSession(replacement).Create(
+            CreateSession.make({
+              command: row.command,
+              args: row.args,
+              cwd: row.cwd,
+              env: row.env,
+              cols: row.cols,
+              rows: row.rows,
+              restartPolicy: row.restartPolicy,
+              ...(row.name !== null ? { name: row.name } : {})
+            })
+          )
+          yield* registry.update(row.id, { replacedBy: replacement })
+          yield* emitter.emit(
+            "session.replaced",
+            { replacedBy: replacement, machine: target },
+            { sessionId: row.id, component: "cluster" }
+          )
+          yield* Effect.logInfo(`session ${row.id} of lost node ${lost} restarted as ${replacement}`)
+        }).pipe(
+          // One session that cannot start again must not keep the others from it.
+          Effect.catchAll((error) =>
+            Effect.logWarning(`could not restart lost session ${row.id}: ${error.message}`)
+          )
+        )
+
+      /** Marks the running sessions of lost node `lost` lost, then restarts them per their policy. */
       const takeOver = (lost: string) =>
         Effect.gen(function* () {
           const rows = yield* registry.takeLost(lost)
@@ -241,34 +273,7 @@ export const layer = (
               { exitCode: null, signal: null, reason: `node ${lost} was lost` },
               { sessionId: row.id, severity: "warn", component: "cluster" }
             )
-            if (row.restartPolicy === "never") continue
-            const target = yield* pickMachine(Option.none())
-            const replacement = Cluster.newSessionId(target)
-            const created = yield* makeSession(replacement)
-              .Create(
-                CreateSession.make({
-                  command: row.command,
-                  args: row.args,
-                  cwd: row.cwd,
-                  env: row.env,
-                  cols: row.cols,
-                  rows: row.rows,
-                  restartPolicy: row.restartPolicy,
-                  ...(row.name !== null ? { name: row.name } : {})
-                })
-              )
-              .pipe(Effect.either)
-            if (created._tag === "Left") {
-              yield* Effect.logWarning(`could not restart lost session ${row.id}: ${created.left.message}`)
-              continue
-            }
-            yield* registry.update(row.id, { replacedBy: replacement })
-            yield* emitter.emit(
-              "session.replaced",
-              { replacedBy: replacement, machine: target },
-              { sessionId: row.id, component: "cluster" }
-            )
-            yield* Effect.logInfo(`session ${row.id} of lost node ${lost} restarted as ${replacement}`)
+            if (row.restartPolicy !== "never") yield* restartElsewhere(row, lost)
           }
         })
 
