@@ -135,9 +135,16 @@ describe("a cluster of vibes nodes", () => {
         expect(metrics).toMatch(/vibes_cluster_shards\{[^}]*\} 400/)
 
         // The CLI's view.
-        const cli = yield* Vibes.run(
-          ["cluster", "--json"],
-          Vibes.childEnv({ VIBES_URL: c.serving.url, VIBES_TOKEN: cluster.token })
+        const [cli, table, help] = yield* Effect.all(
+          [
+            Vibes.run(
+              ["cluster", "--json"],
+              Vibes.childEnv({ VIBES_URL: c.serving.url, VIBES_TOKEN: cluster.token })
+            ),
+            Vibes.run(["cluster"], Vibes.childEnv({ VIBES_URL: a.serving.url, VIBES_TOKEN: cluster.token })),
+            Vibes.run(["cluster", "--help"])
+          ],
+          { concurrency: "unbounded" }
         )
         expect(cli.code).toBe(0)
         const parsed = JSON.parse(cli.stdout) as {
@@ -146,14 +153,9 @@ describe("a cluster of vibes nodes", () => {
         }
         expect(parsed.mode).toBe("cluster")
         expect(parsed.nodes.filter((n) => n.state === "up").length).toBe(3)
-        const table = yield* Vibes.run(
-          ["cluster"],
-          Vibes.childEnv({ VIBES_URL: a.serving.url, VIBES_TOKEN: cluster.token })
-        )
         expect(table.code).toBe(0)
         expect(table.stdout).toContain("cluster: 3 of 3 nodes up")
         expect(table.stdout).toContain(`m-${c.nodeId}`)
-        const help = yield* Vibes.run(["cluster", "--help"])
         expect(help.code).toBe(0)
         expect(help.stdout).toContain("System.Cluster")
 
