@@ -5,7 +5,7 @@
  * address; in cluster mode (`VIBES_RUNNER_PORT`) nodes talk over sockets, keep runners and shard
  * locks in the shared Postgres (`cluster_runners`, `cluster_locks`) and persisted messages in
  * `cluster_messages`, so a shard whose node died is taken over, and its messages replayed, once
- * its lock expires.
+ * its lock expires. Runners reach each other over TLS keyed by the cluster secret (`RunnerTls`).
  *
  * Shard groups place entities:
  * - `default` holds jobs: every node serves it, so any node may run a job;
@@ -25,15 +25,12 @@ import * as ShardingConfig from "@effect/cluster/ShardingConfig"
 import * as SocketRunner from "@effect/cluster/SocketRunner"
 import * as SqlMessageStorage from "@effect/cluster/SqlMessageStorage"
 import * as SqlRunnerStorage from "@effect/cluster/SqlRunnerStorage"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
-import { Socket } from "@effect/platform/Socket"
-import * as RpcClient from "@effect/rpc/RpcClient"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import type { ClusterConfig } from "../../src/config/Config.js"
 import { uuidv7 } from "../eventlog/EventLog.js"
+import * as RunnerTls from "./RunnerTls.js"
 
 /** The group every node serves: jobs. */
 export const sharedGroup = "default"
@@ -128,10 +125,12 @@ export const runnerLayer = (
           })
         )
       ),
-    onSome: (cluster) =>
-      SocketRunner.layer.pipe(
+    onSome: (cluster) => {
+      const key = RunnerTls.runnerKey(cluster.secret)
+      const clientProtocol = RunnerTls.clientProtocolLayer(key)
+      return SocketRunner.layer.pipe(
         Layer.provide([
-          socketServer(RunnerAddress.make(cluster.runnerListenHost, cluster.runnerPort)),
+          RunnerTls.serverLayer(RunnerAddress.make(cluster.runnerListenHost, cluster.runnerPort), key),
           clientProtocol
         ]),
         Layer.provide(
@@ -160,41 +159,9 @@ export const runnerLayer = (
         // A port in use, say: the node cannot be a runner, so it cannot start.
         Layer.orDie
       )
+    }
   })
 }
-
-/**
- * How a runner reaches another: `NodeClusterSocket.layerClientProtocol`, with Nagle's algorithm
- * off. With it on, a small message written while an earlier one is unacknowledged waits for the
- * peer's delayed ACK (up to 40 ms): concurrent calls across nodes ran at a quarter of the rate.
- */
-const clientProtocol: Layer.Layer<Runners.RpcClientProtocol, never, RpcSerialization.RpcSerialization> =
-  Layer.effect(
-    Runners.RpcClientProtocol,
-    Effect.map(
-      RpcSerialization.RpcSerialization,
-      (serialization) => (address: RunnerAddress.RunnerAddress) =>
-        NodeSocket.makeNet({
-          openTimeout: 1000,
-          timeout: 5500,
-          host: address.host,
-          port: address.port,
-          noDelay: true
-        }).pipe(
-          Effect.flatMap((socket) =>
-            RpcClient.makeProtocolSocket().pipe(
-              Effect.provideService(Socket, socket),
-              Effect.provideService(RpcSerialization.RpcSerialization, serialization)
-            )
-          ),
-          Effect.orDie
-        )
-    )
-  )
-
-/** The runner's server: `NodeClusterSocket.layerSocketServer` with Nagle's algorithm off (above). */
-const socketServer = (listen: RunnerAddress.RunnerAddress) =>
-  NodeSocketServer.layer({ host: listen.host, port: listen.port, noDelay: true })
 
 /** Shards of `groups` this node holds now. */
 export const ownedShards = (sharding: Sharding.Sharding["Type"], groups: ReadonlyArray<string>): number => {

@@ -95,6 +95,11 @@ export interface ClusterConfig {
   readonly shardLockRefresh: Duration.Duration
   /** How often a node looks for shards to take or give back. */
   readonly shardRefresh: Duration.Duration
+  /**
+   * What runners prove to each other (TLS with a key derived from it): `VIBES_CLUSTER_SECRET`,
+   * else the admin token. Every node of a cluster has the same one.
+   */
+  readonly secret: Redacted.Redacted<string>
 }
 
 /** The default retention: terminal output goes once a later snapshot of its session covers it. */
@@ -311,7 +316,9 @@ const otlpEndpoint = checked(
  * Cluster mode: on when `VIBES_RUNNER_PORT` is set. The runner address comes from the `VIBES_RUNNER_*`
  * variables only; the generic `HOST`/`PORT` never reach it.
  */
-const cluster: Config.Config<Option.Option<ClusterConfig>> = Config.all({
+const cluster: Config.Config<
+  Option.Option<Omit<ClusterConfig, "secret"> & { readonly secret: Option.Option<Redacted.Redacted<string>> }>
+> = Config.all({
   runnerPort: checked(
     "VIBES_RUNNER_PORT",
     Config.integer("VIBES_RUNNER_PORT"),
@@ -332,7 +339,13 @@ const cluster: Config.Config<Option.Option<ClusterConfig>> = Config.all({
   ).pipe(Config.option),
   shardLockExpiration: duration("VIBES_SHARD_LOCK_EXPIRATION", "3 seconds"),
   shardLockRefresh: duration("VIBES_SHARD_LOCK_REFRESH", "1 second"),
-  shardRefresh: duration("VIBES_SHARD_REFRESH_INTERVAL", "500 millis")
+  shardRefresh: duration("VIBES_SHARD_REFRESH_INTERVAL", "500 millis"),
+  secret: checked(
+    "VIBES_CLUSTER_SECRET",
+    Config.redacted("VIBES_CLUSTER_SECRET"),
+    "must be at least 16 characters",
+    (value) => Redacted.value(value).length >= 16
+  ).pipe(Config.option)
 }).pipe(
   Config.map(({ runnerPort, runnerHost, runnerListenHost, ...timing }) =>
     Option.map(runnerPort, (port) => ({
@@ -413,7 +426,24 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
               "VIBES_SHARD_LOCK_EXPIRATION must be longer than VIBES_SHARD_LOCK_REFRESH, or locks lapse between refreshes"
             )
           )
-        : Either.right(config)
+        : Option.match(config.cluster, {
+            onNone: () => Either.right({ ...config, cluster: Option.none<ClusterConfig>() }),
+            onSome: (cluster) =>
+              Option.match(
+                Option.orElse(cluster.secret, () => config.adminToken),
+                {
+                  onNone: () =>
+                    Either.left(
+                      ConfigError.InvalidData(
+                        [],
+                        "cluster mode needs a secret every node shares, so that only they reach each other's runner port: set VIBES_CLUSTER_SECRET (or VIBES_ADMIN_TOKEN) on every node"
+                      )
+                    ),
+                  onSome: (secret) =>
+                    Either.right({ ...config, cluster: Option.some({ ...cluster, secret }) })
+                }
+              )
+          })
   )
 )
 

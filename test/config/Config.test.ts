@@ -154,6 +154,7 @@ describe("cluster configuration", () => {
           DATABASE_URL: "postgres://u:p@db:5432/vibes",
           VIBES_RUNNER_PORT: "34431",
           VIBES_RUNNER_HOST: "build-1.internal",
+          VIBES_ADMIN_TOKEN: "the admin token, 16+ characters",
           HOST: "10.0.0.9",
           PORT: "9999"
         })
@@ -165,21 +166,29 @@ describe("cluster configuration", () => {
         expect(Duration.toMillis(cluster.shardLockRefresh)).toBe(1000)
         expect(Duration.toMillis(cluster.shardRefresh)).toBe(500)
         expect(Duration.toMillis(config.nodeLostAfter)).toBe(30_000)
+        // Runners authenticate each other with the admin token unless a cluster secret is given.
+        expect(Redacted.value(cluster.secret)).toBe("the admin token, 16+ characters")
         const listening = yield* load({
           DATABASE_URL: "postgres://u:p@db:5432/vibes",
           VIBES_RUNNER_PORT: "34431",
+          VIBES_ADMIN_TOKEN: "the admin token, 16+ characters",
+          VIBES_CLUSTER_SECRET: "the runners' own secret",
           VIBES_RUNNER_LISTEN_HOST: "0.0.0.0",
           VIBES_SHARD_LOCK_EXPIRATION: "2 seconds",
           VIBES_SHARD_LOCK_REFRESH: "500 millis"
         })
         expect(Option.getOrThrow(listening.cluster).runnerHost).toBe("127.0.0.1")
         expect(Option.getOrThrow(listening.cluster).runnerListenHost).toBe("0.0.0.0")
+        expect(Redacted.value(Option.getOrThrow(listening.cluster).secret)).toBe("the runners' own secret")
       })
   )
 
   it.effect("bad cluster settings are refused with a message that names the variable", () =>
     Effect.gen(function* () {
-      const db = { DATABASE_URL: "postgres://u:p@db:5432/vibes" }
+      const db = {
+        DATABASE_URL: "postgres://u:p@db:5432/vibes",
+        VIBES_ADMIN_TOKEN: "the admin token, 16+ characters"
+      }
       expect(yield* failureOf({ ...db, VIBES_RUNNER_PORT: "0" })).toContain("VIBES_RUNNER_PORT")
       expect(yield* failureOf({ ...db, VIBES_RUNNER_PORT: "http" })).toContain("VIBES_RUNNER_PORT")
       expect(yield* failureOf({ ...db, VIBES_RUNNER_PORT: "1", VIBES_RUNNER_HOST: "a b" })).toContain(
@@ -195,6 +204,13 @@ describe("cluster configuration", () => {
         })
       ).toContain("VIBES_SHARD_LOCK_EXPIRATION must be longer than VIBES_SHARD_LOCK_REFRESH")
       expect(yield* failureOf({ VIBES_NODE_LOST_AFTER: "soon" })).toContain("VIBES_NODE_LOST_AFTER")
+      // Without a shared secret, anyone who reaches a runner port could drive its entities.
+      expect(
+        yield* failureOf({ DATABASE_URL: "postgres://u:p@db:5432/vibes", VIBES_RUNNER_PORT: "34431" })
+      ).toContain("set VIBES_CLUSTER_SECRET (or VIBES_ADMIN_TOKEN) on every node")
+      expect(
+        yield* failureOf({ ...db, VIBES_RUNNER_PORT: "34431", VIBES_CLUSTER_SECRET: "short" })
+      ).toContain("VIBES_CLUSTER_SECRET")
     })
   )
 })

@@ -1,5 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Option, Ref, Stream } from "effect"
+import { Chunk, Effect, Exit, Fiber, Option, Redacted, Ref, type Scope, Stream } from "effect"
+import * as RunnerAddress from "@effect/cluster/RunnerAddress"
+import * as Runners from "@effect/cluster/Runners"
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import { Socket } from "@effect/platform/Socket"
+import * as RpcClient from "@effect/rpc/RpcClient"
+import * as RpcSerialization from "@effect/rpc/RpcSerialization"
+import * as RunnerTls from "../../infra/cluster/RunnerTls.js"
 import type * as Client from "../../rpc/Client.js"
 import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import { isFinal, type JobInfo, JobSpec, RetryPolicy } from "../../rpc/Jobs.js"
@@ -41,6 +48,22 @@ const expectGapless = (events: ReadonlyArray<StoredEvent>) => {
   events.forEach((event, i) => expect(event.offset).toBe(first + i))
   expect(new Set(events.map((event) => event.id)).size).toBe(events.length)
 }
+
+/** A runner `Ping` over `protocol`, as one node checks on another. */
+const pingRunner = <E>(
+  protocol: Effect.Effect<RpcClient.Protocol["Type"], E, RpcSerialization.RpcSerialization | Scope.Scope>
+) =>
+  Effect.gen(function* () {
+    const client = yield* Runners.makeRpcClient.pipe(
+      Effect.provideService(RpcClient.Protocol, yield* protocol)
+    )
+    yield* client.Ping()
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(RpcSerialization.layerMsgPack),
+    Effect.timeout("5 seconds"),
+    Effect.exit
+  )
 
 const shellJob = (command: string, attempts = 1) =>
   JobSpec.make({
@@ -167,6 +190,33 @@ describe("a cluster of vibes nodes", () => {
         expect(table.stdout).toContain(`m-${c.nodeId}`)
         expect(help.code).toBe(0)
         expect(help.stdout).toContain("System.Cluster")
+
+        // B's runner port answers only peers with the cluster secret (here the admin token).
+        const runner = RunnerAddress.make("127.0.0.1", b.runnerPort)
+        const withKey = (secret: string) =>
+          pingRunner(
+            Effect.flatMap(Runners.RpcClientProtocol, (make) => make(runner)).pipe(
+              Effect.provide(RunnerTls.clientProtocolLayer(RunnerTls.runnerKey(Redacted.make(secret))))
+            )
+          )
+        const plain = pingRunner(
+          Effect.flatMap(NodeSocket.makeNet({ host: runner.host, port: runner.port }), (socket) =>
+            RpcClient.makeProtocolSocket().pipe(Effect.provideService(Socket, socket))
+          ).pipe(Effect.orDie)
+        )
+        expect(Exit.isSuccess(yield* withKey(cluster.token))).toBe(true)
+        expect(Exit.isFailure(yield* withKey(`not ${cluster.token}`))).toBe(true)
+        expect(Exit.isFailure(yield* plain)).toBe(true)
+        // The operator sees who was turned away and why.
+        yield* eventually(
+          Effect.sync(() =>
+            b.serving.lines.some((line) => line.includes("runner connection from 127.0.0.1 refused"))
+              ? Option.some(true)
+              : Option.none()
+          ),
+          "B to log the refused runner connections",
+          10_000
+        )
 
         // The cluster as every node reports it.
         for (const via of cluster.nodes) {
