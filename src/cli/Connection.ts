@@ -38,7 +38,8 @@ export const dataDirOption = Options.text("data-dir").pipe(
 
 export const urlOption = Options.text("url").pipe(
   Options.withDescription(
-    "Server URL. Default: $VIBES_URL, the local server of the data dir, or http://127.0.0.1:7432"
+    "Server URL, or the URLs of several nodes of a cluster separated by commas (the first that " +
+      "answers is used). Default: $VIBES_URL, the local server of the data dir, or http://127.0.0.1:7432"
   ),
   Options.optional
 )
@@ -64,21 +65,45 @@ export const resolveConnection = (flags: {
       onSome: (dir) => path.resolve(dir)
     })
     const local = readServerFile(dataDir)
-    const url = flags.url.pipe(
+    const given = flags.url.pipe(
       Option.orElse(() => env.url),
       Option.orElse(() => local),
       Option.getOrElse(() => "http://127.0.0.1:7432")
     )
-    if (!Config.isHttpUrl(url)) {
-      return yield* new CliFailure({ message: `--url must be an http(s) URL, got '${url}'`, exitCode: 2 })
+    const urls = Config.splitUrls(given)
+    const bad = urls.find((url) => !Config.isHttpUrl(url))
+    if (bad !== undefined) {
+      return yield* new CliFailure({ message: `--url must be an http(s) URL, got '${bad}'`, exitCode: 2 })
     }
     const fromFile = yield* AdminToken.read(dataDir)
     const token = flags.token.pipe(
       Option.orElse(() => env.token),
       Option.orElse(() => fromFile)
     )
-    return { url, token }
+    return yield* liveConnection({ url: urls[0] ?? given, urls, token })
   })
+
+/** Whether the server at `url` answers `/healthz` within 2 s. */
+const answers = (url: string) =>
+  Effect.tryPromise((signal) =>
+    fetch(`${url.replace(/\/+$/, "")}/healthz`, {
+      signal: AbortSignal.any([signal, AbortSignal.timeout(2000)])
+    })
+  ).pipe(
+    Effect.map((response) => response.ok),
+    Effect.orElseSucceed(() => false)
+  )
+
+/**
+ * With several URLs (nodes of one cluster), the connection to the first that answers, in the
+ * order given; when none does, the first, whose error the command reports.
+ */
+export const liveConnection = (connection: Connection): Effect.Effect<Connection> =>
+  connection.urls.length <= 1
+    ? Effect.succeed(connection)
+    : Effect.forEach(connection.urls, answers, { concurrency: "unbounded" }).pipe(
+        Effect.map((live) => ({ ...connection, url: connection.urls[live.indexOf(true)] ?? connection.url }))
+      )
 
 export const readServerFile = (dataDir: string): Option.Option<string> => {
   try {
@@ -90,7 +115,12 @@ export const readServerFile = (dataDir: string): Option.Option<string> => {
   }
 }
 
-export type Connection = { readonly url: string; readonly token: Option.Option<Redacted.Redacted<string>> }
+/** Where a client command connects: `url`, one of `urls` (the nodes the user named). */
+export type Connection = {
+  readonly url: string
+  readonly urls: ReadonlyArray<string>
+  readonly token: Option.Option<Redacted.Redacted<string>>
+}
 
 /** Errors about what the user asked for: exit code 2. */
 const usageErrors = new Set(["InvalidSessionRequest", "SpawnFailed", "InvalidGlob", "InvalidConsumer"])

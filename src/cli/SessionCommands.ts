@@ -17,6 +17,7 @@ import {
   type Connection,
   connectionOptions,
   describeError,
+  liveConnection,
   resolveConnection,
   toCliFailure,
   withClient
@@ -314,8 +315,10 @@ const attach = Command.make(
       /** One connection: attach (resuming at `seq`), then forward both ways until it ends. */
       const session = Effect.gen(function* () {
         const scope = yield* Effect.scope
+        // Each attempt goes to a node that answers: with several URLs, another node of the cluster
+        // when this one is gone.
         const client = yield* Effect.map(
-          Layer.buildWithScope(clientLayer(connection), scope),
+          Layer.buildWithScope(clientLayer(yield* liveConnection(connection)), scope),
           Context.get(Client.VibesClient)
         )
         const size = terminalSize()

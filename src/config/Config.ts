@@ -456,12 +456,18 @@ export interface ClientConfig {
 
 /** `VIBES_URL`, `VIBES_TOKEN` and the data dir, for client commands. */
 export const clientConfig: Config.Config<ClientConfig> = Config.all({
-  url: checked("VIBES_URL", Config.string("VIBES_URL"), "must be an http(s) URL", isHttpUrl).pipe(
-    Config.option
-  ),
+  url: checked(
+    "VIBES_URL",
+    Config.string("VIBES_URL"),
+    "must be an http(s) URL, or several separated by commas (nodes of one cluster)",
+    (s) => splitUrls(s).every(isHttpUrl)
+  ).pipe(Config.option),
   token: Config.redacted("VIBES_TOKEN").pipe(Config.option),
   dataDir
 })
+
+/** The URLs of a comma-separated list (`VIBES_URL`, `--url`), trimmed. */
+export const splitUrls = (list: string): Array<string> => list.split(",").map((url) => url.trim())
 
 /** True for an absolute http: or https: URL. */
 export function isHttpUrl(s: string): boolean {

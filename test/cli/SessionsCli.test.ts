@@ -1,53 +1,18 @@
-import * as childProcess from "node:child_process"
-import * as crypto from "node:crypto"
-import * as path from "node:path"
-import { fileURLToPath } from "node:url"
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer, Option } from "effect"
+import { Context, Effect, Layer } from "effect"
 import * as Client from "../../rpc/Client.js"
-import { clientLayer, eventually, watch } from "../support/Attach.js"
+import { clientLayer, watch } from "../support/Attach.js"
 import * as TestServer from "../support/TestServer.js"
+import * as Tmux from "../support/Tmux.js"
 import * as Vibes from "../support/VibesProcess.js"
 
 class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
-
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 
 /** `vibes <args>` against the test node. */
 const vibes = (args: ReadonlyArray<string>) =>
   Effect.flatMap(Node, (server) =>
     Vibes.run(args, Vibes.childEnv({ VIBES_URL: server.url, VIBES_TOKEN: server.token }))
   )
-
-/** A private tmux server, killed with the scope. */
-const tmux = Effect.acquireRelease(
-  Effect.sync(() => {
-    const socket = `vibes-test-${crypto.randomBytes(4).toString("hex")}`
-    const run = (...args: ReadonlyArray<string>) =>
-      childProcess.execFileSync("tmux", ["-L", socket, "-f", "/dev/null", ...args], { encoding: "utf8" })
-    run("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", "/bin/sh")
-    return {
-      keys: (...keys: ReadonlyArray<string>) => Effect.sync(() => run("send-keys", "-t", "t", ...keys)),
-      pane: () => run("capture-pane", "-p", "-t", "t"),
-      kill: () => run("kill-server")
-    }
-  }),
-  (session) => Effect.sync(() => session.kill())
-)
-
-const paneShows = (pane: () => string, text: string | RegExp | ((screen: string) => boolean)) => {
-  let last = ""
-  return eventually(
-    Effect.sync(() => {
-      last = pane()
-      const shown =
-        typeof text === "string" ? last.includes(text) : text instanceof RegExp ? text.test(last) : text(last)
-      return shown ? Option.some(last) : Option.none()
-    }),
-    `the pane to show ${String(text)}`,
-    30_000
-  ).pipe(Effect.mapError((error) => new Error(`${error.message}; the pane shows:\n${last}`)))
-}
 
 layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServices: true })(
   "session commands",
@@ -99,26 +64,26 @@ layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServi
           const server = yield* Node
           const created = yield* vibes(["new", "--", "/bin/sh"])
           const id = created.stdout.trim()
-          const term = yield* tmux
-          const attach = `${process.execPath} --import tsx ${path.join(root, "src", "main.ts")} attach ${id} --url ${server.url} --token ${server.token}`
+          const term = yield* Tmux.make
+          const attach = `${Vibes.commandLine} attach ${id} --url ${server.url} --token ${server.token}`
           yield* term.keys(attach, "Enter")
           yield* term.keys("echo typed-$((6*7))", "Enter")
-          yield* paneShows(term.pane, /^typed-42$/m)
+          yield* Tmux.paneShows(term.pane, /^typed-42$/m)
           yield* term.keys("tput cols", "Enter")
-          yield* paneShows(term.pane, /^100$/m)
+          yield* Tmux.paneShows(term.pane, /^100$/m)
           yield* term.keys("C-]")
-          yield* paneShows(term.pane, "[vibes: detached")
+          yield* Tmux.paneShows(term.pane, "[vibes: detached")
           // The local terminal is back in cooked mode.
           yield* term.keys("clear; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon", "Enter")
-          yield* paneShows(term.pane, /^icanon$/m)
+          yield* Tmux.paneShows(term.pane, /^icanon$/m)
           yield* term.keys("clear", "Enter")
           yield* term.keys(attach, "Enter")
           // The screen comes back from the session's snapshot.
-          yield* paneShows(term.pane, /^typed-42$/m)
+          yield* Tmux.paneShows(term.pane, /^typed-42$/m)
           yield* term.keys("echo again-$((1+1))", "Enter")
-          yield* paneShows(term.pane, /^again-2$/m)
+          yield* Tmux.paneShows(term.pane, /^again-2$/m)
           yield* term.keys("exit", "Enter")
-          yield* paneShows(term.pane, "exited with code 0")
+          yield* Tmux.paneShows(term.pane, "exited with code 0")
           const info = yield* vibes(["ls", "--json"])
           expect(info.stdout).toContain(`"id":"${id}","name":null,"state":"exited"`)
         }),

@@ -140,6 +140,16 @@ describe("server configuration", () => {
         Effect.flip
       )
       expect(String(error)).toContain("VIBES_URL")
+      // The nodes of a cluster, as a list: every entry must be an http(s) URL.
+      const nodes = yield* Config.clientConfig.pipe(
+        Effect.withConfigProvider(provider({ VIBES_URL: "http://n1:7432, https://n2" }))
+      )
+      expect(Option.map(nodes.url, Config.splitUrls)).toEqual(Option.some(["http://n1:7432", "https://n2"]))
+      const badEntry = yield* Config.clientConfig.pipe(
+        Effect.withConfigProvider(provider({ VIBES_URL: "http://n1:7432,n2" })),
+        Effect.flip
+      )
+      expect(String(badEntry)).toContain("VIBES_URL")
     })
   )
 })

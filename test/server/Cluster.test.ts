@@ -14,6 +14,7 @@ import { CreateSession } from "../../rpc/Sessions.js"
 import { eventually } from "../support/Attach.js"
 import * as ClusterNodes from "../support/ClusterNodes.js"
 import * as SseClient from "../support/SseClient.js"
+import * as Tmux from "../support/Tmux.js"
 import * as Vibes from "../support/VibesProcess.js"
 
 const encoder = new TextEncoder()
@@ -244,8 +245,8 @@ describe("a cluster of vibes nodes", () => {
       Effect.gen(function* () {
         const cluster = yield* ClusterNodes.make("clkill", 3)
         yield* cluster.settled(3)
-        const [a, , c] = cluster.nodes
-        if (a === undefined || c === undefined) return expect.unreachable()
+        const [a, b, c] = cluster.nodes
+        if (a === undefined || b === undefined || c === undefined) return expect.unreachable()
 
         const keep = yield* a.client.Sessions.Create(
           CreateSession.make({ command: "sleep", args: ["600"], node: c.nodeId, restartPolicy: "always" })
@@ -280,6 +281,25 @@ describe("a cluster of vibes nodes", () => {
         }
         expect(onVictim()).toBeGreaterThanOrEqual(2)
 
+        // A terminal on A's machine, attached through the victim: `vibes attach` is given the
+        // victim's URL and B's, and takes the first that answers.
+        const shell = yield* a.client.Sessions.Create(
+          CreateSession.make({ command: "/bin/sh", node: a.nodeId })
+        )
+        const term = yield* Tmux.make
+        yield* term.keys(
+          `${Vibes.commandLine} attach ${shell.id} --url ${c.serving.url},${b.serving.url} --token ${cluster.token}`,
+          "Enter"
+        )
+        yield* term.keys("echo before-$((2*3))", "Enter")
+        yield* Tmux.paneShows(term.pane, /^before-6$/m)
+        const attachments = a.client.Events.Read({
+          from: 1,
+          filter: EventFilter.make({ types: ["session.attached"], sessionId: shell.id }),
+          limit: 100
+        })
+        expect((yield* attachments).length).toBe(1)
+
         yield* cluster.kill(2)
         const killedAt = Date.now()
         // A call right after the kill gets its answer once the shard has moved.
@@ -300,6 +320,23 @@ describe("a cluster of vibes nodes", () => {
           }
         }
         const failoverMillis = Date.now() - killedAt
+
+        // The terminal reattached through B by itself, resuming where it was; typing goes on.
+        yield* eventually(
+          Effect.map(attachments, (events) => (events.length === 2 ? Option.some(events) : Option.none())),
+          "the terminal to reattach through another node"
+        )
+        yield* term.keys("echo after-$((3*3))", "Enter")
+        yield* Tmux.paneShows(term.pane, /^after-9$/m)
+        expect(term.pane().match(/^before-6$/gm)?.length).toBe(1)
+
+        // The CLI given the nodes' URLs goes on with a node that answers.
+        const fallback = yield* Vibes.run(
+          ["status", "--json"],
+          Vibes.childEnv({ VIBES_URL: `${c.serving.url},${a.serving.url}`, VIBES_TOKEN: cluster.token })
+        )
+        expect(fallback.code).toBe(0)
+        expect(JSON.parse(fallback.stdout)).toMatchObject({ url: a.serving.url, nodeId: a.nodeId })
 
         // The always-restart session was started again on a live machine; the other is lost.
         const replaced = yield* eventually(

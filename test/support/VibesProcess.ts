@@ -12,6 +12,9 @@ import * as DataDir from "../../infra/datadir/DataDir.js"
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 const entry = path.join(root, "src", "main.ts")
 
+/** The shell command that runs the CLI from the sources: append arguments. */
+export const commandLine = `${process.execPath} --import tsx ${entry}`
+
 /** The environment for a child: this one, minus what would leak between tests. */
 export const childEnv = (extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv => {
   const env: NodeJS.ProcessEnv = { ...process.env, VIBES_LOG_FORMAT: "json", ...extra }
