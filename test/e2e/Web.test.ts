@@ -32,6 +32,8 @@ class WebEnv extends Context.Tag("test/WebEnv")<
     readonly rpc: Client.Client
     /** Stops the server gracefully and starts it again on the same port and data. */
     readonly restart: Effect.Effect<void>
+    /** What the server (the one running now) has logged. */
+    readonly serverLines: () => ReadonlyArray<string>
   }
 >() {}
 
@@ -52,12 +54,24 @@ const EnvLive = Layer.scoped(
     const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
     const rpc = yield* Effect.map(Layer.build(clientLayer(first.url, token)), Context.get(Client.VibesClient))
     const browser = yield* Web.launch
+    let current = first
     const restart = Effect.gen(function* () {
       yield* Scope.close(serverScope, Exit.void)
       serverScope = yield* Scope.make()
-      yield* Vibes.serve(dataDir, env, port).pipe(Scope.extend(serverScope))
+      current = yield* Vibes.serve(dataDir, env, port).pipe(Scope.extend(serverScope))
     }).pipe(Effect.orDie)
-    return { url: first.url, loginUrl: first.loginUrl, token, workDir, webDir, browser, rpc, restart }
+    const serverLines = () => current.lines
+    return {
+      url: first.url,
+      loginUrl: first.loginUrl,
+      token,
+      workDir,
+      webDir,
+      browser,
+      rpc,
+      restart,
+      serverLines
+    }
   })
 )
 
@@ -72,11 +86,27 @@ const context = (options: BrowserContextOptions = {}) =>
     )
   )
 
-/** A page logged in through the URL the server printed. */
+/**
+ * A page logged in through the URL the server printed. When the test fails, the page's text and
+ * the end of the server's log are printed with it.
+ */
 const loggedIn = (ctx: BrowserContext) =>
   Effect.gen(function* () {
-    const { loginUrl, url } = yield* WebEnv
+    const { loginUrl, url, serverLines } = yield* WebEnv
     const page = yield* promise(() => ctx.newPage())
+    yield* Effect.addFinalizer((exit) =>
+      Exit.isFailure(exit)
+        ? promise(() => page.evaluate(() => document.body.innerText).catch((e: unknown) => String(e))).pipe(
+            Effect.flatMap((text) =>
+              Effect.sync(() =>
+                console.error(
+                  `the page showed:\n${text}\n\nthe server's last log lines:\n${serverLines().slice(-60).join("\n")}`
+                )
+              )
+            )
+          )
+        : Effect.void
+    )
     yield* promise(() => page.goto(loginUrl))
     yield* promise(() => page.waitForURL(`${url}/`))
     yield* promise(() => page.getByRole("link", { name: "Sessions" }).waitFor())
