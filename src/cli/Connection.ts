@@ -85,11 +85,8 @@ export const resolveConnection = (flags: {
 
 /** Whether the server at `url` answers `/healthz` within 2 s. */
 const answers = (url: string) =>
-  Effect.tryPromise((signal) =>
-    fetch(`${url.replace(/\/+$/, "")}/healthz`, {
-      signal: AbortSignal.any([signal, AbortSignal.timeout(2000)])
-    })
-  ).pipe(
+  Effect.tryPromise((signal) => fetch(`${url.replace(/\/+$/, "")}/healthz`, { signal })).pipe(
+    Effect.timeout("2 seconds"),
     Effect.map((response) => response.ok),
     Effect.orElseSucceed(() => false)
   )
