@@ -2,18 +2,18 @@
  * The typed client for a vibes server, usable from Node and from a browser.
  *
  * Node callers provide `NodeSocket.layerWebSocketConstructor`; browsers provide
- * `Socket.layerWebSocketConstructorGlobal`. Browsers normally pass no token: the `vibes_token`
- * cookie set by `/login` travels on the WebSocket upgrade.
+ * `Socket.layerWebSocketConstructorGlobal`. Browsers normally pass no token: the login cookie set
+ * by `/login` travels on the WebSocket upgrade. A server that refuses the credentials refuses the
+ * upgrade itself (401, or 429 after too many failures), so every call fails with `RpcClientError`;
+ * `isRefusal` tells that apart from a network failure.
  */
-import { Context, Effect, Layer, Option, Redacted } from "effect"
-import * as Headers from "@effect/platform/Headers"
+import { Context, Layer, Option, Redacted } from "effect"
 import * as Socket from "@effect/platform/Socket"
 import * as RpcClient from "@effect/rpc/RpcClient"
 import type { RpcClientError } from "@effect/rpc/RpcClientError"
 import type * as RpcGroup from "@effect/rpc/RpcGroup"
-import * as RpcMiddleware from "@effect/rpc/RpcMiddleware"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
-import { AuthMiddleware } from "./Auth.js"
+import { rpcProtocols } from "./Auth.js"
 import { EventsRpcs } from "./EventsRpcs.js"
 import { JobsRpcs } from "./Jobs.js"
 import { ProxyRpcs } from "./Proxy.js"
@@ -47,28 +47,23 @@ export const rpcUrl = (baseUrl: string): string => {
   return url.toString()
 }
 
-/** Adds the bearer token, when there is one, to every request. */
-export const layerAuth = (
-  token: Option.Option<Redacted.Redacted<string>>
-): Layer.Layer<RpcMiddleware.ForClient<AuthMiddleware>> =>
-  RpcMiddleware.layerClient(AuthMiddleware, ({ request }) =>
-    Effect.succeed(
-      Option.match(token, {
-        onNone: () => request,
-        onSome: (value) => ({
-          ...request,
-          headers: Headers.set(request.headers, "authorization", `Bearer ${Redacted.value(value)}`)
-        })
-      })
-    )
-  )
-
-/** The msgpack-over-WebSocket protocol to `<url>/rpc`. */
+/**
+ * The msgpack-over-WebSocket protocol to `<url>/rpc`. The token, when there is one, travels once in
+ * the upgrade's subprotocol list; a browser without one is authenticated by its login cookie.
+ */
 export const layerProtocol = (
-  url: string
+  url: string,
+  token: Option.Option<Redacted.Redacted<string>> = Option.none()
 ): Layer.Layer<RpcClient.Protocol, never, Socket.WebSocketConstructor> =>
   RpcClient.layerProtocolSocket({ retryTransientErrors: false }).pipe(
-    Layer.provide(Socket.layerWebSocket(rpcUrl(url))),
+    Layer.provide(
+      Layer.effect(
+        Socket.Socket,
+        Socket.makeWebSocket(rpcUrl(url), {
+          protocols: rpcProtocols(Option.getOrUndefined(Option.map(token, Redacted.value)))
+        })
+      )
+    ),
     Layer.provide(RpcSerialization.layerMsgPack)
   )
 
@@ -77,6 +72,24 @@ export const layer = (
   options: ConnectOptions
 ): Layer.Layer<VibesClient, never, Socket.WebSocketConstructor> =>
   Layer.scoped(VibesClient, RpcClient.make(VibesRpcs)).pipe(
-    Layer.provide(layerProtocol(options.url)),
-    Layer.provide(layerAuth(options.token))
+    Layer.provide(layerProtocol(options.url, options.token))
   )
+
+/** Why a server refused a connection, as far as the error tells (Node clients see the status). */
+export type Refusal = "unauthorized" | "too-many-attempts"
+
+/**
+ * Finds the HTTP status of a refused upgrade in an error's chain of causes: 401 (credentials
+ * refused) or 429 (too many refused credentials from this address). Browsers do not expose it.
+ */
+export const refusalOf = (error: unknown): Option.Option<Refusal> => {
+  let current: unknown = error
+  for (let depth = 0; depth < 10 && typeof current === "object" && current !== null; depth++) {
+    if ("message" in current && typeof current.message === "string") {
+      const match = /Unexpected server response: (401|429)\b/.exec(current.message)
+      if (match !== null) return Option.some(match[1] === "401" ? "unauthorized" : "too-many-attempts")
+    }
+    current = "cause" in current ? current.cause : "reason" in current ? undefined : undefined
+  }
+  return Option.none()
+}

@@ -66,6 +66,25 @@ export const payloads = {
   "system.started": Schema.Struct({ version: Schema.String, database: Schema.String }),
   "system.stopped": Schema.Struct({ reason: Schema.String }),
   "system.alert": Schema.Struct({ component: Schema.String, message: Schema.String }),
+  /** A browser logged in; `login` is a non-secret reference to the login (not its cookie). */
+  "auth.login": Schema.Struct({
+    clientAddress: Schema.String,
+    login: Schema.String,
+    userAgent: Schema.NullOr(Schema.String)
+  }),
+  /**
+   * Credentials were refused. `lockedForMillis`: the lockout this failure started (0: none);
+   * `refusedWhileLocked`: attempts refused unchecked during the lockout before it.
+   */
+  "auth.login_failed": Schema.Struct({
+    clientAddress: Schema.String,
+    via: Schema.String,
+    failures: Schema.Int,
+    lockedForMillis: Schema.Int,
+    refusedWhileLocked: Schema.Int
+  }),
+  /** A browser logged out; every id of the login is revoked. */
+  "auth.logout": Schema.Struct({ clientAddress: Schema.String, login: Schema.String }),
   "client.connected": Schema.Struct({ clientId: Schema.String, via: Schema.String }),
   "client.disconnected": Schema.Struct({ clientId: Schema.String }),
   "client.called": Schema.Struct({ rpc: Schema.String, clientId: Schema.optional(Schema.String) }),

@@ -52,6 +52,21 @@ export interface ProxySettings {
   /** Requests a second per client (0: no limit), and the burst above it. */
   readonly rate: number
   readonly burst: number
+  /**
+   * Where a request comes from and whether that address may present credentials now (refused
+   * credentials count against it, as on every other route). Without it, nothing is throttled.
+   */
+  readonly guard?: CredentialGuard
+}
+
+/** The node's failed-credential throttle, as the proxy's plain-Node path uses it. */
+export interface CredentialGuard {
+  /** The client's address (through trusted proxies only). */
+  readonly address: (request: http.IncomingMessage) => string
+  /** Milliseconds the address must still wait before its credentials are checked. */
+  readonly lockedFor: (address: string) => number
+  readonly refused: (address: string, via: string) => void
+  readonly accepted: (address: string) => void
 }
 
 /** The proxy of this node. */
@@ -634,8 +649,26 @@ export const layer = (
         const parsed = target(url)
         const state = parsed === null ? undefined : states.get(parsed.name)
         const format: ProviderFormat = state?.provider.config.format ?? "openai"
+        const guard = settings.guard
+        const address = guard?.address(request)
+        const locked = guard !== undefined && address !== undefined ? guard.lockedFor(address) : 0
+        if (locked > 0) {
+          request.resume()
+          const seconds = Math.ceil(locked / 1000)
+          return writeError(
+            response,
+            format,
+            429,
+            `too many refused credentials from this address; try again in ${seconds} s`,
+            { "retry-after": String(seconds), connection: "close" }
+          )
+        }
         const credential = ProxyTokens.presented(headers)
         const client = Option.flatMap(credential, verify)
+        if (guard !== undefined && address !== undefined && Option.isSome(credential)) {
+          if (Option.isSome(client)) guard.accepted(address)
+          else guard.refused(address, "proxy")
+        }
         if (Option.isNone(client)) {
           request.resume()
           return writeError(

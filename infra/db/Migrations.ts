@@ -11,6 +11,7 @@ import m0003 from "./migrations/0003_event_consumers.js"
 import m0004 from "./migrations/0004_sessions.js"
 import m0005 from "./migrations/0005_jobs.js"
 import m0006 from "./migrations/0006_cluster.js"
+import m0007 from "./migrations/0007_logins.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -27,7 +28,8 @@ export const loader = Migrator.fromRecord({
   "0003_event_consumers": m0003,
   "0004_sessions": m0004,
   "0005_jobs": m0005,
-  "0006_cluster": m0006
+  "0006_cluster": m0006,
+  "0007_logins": m0007
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

@@ -84,11 +84,13 @@ const serve = Command.make(
         onListening: (announcement) =>
           Effect.gen(function* () {
             writeServerFile(config.dataDir, announcement.url)
+            // The login URL carries the token: it goes to a 0600 file and to a terminal, never to a log.
+            const loginFile = writeLoginFile(config.dataDir, announcement.loginUrl)
             yield* Effect.addFinalizer(() => Effect.sync(() => removeServerFile(config.dataDir)))
             yield* Effect.logInfo("vibes is listening").pipe(
               Effect.annotateLogs({
                 url: announcement.url,
-                loginUrl: announcement.loginUrl,
+                loginUrlFile: loginFile,
                 nodeId: announcement.nodeId
               })
             )
@@ -105,7 +107,10 @@ const serve = Command.make(
         Effect.mapError(
           (error) =>
             // A provider that cannot be used is a configuration mistake, like a bad variable.
-            new CliFailure({ message: error.message, exitCode: error._tag === "ProxyConfigError" ? 2 : 1 })
+            new CliFailure({
+              message: error.message,
+              exitCode: error._tag === "ProxyConfigError" || error._tag === "EdgeConfigError" ? 2 : 1
+            })
         ),
         Effect.raceFirst(Deferred.await(fatal)),
         Effect.provide(Telemetry.layerLogger({ format: config.logFormat, level: config.logLevel, isTTY }))
@@ -120,6 +125,16 @@ const serve = Command.make(
 const writeServerFile = (dataDir: string, url: string) => {
   const file = path.join(dataDir, serverFile)
   fs.writeFileSync(file, JSON.stringify({ url, pid: process.pid }) + "\n", { mode: 0o600 })
+}
+
+/** Name of the file in the data dir that holds the login URL (it carries the admin token). */
+export const loginUrlFile = "login-url"
+
+const writeLoginFile = (dataDir: string, loginUrl: string): string => {
+  const file = path.join(dataDir, loginUrlFile)
+  fs.rmSync(file, { force: true })
+  fs.writeFileSync(file, loginUrl + "\n", { mode: 0o600, flag: "wx" })
+  return file
 }
 
 const removeServerFile = (dataDir: string) => {

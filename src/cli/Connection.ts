@@ -142,17 +142,27 @@ export const toCliFailure =
         ? new CliFailure({ message: error.message, exitCode: 2 })
         : isTagged(error) && refusals.has(error._tag)
           ? new CliFailure({ message: error.message, exitCode: 1 })
-          : error instanceof Unauthorized
+          : Option.isSome(Client.refusalOf(error))
             ? new CliFailure({
-                message: Option.isNone(connection.token)
-                  ? `${connection.url} needs a token: pass --token or set VIBES_TOKEN`
-                  : `${connection.url} refused the token (${error.message})`,
+                message:
+                  Client.refusalOf(error).pipe(Option.getOrThrow) === "too-many-attempts"
+                    ? `${connection.url} refuses credentials from this address for now (too many wrong tokens); try again later`
+                    : Option.isNone(connection.token)
+                      ? `${connection.url} needs a token: pass --token or set VIBES_TOKEN`
+                      : `${connection.url} refused the token`,
                 exitCode: 3
               })
-            : new CliFailure({
-                message: `cannot reach vibes at ${connection.url}: ${describeError(error)}`,
-                exitCode: 1
-              })
+            : error instanceof Unauthorized
+              ? new CliFailure({
+                  message: Option.isNone(connection.token)
+                    ? `${connection.url} needs a token: pass --token or set VIBES_TOKEN`
+                    : `${connection.url} refused the token (${error.message})`,
+                  exitCode: 3
+                })
+              : new CliFailure({
+                  message: `cannot reach vibes at ${connection.url}: ${describeError(error)}`,
+                  exitCode: 1
+                })
 
 export const clientLayer = (connection: Connection) =>
   Client.layer({ url: connection.url, token: connection.token }).pipe(

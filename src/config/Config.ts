@@ -19,6 +19,9 @@ import {
 } from "effect"
 import { compileGlob } from "../../rpc/Events.js"
 import { RetentionPolicy } from "../../infra/eventlog/EventLog.js"
+import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
+import * as ClientAddress from "../../infra/net/ClientAddress.js"
+import type { Limits as RpcLimits } from "../../infra/rpc/RpcSocketServer.js"
 import { ProviderConfig } from "../../rpc/Proxy.js"
 
 /** How log lines are written. `auto` means JSON unless stdout is a terminal. */
@@ -77,6 +80,19 @@ export interface ServerConfig {
   readonly proxyBurst: number
   /** Cluster mode (`VIBES_RUNNER_PORT` set), else a single node that is its own runner. */
   readonly cluster: Option.Option<ClusterConfig>
+  /**
+   * Host names this node answers to (`VIBES_ALLOWED_HOSTS`); empty: the loopback names when it
+   * listens on loopback (anything else then needs a list, or `*`).
+   */
+  readonly allowedHosts: ReadonlyArray<string>
+  /** Reverse proxies whose `X-Forwarded-*` headers are believed (`VIBES_TRUSTED_PROXIES`). */
+  readonly trustedProxies: ClientAddress.TrustedProxies
+  /** Limits of each `/rpc` connection. */
+  readonly rpcLimits: RpcLimits
+  /** Long-lived connections (RPC sockets, event and log streams) one client address may hold. */
+  readonly maxStreamsPerClient: number
+  /** How long a browser login lasts after its cookie was last renewed. */
+  readonly loginTtl: Duration.Duration
   /** How often this node records that it is alive in `vibes_nodes`. */
   readonly heartbeat: Duration.Duration
   /** Silence after which a node that did not stop cleanly counts as gone: its sessions are lost. */
@@ -404,6 +420,34 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   proxyRate: nonNegativeInt("VIBES_PROXY_RATE", 20),
   proxyBurst: positiveInt("VIBES_PROXY_BURST", 40, 1_000_000),
   cluster,
+  allowedHosts: Config.string("VIBES_ALLOWED_HOSTS").pipe(
+    Config.mapOrFail((text) => {
+      const entries = text
+        .split(",")
+        .map((entry) => entry.trim())
+        .filter((entry) => entry !== "")
+      return Either.mapBoth(AllowedHosts.make(entries), {
+        onLeft: (why) => ConfigError.InvalidData([], `VIBES_ALLOWED_HOSTS: ${why}`),
+        onRight: () => entries
+      })
+    }),
+    Config.withDefault<ReadonlyArray<string>>([])
+  ),
+  trustedProxies: Config.string("VIBES_TRUSTED_PROXIES").pipe(
+    Config.mapOrFail((text) =>
+      Either.mapLeft(ClientAddress.parseTrustedProxies(text), (why) =>
+        ConfigError.InvalidData([], `VIBES_TRUSTED_PROXIES: ${why}`)
+      )
+    ),
+    Config.withDefault(ClientAddress.none)
+  ),
+  rpcLimits: Config.all({
+    maxFrameBytes: positiveInt("VIBES_MAX_FRAME_BYTES", 1024 * 1024, 64 * 1024 * 1024),
+    maxMessagesPerFrame: positiveInt("VIBES_MAX_MESSAGES_PER_FRAME", 16, 10_000),
+    maxInFlight: positiveInt("VIBES_MAX_IN_FLIGHT", 256, 100_000)
+  }),
+  maxStreamsPerClient: positiveInt("VIBES_MAX_STREAMS_PER_CLIENT", 128, 1_000_000),
+  loginTtl: duration("VIBES_LOGIN_TTL", "7 days"),
   heartbeat: duration("VIBES_HEARTBEAT_INTERVAL", "2 seconds"),
   nodeLostAfter: duration("VIBES_NODE_LOST_AFTER", "30 seconds")
 }).pipe(

@@ -1,22 +1,44 @@
 /**
  * The HTTP surface of a node: `/healthz`, `/readyz`, `/metrics`, `/login`, `/logout`, `/`,
- * `/api/events`, `/api/jobs…`, `/rpc` and `/proxy/…`. Everything but `/healthz` requires the admin
- * token (the proxy also takes a session's proxy token).
+ * `/api/whoami`, `/api/events`, `/api/jobs…`, `/rpc` and `/proxy/…`. Everything but `/healthz`
+ * requires credentials, checked before any body or frame is read.
+ *
+ * In front of everything (`createServer`): the `Host` header must name this node
+ * (`VIBES_ALLOWED_HOSTS`; `/healthz` excepted, for probes), a request from another origin's page
+ * is refused, `/proxy/…` goes to the proxy's plain-Node path, and WebSocket upgrades go to the gate
+ * (`rpcGate`), which authenticates them before the socket is accepted.
  */
 import * as http from "node:http"
-import { Duration, Effect, Layer, Option } from "effect"
+import type * as stream from "node:stream"
+import { Context, Duration, Effect, Either, Layer, Option, Runtime, Schema } from "effect"
+import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as RpcSerialization from "@effect/rpc/RpcSerialization"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as RpcServer from "@effect/rpc/RpcServer"
 import { SqlClient } from "@effect/sql/SqlClient"
-import { cookieName } from "../../rpc/Auth.js"
+import { WebSocketServer } from "ws"
+import {
+  cookieName,
+  type Identity,
+  legacyCookieName,
+  Principal,
+  rpcProtocol,
+  type TooManyAttempts,
+  type Unauthorized
+} from "../../rpc/Auth.js"
 import { VibesRpcs } from "../../rpc/Client.js"
 import { AdminToken } from "../../infra/auth/AdminToken.js"
-import * as Credentials from "../../infra/auth/Credentials.js"
+import { Authenticator, cookieValue } from "../../infra/auth/Credentials.js"
+import { type Client as LoginClient, Logins } from "../../infra/auth/Logins.js"
+import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
+import * as ClientAddress from "../../infra/net/ClientAddress.js"
+import type { StreamSlots } from "../../infra/net/StreamSlots.js"
+import * as RpcSocketServer from "../../infra/rpc/RpcSocketServer.js"
 import { PrometheusMetrics } from "../../infra/telemetry/Telemetry.js"
+import { Emitter } from "./Emitter.js"
 import { NodeInfo } from "./NodeInfo.js"
 import * as EventsHandlers from "./EventsHandlers.js"
 import * as EventsHttp from "./EventsHttp.js"
@@ -32,44 +54,136 @@ import { securityHeaders } from "./Headers.js"
 /** Extra readiness checks beyond the database (e.g. the embedded Postgres supervisor). */
 export type ReadinessCheck = Effect.Effect<Option.Option<string>>
 
+/** What the front door of a node knows: the names it answers to, whom it trusts, its limits. */
+export class Edge extends Context.Tag("vibes/Edge")<
+  Edge,
+  {
+    readonly allowedHosts: AllowedHosts.AllowedHosts
+    readonly trustedProxies: ClientAddress.TrustedProxies
+    /** Long-lived connections per client address. */
+    readonly streams: StreamSlots
+  }
+>() {}
+
 const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 
-const json = (status: number, body: unknown) =>
-  HttpServerResponse.unsafeJson(body, { status, headers: securityHeaders })
+const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
+  HttpServerResponse.unsafeJson(body, { status, headers: { ...securityHeaders, ...headers } })
 
-const unauthorized = (message: string) => json(401, { error: "Unauthorized", message })
-
-const page = (status: number, title: string, body: string) =>
+const page = (status: number, title: string, body: string, headers: Record<string, string> = {}) =>
   HttpServerResponse.text(
     `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">` +
       `<title>${title}</title></head><body style="font-family:system-ui;max-width:40rem;margin:3rem auto">` +
       `${body}</body></html>`,
-    { status, contentType: "text/html; charset=utf-8", headers: securityHeaders }
+    { status, contentType: "text/html; charset=utf-8", headers: { ...securityHeaders, ...headers } }
   )
 
-const loginForm = (message: string) =>
+const loginForm = (message: string, status = 401, headers: Record<string, string> = {}) =>
   page(
-    401,
+    status,
     "vibes: log in",
-    `<h1>vibes</h1><p>${message}</p><form method="get" action="/login">` +
+    `<h1>vibes</h1><p>${escapeHtml(message)}</p><form method="post" action="/login">` +
       `<label for="token">Admin token</label> <input id="token" name="token" type="password" autocomplete="off" required> ` +
       `<button type="submit">Log in</button></form>` +
-      `<p>The token is in <code>admin-token</code> in the server's data directory, and in the login URL it prints at start-up.</p>`
+      `<p>The token is in <code>admin-token</code> in the server's data directory, and in the login URL it gives at start-up.</p>`,
+    headers
   )
 
-/** Runs `handler` when the request carries the admin token, else answers 401. */
+/** Where the request comes from, through trusted proxies only. */
+export const originOf = (request: HttpServerRequest.HttpServerRequest) =>
+  Effect.map(Edge, (edge) =>
+    ClientAddress.resolve(edge.trustedProxies, Option.getOrUndefined(request.remoteAddress), request.headers)
+  )
+
+const cookieOptions = (secure: boolean, maxAge: Duration.Duration) => ({
+  httpOnly: true,
+  sameSite: "strict" as const,
+  path: "/",
+  maxAge,
+  secure
+})
+
+const expireLoginCookies = (response: HttpServerResponse.HttpServerResponse) =>
+  response.pipe(
+    HttpServerResponse.expireCookie(cookieName, { path: "/", httpOnly: true, sameSite: "strict" }),
+    HttpServerResponse.expireCookie(legacyCookieName, { path: "/", httpOnly: true, sameSite: "strict" })
+  )
+
+const refusal = (
+  error: Unauthorized | TooManyAttempts,
+  onMissing: (message: string) => HttpServerResponse.HttpServerResponse,
+  hadCookie: boolean
+): HttpServerResponse.HttpServerResponse => {
+  if (error._tag === "TooManyAttempts") {
+    return json(
+      429,
+      { error: error._tag, message: error.message, retryAfterSeconds: error.retryAfterSeconds },
+      { "retry-after": String(error.retryAfterSeconds), connection: "close" }
+    )
+  }
+  const response = onMissing(error.message)
+  return hadCookie ? expireLoginCookies(response) : response
+}
+
+/**
+ * Runs `handler` as the request's identity when its credentials are good, else answers 401 (or
+ * 429 while its address is locked out) without reading the body. A browser login older than the
+ * rotation interval gets a new id in the same answer.
+ */
 const authenticated = <E, R>(
   handler: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>,
-  onMissing: (message: string) => HttpServerResponse.HttpServerResponse = unauthorized
+  onMissing: (message: string) => HttpServerResponse.HttpServerResponse = (message) =>
+    json(401, { error: "Unauthorized", message }, { connection: "close" })
 ) =>
-  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-    Credentials.check(request.headers).pipe(
-      Effect.matchEffect({
-        onFailure: (error) => Effect.succeed(onMissing(error.message)),
-        onSuccess: () => handler
-      })
+  Effect.gen(function* () {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const authenticator = yield* Authenticator
+    const origin = yield* originOf(request)
+    const identity = yield* Effect.either(authenticator.authenticate(request.headers, origin))
+    if (Either.isLeft(identity)) {
+      const hadCookie = Option.isSome(cookieValue(request.headers["cookie"], cookieName))
+      return refusal(identity.left, onMissing, hadCookie)
+    }
+    const response = yield* Effect.provideService(handler, Principal, identity.right)
+    return yield* renewLogin(request, identity.right, origin, response)
+  })
+
+/** Gives a browser whose login id is due for rotation its new id. */
+const renewLogin = (
+  request: HttpServerRequest.HttpServerRequest,
+  identity: Identity,
+  origin: ClientAddress.Origin,
+  response: HttpServerResponse.HttpServerResponse
+) =>
+  Effect.gen(function* () {
+    if (identity.via !== "cookie") return response
+    const logins = yield* Logins
+    const id = Option.getOrUndefined(cookieValue(request.headers["cookie"], cookieName))
+    if (id === undefined) return response
+    const login = yield* Effect.orElseSucceed(logins.verify(id), () => Option.none())
+    if (Option.isNone(login) || !logins.rotationDue(login.value, new Date())) return response
+    const issued = yield* Effect.orElseSucceed(logins.rotate(id, loginClient(request, origin)), () =>
+      Option.none()
     )
-  )
+    return Option.match(issued, {
+      onNone: () => response,
+      onSome: (next) =>
+        HttpServerResponse.unsafeSetCookie(
+          response,
+          cookieName,
+          next.id,
+          cookieOptions(origin.secure, Duration.millis(next.login.expiresAt.getTime() - Date.now()))
+        )
+    })
+  })
+
+const loginClient = (
+  request: HttpServerRequest.HttpServerRequest,
+  origin: ClientAddress.Origin
+): LoginClient => ({
+  address: origin.address,
+  userAgent: request.headers["user-agent"]
+})
 
 const healthz = HttpLayerRouter.add("GET", "/healthz", Effect.succeed(json(200, { status: "ok" })))
 
@@ -111,40 +225,136 @@ const metrics = HttpLayerRouter.add(
   )
 )
 
-// Not access-logged: its URL carries the token.
-const login = HttpLayerRouter.add(
+/** `/api/whoami`: the caller's identity (and a 401 that clears a dead login cookie). */
+const whoami = HttpLayerRouter.add(
   "GET",
-  "/login",
-  HttpMiddleware.withLoggerDisabled(
-    Effect.gen(function* () {
-      const request = yield* HttpServerRequest.HttpServerRequest
-      const admin = yield* AdminToken
-      const token = new URL(request.url, "http://localhost").searchParams.get("token")
-      if (token === null || token === "") return loginForm("Log in with the admin token.")
-      if (!admin.verify(token)) return loginForm("That token is not valid for this server.")
-      // The redirect takes the token out of the address bar and the history.
-      return HttpServerResponse.redirect("/", { status: 303, headers: securityHeaders }).pipe(
-        HttpServerResponse.unsafeSetCookie(cookieName, token, {
-          httpOnly: true,
-          sameSite: "strict",
-          path: "/",
-          maxAge: Duration.days(30),
-          secure: request.headers["x-forwarded-proto"] === "https"
-        })
-      )
-    })
+  "/api/whoami",
+  authenticated(
+    Effect.map(Principal, (identity) =>
+      json(200, {
+        kind: identity.kind,
+        via: identity.via,
+        login: identity.login,
+        clientAddress: identity.clientAddress
+      })
+    )
   )
 )
 
+/** The largest login form accepted, in bytes. */
+const maxLoginBody = 4096
+
+const LoginForm = Schema.Struct({ token: Schema.String.pipe(Schema.maxLength(1024)) })
+
+/**
+ * Logs a browser in with the admin token: the cookie gets a new login id, never the token. The
+ * token comes from the form (POST) or from the login URL the server prints (GET `?token=`).
+ * Wrong tokens count against the client's address like any refused credential.
+ */
+const logIn = (token: Effect.Effect<Option.Option<string>, never, HttpServerRequest.HttpServerRequest>) =>
+  HttpMiddleware.withLoggerDisabled(
+    Effect.gen(function* () {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const authenticator = yield* Authenticator
+      const admin = yield* AdminToken
+      const logins = yield* Logins
+      const emitter = yield* Emitter
+      const origin = yield* originOf(request)
+      const wait = authenticator.lockedFor(origin.address)
+      if (wait > 0) {
+        const seconds = Math.ceil(wait / 1000)
+        return loginForm(`Too many wrong tokens from your address; try again in ${seconds} s.`, 429, {
+          "retry-after": String(seconds)
+        })
+      }
+      const given = yield* token
+      if (Option.isNone(given) || given.value === "") return loginForm("Log in with the admin token.")
+      if (!admin.verify(given.value)) {
+        authenticator.refused(origin.address, "login")
+        return loginForm("That token is not valid for this server.")
+      }
+      authenticator.accepted(origin.address)
+      const issued = yield* Effect.either(logins.create("admin", loginClient(request, origin)))
+      if (Either.isLeft(issued)) {
+        yield* Effect.logError(issued.left.message)
+        return loginForm("The login could not be recorded; try again.", 503)
+      }
+      yield* emitter.emit(
+        "auth.login",
+        {
+          clientAddress: origin.address,
+          login: issued.right.login.ref,
+          userAgent: request.headers["user-agent"]?.slice(0, 300) ?? null
+        },
+        { component: "auth" }
+      )
+      yield* Effect.logInfo("logged in").pipe(
+        Effect.annotateLogs({ clientAddress: origin.address, login: issued.right.login.ref })
+      )
+      // The redirect takes a token in the URL out of the address bar and the history.
+      return HttpServerResponse.redirect("/", { status: 303, headers: securityHeaders }).pipe(
+        HttpServerResponse.expireCookie(legacyCookieName, { path: "/", httpOnly: true, sameSite: "strict" }),
+        HttpServerResponse.unsafeSetCookie(
+          cookieName,
+          issued.right.id,
+          cookieOptions(origin.secure, Duration.millis(issued.right.login.expiresAt.getTime() - Date.now()))
+        )
+      )
+    })
+  )
+
+// Not access-logged: its URL carries the token.
+const loginGet = HttpLayerRouter.add(
+  "GET",
+  "/login",
+  logIn(
+    Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
+      Option.fromNullable(new URL(request.url, "http://localhost").searchParams.get("token"))
+    )
+  )
+)
+
+const loginPost = HttpLayerRouter.add(
+  "POST",
+  "/login",
+  logIn(
+    HttpServerRequest.schemaBodyUrlParams(LoginForm).pipe(
+      HttpIncomingMessage.withMaxBodySize(Option.some(maxLoginBody)),
+      Effect.map((form) => Option.some(form.token)),
+      Effect.orElseSucceed(() => Option.none<string>())
+    )
+  )
+)
+
+/** Revokes the browser's login (every id of it, on every node) and clears its cookies. */
 const logout = (method: "GET" | "POST") =>
   HttpLayerRouter.add(
     method,
     "/logout",
-    Effect.succeed(
-      HttpServerResponse.redirect("/login", { status: 303, headers: securityHeaders }).pipe(
-        HttpServerResponse.expireCookie(cookieName, { path: "/", httpOnly: true, sameSite: "strict" })
+    Effect.gen(function* () {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const logins = yield* Logins
+      const emitter = yield* Emitter
+      const origin = yield* originOf(request)
+      const id = cookieValue(request.headers["cookie"], cookieName)
+      if (Option.isSome(id)) {
+        const revoked = yield* Effect.either(logins.revoke(id.value))
+        if (Either.isLeft(revoked)) {
+          yield* Effect.logError(revoked.left.message)
+          return page(503, "vibes", "<p>The login could not be revoked; try again.</p>")
+        }
+        if (Option.isSome(revoked.right)) {
+          yield* emitter.emit(
+            "auth.logout",
+            { clientAddress: origin.address, login: revoked.right.value.ref },
+            { component: "auth" }
+          )
+        }
+      }
+      return expireLoginCookies(
+        HttpServerResponse.redirect("/login", { status: 303, headers: securityHeaders })
       )
-    )
+    })
   )
 
 /** Sends one file of the built UI, gzipped when the browser takes it. */
@@ -204,33 +414,14 @@ const assets = (web: WebUi.WebUi) =>
     )
   )
 
-/**
- * Refuses a request that a page of another origin made with this browser's cookie (a WebSocket
- * upgrade, a form post): when a request says where it comes from, that must be here. Programs
- * (the CLI, curl) send no `Origin` and are not affected; CORS stays closed (no allow headers).
- */
-const sameOrigin = HttpLayerRouter.middleware(
-  (effect) =>
-    Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-      const origin = request.headers["origin"]
-      if (origin === undefined || originMatches(origin, request.headers)) return effect
-      return Effect.succeed(json(403, foreignOrigin(origin)))
-    }),
-  { global: true }
-)
-
 /** The 403 body for a request from another origin's page. */
 const foreignOrigin = (origin: string) => ({
   error: "Forbidden",
-  message: `requests from ${origin} are not accepted by this server`
+  message: `requests from ${origin.slice(0, 200)} are not accepted by this server`
 })
 
-/** True when `origin` is this server as the browser reached it. */
-export const originMatches = (
-  origin: string,
-  headers: Readonly<Record<string, string | undefined>>
-): boolean => {
-  const host = headers["x-forwarded-host"] ?? headers["host"]
+/** True when `origin` is this server as the browser reached it (`host`: the effective host). */
+export const originMatches = (origin: string, host: string | undefined): boolean => {
   if (host === undefined) return false
   try {
     const url = new URL(origin)
@@ -240,20 +431,48 @@ export const originMatches = (
   }
 }
 
-/** `/rpc`: every RPC group over WebSocket with msgpack, each call checked by `AuthMiddleware`. */
-const rpc = RpcServer.layerHttpRouter({ group: VibesRpcs, path: "/rpc", protocol: "websocket" }).pipe(
-  Layer.provide(SystemHandlers.layer),
-  Layer.provide(EventsHandlers.layer),
-  Layer.provide(SessionsHandlers.layer),
-  Layer.provide(JobsHandlers.layer),
-  Layer.provide(ProxyHandlers.layer),
-  Layer.provide(Credentials.layerRpc),
-  Layer.provide(RpcSerialization.layerMsgPack)
-)
+/**
+ * A long-lived stream (events, log follows) holds one of its client's stream slots while open;
+ * a client that holds them all gets 429.
+ */
+const holdingSlot = <E, R>(
+  handler: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
+): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R | Edge | HttpServerRequest.HttpServerRequest> =>
+  Effect.gen(function* () {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const edge = yield* Edge
+    const origin = yield* originOf(request)
+    const release = edge.streams.take(origin.address)
+    if (release === undefined) {
+      return json(
+        429,
+        {
+          error: "TooManyStreams",
+          message: `this address holds ${edge.streams.limit} open streams already; close one first`
+        },
+        { "retry-after": "5" }
+      )
+    }
+    const response = yield* handler.pipe(Effect.onError(() => Effect.sync(release)))
+    NodeHttpServerRequest.toServerResponse(request).once("close", release)
+    return response
+  })
+
+/** `/rpc`: every RPC group, served on the connections the gate accepts. */
+const rpc = (limits: RpcSocketServer.Limits) =>
+  RpcServer.layer(VibesRpcs).pipe(
+    Layer.provide(SystemHandlers.layer),
+    Layer.provide(EventsHandlers.layer),
+    Layer.provide(SessionsHandlers.layer),
+    Layer.provide(JobsHandlers.layer),
+    Layer.provide(ProxyHandlers.layer),
+    Layer.provide(RpcSocketServer.layerAuth),
+    Layer.provideMerge(RpcSocketServer.layer(limits))
+  )
 
 /** `/api/events`: the event log as Server-Sent Events. */
 const events = (heartbeat: Duration.Duration) =>
-  HttpLayerRouter.add("GET", "/api/events", authenticated(EventsHttp.handler(heartbeat)))
+  HttpLayerRouter.add("GET", "/api/events", authenticated(holdingSlot(EventsHttp.handler(heartbeat))))
 
 /** Options of the routes. */
 export interface RouteOptions {
@@ -271,50 +490,120 @@ export const routes = (options: RouteOptions) =>
     healthz,
     readyz(options.readiness),
     metrics,
-    login,
+    whoami,
+    loginGet,
+    loginPost,
     logout("GET"),
     logout("POST"),
     home(options.web),
     assets(options.web),
-    sameOrigin,
     events(options.sseHeartbeat),
-    ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler]) =>
-      HttpLayerRouter.add(method, path, authenticated(handler))
-    ),
-    rpc
+    ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler, long]) =>
+      HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
+    )
   )
+
+// The front door ---------------------------------------------------------------------------------
+
+/** Handles an upgrade the front door let through. */
+export type UpgradeHandler = (request: http.IncomingMessage, socket: stream.Duplex, head: Buffer) => void
+
+/** The node's HTTP server, with the slot for the WebSocket gate. */
+export interface NodeServer extends http.Server {
+  /** Installs (or, with undefined, removes) the handler of upgrades. */
+  setUpgradeHandler(handler: UpgradeHandler | undefined): void
+}
+
+/** Answers a raw socket (an upgrade request) with a short HTTP response and closes it. */
+export const rejectUpgrade = (
+  socket: stream.Duplex,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {}
+): void => {
+  const text = JSON.stringify(body)
+  const lines = [
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? "Error"}`,
+    "content-type: application/json",
+    `content-length: ${Buffer.byteLength(text)}`,
+    "connection: close",
+    ...Object.entries({ ...securityHeaders, ...headers }).map(([name, value]) => `${name}: ${value}`)
+  ]
+  socket.on("error", () => socket.destroy())
+  socket.end(`${lines.join("\r\n")}\r\n\r\n${text}`)
+}
+
+const pathOf = (url: string | undefined): string => {
+  const raw = url ?? "/"
+  const query = raw.indexOf("?")
+  return query < 0 ? raw : raw.slice(0, query)
+}
+
+const wrongHost = (host: string | undefined) => ({
+  error: "MisdirectedRequest",
+  message: `this node does not answer to host '${(host ?? "").slice(0, 200)}'; list it in VIBES_ALLOWED_HOSTS on the node`
+})
 
 /**
  * The node's HTTP server. `/proxy/…` requests (the AI-provider proxy) go straight to the proxy
  * before the Effect router sees them: the proxy answers in plain Node callbacks, with no fiber,
  * router or middleware on its path, so it adds well under a millisecond. It checks its own
  * credentials (the admin token or a session's proxy token, never the cookie) and records every
- * request as a `proxy.request` event instead of an access-log line. A request from another
- * origin's page gets the same 403 as everywhere else.
+ * request as a `proxy.request` event instead of an access-log line.
  */
-export const createServer = (proxy: Proxy["Type"]): http.Server => {
+export const createServer = (options: {
+  readonly proxy: Proxy["Type"]
+  readonly allowedHosts: AllowedHosts.AllowedHosts
+  readonly trustedProxies: ClientAddress.TrustedProxies
+}): NodeServer => {
+  let upgradeHandler: UpgradeHandler | undefined
   const front = (request: http.IncomingMessage, response: http.ServerResponse): boolean => {
-    if (request.url?.startsWith("/proxy/") !== true) return false
-    const origin = request.headers["origin"]
-    const host = request.headers["host"]
-    const forwardedHost = request.headers["x-forwarded-host"]
-    if (
-      origin !== undefined &&
-      !originMatches(origin, {
-        host,
-        "x-forwarded-host": typeof forwardedHost === "string" ? forwardedHost : undefined
-      })
-    ) {
+    const path = pathOf(request.url)
+    if (path === "/healthz") return false
+    const origin = ClientAddress.resolve(
+      options.trustedProxies,
+      request.socket.remoteAddress,
+      request.headers
+    )
+    const reject = (status: number, body: unknown) => {
       request.resume()
-      const body = JSON.stringify(foreignOrigin(origin))
-      response.writeHead(403, { ...securityHeaders, "content-type": "application/json" })
-      response.end(body)
+      response.writeHead(status, {
+        ...securityHeaders,
+        "content-type": "application/json",
+        connection: "close"
+      })
+      response.end(JSON.stringify(body))
       return true
     }
-    proxy.serve(request, response)
+    if (!AllowedHosts.allows(options.allowedHosts, origin.host)) return reject(421, wrongHost(origin.host))
+    const from = request.headers["origin"]
+    if (from !== undefined && !originMatches(from, origin.host)) return reject(403, foreignOrigin(from))
+    if (!path.startsWith("/proxy/")) return false
+    options.proxy.serve(request, response)
     return true
   }
-  class NodeServer extends http.Server {
+  const upgrade = (request: http.IncomingMessage, socket: stream.Duplex, head: Buffer) => {
+    const origin = ClientAddress.resolve(
+      options.trustedProxies,
+      request.socket.remoteAddress,
+      request.headers
+    )
+    if (!AllowedHosts.allows(options.allowedHosts, origin.host)) {
+      return rejectUpgrade(socket, 421, wrongHost(origin.host))
+    }
+    const from = request.headers["origin"]
+    if (from !== undefined && !originMatches(from, origin.host)) {
+      return rejectUpgrade(socket, 403, foreignOrigin(from))
+    }
+    if (upgradeHandler === undefined) {
+      return rejectUpgrade(socket, 503, { error: "Unavailable", message: "the node is starting or stopping" })
+    }
+    upgradeHandler(request, socket, head)
+  }
+  class Server extends http.Server {
+    setUpgradeHandler(handler: UpgradeHandler | undefined): void {
+      upgradeHandler = handler
+    }
     override emit(event: string, ...args: Array<unknown>): boolean {
       if (event === "request") {
         const [request, response] = args
@@ -324,9 +613,97 @@ export const createServer = (proxy: Proxy["Type"]): http.Server => {
           front(request, response)
         )
           return true
+      } else if (event === "upgrade") {
+        const [request, socket, head] = args
+        if (request instanceof http.IncomingMessage && Buffer.isBuffer(head)) {
+          upgrade(request, socket as stream.Duplex, head)
+          return true
+        }
       }
       return super.emit(event, ...args)
     }
   }
-  return new NodeServer()
+  return new Server()
 }
+
+/**
+ * The WebSocket gate: an upgrade to `/rpc` is authenticated (the same check as every request,
+ * throttled per address) before the socket is accepted; a refused one gets 401 or 429 and no
+ * frame of it is ever read. Accepted sockets hold one of their address's stream slots.
+ */
+export const rpcGate = (server: NodeServer, limits: RpcSocketServer.Limits) =>
+  Layer.scopedDiscard(
+    Effect.gen(function* () {
+      const authenticator = yield* Authenticator
+      const connections = yield* RpcSocketServer.RpcConnections
+      const edge = yield* Edge
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+      const wss = new WebSocketServer({
+        noServer: true,
+        maxPayload: limits.maxFrameBytes,
+        perMessageDeflate: false,
+        clientTracking: false,
+        handleProtocols: (protocols) => (protocols.has(rpcProtocol) ? rpcProtocol : false)
+      })
+      server.setUpgradeHandler((request, socket, head) => {
+        if (pathOf(request.url) !== "/rpc") {
+          return rejectUpgrade(socket, 404, { error: "NotFound", message: "WebSockets are served at /rpc" })
+        }
+        const origin = ClientAddress.resolve(
+          edge.trustedProxies,
+          request.socket.remoteAddress,
+          request.headers
+        )
+        runFork(
+          authenticator.authenticate(request.headers, origin).pipe(
+            Effect.match({
+              onFailure: (error) =>
+                error._tag === "TooManyAttempts"
+                  ? rejectUpgrade(
+                      socket,
+                      429,
+                      {
+                        error: error._tag,
+                        message: error.message,
+                        retryAfterSeconds: error.retryAfterSeconds
+                      },
+                      { "retry-after": String(error.retryAfterSeconds) }
+                    )
+                  : rejectUpgrade(socket, 401, { error: error._tag, message: error.message }),
+              onSuccess: (identity) => {
+                if (socket.destroyed) return
+                if (edge.streams.held(origin.address) >= edge.streams.limit) {
+                  return rejectUpgrade(
+                    socket,
+                    429,
+                    {
+                      error: "TooManyStreams",
+                      message: `this address holds ${edge.streams.limit} open connections already`
+                    },
+                    { "retry-after": "5" }
+                  )
+                }
+                wss.handleUpgrade(request, socket, head, (ws) => {
+                  const release = edge.streams.take(origin.address)
+                  if (release === undefined)
+                    return ws.close(RpcSocketServer.CloseCode.policyViolation, "too many connections")
+                  ws.once("close", release)
+                  connections.serve(ws, identity)
+                })
+              }
+            })
+          )
+        )
+      })
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          server.setUpgradeHandler(undefined)
+          wss.close()
+        })
+      )
+    })
+  )
+
+/** The RPC endpoint and its gate. */
+export const rpcEndpoint = (server: NodeServer, limits: RpcSocketServer.Limits) =>
+  rpcGate(server, limits).pipe(Layer.provideMerge(rpc(limits)))

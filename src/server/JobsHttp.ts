@@ -168,12 +168,15 @@ const cancel = Effect.gen(function* () {
     .pipe(Effect.match({ onFailure: failure, onSuccess: (info) => json(200, encodeInfo(info)) }))
 })
 
-/** Every jobs route's handler, by method and path; the caller checks credentials first. */
+/**
+ * Every jobs route's handler, by method and path, and whether it may stream for long (it then
+ * holds one of the client's stream slots); the caller checks credentials first.
+ */
 export const handlers = (heartbeat: Duration.Duration) =>
   [
-    ["GET", "/api/jobs", list],
-    ["GET", "/api/jobs/:id", get],
-    ["GET", "/api/jobs/:id/logs", logs(heartbeat)],
-    ["POST", "/api/jobs", submit],
-    ["POST", "/api/jobs/cancel", cancel]
+    ["GET", "/api/jobs", list, false],
+    ["GET", "/api/jobs/:id", get, false],
+    ["GET", "/api/jobs/:id/logs", logs(heartbeat), true],
+    ["POST", "/api/jobs", submit, false],
+    ["POST", "/api/jobs/cancel", cancel, false]
   ] as const

@@ -19,8 +19,10 @@ import {
   ExecutionStrategy,
   Exit,
   Option,
+  Either,
   Redacted,
   Schedule,
+  Schema,
   Scope
 } from "effect"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
@@ -41,6 +43,11 @@ import * as SessionSettings from "../../actors/session/SessionSettings.js"
 import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
 import * as PtyHostSupervisor from "../../actors/supervisors/PtyHostSupervisor.js"
 import * as AdminToken from "../../infra/auth/AdminToken.js"
+import * as Credentials from "../../infra/auth/Credentials.js"
+import * as Logins from "../../infra/auth/Logins.js"
+import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
+import * as ClientAddress from "../../infra/net/ClientAddress.js"
+import * as StreamSlots from "../../infra/net/StreamSlots.js"
 import * as Cluster from "../../infra/cluster/Cluster.js"
 import * as DataDir from "../../infra/datadir/DataDir.js"
 import * as Db from "../../infra/db/Db.js"
@@ -72,6 +79,21 @@ export interface Hooks {
   /** Called when the node cannot go on (the embedded Postgres could not be restarted). */
   readonly onFatal: (error: PgSupervisor.EmbeddedPgError) => Effect.Effect<void>
 }
+
+/** The node's front door is configured so that it cannot start (e.g. no allowed hosts). */
+export class EdgeConfigError extends Schema.TaggedError<EdgeConfigError>()("EdgeConfigError", {
+  message: Schema.String
+}) {}
+
+/** Deletes expired browser logins now and then. */
+const pruneLogins = Effect.gen(function* () {
+  const logins = yield* Logins.Logins
+  const deleted = yield* logins.prune(new Date())
+  if (deleted > 0) yield* Effect.logInfo(`deleted ${deleted} expired logins`)
+}).pipe(
+  Effect.catchAll((error) => Effect.logWarning(error.message)),
+  Effect.repeat(Schedule.spaced("1 hour"))
+)
 
 /** The database layer: external from `DATABASE_URL`, or a supervised embedded Postgres. */
 const database = (config: ServerConfig) =>
@@ -309,6 +331,11 @@ const resumeSessions = (nodeId: string) =>
 export const layer = (config: ServerConfig, hooks: Hooks) =>
   Layer.unwrapScoped(
     Effect.gen(function* () {
+      const allowedHosts = AllowedHosts.resolve(
+        config.host,
+        config.allowedHosts.length > 0 ? config.allowedHosts : undefined
+      )
+      if (Either.isLeft(allowedHosts)) return yield* new EdgeConfigError({ message: allowedHosts.left })
       yield* DataDir.lock(config.dataDir)
       const nodeId = yield* resolveNodeId(config.nodeId, config.dataDir)
       const adminToken = yield* Layer.build(
@@ -344,13 +371,31 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       if (config.eventsRetention.length > 0) {
         yield* Effect.forkScoped(retention(config).pipe(Effect.provide(events)))
       }
+      const authContext = yield* Layer.build(
+        Credentials.layer({ nodeId }).pipe(
+          Layer.provideMerge(Logins.layer({ ...Logins.defaults, ttl: config.loginTtl })),
+          Layer.provide(Layer.succeedContext(adminToken)),
+          Layer.provide(Layer.succeedContext(events)),
+          Layer.provide(Layer.succeedContext(sqlContext))
+        )
+      )
+      yield* Effect.forkScoped(pruneLogins.pipe(Effect.provide(authContext)))
+      const authenticator = Context.get(authContext, Credentials.Authenticator)
       const proxyContext = yield* Layer.build(
         Proxy.layer({
           nodeId,
           providers: config.proxyProviders,
           maxBodyBytes: config.proxyMaxBody,
           rate: config.proxyRate,
-          burst: config.proxyBurst
+          burst: config.proxyBurst,
+          guard: {
+            address: (request) =>
+              ClientAddress.resolve(config.trustedProxies, request.socket.remoteAddress, request.headers)
+                .address,
+            lockedFor: authenticator.lockedFor,
+            refused: authenticator.refused,
+            accepted: authenticator.accepted
+          }
         }).pipe(Layer.provide(Layer.succeedContext(adminToken)), Layer.provide(Layer.succeedContext(events)))
       )
       const proxy = Context.get(proxyContext, Proxy.Proxy)
@@ -366,7 +411,16 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       )
       yield* Scope.close(startup, Exit.void)
       yield* Effect.forkScoped(resumeSessions(nodeId).pipe(Effect.provide(sessionsContext)))
-      const server = Http.createServer(proxy)
+      const server = Http.createServer({
+        proxy,
+        allowedHosts: allowedHosts.right,
+        trustedProxies: config.trustedProxies
+      })
+      const edge = Layer.succeed(Http.Edge, {
+        allowedHosts: allowedHosts.right,
+        trustedProxies: config.trustedProxies,
+        streams: StreamSlots.make(config.maxStreamsPerClient)
+      })
       const identity = { serviceVersion: version, nodeId }
 
       const routes = HttpLayerRouter.serve(
@@ -381,6 +435,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       // clean end of their streams, while the server still serves.
       const app = Layer.scopedDiscard(announceStop).pipe(
         Layer.provide(routes),
+        Layer.provide(Http.rpcEndpoint(server, config.rpcLimits)),
         Layer.merge(Layer.scopedDiscard(trackConnections(server, config.shutdownTimeout))),
         Layer.merge(
           Layer.scopedDiscard(
@@ -398,6 +453,8 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
           )
         ),
         Layer.provide(nodeInfo),
+        Layer.provide(edge),
+        Layer.provide(Layer.succeedContext(authContext)),
         Layer.provide(Telemetry.layerPrometheus(identity)),
         Layer.provide(Layer.succeedContext(adminToken)),
         Layer.provide(Layer.succeedContext(sessionsContext)),

@@ -163,7 +163,9 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
         expect(history).not.toContain("token")
         const cookies = yield* promise(() => ctx.cookies())
         expect(cookies).toHaveLength(1)
-        expect(cookies[0]).toMatchObject({ name: "vibes_token", httpOnly: true, sameSite: "Strict" })
+        expect(cookies[0]).toMatchObject({ name: "vibes_login", httpOnly: true, sameSite: "Strict" })
+        // The cookie holds a login id, never the token.
+        expect(cookies[0]?.value).not.toContain(token)
         // The cookie is not readable by scripts.
         expect(yield* promise(() => page.evaluate(() => document.cookie))).toBe("")
         yield* Web.screenshot(page, "web-sessions")
@@ -193,7 +195,9 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
         promise(
           () =>
             new Promise<number>((resolve) => {
-              const socket = new WebSocket(rpcUrl, { headers: { origin, cookie: `vibes_token=${token}` } })
+              const socket = new WebSocket(rpcUrl, ["vibes.rpc.v1"], {
+                headers: { origin, authorization: `Bearer ${token}` }
+              })
               socket.on("open", () => {
                 socket.close()
                 resolve(101)
@@ -209,14 +213,14 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
       expect(yield* upgrade(new URL(url).origin)).toBe(101)
       const api = yield* promise(() =>
         fetch(`${url}/api/jobs?limit=1`, {
-          headers: { origin: "https://evil.example", cookie: `vibes_token=${token}` }
+          headers: { origin: "https://evil.example", authorization: `Bearer ${token}` }
         })
       )
       expect(api.status).toBe(403)
       expect(api.headers.get("access-control-allow-origin")).toBeNull()
       // The same request from the server's own origin goes through.
       const own = yield* promise(() =>
-        fetch(`${url}/api/jobs?limit=1`, { headers: { origin: url, cookie: `vibes_token=${token}` } })
+        fetch(`${url}/api/jobs?limit=1`, { headers: { origin: url, authorization: `Bearer ${token}` } })
       )
       expect(own.status).toBe(200)
     })

@@ -5,7 +5,6 @@ import { expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
 import * as Socket from "@effect/platform/Socket"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import { Unauthorized } from "../../rpc/Auth.js"
 import * as Client from "../../rpc/Client.js"
 import * as TestServer from "../support/TestServer.js"
 
@@ -28,6 +27,21 @@ const fetchText = (url: string, init: RequestInit = {}) =>
   Effect.promise(async () => {
     const response = await fetch(url, { redirect: "manual", ...init })
     return { status: response.status, headers: response.headers, body: await response.text() }
+  })
+
+/** The HTTP status a raw WebSocket upgrade of `/rpc` gets (101 when accepted). */
+const upgradeStatus = (url: string, headers: Record<string, string>) =>
+  Effect.async<number>((resume) => {
+    const socket = new WebSocket(Client.rpcUrl(url), ["vibes.rpc.v1"], { headers })
+    socket.once("unexpected-response", (_request, response) => {
+      resume(Effect.succeed(response.statusCode ?? 0))
+      socket.terminate()
+    })
+    socket.once("open", () => {
+      resume(Effect.succeed(101))
+      socket.close()
+    })
+    socket.once("error", () => undefined)
   })
 
 const bearer = (token: string) => ({ headers: { authorization: `Bearer ${token}` } })
@@ -83,20 +97,21 @@ layer(Layer.scoped(TestServerTag, TestServer.start), { timeout: 120_000, exclude
       })
     )
 
-    it.effect("rejects an RPC without a token with a typed Unauthorized", () =>
+    it.effect("refuses an RPC upgrade without credentials with 401, before any frame", () =>
       Effect.gen(function* () {
         const server = yield* TestServerTag
+        expect(yield* upgradeStatus(server.url, {})).toBe(401)
         const error = yield* Effect.flip(call(server.url, Option.none()))
-        expect(error).toBeInstanceOf(Unauthorized)
+        expect(Client.refusalOf(error)).toEqual(Option.some("unauthorized"))
       })
     )
 
-    it.effect("rejects an RPC with a wrong token with a typed Unauthorized", () =>
+    it.effect("refuses an RPC upgrade with a wrong token with 401", () =>
       Effect.gen(function* () {
         const server = yield* TestServerTag
+        expect(yield* upgradeStatus(server.url, { authorization: "Bearer not-the-token-at-all" })).toBe(401)
         const error = yield* Effect.flip(call(server.url, Option.some(Redacted.make("not-the-token-at-all"))))
-        expect(error).toBeInstanceOf(Unauthorized)
-        expect(error._tag).toBe("Unauthorized")
+        expect(Client.refusalOf(error)).toEqual(Option.some("unauthorized"))
       })
     )
 
@@ -117,10 +132,10 @@ layer(Layer.scoped(TestServerTag, TestServer.start), { timeout: 120_000, exclude
         const login = yield* fetchText(server.announcement.loginUrl)
         expect(login.status).toBe(303)
         expect(login.headers.get("location")).toBe("/")
-        const cookie = login.headers.get("set-cookie") ?? ""
-        expect(cookie).toMatch(/vibes_token=/)
+        const cookie = login.headers.getSetCookie().find((line) => line.startsWith("vibes_login=")) ?? ""
         expect(cookie).toMatch(/HttpOnly/i)
         expect(cookie).toMatch(/SameSite=Strict/i)
+        expect(cookie).not.toContain(server.token)
         const pair = cookie.split(";")[0] ?? ""
         expect((yield* fetchText(`${server.url}/`, { headers: { cookie: pair } })).status).toBe(200)
 

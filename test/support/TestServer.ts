@@ -6,6 +6,8 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import type { ServerConfig } from "../../src/config/Config.js"
+import * as ClientAddress from "../../infra/net/ClientAddress.js"
+import * as RpcSocketServer from "../../infra/rpc/RpcSocketServer.js"
 import * as Server from "../../src/server/Server.js"
 import * as TestDatabase from "./TestDatabase.js"
 import { tempDir } from "./TempDir.js"
@@ -76,6 +78,11 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       cluster: Option.none(),
       heartbeat: Duration.seconds(2),
       nodeLostAfter: Duration.seconds(30),
+      allowedHosts: [],
+      trustedProxies: ClientAddress.none,
+      rpcLimits: RpcSocketServer.defaultLimits,
+      maxStreamsPerClient: 128,
+      loginTtl: Duration.days(7),
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()

@@ -73,7 +73,7 @@ export interface Serving {
  */
 export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv(), port = 0) =>
   Effect.gen(function* () {
-    const listening = yield* Deferred.make<{ url: string; loginUrl: string }, Error>()
+    const listening = yield* Deferred.make<{ url: string }, Error>()
     const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
     const lines: Array<string> = []
     const child = yield* Effect.acquireRelease(
@@ -97,10 +97,7 @@ export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv(), port
       try {
         const entry: unknown = JSON.parse(line)
         if (isListening(entry)) {
-          Deferred.unsafeDone(
-            listening,
-            Effect.succeed({ url: entry.annotations.url, loginUrl: entry.annotations.loginUrl })
-          )
+          Deferred.unsafeDone(listening, Effect.succeed({ url: entry.annotations.url }))
         }
       } catch {
         // not a log line
@@ -117,13 +114,14 @@ export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv(), port
         )
       )
     })
-    const { url, loginUrl } = yield* Deferred.await(listening)
+    const { url } = yield* Deferred.await(listening)
+    const loginUrl = fs.readFileSync(path.join(dataDir, "login-url"), "utf8").trim()
     return { url, loginUrl, dataDir, child, lines, exited } satisfies Serving
   })
 
 const isListening = (
   entry: unknown
-): entry is { message: "vibes is listening"; annotations: { url: string; loginUrl: string } } =>
+): entry is { message: "vibes is listening"; annotations: { url: string } } =>
   typeof entry === "object" &&
   entry !== null &&
   "message" in entry &&

@@ -46,9 +46,30 @@ const toCallError = (cause: Cause.Cause<unknown>): CallError => {
   return new CallError("Defect", Cause.pretty(cause))
 }
 
-/** The login is gone (expired or revoked token): show the login page instead of a broken app. */
+let checking = false
+
+/**
+ * A server that no longer accepts the login refuses the WebSocket itself, which a browser reports
+ * as a plain connection failure: ask `/api/whoami` (once at a time) and go to the login page when
+ * it answers 401 (that answer also clears the dead cookie).
+ */
+const checkLogin = () => {
+  if (checking) return
+  checking = true
+  fetch(new URL("/api/whoami", backendUrl()), { credentials: "same-origin" })
+    .then((response) => {
+      if (response.status === 401) location.assign("/login")
+    })
+    .catch(() => undefined)
+    .finally(() => {
+      checking = false
+    })
+}
+
+/** The login is gone (expired or revoked): show the login page instead of a broken app. */
 const onUnauthorized = (error: CallError) => {
   if (error.tag === "Unauthorized") location.assign("/login")
+  else if (error.tag === "RpcClientError") checkLogin()
 }
 
 /** Calls the server: `call((c) => c.Jobs.List({}))`. Rejects with a `CallError`. */
@@ -124,6 +145,7 @@ export const follow = <A, E>(
         if (isTransient(failure)) {
           first = true
           handlers.onReconnecting?.(failure)
+          if (failure.tag === "RpcClientError") checkLogin()
         }
       })
     ),
