@@ -26,8 +26,8 @@ export type SessionId = typeof SessionId.Type
 /** The largest terminal accepted, in columns and in rows. */
 export const maxDimension = 1000
 
-/** The largest `Input` payload accepted, in bytes. */
-export const maxInputBytes = 1024 * 1024
+/** The largest `Input` payload accepted, in bytes (it fits the 1 MiB frame limit of `/rpc` with room to spare). */
+export const maxInputBytes = 512 * 1024
 
 /** What happens when the program ends or its machine is lost. */
 export const RestartPolicy = Schema.Literal("never", "on-failure", "always")

@@ -10,7 +10,7 @@
  * node takes effect on the others within that time.
  */
 import * as crypto from "node:crypto"
-import { Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 
 /** The login store could not be read or written. */
@@ -128,7 +128,7 @@ export const make = (settings: Settings = defaults) =>
     const insert = (chainId: Buffer, firstLoginAt: Date, principal: "admin", client: Client) =>
       Effect.gen(function* () {
         const id = crypto.randomBytes(32).toString("base64url")
-        const now = new Date()
+        const now = new Date(yield* Clock.currentTimeMillis)
         const expiresAt = new Date(
           Math.min(
             now.getTime() + Duration.toMillis(settings.ttl),
@@ -148,14 +148,13 @@ export const make = (settings: Settings = defaults) =>
           issuedAt: now,
           expiresAt
         }
-        cache.set(id, { login, until: Date.now() + Duration.toMillis(settings.cacheFor) })
+        cache.set(id, { login, until: now.getTime() + Duration.toMillis(settings.cacheFor) })
         return { id, login } satisfies Issued
       })
 
     const verify = (id: string): Effect.Effect<Option.Option<Login>, LoginStoreError> =>
-      Effect.suspend(() => {
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
         if (!idPattern.test(id)) return Effect.succeed(Option.none())
-        const now = Date.now()
         const cached = cache.get(id)
         if (cached !== undefined && cached.until > now && cached.login.expiresAt.getTime() > now) {
           return Effect.succeed(Option.some(cached.login))
@@ -190,12 +189,13 @@ export const make = (settings: Settings = defaults) =>
       rotate: (id, client) =>
         Effect.gen(function* () {
           if (!idPattern.test(id)) return Option.none()
+          const now = yield* Clock.currentTimeMillis
           const rows = yield* lookup(hash(id))
           const row = rows[0]
-          if (row === undefined || row.revoked_at !== null || row.expires_at.getTime() <= Date.now()) {
+          if (row === undefined || row.revoked_at !== null || row.expires_at.getTime() <= now) {
             return Option.none()
           }
-          const graceEnd = new Date(Date.now() + Duration.toMillis(settings.rotationGrace))
+          const graceEnd = new Date(now + Duration.toMillis(settings.rotationGrace))
           // Only the first of two concurrent rotations of one id wins; the other keeps its id.
           const shortened = yield* sql`
             UPDATE vibes_logins SET expires_at = ${graceEnd}
@@ -213,7 +213,8 @@ export const make = (settings: Settings = defaults) =>
           const rows = yield* lookup(hash(id))
           const row = rows[0]
           if (row === undefined) return Option.none()
-          yield* sql`UPDATE vibes_logins SET revoked_at = now() WHERE chain_id = ${Buffer.from(row.chain_id)} AND revoked_at IS NULL`.pipe(
+          const now = new Date(yield* Clock.currentTimeMillis)
+          yield* sql`UPDATE vibes_logins SET revoked_at = ${now} WHERE chain_id = ${Buffer.from(row.chain_id)} AND revoked_at IS NULL`.pipe(
             Effect.mapError(failed("revoke"))
           )
           const login = toLogin(row)
