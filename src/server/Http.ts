@@ -185,7 +185,7 @@ const loginClient = (
   userAgent: request.headers["user-agent"]
 })
 
-const healthz = HttpLayerRouter.add("GET", "/healthz", Effect.succeed(json(200, { status: "ok" })))
+const healthy = JSON.stringify({ status: "ok" })
 
 const readyz = (extra: ReadinessCheck) =>
   HttpLayerRouter.add(
@@ -487,7 +487,6 @@ export interface RouteOptions {
 /** Every route of the node. */
 export const routes = (options: RouteOptions) =>
   Layer.mergeAll(
-    healthz,
     readyz(options.readiness),
     metrics,
     whoami,
@@ -559,7 +558,13 @@ export const createServer = (options: {
   let upgradeHandler: UpgradeHandler | undefined
   const front = (request: http.IncomingMessage, response: http.ServerResponse): boolean => {
     const path = pathOf(request.url)
-    if (path === "/healthz") return false
+    // Liveness answers in plain Node, for probes from anywhere: it stalls only when the process does.
+    if (path === "/healthz") {
+      request.resume()
+      response.writeHead(200, { ...securityHeaders, "content-type": "application/json" })
+      response.end(request.method === "HEAD" ? undefined : healthy)
+      return true
+    }
     const origin = ClientAddress.resolve(
       options.trustedProxies,
       request.socket.remoteAddress,

@@ -349,7 +349,7 @@ export const make = (options: Options = {}): Effect.Effect<FakeProvider, never, 
     }
 
     const handle = (req: http.IncomingMessage, res: http.ServerResponse) => {
-      const url = new URL(req.url ?? "/", "http://fake")
+      const url = new URL(`http://fake${req.url ?? "/"}`)
       const parts: Array<Buffer> = []
       const finished = Deferred.unsafeMake<void>(FiberId.none)
       open.add(finished)

@@ -18,6 +18,8 @@ export interface Options {
   readonly headers?: Record<string, string>
   readonly body?: string | Buffer
   readonly localAddress?: string
+  /** Resolve once the status and headers arrived (the body is then empty): for streams. */
+  readonly headersOnly?: boolean
 }
 
 /** Sends one request and reads the whole answer. */
@@ -35,6 +37,11 @@ export const request = (url: string, options: Options = {}): Effect.Effect<Answe
         ...(options.localAddress !== undefined ? { localAddress: options.localAddress } : {})
       },
       (response) => {
+        if (options.headersOnly === true) {
+          resume(Effect.succeed({ status: response.statusCode ?? 0, headers: response.headers, body: "" }))
+          outgoing.destroy()
+          return
+        }
         let body = ""
         response.setEncoding("utf8")
         response.on("data", (chunk: string) => (body += chunk))

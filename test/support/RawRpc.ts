@@ -94,6 +94,7 @@ export const rawHttp = (url: string, request: string | Buffer): Effect.Effect<st
     socket.on("data", (chunk) => (answer += chunk.toString("latin1")))
     socket.on("error", () => resume(Effect.succeed(answer)))
     socket.on("close", () => resume(Effect.succeed(answer)))
-    socket.write(request)
+    // Half-closed after the request, so the server ends the connection once it answered.
+    socket.end(request)
     return Effect.sync(() => socket.destroy())
   })
