@@ -4,12 +4,13 @@
  * A host keeps a PTY whose program has ended until a server releases it, so that the server learns
  * how it ended. A host that goes away first (idle with no server left, stopped, or its server gone
  * for good) writes each such PTY's exit, byte count and last output into a file of its own in the
- * data dir, `pty-exits-<millis>-<pid>.json` (0600). A session whose PTY a host no longer knows
+ * data dir, `pty-exits-<millis>-<pid>-<random>.json` (0600). A session whose PTY a host no longer knows
  * takes its record from there, and ends as `exited` rather than `lost`.
  *
  * A host writes its file once, whole (through a rename), and never touches it again; only the
  * server, one per data dir, rewrites or removes files after that. So writers never race.
  */
+import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Context, Effect, Either, Layer, Option, Schema } from "effect"
@@ -90,7 +91,8 @@ export const write = (
 ): Effect.Effect<Option.Option<string>, PtyExitRecordsError> =>
   Effect.gen(function* () {
     if (records.length === 0) return Option.none()
-    const file = path.join(dataDir, `${filePrefix}${Date.now()}-${process.pid}.json`)
+    const unique = crypto.randomBytes(4).toString("hex")
+    const file = path.join(dataDir, `${filePrefix}${Date.now()}-${process.pid}-${unique}.json`)
     yield* replaceFile(file, yield* encode(file, process.pid, records))
     return Option.some(file)
   })
