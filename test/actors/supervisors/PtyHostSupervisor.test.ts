@@ -225,7 +225,8 @@ describe("PTY host supervisor", () => {
         expect(DataDir.isAlive(running.pid)).toBe(true)
         expect((yield* PtyHostClient.ping(socketPath(waiting.dir))).ptys).toBe(1)
       }),
-    60_000
+    // Two hosts start, one after the other.
+    120_000
   )
 
   it.scopedLive(
