@@ -9,6 +9,15 @@ import { eventually } from "../support/Attach.js"
 import { tempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
 
+/** The last lines of `file`, for a failure to show. */
+const logTail = (file: string) => {
+  try {
+    return fs.readFileSync(file, "utf8").trim().split("\n").slice(-20).join("\n")
+  } catch {
+    return "(no log)"
+  }
+}
+
 // These run the real executable against a real `vibes serve` with its embedded Postgres.
 const embedded = () => Vibes.childEnv({ DATABASE_URL: undefined })
 
@@ -107,6 +116,7 @@ describe("vibes CLI", () => {
         const dataDir = yield* tempDir("vibes-cli-")
         const server = yield* Vibes.serve(dataDir, embedded())
         const postgres = Vibes.postmasterPid(dataDir) ?? -1
+        expect(postgres).toBeGreaterThan(0)
         expect(isRunning(postgres)).toBe(true)
 
         server.child.kill("SIGKILL")
@@ -115,7 +125,14 @@ describe("vibes CLI", () => {
         yield* eventually(
           Effect.sync(() => (isRunning(postgres) ? Option.none() : Option.some(true))),
           "the embedded Postgres to stop",
-          30_000
+          60_000
+        ).pipe(
+          Effect.mapError(
+            (error) =>
+              new Error(
+                `${error.message}; postgres.log ends with:\n${logTail(path.join(dataDir, "postgres.log"))}`
+              )
+          )
         )
       }).pipe(Effect.scoped),
     120_000
