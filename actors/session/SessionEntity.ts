@@ -6,7 +6,9 @@
  * fans it out to attached clients, feeds the headless screen model, and hands it to the recorder
  * (coalesced `session.output` events, periodic `session.snapshot`s). Activated again after a
  * restart, it rebuilds the screen from the last snapshot and the output after it, then drains what
- * the program wrote meanwhile from the host's ring.
+ * the program wrote meanwhile from the host's ring. When the host no longer knows the PTY, the
+ * exit record a previous host left (`PtyExitRecords`) tells how the program ended, with its last
+ * output; without one the session is lost.
  *
  * Several clients may attach; read-only ones cannot write or resize. The PTY follows the size of
  * the client that wrote (or attached, or resized) most recently.
@@ -14,6 +16,7 @@
 import * as fs from "node:fs"
 import {
   Chunk,
+  DateTime,
   Duration,
   Effect,
   ExecutionStrategy,
@@ -54,7 +57,10 @@ import {
 } from "../../rpc/Sessions.js"
 import * as Cluster from "../../infra/cluster/Cluster.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
+import { type PtyExitRecord, PtyExitRecords } from "../../infra/pty/PtyExitRecords.js"
 import {
+  PtyData,
+  PtyGap,
   PtyHost,
   type PtyHostUnavailable,
   type PtyNotFound,
@@ -298,6 +304,7 @@ export const layer = Session.toLayer(
     const address = yield* Entity.CurrentAddress
     const sessionId = address.entityId
     const host = yield* PtyHost
+    const exitRecords = yield* PtyExitRecords
     const registry = yield* SessionRegistry
     const settings = yield* SessionSettings
     const log = yield* EventLog
@@ -477,13 +484,39 @@ export const layer = Session.toLayer(
           Effect.either
         )
         if (outcome._tag === "Left") {
-          yield* ended(state, "lost", null, null)
+          const record =
+            outcome.left._tag === "PtyNotFound" ? yield* recordedExit(ptyId) : Option.none<PtyExitRecord>()
+          if (Option.isNone(record)) return yield* ended(state, "lost", null, null)
+          yield* replayTail(state, record.value)
+          const { exit, exitedAt } = record.value
+          yield* ended(state, "exited", exit.exitCode, exit.signal, DateTime.toDate(exitedAt))
         } else if (Option.isSome(outcome.right) && outcome.right.value._tag === "Exited") {
           const exit = outcome.right.value.exit
           yield* ended(state, "exited", exit.exitCode, exit.signal)
         } else {
           yield* ended(state, "lost", null, null)
         }
+      })
+
+    /** How the program of a PTY its host no longer knows ended, if a previous host recorded it. */
+    const recordedExit = (ptyId: string) =>
+      exitRecords
+        .take(ptyId)
+        .pipe(
+          Effect.catchAll((error) =>
+            Effect.as(
+              Effect.logWarning(`session ${sessionId}: ${error.message}`),
+              Option.none<PtyExitRecord>()
+            )
+          )
+        )
+
+    /** The recorded last output of an ended PTY, after what the session has (a gap before it if need be). */
+    const replayTail = (state: Live, record: PtyExitRecord) =>
+      Effect.gen(function* () {
+        const from = record.seq - record.tail.length
+        if (from > state.ptySeq) yield* handleOutput(state, new PtyGap({ from: state.ptySeq, to: from }))
+        if (record.tail.length > 0) yield* handleOutput(state, new PtyData({ seq: from, data: record.tail }))
       })
 
     // Lifecycle -------------------------------------------------------------------------------
@@ -604,7 +637,13 @@ export const layer = Session.toLayer(
       )
 
     /** The program ended (or was lost): records it, tells clients, frees the PTY, maybe restarts. */
-    const ended = (state: Live, how: "exited" | "lost", exitCode: number | null, signal: string | null) =>
+    const ended = (
+      state: Live,
+      how: "exited" | "lost",
+      exitCode: number | null,
+      signal: string | null,
+      exitedAt: Date = new Date()
+    ) =>
       Effect.gen(function* () {
         const current = yield* Effect.orDie(currentRow)
         yield* state.lock.withPermits(1)(snapshotEvent(state))
@@ -617,7 +656,7 @@ export const layer = Session.toLayer(
         const updated = yield* Effect.orDie(
           change({
             state: how,
-            exitedAt: new Date(),
+            exitedAt,
             exitCode,
             exitSignal: signal,
             outputBytes: state.seq,

@@ -175,8 +175,10 @@ export class SessionRegistry extends Context.Tag("vibes/SessionRegistry")<
     /** Newest first. */
     readonly list: (state: Option.Option<SessionState>) => Effect.Effect<ReadonlyArray<Row>, RegistryError>
     readonly update: (id: string, change: Change) => Effect.Effect<void, RegistryError>
-    /** Ids of the sessions in state `running` whose PTY lives with node `nodeId`. */
-    readonly running: (nodeId: string) => Effect.Effect<ReadonlyArray<string>, RegistryError>
+    /** The sessions in state `running` whose PTY lives with node `nodeId`: their ids and PTYs'. */
+    readonly running: (
+      nodeId: string
+    ) => Effect.Effect<ReadonlyArray<{ readonly id: string; readonly ptyId: string }>, RegistryError>
     /**
      * Marks the running sessions of node `nodeId` (whose machine is gone) lost and returns them.
      * One statement: when several nodes sweep at once, each session goes to exactly one of them.
@@ -237,8 +239,9 @@ export const layer: Layer.Layer<SessionRegistry, never, SqlClient> = Layer.effec
       running: (nodeId) =>
         sql<{
           id: string
-        }>`SELECT id FROM vibes_sessions WHERE state = 'running' AND node_id = ${nodeId}`.pipe(
-          Effect.map((rows) => rows.map((row) => row.id)),
+          pty_id: string
+        }>`SELECT id, pty_id FROM vibes_sessions WHERE state = 'running' AND node_id = ${nodeId}`.pipe(
+          Effect.map((rows) => rows.map((row) => ({ id: row.id, ptyId: row.pty_id }))),
           Effect.mapError(failed("read"))
         ),
       takeLost: (nodeId) =>

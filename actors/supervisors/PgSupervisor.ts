@@ -7,6 +7,11 @@
  * Postgres refuses to run as root. As root, the binaries run inside a user namespace
  * (`unshare --user`) that maps root to `nobody`, so the files stay root's and the server is
  * not root inside.
+ *
+ * The server is started in a process group of its own (a Ctrl-C in the terminal reaches only
+ * vibes, which stops it in order), under `setpriv --pdeathsig SIGINT` where util-linux has it:
+ * should vibes die without stopping it (SIGKILL, the OOM killer), the kernel asks it for a fast
+ * shutdown, so it does not run on, unused, until a later start on the same data dir.
  */
 import * as childProcess from "node:child_process"
 import * as crypto from "node:crypto"
@@ -116,6 +121,25 @@ const commandFor = (bin: string, args: ReadonlyArray<string>): [string, Array<st
   isRoot()
     ? ["unshare", ["--user", "--map-user=65534", "--map-group=65534", "--", bin, ...args]]
     : [bin, [...args]]
+
+/** A command line, rewritten to run the same program differently. */
+type Wrap = (bin: string, args: ReadonlyArray<string>) => [string, ReadonlyArray<string>]
+
+/**
+ * Runs a program so that the kernel sends it SIGINT when this process dies (`PR_SET_PDEATHSIG`,
+ * through util-linux's `setpriv`); unchanged where there is no setpriv.
+ */
+const onParentDeath: Effect.Effect<Wrap> = Effect.gen(function* () {
+  if (childProcess.spawnSync("setpriv", ["--version"], { stdio: "ignore" }).status === 0) {
+    return (bin, args) => ["setpriv", ["--pdeathsig", "INT", "--", bin, ...args]]
+  }
+  if (os.platform() === "linux") {
+    yield* Effect.logWarning(
+      "setpriv (util-linux) was not found: should vibes be killed, the embedded Postgres keeps running until the next start on this data dir"
+    )
+  }
+  return (bin, args) => [bin, args]
+})
 
 const checkCanRun: Effect.Effect<void, EmbeddedPgError> = Effect.suspend(() => {
   if (!isRoot()) return Effect.void
@@ -238,6 +262,7 @@ export const make = (options: Options): Effect.Effect<PgSupervisor["Type"], Embe
 
     const created = yield* initialise(bins, pgData, passwordFile)
     yield* stopOrphan(pgData)
+    const guard = yield* onParentDeath
     const password = fs.readFileSync(passwordFile, "utf8").trim()
     const port = yield* FreePort.find().pipe(Effect.mapError((e) => fail(`no free port: ${e.message}`)))
     const urlFor = (database: string) =>
@@ -251,18 +276,20 @@ export const make = (options: Options): Effect.Effect<PgSupervisor["Type"], Embe
     const gaveUp = yield* Deferred.make<never, EmbeddedPgError>()
 
     const spawnServer = Effect.gen(function* () {
-      const [cmd, args] = commandFor(bins.postgres, [
-        "-D",
-        pgData,
-        "-p",
-        String(port),
-        "-c",
-        "listen_addresses=127.0.0.1",
-        "-c",
-        "unix_socket_directories=",
-        "-c",
-        "max_connections=200"
-      ])
+      const [cmd, args] = commandFor(
+        ...guard(bins.postgres, [
+          "-D",
+          pgData,
+          "-p",
+          String(port),
+          "-c",
+          "listen_addresses=127.0.0.1",
+          "-c",
+          "unix_socket_directories=",
+          "-c",
+          "max_connections=200"
+        ])
+      )
       const exited = yield* Deferred.make<string>()
       const child = yield* Effect.try({
         try: () => {

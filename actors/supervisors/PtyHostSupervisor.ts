@@ -5,7 +5,9 @@
  * is gone. The PTYs of a host that died are gone too: callers get `PtyNotFound` for them.
  *
  * Releasing the layer leaves the host running, so sessions survive a server restart, unless
- * `stopHostOnRelease` asks for a `Shutdown` (tests, `vibes serve` when told to).
+ * `stopHostOnRelease` asks for a `Shutdown` (tests, `vibes serve` when told to). A host left
+ * alone exits by itself once no program runs in it, leaving the exits no server took in the data
+ * dir (see `PtyHostServer`).
  */
 import * as childProcess from "node:child_process"
 import * as fs from "node:fs"

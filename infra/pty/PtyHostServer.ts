@@ -6,6 +6,13 @@
  * reader that falls more than a high-water mark behind pauses the program (the PTY is not read, so
  * the program blocks on its next write) until every reader is back under a low-water mark: a slow
  * but connected server loses nothing. With no reader the ring simply overwrites its oldest bytes.
+ *
+ * Lifetime. The host outlives its server, and waits for it for as long as a program runs in one of
+ * its PTYs. With no program running and no client, it exits after its idle time, even if it still
+ * holds PTYs whose programs ended and that no server released: it first writes their exits into
+ * the data dir (`PtyExitRecords`), where the next server on that data dir finds them. A host whose
+ * socket is gone from its path (its data dir removed or replaced) can never be reached again: it
+ * exits at once, running programs and all.
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -28,6 +35,7 @@ import {
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as RpcServer from "@effect/rpc/RpcServer"
 import * as DataDir from "../datadir/DataDir.js"
+import * as PtyExitRecords from "./PtyExitRecords.js"
 import {
   PtyAlreadyExists,
   PtyData,
@@ -65,7 +73,7 @@ export interface Options {
   readonly dataDir: string
   /** Output bytes kept per PTY. Default 8 MiB. */
   readonly ringBytes?: number
-  /** The host exits after this long with no PTY and no client. Default 30 s. */
+  /** The host exits after this long with no running program and no client. Default 30 s. */
   readonly idleExit?: Duration.DurationInput
 }
 
@@ -89,6 +97,9 @@ const maxElementBytes = 1024 * 1024
 
 /** How long a program gets between SIGHUP and SIGKILL. */
 const killGrace = Duration.seconds(2)
+
+/** How often the host checks that its socket is still where a server looks for it. */
+const homeCheckInterval = Duration.millis(250)
 
 // ring ------------------------------------------------------------------------------------
 
@@ -290,6 +301,7 @@ interface Entry {
   cols: number
   rows: number
   exit: PtyExit | null
+  exitedAt: DateTime.Utc | null
   paused: boolean
   /** While paused: checks whether the program is gone, to read its last bytes before node-pty drops them. */
   watchdog: ReturnType<typeof setInterval> | undefined
@@ -324,6 +336,10 @@ const notRunning = (entry: Entry, exit: PtyExit) =>
 /** The PTYs of a host and what can be done with them. */
 interface Registry {
   readonly size: () => number
+  /** PTYs whose program still runs. */
+  readonly running: () => number
+  /** The exits of the PTYs whose program has ended and that no one released. */
+  readonly exitRecords: () => ReadonlyArray<PtyExitRecords.PtyExitRecord>
   readonly spawn: (spec: PtySpec) => Effect.Effect<PtyInfo, PtySpawnFailed | PtyAlreadyExists>
   readonly write: (id: string, data: Uint8Array) => Effect.Effect<void, PtyNotFound | PtyNotRunning>
   readonly resize: (
@@ -442,6 +458,7 @@ const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.S
           cols: spec.cols,
           rows: spec.rows,
           exit: null,
+          exitedAt: null,
           paused: false,
           watchdog: undefined,
           draining: false,
@@ -460,6 +477,7 @@ const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.S
           onData(received),
           terminal.onExit(({ exitCode, signal }) => {
             entry.exit = exitOf(exitCode, signal)
+            entry.exitedAt = DateTime.unsafeNow()
             resume(entry)
             wake(entry)
           })
@@ -598,8 +616,30 @@ const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.S
 
     yield* Effect.addFinalizer(() => releaseAll)
 
+    const exitRecords = () =>
+      [...entries.values()].flatMap((entry) => {
+        if (entry.exit === null || entry.exitedAt === null) return []
+        const { ring } = entry
+        const from = Math.max(ring.start, ring.end - PtyExitRecords.maxTailBytes)
+        return [
+          new PtyExitRecords.PtyExitRecord({
+            id: entry.id,
+            exit: entry.exit,
+            exitedAt: entry.exitedAt,
+            seq: ring.end,
+            tail: ring.read(from, ring.end - from)
+          })
+        ]
+      })
+
     return {
       size: () => entries.size,
+      running: () => {
+        let count = 0
+        for (const entry of entries.values()) if (entry.exit === null) count++
+        return count
+      },
+      exitRecords,
       spawn,
       write: (id, data) =>
         Effect.flatMap(running(id), (entry) => Effect.sync(() => entry.terminal.write(Buffer.from(data)))),
@@ -666,6 +706,21 @@ const removePidFile = (pidFile: string) =>
     }
   })
 
+/** Writes `records` for the next server on `dataDir`; a failure is only logged (the host is going anyway). */
+const leaveExitRecords = (dataDir: string, records: ReadonlyArray<PtyExitRecords.PtyExitRecord>) =>
+  PtyExitRecords.write(dataDir, records).pipe(
+    Effect.flatMap(
+      Option.match({
+        onNone: () => Effect.void,
+        onSome: (file) =>
+          Effect.logInfo(`wrote the exits of ${records.length} PTYs no server released to ${file}`)
+      })
+    ),
+    Effect.catchAll((error) =>
+      Effect.logWarning(`the exits of ${records.length} PTYs are lost: ${error.message}`)
+    )
+  )
+
 /** Waits, polling, until `pid` has exited; false if it still runs after `within`. */
 const awaitExit = (pid: number, within: Duration.DurationInput) =>
   Effect.suspend(() => (isRunning(pid) ? Effect.fail("running") : Effect.void)).pipe(
@@ -674,7 +729,7 @@ const awaitExit = (pid: number, within: Duration.DurationInput) =>
     Effect.orElseSucceed(() => false)
   )
 
-/** Polls until the host has had no PTY and no client for `idleExit`. */
+/** Polls until the host has had no running program and no client for `idleExit`. */
 const idleFor = (idleExit: Duration.Duration, busy: Effect.Effect<boolean>) =>
   Effect.gen(function* () {
     const idleMillis = Duration.toMillis(idleExit)
@@ -692,11 +747,37 @@ const idleFor = (idleExit: Duration.Duration, busy: Effect.Effect<boolean>) =>
     }
   })
 
+/** The file at `file`, to tell it from another one put at the same path later. */
+interface FileIdentity {
+  readonly dev: number
+  readonly ino: number
+}
+
+const identityOf = (file: string): Option.Option<FileIdentity> => {
+  try {
+    const { dev, ino } = fs.statSync(file)
+    return Option.some({ dev, ino })
+  } catch {
+    return Option.none()
+  }
+}
+
+/** Resolves once `file` is no longer at its path: removed (with its directory), or replaced. */
+const gone = (file: string, identity: FileIdentity) =>
+  Effect.sync(() =>
+    Option.match(identityOf(file), {
+      onNone: () => true,
+      onSome: (now) => now.dev !== identity.dev || now.ino !== identity.ino
+    })
+  ).pipe(Effect.repeat({ schedule: Schedule.spaced(homeCheckInterval), until: (isGone) => isGone }))
+
 /**
- * Runs the host until it is told to stop (`Shutdown`), has been idle for `idleExit`, or is
- * interrupted (SIGTERM/SIGINT through `NodeRuntime.runMain`). Every way out kills every PTY's
- * process group (SIGHUP, SIGKILL after a grace) and removes the socket and pid file. When
- * another live host already answers on the socket, it returns at once.
+ * Runs the host until it is told to stop (`Shutdown`), has had no running program and no client
+ * for `idleExit`, finds its socket gone (its data dir removed), or is interrupted (SIGTERM/SIGINT
+ * through `NodeRuntime.runMain`). Every way out first writes the exits of the PTYs whose program
+ * ended and that no server released into the data dir (`PtyExitRecords`), then kills every PTY's
+ * process group (SIGHUP, SIGKILL after a grace) and removes the socket and pid file. When another
+ * live host already answers on the socket, it returns at once.
  */
 export const run = (options: Options): Effect.Effect<void, PtyHostServerError> =>
   Effect.gen(function* () {
@@ -762,13 +843,19 @@ export const run = (options: Options): Effect.Effect<void, PtyHostServerError> =
       try: () => fs.chmodSync(socket, 0o600),
       catch: (cause) => fail(`cannot restrict ${socket}: ${String(cause)}`)
     })
+    const home = identityOf(socket)
+    if (Option.isNone(home)) return yield* fail(`${socket} is gone as soon as it was created`)
     yield* writePidFile(pidFile, startedAt)
+    // Runs first on every way out: before the socket closes, so that a server that finds this
+    // host gone (and a new host without the PTYs) finds the records already written.
+    yield* Effect.addFinalizer(() => leaveExitRecords(options.dataDir, registry.exitRecords()))
     yield* Effect.logInfo(`PTY host (pid ${process.pid}) is listening on ${socket}`)
 
-    const busy = Effect.map(protocol.clientIds, (clients) => clients.size > 0 || registry.size() > 0)
-    const why = yield* Effect.raceFirst(
+    const busy = Effect.map(protocol.clientIds, (clients) => clients.size > 0 || registry.running() > 0)
+    const why = yield* Effect.raceAll([
       Effect.as(Deferred.await(stop), "a Shutdown request"),
-      Effect.as(idleFor(idleExit, busy), `${Duration.format(idleExit)} without PTYs or clients`)
-    )
+      Effect.as(idleFor(idleExit, busy), `${Duration.format(idleExit)} without running programs or clients`),
+      Effect.as(gone(socket, home.value), `finding ${socket} gone (no server can reach this host)`)
+    ])
     yield* Effect.logInfo(`PTY host (pid ${process.pid}) is stopping after ${why}`)
   }).pipe(Effect.scoped)

@@ -1,9 +1,12 @@
 /**
  * `vibes pty-host`: runs the machine's PTY host for a data dir. `vibes serve` starts it on demand
- * (detached, so shells outlive the server); it exits by itself when it has been idle for a while.
+ * (detached, so shells outlive the server); it exits by itself when it has had no running program
+ * and no client for a while (leaving the exits of ended programs for the next server), and at once
+ * when its data dir is removed.
  *
  * Settings: `VIBES_PTY_RING_BYTES` (output kept per PTY, default 8 MiB) and
- * `VIBES_PTY_HOST_IDLE_EXIT` (seconds without PTYs or clients before the host exits, default 30).
+ * `VIBES_PTY_HOST_IDLE_EXIT` (seconds without running programs or clients before the host exits,
+ * default 30).
  */
 import * as path from "node:path"
 import { Config as EffectConfig, type ConfigError, Duration, Effect, LogLevel, Option, Schema } from "effect"

@@ -59,6 +59,7 @@ import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import type { ServerConfig } from "../config/Config.js"
 import { version } from "../Version.js"
 import { PtyHost } from "../../infra/pty/PtyHost.js"
+import * as PtyExitRecords from "../../infra/pty/PtyExitRecords.js"
 import * as Emitter from "./Emitter.js"
 import * as Http from "./Http.js"
 import * as Membership from "./Membership.js"
@@ -271,7 +272,8 @@ const sessions = (
             command: ptyHostCommand(config),
             stopHostOnRelease: config.stopPtyHostOnExit
           })
-        )
+        ),
+        Layer.provideMerge(PtyExitRecords.layer({ dataDir: config.dataDir }))
       )
     )
   )
@@ -296,12 +298,17 @@ const jobServices = (config: ServerConfig, nodeId: string) =>
     Layer.provide(NodeContext.layer)
   )
 
-/** Wakes the entities of the sessions that were running here, so they record what was missed. */
+/**
+ * Wakes the entities of the sessions that were running here, so they record what was missed
+ * (and how the programs that ended without a server ended), then drops the exit records a
+ * previous PTY host left for sessions that are not running any more.
+ */
 const resumeSessions = (nodeId: string) =>
   Effect.gen(function* () {
     const registry = yield* SessionRegistry.SessionRegistry
     const makeClient = yield* SessionEntity.Session.client
-    const ids = yield* registry.running(nodeId)
+    const running = yield* registry.running(nodeId)
+    const ids = running.map((session) => session.id)
     yield* Effect.forEach(
       ids,
       (id) =>
@@ -313,6 +320,12 @@ const resumeSessions = (nodeId: string) =>
       { concurrency: 4, discard: true }
     )
     if (ids.length > 0) yield* Effect.logInfo(`resumed ${ids.length} sessions`)
+    const dropped = yield* PtyExitRecords.PtyExitRecords.pipe(
+      Effect.flatMap((records) => records.retain(new Set(running.map((session) => session.ptyId)))),
+      Effect.catchAll((error) => Effect.as(Effect.logWarning(error.message), 0))
+    )
+    if (dropped > 0)
+      yield* Effect.logInfo(`dropped ${dropped} PTY exit records of sessions no longer running`)
     // Sessions the cluster gave up on while this node was gone (marked lost, maybe restarted on
     // another machine) must not go on running here.
     const host = yield* PtyHost

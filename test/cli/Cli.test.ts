@@ -1,11 +1,22 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect } from "effect"
+import { Deferred, Effect, Option } from "effect"
 import * as DataDir from "../../infra/datadir/DataDir.js"
 import * as FreePort from "../../infra/net/FreePort.js"
+import { isRunning } from "../../infra/pty/PtyHostRpcs.js"
+import { eventually } from "../support/Attach.js"
 import { tempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
+
+/** The last lines of `file`, for a failure to show. */
+const logTail = (file: string) => {
+  try {
+    return fs.readFileSync(file, "utf8").trim().split("\n").slice(-20).join("\n")
+  } catch {
+    return "(no log)"
+  }
+}
 
 // These run the real executable against a real `vibes serve` with its embedded Postgres.
 const embedded = () => Vibes.childEnv({ DATABASE_URL: undefined })
@@ -94,6 +105,35 @@ describe("vibes CLI", () => {
         expect(DataDir.isAlive(postgres ?? -1)).toBe(false)
         expect(fs.existsSync(path.join(dataDir, "vibes.lock"))).toBe(false)
         expect(fs.existsSync(path.join(dataDir, "server.json"))).toBe(false)
+      }).pipe(Effect.scoped),
+    120_000
+  )
+
+  it.live(
+    "kill -9 of the server does not leave the embedded Postgres running",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-cli-")
+        const server = yield* Vibes.serve(dataDir, embedded())
+        const postgres = Vibes.postmasterPid(dataDir) ?? -1
+        expect(postgres).toBeGreaterThan(0)
+        expect(isRunning(postgres)).toBe(true)
+
+        server.child.kill("SIGKILL")
+        yield* Deferred.await(server.exited)
+        // `isRunning` counts a zombie as stopped: in some sandboxes nothing reaps an orphan.
+        yield* eventually(
+          Effect.sync(() => (isRunning(postgres) ? Option.none() : Option.some(true))),
+          "the embedded Postgres to stop",
+          60_000
+        ).pipe(
+          Effect.mapError(
+            (error) =>
+              new Error(
+                `${error.message}; postgres.log ends with:\n${logTail(path.join(dataDir, "postgres.log"))}`
+              )
+          )
+        )
       }).pipe(Effect.scoped),
     120_000
   )

@@ -1,12 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Context, Effect, Exit, Layer, Redacted, Scope, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Layer, Option, Redacted, Scope, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
 import * as FreePort from "../../infra/net/FreePort.js"
+import * as PtyExitRecords from "../../infra/pty/PtyExitRecords.js"
+import { isRunning } from "../../infra/pty/PtyHostRpcs.js"
 import { CreateSession } from "../../rpc/Sessions.js"
-import { clientLayer, stopPtyHostAtEnd, watch } from "../support/Attach.js"
+import { clientLayer, eventually, ptyHostPid, stopPtyHostAtEnd, watch } from "../support/Attach.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 import { tempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
@@ -95,6 +97,89 @@ describe("sessions across a server crash", () => {
         const info = yield* rpc2.Sessions.Get({ sessionId: session.id })
         expect(info.state).toBe("running")
         yield* rpc2.Sessions.Close({ sessionId: session.id })
+      }),
+    240_000
+  )
+
+  it.scopedLive(
+    "kill -9 of vibes serve for good: the PTY host exits once the session's program has ended, and a later server reports how it ended",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-orphan-")
+        const work = yield* tempDir("vibes-orphan-work-")
+        yield* stopPtyHostAtEnd(dataDir)
+        const database = yield* TestDatabase.freshDatabase("vibes_orphan")
+        const idleExitSeconds = 1
+        const env = Vibes.childEnv({
+          DATABASE_URL: Redacted.value(database.url),
+          VIBES_PTY_HOST_IDLE_EXIT: String(idleExitSeconds)
+        })
+
+        const firstScope = yield* Scope.make()
+        const first = yield* Vibes.serve(dataDir, env).pipe(Scope.extend(firstScope))
+        const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
+        const rpc1 = yield* Effect.map(
+          Layer.build(clientLayer(first.url, token)).pipe(Scope.extend(firstScope)),
+          Context.get(Client.VibesClient)
+        )
+        // The program ends only once the server is gone, when the test creates `go`.
+        const go = path.join(work, "go")
+        const session = yield* rpc1.Sessions.Create(
+          CreateSession.make({
+            command: "/bin/sh",
+            args: [
+              "-c",
+              'echo waiting; while [ ! -e "$1" ]; do sleep 0.05; done; echo finished; exit 7',
+              "sh",
+              go
+            ]
+          })
+        )
+        const watched = yield* watch(rpc1.Sessions.Attach({ sessionId: session.id })).pipe(
+          Scope.extend(firstScope)
+        )
+        yield* watched.until(
+          (w) => `${w.screen()?.text ?? ""}${w.text()}`.includes("waiting"),
+          "the program to start"
+        )
+        const host = ptyHostPid(dataDir)
+        expect(host).toBeDefined()
+        const hostPid = host ?? -1
+
+        first.child.kill("SIGKILL")
+        yield* Deferred.await(first.exited)
+        yield* Scope.close(firstScope, Exit.void)
+        fs.writeFileSync(go, "")
+
+        // Nothing runs in it any more and no server will come: it exits after its idle time.
+        yield* eventually(
+          Effect.sync(() => (isRunning(hostPid) ? Option.none() : Option.some(true))),
+          "the PTY host to exit",
+          idleExitSeconds * 1000 + 10_000
+        )
+        const left = (yield* PtyExitRecords.readAll(dataDir)).flatMap((file) =>
+          Option.getOrElse(file.records, () => [])
+        )
+        expect(left.map((record) => [record.id, record.exit.exitCode])).toEqual([[session.id, 7]])
+
+        const second = yield* Vibes.serve(dataDir, env)
+        const rpc2 = yield* Effect.map(
+          Layer.build(clientLayer(second.url, token)),
+          Context.get(Client.VibesClient)
+        )
+        const info = yield* eventually(
+          Effect.map(rpc2.Sessions.Get({ sessionId: session.id }), (info) =>
+            info.state === "running" ? Option.none() : Option.some(info)
+          ),
+          "the session to end"
+        )
+        expect(info).toMatchObject({ state: "exited", exitCode: 7, exitSignal: null })
+        // What it wrote while no server read it is there too.
+        const screen = yield* rpc2.Sessions.Snapshot({ sessionId: session.id })
+        expect(screen.text).toContain("waiting")
+        expect(screen.text).toContain("finished")
+        // The record was taken.
+        expect(yield* PtyExitRecords.readAll(dataDir)).toEqual([])
       }),
     240_000
   )

@@ -6,7 +6,9 @@ import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Option, Schedule, Scope, Stream } from "effect"
 import * as PtyHostSupervisor from "../../../actors/supervisors/PtyHostSupervisor.js"
 import * as DataDir from "../../../infra/datadir/DataDir.js"
+import * as PtyExitRecords from "../../../infra/pty/PtyExitRecords.js"
 import { PtyHost, PtySpec } from "../../../infra/pty/PtyHost.js"
+import * as PtyHostClient from "../../../infra/pty/PtyHostClient.js"
 import { pidFilePath, socketPath } from "../../../infra/pty/PtyHostRpcs.js"
 import { tempDir } from "../../support/TempDir.js"
 
@@ -21,6 +23,13 @@ const command = (dataDir: string) => [
   "pty-host",
   "--data-dir",
   dataDir
+]
+
+/** The same, exiting after `seconds` without running programs or clients. */
+const commandIdleFor = (dataDir: string, seconds: number) => [
+  "/usr/bin/env",
+  `VIBES_PTY_HOST_IDLE_EXIT=${seconds}`,
+  ...command(dataDir)
 ]
 
 const hostPid = (dataDir: string): Option.Option<number> => {
@@ -77,11 +86,13 @@ const gone = (pid: number) =>
 const pidOf = (supervisor: PtyHostSupervisor.PtyHostSupervisor["Type"]) =>
   supervisor.pid.pipe(Effect.map(Option.getOrThrowWith(() => new Error("no PTY host answers"))))
 
-const cat = (id: string) =>
+const cat = (id: string) => program(id, "cat", [])
+
+const program = (id: string, file: string, args: ReadonlyArray<string>) =>
   new PtySpec({
     id,
-    file: "cat",
-    args: [],
+    file,
+    args,
     cwd: os.tmpdir(),
     env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin" },
     cols: 80,
@@ -179,6 +190,59 @@ describe("PTY host supervisor", () => {
 
         yield* Scope.close(scope, Exit.void)
         expect(yield* gone(second)).toBe(true)
+      }),
+    60_000
+  )
+
+  it.scopedLive(
+    "a host left without a server exits after its idle time once its programs have ended, leaving their exits; one whose program runs stays",
+    () =>
+      Effect.gen(function* () {
+        const waiting = yield* dataDirWithCleanup
+        const first = yield* supervise({ dataDir: waiting.dir, command: commandIdleFor(waiting.dir, 0.5) })
+        const waitingPid = yield* pidOf(first.supervisor)
+        waiting.remember(waitingPid)
+        const running = yield* first.host.spawn(cat("runs"))
+        yield* Scope.close(first.scope, Exit.void)
+
+        // Left after the first, with the same idle time: once it is gone, the first host has
+        // been without a client for longer than that.
+        const ended = yield* dataDirWithCleanup
+        const second = yield* supervise({ dataDir: ended.dir, command: commandIdleFor(ended.dir, 0.5) })
+        const endedPid = yield* pidOf(second.supervisor)
+        ended.remember(endedPid)
+        yield* second.host.spawn(program("ends", "/bin/sh", ["-c", "printf done; exit 3"]))
+        yield* readUntil(second.host, "ends", (text) => text.includes("done"))
+        yield* Scope.close(second.scope, Exit.void)
+
+        expect(yield* gone(endedPid)).toBe(true)
+        const left = (yield* PtyExitRecords.readAll(ended.dir)).flatMap((file) =>
+          Option.getOrElse(file.records, () => [])
+        )
+        expect(left.map((record) => [record.id, record.exit.exitCode])).toEqual([["ends", 3]])
+
+        expect(DataDir.isAlive(waitingPid)).toBe(true)
+        expect(DataDir.isAlive(running.pid)).toBe(true)
+        expect((yield* PtyHostClient.ping(socketPath(waiting.dir))).ptys).toBe(1)
+      }),
+    // Two hosts start, one after the other.
+    120_000
+  )
+
+  it.scopedLive(
+    "a host whose data dir is removed exits at once, its programs with it",
+    () =>
+      Effect.gen(function* () {
+        const { dir, remember } = yield* dataDirWithCleanup
+        const { host, scope, supervisor } = yield* supervise({ dataDir: dir, command: command(dir) })
+        const pid = yield* pidOf(supervisor)
+        remember(pid)
+        const running = yield* host.spawn(cat("orphan"))
+        yield* Scope.close(scope, Exit.void)
+
+        fs.rmSync(dir, { recursive: true, force: true })
+        expect(yield* gone(pid)).toBe(true)
+        expect(yield* gone(running.pid)).toBe(true)
       }),
     60_000
   )

@@ -2,7 +2,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schedule, Stream } from "effect"
+import { Chunk, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Schedule, Scope, Stream } from "effect"
 import {
   PtyHost,
   type PtyOutput,
@@ -10,6 +10,7 @@ import {
   PtySpec,
   type PtyExited
 } from "../../../infra/pty/PtyHost.js"
+import * as PtyExitRecords from "../../../infra/pty/PtyExitRecords.js"
 import * as PtyHostClient from "../../../infra/pty/PtyHostClient.js"
 import { pidFilePath, socketPath } from "../../../infra/pty/PtyHostRpcs.js"
 import * as PtyHostServer from "../../../infra/pty/PtyHostServer.js"
@@ -17,15 +18,20 @@ import { tempDir } from "../../support/TempDir.js"
 
 type HostOptions = Omit<PtyHostServer.Options, "dataDir">
 
-/** A host running in this process on `dataDir`, and a client connected to it. */
-const startHostIn = (dataDir: string, options: HostOptions = {}) =>
+/**
+ * A host running in this process on `dataDir`, and a client connected to it; the client lives in
+ * `clientScope` when given (closing it disconnects), else in the current scope.
+ */
+const startHostIn = (dataDir: string, options: HostOptions = {}, clientScope?: Scope.Scope) =>
   Effect.gen(function* () {
     const socket = socketPath(dataDir)
     const server = yield* PtyHostServer.run({ dataDir, ...options }).pipe(Effect.forkScoped)
     yield* PtyHostClient.ping(socket).pipe(
       Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds")))
     )
-    const context = yield* Layer.build(PtyHostClient.layer({ socketPath: socket }))
+    const context = yield* Layer.build(PtyHostClient.layer({ socketPath: socket })).pipe(
+      Scope.extend(clientScope ?? (yield* Effect.scope))
+    )
     return {
       dataDir,
       socket,
@@ -422,6 +428,77 @@ describe("PTY host", () => {
       const exit = yield* Fiber.await(server).pipe(Effect.timeout("10 seconds"))
       expect(Exit.isSuccess(exit)).toBe(true)
       expect(fs.existsSync(socketPath(dataDir))).toBe(false)
+    })
+  )
+
+  it.scopedLive(
+    "with no running program and no client a host exits after its idle time, leaving the exits no server took",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-pty-")
+        const clientScope = yield* Scope.make()
+        const { host, server } = yield* startHostIn(dataDir, { idleExit: "300 millis" }, clientScope)
+        const s = sh("printf bye; exit 7")
+        yield* host.spawn(s)
+        expect(exitedOf(yield* drain(host, s.id)).exit.exitCode).toBe(7)
+        // The host still holds the exited PTY (nobody released it) when its last client goes.
+        expect((yield* host.list).map((pty) => pty.id)).toEqual([s.id])
+        yield* Scope.close(clientScope, Exit.void)
+
+        const exit = yield* Fiber.await(server).pipe(Effect.timeout("10 seconds"))
+        expect(Exit.isSuccess(exit)).toBe(true)
+        const files = yield* PtyExitRecords.readAll(dataDir)
+        expect(files).toHaveLength(1)
+        const file = files[0]?.file ?? ""
+        expect(fs.statSync(file).mode & 0o777).toBe(0o600)
+
+        const records = yield* PtyExitRecords.make({ dataDir })
+        const record = Option.getOrThrow(yield* records.take(s.id))
+        expect(record.exit).toMatchObject({ exitCode: 7, signal: null })
+        expect(record.seq).toBe(3)
+        expect(Buffer.from(record.tail).toString()).toBe("bye")
+        // Taken once: the file is gone with its last record.
+        expect(yield* records.take(s.id)).toEqual(Option.none())
+        expect(fs.existsSync(file)).toBe(false)
+      })
+  )
+
+  it.scopedLive("a host whose program still runs waits for its server beyond its idle time", () =>
+    Effect.gen(function* () {
+      const waitingScope = yield* Scope.make()
+      const waiting = yield* startHostIn(
+        yield* tempDir("vibes-pty-"),
+        { idleExit: "300 millis" },
+        waitingScope
+      )
+      const running = yield* waiting.host.spawn(spec("cat", []))
+      yield* Scope.close(waitingScope, Exit.void)
+
+      // A second host, idle from now on with the same idle time: once it has exited, the first
+      // one has been without a client for longer than that.
+      const witnessScope = yield* Scope.make()
+      const witness = yield* startHostIn(
+        yield* tempDir("vibes-pty-"),
+        { idleExit: "300 millis" },
+        witnessScope
+      )
+      yield* Scope.close(witnessScope, Exit.void)
+      expect(Exit.isSuccess(yield* Fiber.await(witness.server).pipe(Effect.timeout("10 seconds")))).toBe(true)
+
+      expect(waiting.server.unsafePoll()).toBeNull()
+      expect((yield* PtyHostClient.ping(waiting.socket)).ptys).toBe(1)
+      expect(isAlive(running.pid)).toBe(true)
+    })
+  )
+
+  it.scopedLive("a host whose data dir is removed exits at once and ends its programs", () =>
+    Effect.gen(function* () {
+      const { dataDir, host, server } = yield* startHost({ idleExit: "1 hour" })
+      const { pid } = yield* host.spawn(spec("cat", []))
+      fs.rmSync(dataDir, { recursive: true, force: true })
+      const exit = yield* Fiber.await(server).pipe(Effect.timeout("10 seconds"))
+      expect(Exit.isSuccess(exit)).toBe(true)
+      expect(yield* settlesTo(() => isAlive(pid), false)).toBe(false)
     })
   )
 
