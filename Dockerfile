@@ -34,9 +34,12 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/*
 
+# Listening on every interface of the container needs the names clients use: the published port on
+# the host's loopback by default; set VIBES_ALLOWED_HOSTS to the real names (or '*') when exposing it.
 ENV NODE_ENV=production \
     VIBES_HOST=0.0.0.0 \
     VIBES_PORT=7432 \
+    VIBES_ALLOWED_HOSTS=localhost,*.localhost,127.0.0.1,::1 \
     VIBES_DATA_DIR=/var/lib/vibes
 
 # Data directory (token, lock, embedded Postgres when DATABASE_URL is unset), private to the `node` user.
