@@ -529,6 +529,10 @@ export const rejectUpgrade = (
     ...Object.entries({ ...securityHeaders, ...headers }).map(([name, value]) => `${name}: ${value}`)
   ]
   socket.on("error", () => socket.destroy())
+  // Destroyed once the answer is out (or after a few seconds if the client does not read it): what
+  // the client sends after its refused upgrade is never read, and cannot hold the socket open.
+  socket.once("finish", () => socket.destroy())
+  setTimeout(() => socket.destroy(), 5000).unref()
   socket.end(`${lines.join("\r\n")}\r\n\r\n${text}`)
 }
 
