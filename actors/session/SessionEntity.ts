@@ -68,6 +68,7 @@ import {
   type PtyOutput,
   PtySpec
 } from "../../infra/pty/PtyHost.js"
+import * as Replies from "../../infra/terminal/Replies.js"
 import * as ScreenModel from "../../infra/terminal/ScreenModel.js"
 import * as Recorder from "./Recorder.js"
 import { type Row, SessionRegistry, toInfo } from "./SessionRegistry.js"
@@ -269,7 +270,12 @@ interface Attachment {
   readonly readOnly: boolean
   cols: number
   rows: number
+  /** Replies this client's terminal owes for queries it was sent (they are dropped from its input). */
+  readonly owed: Array<{ readonly kind: Replies.ReplyKind; readonly until: number }>
 }
+
+/** How long a client's terminal is given to send the automatic reply to a query. */
+const replyWithin = 10_000
 
 interface Subscriber {
   readonly queue: Queue.Queue<AttachEvent>
@@ -296,6 +302,10 @@ interface Live {
   lastOutput: number
   idle: boolean
   pump: Option.Option<Fiber.RuntimeFiber<void>>
+  /** Finds the queries in the program's output. */
+  readonly queryScanner: Replies.QueryScanner
+  /** The recent queries: the sequence number after each, and the replies it asks for. */
+  queries: Array<{ readonly end: number; readonly replies: ReadonlyArray<Replies.ReplyKind> }>
 }
 
 /** The entity's handlers. */
@@ -425,6 +435,10 @@ export const layer = Session.toLayer(
         publish(Output.make({ seq, data: fresh }))
         outputBytes.unsafeUpdate(fresh.length, [])
         remember(state, seq, fresh, replayBytes)
+        for (const query of state.queryScanner.scan(fresh)) {
+          state.queries.push({ end: seq + query.end, replies: query.replies })
+          if (state.queries.length > 256) state.queries.shift()
+        }
         state.recorder.output(seq, fresh)
         // Parsing runs behind the byte path; waiting for it now and then bounds its backlog.
         state.model.feed(fresh)
@@ -556,7 +570,13 @@ export const layer = Session.toLayer(
       Effect.gen(function* () {
         const scope = yield* Scope.fork(entityScope, ExecutionStrategy.sequential)
         const bell = { last: 0 }
+        // The model answers the program's queries; not those in the history it is rebuilt from.
+        const replies = yield* Queue.unbounded<string>()
+        const answering = { open: false }
         const model = yield* ScreenModel.make({
+          onReply: (reply) => {
+            if (answering.open) Queue.unsafeOffer(replies, reply)
+          },
           cols: options.cols,
           rows: options.rows,
           scrollback: settings.scrollback,
@@ -580,6 +600,8 @@ export const layer = Session.toLayer(
             replaySize += step.data.length
           }
         }
+        answering.open = true
+        yield* Effect.forkIn(answer(replies), scope)
         const first = replay[0]
         const recorder = yield* Recorder.make({ sessionId, nodeId: settings.nodeId, startSeq: seq }).pipe(
           Scope.extend(scope)
@@ -598,7 +620,9 @@ export const layer = Session.toLayer(
           unparsed: 0,
           lastOutput: Date.now(),
           idle: false,
-          pump: Option.none()
+          pump: Option.none(),
+          queryScanner: new Replies.QueryScanner(),
+          queries: []
         }
         live = Option.some(state)
         yield* Metric.increment(liveSessions)
@@ -608,6 +632,40 @@ export const layer = Session.toLayer(
         yield* Effect.forkIn(idleWatch(state), scope)
         return state
       })
+
+    /** Writes the screen model's answers to the program, in order, to its current PTY. */
+    const answer = (replies: Queue.Queue<string>) =>
+      Effect.gen(function* () {
+        const reply = yield* Queue.take(replies)
+        const current = yield* Effect.option(currentRow)
+        if (Option.isNone(current) || current.value.state !== "running") return
+        yield* host
+          .write(current.value.ptyId, new TextEncoder().encode(reply))
+          .pipe(
+            Effect.catchAll((error) =>
+              Effect.logWarning(`session ${sessionId}: could not answer a query: ${error.message}`)
+            )
+          )
+      }).pipe(Effect.forever)
+
+    /** The replies `attachment` will owe for the queries in output bytes [from, to). */
+    const owe = (state: Live, attachment: Attachment, from: number, to: number) => {
+      const until = Date.now() + replyWithin
+      for (const query of state.queries) {
+        if (query.end > from && query.end <= to)
+          for (const kind of query.replies) attachment.owed.push({ kind, until })
+      }
+    }
+
+    /** Whether `attachment` owed a reply of `kind` (which it then no longer owes). */
+    const owed = (attachment: Attachment, kind: Replies.ReplyKind) => {
+      const now = Date.now()
+      while (attachment.owed.length > 0 && (attachment.owed[0]?.until ?? 0) < now) attachment.owed.shift()
+      const at = attachment.owed.findIndex((entry) => entry.kind === kind)
+      if (at < 0) return false
+      attachment.owed.splice(at, 1)
+      return true
+    }
 
     const idleWatch = (state: Live) =>
       Effect.gen(function* () {
@@ -984,11 +1042,17 @@ export const layer = Session.toLayer(
         }
         const attachment = yield* writable(attachmentId)
         const { row: current } = yield* running
+        // The client's terminal answered queries the screen model has answered already.
+        const keys = Option.match(attachment, {
+          onNone: () => data,
+          onSome: (client) => Replies.withoutReplies(data, (kind) => owed(client, kind))
+        })
+        if (keys.length === 0) return
         if (Option.isSome(attachment) && attachmentId !== lastWriter) {
           lastWriter = attachmentId
           yield* resizeTo(attachment.value.cols, attachment.value.rows)
         }
-        yield* host.write(current.ptyId, data).pipe(Effect.mapError(ptyError))
+        yield* host.write(current.ptyId, keys).pipe(Effect.mapError(ptyError))
       })
 
     const attach = (request: {
@@ -1046,7 +1110,10 @@ export const layer = Session.toLayer(
               return { screen: toScreen(snapshot, state.seq), seq: state.seq }
             })
           )
-          attachments.set(attachmentId, { readOnly: request.readOnly, cols, rows })
+          const attachment: Attachment = { readOnly: request.readOnly, cols, rows, owed: [] }
+          attachments.set(attachmentId, attachment)
+          // Output up to here reached the client as a screen (with no queries in it) or not at all.
+          let sent = first.seq
           yield* Metric.increment(attachedClients)
           yield* Effect.addFinalizer(() =>
             Effect.gen(function* () {
@@ -1095,6 +1162,16 @@ export const layer = Session.toLayer(
                 ? Option.none()
                 : Option.some(Output.make({ seq: skipUntil, data: event.data.subarray(skip) }))
             }),
+            Stream.tap((event) =>
+              Effect.sync(() => {
+                if (event._tag === "Reset") sent = event.screen.seq
+                else if (event._tag === "Output") {
+                  const end = event.seq + event.data.length
+                  if (!attachment.readOnly) owe(state, attachment, Math.max(sent, event.seq), end)
+                  sent = Math.max(sent, end)
+                }
+              })
+            ),
             Stream.takeUntil((event) => event._tag === "Ended")
           )
           return Stream.concat(Stream.make<Array<AttachEvent>>(attached), rest)

@@ -3,7 +3,7 @@
  * `MemoryEventLog`) sit beside this module; callers see only `EventLog`.
  */
 import * as crypto from "node:crypto"
-import { Context, Effect, type Option, Schema, type Stream } from "effect"
+import { Context, Deferred, Effect, type Option, Schema, type Stream } from "effect"
 import {
   type EventFilter,
   EventLogError,
@@ -113,6 +113,51 @@ export class EventLog extends Context.Tag("vibes/EventLog")<
     ) => Effect.Effect<RetentionReport, EventLogError | InvalidGlob>
   }
 >() {}
+
+/** A log whose writer can have the last word, and that last word. */
+export interface Closable {
+  readonly log: EventLog["Type"]
+  /**
+   * Appends `event` once every append already under way has finished, as the last event this log
+   * writes: later appends fail with `EventLogError` (and so do ones made while it waits).
+   */
+  readonly close: (event: NewEvent) => Effect.Effect<Offset, EventLogError | EventTooLarge>
+}
+
+/** `log`, closable with a last event (a node's `system.stopped`). */
+export const closable = (log: EventLog["Type"]): Effect.Effect<Closable> =>
+  Effect.map(Deferred.make<void>(), (drained) => {
+    let closing = false
+    let inFlight = 0
+    const closed = (count: number) =>
+      new EventLogError({
+        message: `the log of this node is closed: it stopped, and ${count === 1 ? "this event was" : `these ${count} events were`} not recorded`
+      })
+    const append: EventLog["Type"]["append"] = (events) =>
+      Effect.suspend(() => {
+        if (closing) return Effect.fail(closed(events.length))
+        inFlight++
+        return log.append(events).pipe(
+          Effect.ensuring(
+            Effect.suspend(() => {
+              inFlight--
+              return closing && inFlight === 0 ? Deferred.succeed(drained, undefined) : Effect.void
+            })
+          )
+        )
+      })
+    const close = (event: NewEvent) =>
+      Effect.suspend(() => {
+        closing = true
+        return inFlight === 0 ? Effect.void : Deferred.await(drained)
+      }).pipe(
+        Effect.zipRight(log.append([event])),
+        Effect.flatMap((offsets) =>
+          offsets[0] === undefined ? Effect.fail(closed(1)) : Effect.succeed(offsets[0])
+        )
+      )
+    return { log: { ...log, append }, close }
+  })
 
 /** A time-ordered UUID (version 7): 48 bits of milliseconds, then random bits (from a cached pool). */
 export const uuidv7 = (now: number = Date.now()): string => {

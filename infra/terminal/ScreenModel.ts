@@ -4,11 +4,13 @@
  */
 // Both packages are CommonJS bundles without an `exports` map: Node gives ESM only their
 // `module.exports` as the default export (the named `Terminal` is not detectable), so import that.
-import Serialize from "@xterm/addon-serialize"
 import Unicode11 from "@xterm/addon-unicode11"
 import Headless from "@xterm/headless"
 import type { Terminal } from "@xterm/headless"
 import { Effect, Either, Option } from "effect"
+import * as Colours from "./Colours.js"
+import * as ScreenSerializer from "./ScreenSerializer.js"
+import { Scanner } from "./Sequences.js"
 
 /** A size and the serialized bytes that redraw a screen in a fresh terminal of that size. */
 export interface Base {
@@ -42,6 +44,11 @@ export interface Options {
   readonly onBell?: () => void
   /** Called when the program sets the window title. */
   readonly onTitle?: (title: string) => void
+  /**
+   * Called with the answer to each query the program sends (device attributes, cursor position,
+   * modes, colours, size), as a real xterm of this size would give it: write it to the program.
+   */
+  readonly onReply?: (reply: string) => void
 }
 
 /** The screen of one terminal session. Operations apply in the order they are called. */
@@ -113,11 +120,15 @@ export const rebuild = (options: {
           pending = 0
         }
       }
-      return yield* terminal.run(empty, () => terminal.take({ scrollbackLines: options.scrollbackLines }))
+      const tail = terminal.tail()
+      return yield* terminal.run(empty, () =>
+        terminal.take({ scrollbackLines: options.scrollbackLines }, tail)
+      )
     })
   )
 
 const encoder = new TextEncoder()
+const decoder = new TextDecoder()
 const empty = new Uint8Array(0)
 
 interface Opened {
@@ -126,34 +137,53 @@ interface Opened {
   readonly queue: (data: Uint8Array) => void
   /** Queues data and waits until it is parsed, with what `after` returned then. */
   readonly run: <A>(data: Uint8Array, after: () => A) => Effect.Effect<A>
-  /** The screen now. */
-  readonly take: (options: SnapshotOptions) => Snapshot
+  /** The bytes of a sequence or character the data queued so far leaves unfinished. */
+  readonly tail: () => Uint8Array
+  /** The screen now, with `tail` (taken when the snapshot was asked for) appended to its redraw. */
+  readonly take: (options: SnapshotOptions, tail: Uint8Array) => Snapshot
+  /** Where the answers to the program's queries go (nowhere until set). */
+  readonly replies: { send: (reply: string) => void }
 }
 
 const open = (cols: number, rows: number, scrollback: number) =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      // `buffer`, which serialization reads, is "proposed" API in @xterm/headless.
-      const xterm = new Headless.Terminal({ cols, rows, scrollback, allowProposedApi: true })
-      const serializer = new Serialize.SerializeAddon()
-      xterm.loadAddon(serializer)
+      // `buffer`, which serialization reads, is "proposed" API in @xterm/headless. The window
+      // options are the ones a real xterm allows by default: the size report and the title stack.
+      const xterm = new Headless.Terminal({
+        cols,
+        rows,
+        scrollback,
+        allowProposedApi: true,
+        windowOptions: { getWinSizeChars: true, pushTitle: true, popTitle: true }
+      })
       // Unicode 11 widths (emoji take two columns), as in the browser terminal and modern programs.
       xterm.loadAddon(new Unicode11.Unicode11Addon())
       xterm.unicode.activeVersion = "11"
+      const replies = { send: (_reply: string): void => undefined }
+      xterm.onData((reply) => replies.send(reply))
+      const colours = Colours.track(xterm, (reply) => replies.send(reply))
       const state = { title: "", closed: false }
       xterm.onTitleChange((title) => {
         state.title = title
       })
-      const queue = (data: Uint8Array) => xterm.write(data)
+      const scanner = new Scanner()
+      const queue = (data: Uint8Array) => {
+        scanner.scan(data)
+        xterm.write(data)
+      }
       const run = <A>(data: Uint8Array, after: () => A) =>
         Effect.async<A>((resume) => {
           // A disposed terminal never calls back: fail loudly rather than hang.
           if (state.closed) return resume(Effect.dieMessage("ScreenModel used after its scope closed"))
+          scanner.scan(data)
           // xterm.js runs a write's callback right after its chunk, before any later chunk.
           xterm.write(data, () => resume(Effect.orDie(Either.try(after))))
         })
-      const take = (options: SnapshotOptions) => snapshotOf(xterm, serializer, state.title, options)
-      return { opened: { xterm, queue, run, take } satisfies Opened, state }
+      const take = (options: SnapshotOptions, tail: Uint8Array) =>
+        snapshotOf(xterm, state.title, options, colours.serialize() + decoder.decode(tail))
+      const opened: Opened = { xterm, queue, run, tail: () => scanner.tail(), take, replies }
+      return { opened, state }
     }),
     ({ opened, state }) =>
       Effect.sync(() => {
@@ -163,94 +193,37 @@ const open = (cols: number, rows: number, scrollback: number) =>
   ).pipe(Effect.map(({ opened }) => opened))
 
 const hooked = (terminal: Opened, options: Omit<Options, "cols" | "rows">): ScreenModel => {
-  const { onBell, onTitle } = options
+  const { onBell, onTitle, onReply } = options
   if (onBell !== undefined) terminal.xterm.onBell(() => onBell())
   if (onTitle !== undefined) terminal.xterm.onTitleChange((title) => onTitle(title))
+  if (onReply !== undefined) terminal.replies.send = onReply
   return {
     write: (data) => terminal.run(data, () => undefined),
     feed: (data) => terminal.queue(data),
     resize: (cols, rows) => terminal.run(empty, () => terminal.xterm.resize(cols, rows)),
-    snapshot: (options) => terminal.run(empty, () => terminal.take(options ?? {}))
+    snapshot: (options) =>
+      Effect.suspend(() => {
+        const tail = terminal.tail()
+        return terminal.run(empty, () => terminal.take(options ?? {}, tail))
+      })
   }
 }
 
-const snapshotOf = (
-  xterm: Terminal,
-  serializer: InstanceType<typeof Serialize.SerializeAddon>,
-  title: string,
-  options: SnapshotOptions
-): Snapshot => {
+const snapshotOf = (xterm: Terminal, title: string, options: SnapshotOptions, after: string): Snapshot => {
   const buffer = xterm.buffer.active
   const lines: Array<string> = []
   for (let y = 0; y < xterm.rows; y++) {
     lines.push((buffer.getLine(buffer.baseY + y)?.translateToString(true) ?? "").trimEnd())
   }
+  const scrollbackLines =
+    options.scrollbackLines === undefined ? undefined : Math.max(0, Math.floor(options.scrollbackLines))
   return {
     cols: xterm.cols,
     rows: xterm.rows,
-    vt: vtOf(xterm, serializer, title, options.scrollbackLines),
+    vt: ScreenSerializer.serialize(xterm, { scrollbackLines }) + after,
     text: lines.join("\n"),
     cursor: { x: buffer.cursorX, y: buffer.cursorY },
     altScreen: buffer.type === "alternate",
     title
   }
 }
-
-/**
- * The serialize addon's output, completed with what it leaves out or gets wrong: the title, each
- * buffer's scroll region and exact cursor position (its relative moves land one column short after
- * a write to the last column, and its `?6h` homes the cursor), a hidden cursor and the cursor shape.
- */
-const vtOf = (
-  xterm: Terminal,
-  serializer: InstanceType<typeof Serialize.SerializeAddon>,
-  title: string,
-  scrollbackLines: number | undefined
-): string => {
-  const serialized = serializer.serialize(
-    scrollbackLines === undefined ? {} : { scrollback: Math.max(0, Math.floor(scrollbackLines)) }
-  )
-  const cursor = cursorState(xterm)
-  // eslint-disable-next-line no-control-regex
-  const head = title === "" ? "" : `\x1b]2;${title.replace(/[\x00-\x1f\x7f-\x9f]/g, "")}\x07`
-  if (xterm.buffer.active.type === "normal") return head + serialized + bufferState(xterm, "normal") + cursor
-  // The addon writes the normal buffer, then this, then the alternate screen and the modes; cells
-  // never hold an escape, so the last occurrence is the switch.
-  const at = serialized.lastIndexOf(alternateSwitch)
-  const withNormal =
-    at < 0 ? serialized : serialized.slice(0, at) + bufferState(xterm, "normal") + serialized.slice(at)
-  return head + withNormal + bufferState(xterm, "alternate") + cursor
-}
-
-const alternateSwitch = "\x1b[?1049h\x1b[H"
-
-/**
- * xterm.js keeps scroll regions, cursor visibility and shape only internally, so these read
- * `_core` defensively and emit nothing for what they cannot find; the tests pin the shape.
- */
-const bufferState = (xterm: Terminal, which: "normal" | "alternate"): string => {
-  const internal = field(field(field(xterm, "_core"), "buffers"), which === "normal" ? "normal" : "alt")
-  const scrollTop = field(internal, "scrollTop")
-  const scrollBottom = field(internal, "scrollBottom")
-  const top = typeof scrollTop === "number" ? scrollTop : 0
-  const bottom = typeof scrollBottom === "number" ? scrollBottom : xterm.rows - 1
-  const region = top !== 0 || bottom !== xterm.rows - 1 ? `\x1b[${top + 1};${bottom + 1}r` : ""
-  const buffer = xterm.buffer[which]
-  // Past the last column the cursor waits to wrap, which only the addon's own moves reproduce.
-  if (region === "" && buffer.cursorX >= xterm.cols) return ""
-  // Origin mode is only on for the active buffer by now; it counts rows from the region's top.
-  const origin = which === xterm.buffer.active.type && xterm.modes.originMode ? top : 0
-  return `${region}\x1b[${buffer.cursorY - origin + 1};${Math.min(buffer.cursorX, xterm.cols - 1) + 1}H`
-}
-
-const cursorState = (xterm: Terminal): string => {
-  const coreService = field(field(xterm, "_core"), "coreService")
-  const modes = field(coreService, "decPrivateModes")
-  const shape = field(modes, "cursorStyle")
-  const code = shape === "block" ? 2 : shape === "underline" ? 4 : shape === "bar" ? 6 : 0
-  const style = code === 0 ? "" : `\x1b[${field(modes, "cursorBlink") === true ? code - 1 : code} q`
-  return field(coreService, "isCursorHidden") === true ? `${style}\x1b[?25l` : style
-}
-
-const field = (value: unknown, key: string): unknown =>
-  typeof value === "object" && value !== null ? Reflect.get(value, key) : undefined

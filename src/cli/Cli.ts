@@ -6,7 +6,7 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Context, DateTime, Deferred, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
+import { Chunk, Context, DateTime, Deferred, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as Client from "../../rpc/Client.js"
@@ -270,6 +270,9 @@ export const formatEvent = (event: StoredEvent): string =>
 
 const encodeEvent = Schema.encodeSync(StoredEvent)
 
+/** Events one `Events.Read` fetches while printing up to the head. */
+const readPage = 1000
+
 const events = Command.make(
   "events",
   {
@@ -330,18 +333,23 @@ const events = Command.make(
           last = event.offset
           console.log(flags.json ? JSON.stringify(encodeEvent(event)) : formatEvent(event))
         })
+      // Without --follow: the matching events up to the head as it was, read page by page; a
+      // subscription would wait at the head for a match that may never come.
       const stream = flags.follow
         ? follow(client, { _tag: "Offset", offset: from }, filter)
-        : follow(client, { _tag: "Offset", offset: from }, filter).pipe(
-            Stream.takeUntil((event) => event.offset >= head),
-            // Nothing matching up to the head: stop at once rather than wait for a new event.
-            Stream.interruptWhen(
-              Effect.flatMap(client.Events.Read({ from, filter, limit: 1 }), (found) =>
-                found.length > 0 && found[0] !== undefined && found[0].offset <= head
-                  ? Effect.never
-                  : Effect.void
-              )
-            )
+        : Stream.paginateChunkEffect(from, (start) =>
+            start > head
+              ? Effect.succeed([Chunk.empty<StoredEvent>(), Option.none<number>()] as const)
+              : Effect.map(client.Events.Read({ from: start, filter, limit: readPage }), (page) => {
+                  const upToHead = page.filter((event) => event.offset <= head)
+                  const next = page[page.length - 1]
+                  return [
+                    Chunk.unsafeFromArray(upToHead),
+                    page.length < readPage || next === undefined || next.offset >= head
+                      ? Option.none<number>()
+                      : Option.some(next.offset + 1)
+                  ] as const
+                })
           )
       yield* stream.pipe(
         Stream.runForEach(print),

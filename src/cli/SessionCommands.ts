@@ -37,17 +37,34 @@ const terminalSize = () => ({
   rows: process.stdout.isTTY === true ? process.stdout.rows : 24
 })
 
-const formatInfo = (info: SessionInfo) =>
-  [
-    info.id,
-    info.state.padEnd(7),
-    `${info.cols}x${info.rows}`.padEnd(9),
-    String(info.attachedClients).padStart(2),
-    DateTime.formatIso(info.lastActivityAt).slice(0, 19),
-    info.name ?? "-",
-    [info.command, ...info.args].join(" "),
-    info.cwd
-  ].join("  ")
+const formatInfo = (info: SessionInfo): ReadonlyArray<string> => [
+  info.id,
+  info.state,
+  `${info.cols}x${info.rows}`,
+  String(info.attachedClients),
+  DateTime.formatIso(info.lastActivityAt).slice(0, 19),
+  info.name ?? "-",
+  [info.command, ...info.args].join(" "),
+  info.cwd
+]
+
+const listHeader = ["ID", "STATE", "SIZE", "AT", "LAST ACTIVITY", "NAME", "COMMAND", "CWD"] as const
+
+/** `rows` under `header`, each column as wide as its widest cell (the last one is not padded). */
+export const formatTable = (
+  header: ReadonlyArray<string>,
+  rows: ReadonlyArray<ReadonlyArray<string>>
+): Array<string> => {
+  const widths = header.map((title, column) =>
+    Math.max(title.length, ...rows.map((row) => (row[column] ?? "").length))
+  )
+  const line = (cells: ReadonlyArray<string>) =>
+    cells
+      .map((cell, column) => (column === cells.length - 1 ? cell : cell.padEnd(widths[column] ?? 0)))
+      .join("  ")
+      .trimEnd()
+  return [line(header), ...rows.map(line)]
+}
 
 // new -------------------------------------------------------------------------------------
 
@@ -155,10 +172,7 @@ const list = Command.make(
         console.log("no sessions")
         return
       }
-      console.log(
-        "ID                                    STATE    SIZE      AT  LAST ACTIVITY        NAME  COMMAND  CWD"
-      )
-      for (const info of sessions) console.log(formatInfo(info))
+      for (const line of formatTable(listHeader, sessions.map(formatInfo))) console.log(line)
     })
 ).pipe(Command.withDescription("List sessions, newest first."))
 

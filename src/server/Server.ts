@@ -53,13 +53,14 @@ import * as DataDir from "../../infra/datadir/DataDir.js"
 import * as Db from "../../infra/db/Db.js"
 import * as Migrations from "../../infra/db/Migrations.js"
 import * as EventBus from "../../infra/eventlog/EventBus.js"
-import { EventLog } from "../../infra/eventlog/EventLog.js"
+import * as EventLog from "../../infra/eventlog/EventLog.js"
 import * as PgEventLog from "../../infra/eventlog/PgEventLog.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import type { ServerConfig } from "../config/Config.js"
 import { version } from "../Version.js"
 import { PtyHost } from "../../infra/pty/PtyHost.js"
 import * as PtyExitRecords from "../../infra/pty/PtyExitRecords.js"
+import { NewEvent } from "../../rpc/Events.js"
 import * as Emitter from "./Emitter.js"
 import * as Http from "./Http.js"
 import * as Membership from "./Membership.js"
@@ -184,19 +185,39 @@ const announce = (
     yield* onListening({ url: base, loginUrl, nodeId })
   })
 
-/** On shutdown: records the stop and ends every event stream once it has been delivered. */
-const announceStop = Effect.gen(function* () {
-  const emitter = yield* Emitter.Emitter
-  const bus = yield* EventBus.EventBus
-  yield* Effect.addFinalizer(() =>
-    Effect.flatMap(emitter.emit("system.stopped", { reason: "shutdown" }), (offset) => bus.close(offset))
-  )
-})
+/**
+ * On shutdown: stops the work first (`stopWork`: running jobs are stopped and handed back, sessions
+ * stop recording), then records the stop as the node's last event and ends every event stream once
+ * it has been delivered. Appends after it fail: nothing this node writes follows `system.stopped`.
+ */
+const announceStop = (nodeId: string, stopWork: Effect.Effect<void>, log: EventLog.Closable) =>
+  Effect.gen(function* () {
+    const bus = yield* EventBus.EventBus
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        yield* stopWork
+        const offset = yield* log
+          .close(
+            NewEvent.make({
+              type: "system.stopped",
+              source: { nodeId, component: "server" },
+              data: { reason: "shutdown" }
+            })
+          )
+          .pipe(
+            Effect.catchAll((error) =>
+              Effect.as(Effect.logWarning(`could not record system.stopped: ${error.message}`), 0)
+            )
+          )
+        yield* bus.close(offset)
+      })
+    )
+  })
 
 /** Applies the retention policies now and then on every interval; failures are logged and retried. */
 const retention = (config: ServerConfig) =>
   Effect.gen(function* () {
-    const log = yield* EventLog
+    const log = yield* EventLog.EventLog
     const report = yield* log.applyRetention(config.eventsRetention, Date.now())
     if (report.deleted > 0) {
       yield* Effect.logInfo(`event retention deleted ${report.deleted} events`).pipe(
@@ -248,8 +269,10 @@ const sessions = (
           Cluster.runnerLayer({
             nodeId,
             cluster: config.cluster,
-            // Long enough for running jobs to be stopped (SIGTERM, a short grace, SIGKILL) and handed back.
-            entityTerminationTimeout: Duration.seconds(10)
+            // How long a stopping entity lets its requests run before it interrupts them. A job's
+            // `Submit` runs until the job ends, so this is how soon running jobs begin to stop (then
+            // SIGTERM, a grace of at most 2 s, SIGKILL) and are handed back; short calls finish.
+            entityTerminationTimeout: Duration.seconds(1)
           })
         ),
         // Below the runner, so they outlive the entities that use them while it stops.
@@ -371,11 +394,15 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Effect.annotateLogs({ nodeId, version, database: db.kind, dataDir: config.dataDir })
       )
       const nodeInfo = Layer.succeed(NodeInfo, { nodeId, version, startedAt, database: db.kind })
+      // Every event this node writes goes through `closing`, so `system.stopped` can be its last.
+      const pgLog = yield* Layer.build(
+        PgEventLog.layer({ nodeId }).pipe(Layer.provide(Layer.succeedContext(sqlContext)))
+      )
+      const closing = yield* EventLog.closable(Context.get(pgLog, EventLog.EventLog))
       const events = yield* Layer.build(
         Emitter.layer(nodeId).pipe(
           Layer.provideMerge(EventBus.layer({ bufferSize: config.eventsSubscriberBuffer })),
-          Layer.provideMerge(PgEventLog.layer({ nodeId })),
-          Layer.provide(Layer.succeedContext(sqlContext))
+          Layer.provideMerge(Layer.succeed(EventLog.EventLog, closing.log))
         )
       )
       yield* Effect.flatMap(Emitter.Emitter, (emitter) =>
@@ -416,11 +443,15 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       const serverUrl = yield* Deferred.make<string>()
       const proxyEnv = (sessionId: string) =>
         Effect.map(Deferred.await(serverUrl), (url) => proxy.sessionEnv(sessionId, url))
-      const sessionsContext = yield* Layer.build(
+      // Sessions and jobs live in a scope of their own, closed at the start of the shutdown (before
+      // system.stopped), not after the HTTP server has drained its connections.
+      const work = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
+      const sessionsContext = yield* Layer.buildWithScope(
         sessions(config, nodeId, proxyEnv, proxy.keyVariables).pipe(
           Layer.provide(Layer.succeedContext(events)),
           Layer.provide(Layer.succeedContext(sqlContext))
-        )
+        ),
+        work
       )
       yield* Scope.close(startup, Exit.void)
       yield* Effect.forkScoped(resumeSessions(nodeId).pipe(Effect.provide(sessionsContext)))
@@ -446,7 +477,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       )
       // Built after the routes, so released before them: followers see the stop event, then a
       // clean end of their streams, while the server still serves.
-      const app = Layer.scopedDiscard(announceStop).pipe(
+      const app = Layer.scopedDiscard(announceStop(nodeId, Scope.close(work, Exit.void), closing)).pipe(
         Layer.provide(routes),
         Layer.provide(Http.rpcEndpoint(server, config.rpcLimits)),
         Layer.merge(Layer.scopedDiscard(trackConnections(server, config.shutdownTimeout))),

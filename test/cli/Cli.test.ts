@@ -192,6 +192,30 @@ describe("vibes CLI", () => {
           .map((line) => JSON.parse(line) as { type: string; source: { component: string } })
         expect(parsed.map((e) => e.type)).toEqual(["system.started", "system.stopped", "system.started"])
 
+        // The last match is older than the head: without --follow the command still ends there.
+        expect((yield* Vibes.run(["status", "--data-dir", dataDir])).code).toBe(0)
+        const older = yield* Vibes.run([
+          "events",
+          "--from",
+          "1",
+          "--type",
+          "system.*",
+          "--data-dir",
+          dataDir
+        ]).pipe(
+          Effect.timeoutFail({
+            duration: "30 seconds",
+            onTimeout: () => new Error("vibes events --type did not end at the head")
+          })
+        )
+        expect(older.code).toBe(0)
+        expect(
+          older.stdout
+            .trim()
+            .split("\n")
+            .map((line) => line.split(" ")[2])
+        ).toEqual(["system.started", "system.stopped", "system.started"])
+
         const bad = yield* Vibes.run(["events", "--type", "session..x", "--data-dir", dataDir])
         expect(bad.code).toBe(2)
         expect(bad.stderr).toContain("invalid type glob 'session..x'")

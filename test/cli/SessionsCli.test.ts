@@ -57,6 +57,27 @@ layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServi
       })
     )
 
+    it.scoped("vibes ls lines every column up under its header, however long the ids", () =>
+      Effect.gen(function* () {
+        const created = yield* vibes(["new", "--name", "a-rather-long-session-name", "--", "/bin/sh"])
+        const id = created.stdout.trim()
+        const listed = yield* vibes(["ls", "--state", "running"])
+        expect(listed.code).toBe(0)
+        const [header = "", ...rows] = listed.stdout.trimEnd().split("\n")
+        const row = rows.find((line) => line.startsWith(id)) ?? ""
+        expect(row).not.toBe("")
+        for (const title of ["STATE", "SIZE", "AT", "LAST ACTIVITY", "NAME", "COMMAND", "CWD"]) {
+          const at = header.indexOf(`  ${title}`) + 2
+          expect(at, title).toBeGreaterThan(2)
+          // Each column starts where its title does: after a gap, with a value.
+          expect(row.slice(at - 2, at), title).toBe("  ")
+          expect(row.charAt(at), title).not.toBe(" ")
+        }
+        expect(row).toContain("a-rather-long-session-name")
+        yield* vibes(["kill", id])
+      })
+    )
+
     it.scoped(
       "vibes attach in tmux: type, see output, detach with Ctrl-], reattach",
       () =>

@@ -1,10 +1,26 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Chunk, Context, DateTime, Deferred, Effect, Exit, Layer, Redacted, Scope, Stream } from "effect"
+import {
+  Chunk,
+  Context,
+  DateTime,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Redacted,
+  Schedule,
+  Scope,
+  Stream
+} from "effect"
+import pg from "pg"
 import * as Client from "../../rpc/Client.js"
+import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import { JobSpec, type JobOutput } from "../../rpc/Jobs.js"
-import { clientLayer, stopPtyHostAtEnd } from "../support/Attach.js"
+import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
 import * as Processes from "../support/Processes.js"
 import * as TestDatabase from "../support/TestDatabase.js"
 import { tempDir } from "../support/TempDir.js"
@@ -35,7 +51,26 @@ const setup = (prefix: string) =>
     const dataDir = yield* tempDir(`vibes-${prefix}-`)
     yield* stopPtyHostAtEnd(dataDir)
     const database = yield* TestDatabase.freshDatabase(`vibes_${prefix}`)
-    return { dataDir, env: Vibes.childEnv({ DATABASE_URL: Redacted.value(database.url) }) }
+    return {
+      dataDir,
+      databaseUrl: Redacted.value(database.url),
+      env: Vibes.childEnv({ DATABASE_URL: Redacted.value(database.url) })
+    }
+  })
+
+/** Every event in the log at `url`, in offset order. */
+const allEvents = (url: string) =>
+  Effect.promise(async () => {
+    const client = new pg.Client({ connectionString: url })
+    await client.connect()
+    try {
+      const result = await client.query<{ offset: string; type: string; job_id: string | null }>(
+        `SELECT "offset", type, job_id FROM vibes_events ORDER BY "offset"`
+      )
+      return result.rows.map((row) => ({ offset: Number(row.offset), type: row.type, jobId: row.job_id }))
+    } finally {
+      await client.end()
+    }
   })
 
 describe("jobs across server restarts", () => {
@@ -141,6 +176,59 @@ describe("jobs across server restarts", () => {
         expect(started !== null && runAt !== undefined).toBe(true)
         if (started === null || runAt === undefined) return
         expect(DateTime.toEpochMillis(started)).toBeGreaterThanOrEqual(DateTime.toEpochMillis(runAt))
+      }),
+    120_000
+  )
+
+  it.scopedLive(
+    "a graceful stop stops running jobs before it writes system.stopped, the node's last event, even with a follower connected",
+    () =>
+      Effect.gen(function* () {
+        const { dataDir, env, databaseUrl } = yield* setup("jobstop")
+        const scope = yield* Scope.make()
+        const first = yield* node(dataDir, env, scope)
+        // A follower stays connected through the stop (the node waits for open connections).
+        const followed: Array<StoredEvent> = []
+        const follower = yield* first.rpc.Events.Subscribe({
+          from: { _tag: "Latest" },
+          filter: EventFilter.make({ types: ["system.*", "client.*", "job.**"] })
+        }).pipe(
+          Stream.runForEach((event) => Effect.sync(() => followed.push(event))),
+          Effect.either,
+          Effect.fork
+        )
+        // Until it sees a status call it made, the follower may not be subscribed yet.
+        yield* first.rpc.System.Info().pipe(
+          Effect.repeat({ until: () => followed.length > 0, schedule: Schedule.spaced("100 millis") })
+        )
+        const job = yield* first.rpc.Jobs.Submit(
+          JobSpec.make({
+            command: "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.05; done",
+            shell: true
+          })
+        )
+        yield* eventually(
+          Effect.sync(() =>
+            followed.filter((event) => event.type === "job.log").length >= 5
+              ? Option.some(true)
+              : Option.none()
+          ),
+          "the job's output"
+        )
+        first.serving.child.kill("SIGTERM")
+        expect((yield* Deferred.await(first.serving.exited)).code).toBe(0)
+        expect(Processes.ofJob(job.id)).toEqual([])
+        yield* Fiber.join(follower)
+        expect(followed.map((event) => event.type).at(-1)).toBe("system.stopped")
+        yield* Scope.close(scope, Exit.void)
+
+        const events = yield* allEvents(databaseUrl)
+        const stopped = events.findIndex((event) => event.type === "system.stopped")
+        expect(stopped).toBeGreaterThan(0)
+        expect(events.slice(stopped + 1)).toEqual([])
+        const ofJob = events.filter((event) => event.jobId === job.id)
+        expect(ofJob.length).toBeGreaterThan(5)
+        expect(Math.max(...ofJob.map((event) => event.offset))).toBeLessThan(events[stopped]?.offset ?? 0)
       }),
     120_000
   )

@@ -1,0 +1,163 @@
+import { expect, layer } from "@effect/vitest"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Chunk, Context, Effect, Layer, Option, Schema, Stream } from "effect"
+import * as Client from "../../rpc/Client.js"
+import { EventFilter } from "../../rpc/Events.js"
+import { CreateSession } from "../../rpc/Sessions.js"
+import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
+import * as Terminals from "../support/Terminals.js"
+import * as TestServer from "../support/TestServer.js"
+
+class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
+
+const rpc = Effect.flatMap(Node, (server) =>
+  Effect.map(Layer.build(clientLayer(server.url, server.token)), Context.get(Client.VibesClient))
+)
+
+const OutputData = Schema.Struct({ bytes: Schema.String })
+
+/** Every output byte of a session up to `upTo`, from its recorded `session.output` events. */
+const rawOutput = (client: Client.VibesClient["Type"], sessionId: string, upTo: number) =>
+  eventually(
+    Effect.map(
+      client.Events.Read({
+        from: 1,
+        filter: EventFilter.make({ sessionId, types: ["session.output"] }),
+        limit: 10_000
+      }),
+      (events) => {
+        const bytes = Buffer.concat(
+          events.flatMap((event) =>
+            Option.match(Schema.decodeUnknownOption(OutputData)(event.data), {
+              onNone: () => [],
+              onSome: (data) => [Buffer.from(data.bytes, "base64")]
+            })
+          )
+        )
+        return bytes.length >= upTo ? Option.some(bytes.subarray(0, upTo)) : Option.none()
+      }
+    ),
+    "the output to be recorded"
+  )
+
+interface Program {
+  readonly name: string
+  readonly command: string
+  readonly args: ReadonlyArray<string>
+  /** Text on the screen once the program has drawn. */
+  readonly drawn: string
+  readonly env?: Record<string, string>
+}
+
+const sample = (dir: string) => {
+  const file = path.join(dir, "sample.sh")
+  fs.writeFileSync(
+    file,
+    Array.from(
+      { length: 60 },
+      (_, n) =>
+        `# line ${n}: 日本語 and é\nfunction f${n}() { echo "\\e[3${n % 8}mcolour ${n}\\e[0m" | grep -q x; }`
+    ).join("\n")
+  )
+  return file
+}
+
+layer(
+  Layer.scoped(
+    Node,
+    Effect.tap(TestServer.start, (server) => stopPtyHostAtEnd(server.dataDir))
+  ),
+  { timeout: 240_000, excludeTestServices: true }
+)("real programs in sessions", (it) => {
+  const programs = (dir: string): ReadonlyArray<Program> => {
+    const file = sample(dir)
+    return [
+      {
+        name: "vim",
+        command: "vim",
+        args: [
+          "-u",
+          "DEFAULTS",
+          "-i",
+          "NONE",
+          "-c",
+          "syntax on | set number cursorline list hlsearch",
+          "-c",
+          "/echo",
+          file
+        ],
+        drawn: "f3()"
+      },
+      { name: "less", command: "less", args: ["-R", "-N", "-S", file], drawn: "line 2" },
+      { name: "htop", command: "htop", args: ["-d", "5"], drawn: "PID" },
+      {
+        name: "tmux",
+        command: "tmux",
+        args: [
+          "-L",
+          `vibes-29-${process.pid}`,
+          "-f",
+          "/dev/null",
+          "new-session",
+          "sh",
+          "-c",
+          `cat ${file}; exec sh`
+        ],
+        drawn: "[0]",
+        // Without `rep`: xterm.js repeats a character (REP) differently when the output is split
+        // between the character and the repeat, so a reference fed it at once may differ.
+        env: { TERM: "screen-256color" }
+      },
+      {
+        name: "ncurses demo_menus",
+        command: "/usr/libexec/ncurses-examples/demo_menus",
+        args: [],
+        drawn: "Select"
+      }
+    ]
+  }
+
+  for (const index of [0, 1, 2, 3, 4]) {
+    it.scoped(
+      `attached after it draws, the screen of ${["vim", "less", "htop", "tmux", "an ncurses program"][index]} is the raw bytes' screen, cell by cell`,
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Node
+          const program = programs(server.dataDir)[index]
+          if (program === undefined) return
+          const client = yield* rpc
+          const session = yield* client.Sessions.Create(
+            CreateSession.make({
+              command: program.command,
+              args: [...program.args],
+              env: program.env ?? {},
+              cols: 80,
+              rows: 24
+            })
+          )
+          yield* eventually(
+            Effect.map(client.Sessions.Snapshot({ sessionId: session.id }), (screen) =>
+              screen.text.includes(program.drawn) ? Option.some(true) : Option.none()
+            ),
+            `${program.name} to draw`
+          )
+          // Attached as a client would be: the first element is the screen.
+          const attached = yield* client.Sessions.Attach({
+            sessionId: session.id,
+            cols: 80,
+            rows: 24,
+            readOnly: true
+          }).pipe(Stream.take(1), Stream.runCollect, Effect.map(Chunk.unsafeHead))
+          expect(attached._tag).toBe("Attached")
+          if (attached._tag !== "Attached" || attached.screen === null) return
+          const raw = yield* Terminals.reference(80, 24)
+          yield* Terminals.feed(raw, yield* rawOutput(client, session.id, attached.seq))
+          const restored = yield* Terminals.reference(80, 24)
+          yield* Terminals.feed(restored, attached.screen.vt)
+          expect(Terminals.dump(restored)).toEqual(Terminals.dump(raw))
+          yield* client.Sessions.Close({ sessionId: session.id })
+        })
+    )
+  }
+})
