@@ -6,10 +6,11 @@
  * Output bytes carry sequence numbers (the count of bytes the program wrote before them), so a
  * client that reconnects resumes exactly where it stopped.
  */
-import { Schema } from "effect"
+import { Effect, Option, Schema } from "effect"
 import * as Rpc from "@effect/rpc/Rpc"
 import * as RpcGroup from "@effect/rpc/RpcGroup"
 import { AuthMiddleware } from "./Auth.js"
+import { BoundedText, check, checkExec, ExecString, PathText } from "./Text.js"
 
 /**
  * A session's id: the machine that holds its PTY, `_`, and a UUIDv7, like
@@ -44,7 +45,14 @@ export type SessionState = typeof SessionState.Type
 export const SessionSignal = Schema.Literal("INT", "TERM", "HUP", "KILL")
 export type SessionSignal = typeof SessionSignal.Type
 
-/** A new session. Every field has a default: the user's login shell in their home, 80x24. */
+/** The longest session name accepted, in characters. */
+export const maxNameLength = 200
+
+/**
+ * A new session. Every field has a default: the user's login shell in their home, 80x24. The
+ * schema gives the shape; what the text may contain and how large it may be is checked by the
+ * server (`checkCreateSession`), so that a refusal is an `InvalidSessionRequest` naming the field.
+ */
 export class CreateSession extends Schema.Class<CreateSession>("CreateSession")({
   /** The program; the user's shell when omitted. */
   command: Schema.optional(Schema.String),
@@ -58,10 +66,10 @@ export class CreateSession extends Schema.Class<CreateSession>("CreateSession")(
   /** The client's terminal size: the PTY starts at this size. */
   cols: Schema.optionalWith(Schema.Int, { default: () => 80 }),
   rows: Schema.optionalWith(Schema.Int, { default: () => 24 }),
-  name: Schema.optional(Schema.String.pipe(Schema.maxLength(200))),
+  name: Schema.optional(Schema.String),
   restartPolicy: Schema.optionalWith(RestartPolicy, { default: () => "never" as const }),
   /** In a cluster: the node whose machine runs it. Omitted: the node with the fewest sessions. */
-  node: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(200)))
+  node: Schema.optional(Schema.String)
 }) {}
 
 /** A session as the registry knows it. */
@@ -189,6 +197,27 @@ export class SessionUnavailable extends Schema.TaggedError<SessionUnavailable>()
   sessionId: Schema.String,
   message: Schema.String
 }) {}
+
+const CreateSessionRules = Schema.Struct({
+  command: Schema.optional(ExecString),
+  args: Schema.Array(ExecString),
+  cwd: Schema.optional(PathText),
+  env: Schema.Record({ key: Schema.String, value: ExecString }),
+  name: Schema.optional(BoundedText(maxNameLength)),
+  node: Schema.optional(
+    BoundedText(200).pipe(Schema.filter((node) => node !== "" || "must not be empty when given"))
+  )
+})
+
+/**
+ * Checks what a `Create` request's schema cannot: every string is storable and short enough for
+ * exec, and command, arguments, environment and cwd together stay within `Text.maxExecBytes`
+ * (so the program can start and its `session.created` event fits the log).
+ */
+export const checkCreateSession = (request: CreateSession): Effect.Effect<void, InvalidSessionRequest> => {
+  const issue = Option.orElse(check(CreateSessionRules, request), () => checkExec(request))
+  return Option.isSome(issue) ? Effect.fail(new InvalidSessionRequest(issue.value)) : Effect.void
+}
 
 /** Every error a session RPC can fail with. */
 export const SessionError = Schema.Union(

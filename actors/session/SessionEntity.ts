@@ -37,6 +37,7 @@ import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import {
   Attached,
   type AttachEvent,
+  checkCreateSession,
   CreateSession,
   Ended,
   InvalidSessionRequest,
@@ -904,6 +905,8 @@ export const layer = Session.toLayer(
             message: `session ${sessionId} exists already`
           })
         }
+        // The RPC handler checked already; a message that reached the entity another way is checked too.
+        yield* checkCreateSession(request)
         yield* checkSize(request.cols, request.rows)
         const command = request.command ?? settings.shell
         const cwd = request.cwd ?? settings.home

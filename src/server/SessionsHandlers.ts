@@ -2,8 +2,16 @@
  * Handlers of the `Sessions` RPC group: per-session calls go to the session's entity through
  * Sharding (whichever node owns it); `List`, `Get` and `ScreenAt` read the registry and the log.
  */
-import { Duration, Effect, Option, Stream } from "effect"
-import { SessionsRpcs, SessionNotFound, SessionUnavailable, type SessionError } from "../../rpc/Sessions.js"
+import { Duration, Effect, Option, Schema, Stream } from "effect"
+import {
+  checkCreateSession,
+  InvalidSessionRequest,
+  SessionId,
+  SessionsRpcs,
+  SessionNotFound,
+  SessionUnavailable,
+  type SessionError
+} from "../../rpc/Sessions.js"
 import { EventFilter } from "../../rpc/Events.js"
 import * as Cluster from "../../infra/cluster/Cluster.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
@@ -69,13 +77,18 @@ export const layer = SessionsRpcs.toLayer(
     const unavailable = (sessionId: string) => (error: { readonly message: string }) =>
       new SessionUnavailable({ sessionId, message: error.message })
 
+    const notFound = (sessionId: string) =>
+      new SessionNotFound({ sessionId, message: `no session with id ${sessionId}` })
+
+    // An id that is not a session id is answered without a query: it names no session.
+    const isSessionId = Schema.is(SessionId)
+
     const lookup = (sessionId: string) =>
-      registry.get(sessionId).pipe(
+      (isSessionId(sessionId) ? registry.get(sessionId) : Effect.succeed(Option.none())).pipe(
         Effect.mapError(unavailable(sessionId)),
         Effect.flatMap(
           Option.match({
-            onNone: () =>
-              Effect.fail(new SessionNotFound({ sessionId, message: `no session with id ${sessionId}` })),
+            onNone: () => Effect.fail(notFound(sessionId)),
             onSome: Effect.succeed
           })
         )
@@ -129,13 +142,18 @@ export const layer = SessionsRpcs.toLayer(
 
     return {
       "Sessions.Create": (request) =>
-        Effect.flatMap(membership.pickMachine(Option.fromNullable(request.node)), (machine) => {
-          const sessionId = Cluster.newSessionId(machine)
-          return withinReach(sessionId)(makeClient(sessionId).Create(request)).pipe(
-            Effect.tap(() => Effect.sync(() => known.add(sessionId))),
-            Effect.mapError(toSessionError(sessionId))
-          )
-        }),
+        Effect.zipRight(
+          checkCreateSession(request),
+          membership.pickMachine(Option.fromNullable(request.node))
+        ).pipe(
+          Effect.flatMap((machine) => {
+            const sessionId = Cluster.newSessionId(machine)
+            return withinReach(sessionId)(makeClient(sessionId).Create(request)).pipe(
+              Effect.tap(() => Effect.sync(() => known.add(sessionId))),
+              Effect.mapError(toSessionError(sessionId))
+            )
+          })
+        ),
       "Sessions.Input": ({ sessionId, data, attachmentId }) =>
         Effect.flatMap(entity(sessionId), (client) =>
           withinReach(sessionId)(client.Input({ data, attachmentId }))
@@ -162,6 +180,12 @@ export const layer = SessionsRpcs.toLayer(
         ),
       "Sessions.ScreenAt": ({ sessionId, at }) =>
         Effect.gen(function* () {
+          if (at._tag === "Offset" && !Number.isSafeInteger(at.offset)) {
+            return yield* new InvalidSessionRequest({
+              field: "at.offset",
+              message: "at.offset: must be an event offset (a whole number up to 2^53 - 1)"
+            })
+          }
           const upTo =
             at._tag === "Offset"
               ? at.offset

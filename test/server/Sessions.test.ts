@@ -272,6 +272,58 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
     })
   )
 
+  it.scoped(
+    "text a program or the database cannot take, or too much of it, is refused naming the field, and nothing is created",
+    () =>
+      Effect.gen(function* () {
+        const rpc = yield* client
+        const before = (yield* rpc.Sessions.List({})).length
+        const { head } = yield* rpc.Events.Head()
+        const kib = (n: number) => "x".repeat(n * 1024)
+        const cases: ReadonlyArray<
+          readonly [string, Partial<ConstructorParameters<typeof CreateSession>[0]>]
+        > = [
+          ["command", { command: "/bin/sh\u0000-x" }],
+          ["args.1", { args: ["-c", "echo a\u0000b"] }],
+          ["env.GREETING", { env: { GREETING: "hello\u0000" } }],
+          ["env.BAD\uFFFDNAME", { env: { "BAD\u0000NAME": "x" } }],
+          ["env.A=B", { env: { "A=B": "x" } }],
+          ["env.", { env: { "": "x" } }],
+          ["name", { name: "evil\u0000name" }],
+          ["cwd", { cwd: "/tmp\u0000" }],
+          // Over the kernel's limit for one argument (E2BIG).
+          ["args.1", { args: ["-c", kib(200)] }],
+          ["env.BIG", { env: { BIG: kib(130) } }],
+          // Each under it, together more than fits the session.created event.
+          ["args", { args: ["-c", "true", ...Array.from({ length: 10 }, () => kib(30))] }]
+        ]
+        for (const [field, extra] of cases) {
+          const refused = yield* Effect.flip(rpc.Sessions.Create(sh("exit 0", extra)))
+          expect(refused._tag).toBe("InvalidSessionRequest")
+          if (refused._tag === "InvalidSessionRequest") expect(refused.field).toBe(field)
+          expect(refused.message.length).toBeLessThan(400)
+        }
+        expect((yield* rpc.Sessions.List({})).length).toBe(before)
+        const created = yield* rpc.Events.Read({
+          from: head + 1,
+          filter: EventFilter.make({ types: ["session.created"] }),
+          limit: 100
+        })
+        expect(created).toEqual([])
+        // Just under the limits is accepted and recorded whole.
+        const large = yield* rpc.Sessions.Create(
+          sh("exit 0", { args: ["-c", "exit 0", ...Array.from({ length: 6 }, () => kib(30))] })
+        )
+        expect(large.args.length).toBe(8)
+        const recorded = yield* rpc.Events.Read({
+          from: head + 1,
+          filter: EventFilter.make({ sessionId: large.id, types: ["session.created"] }),
+          limit: 1
+        })
+        expect((recorded[0]?.data as { args: ReadonlyArray<string> } | undefined)?.args.length).toBe(8)
+      })
+  )
+
   it.scoped("200 sessions created and closed leave no process and no file descriptor behind", () =>
     Effect.gen(function* () {
       const server = yield* Node
