@@ -6,10 +6,21 @@
  * for a worker slot in priority order, may be delayed (`runAt`), retried with exponential backoff
  * and timed out; its output is kept line-for-line in `job_events` and streamed to followers.
  */
-import { Schema } from "effect"
+import { Effect, Option, Schema } from "effect"
 import * as Rpc from "@effect/rpc/Rpc"
 import * as RpcGroup from "@effect/rpc/RpcGroup"
 import { AuthMiddleware } from "./Auth.js"
+import {
+  BoundedText,
+  check,
+  checkExec,
+  ExecString,
+  type FieldIssue,
+  hasControl,
+  PathText,
+  toStorable,
+  truncate
+} from "./Text.js"
 
 /** A job's id (a UUIDv7). */
 export const JobId = Schema.String.pipe(
@@ -66,22 +77,35 @@ export type LogStream = typeof LogStream.Type
  */
 export const SshCredential = Schema.Union(
   Schema.TaggedStruct("key-file", {
-    path: Schema.String.pipe(Schema.minLength(1)),
+    path: Schema.String,
     /** A secret name for the key's passphrase, resolved like `password`. */
     passphraseSecret: Schema.optional(Schema.String)
   }),
   Schema.TaggedStruct("agent", { socket: Schema.optional(Schema.String) }),
-  Schema.TaggedStruct("password", {
-    secret: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_.-]{1,100}$/))
-  })
+  Schema.TaggedStruct("password", { secret: Schema.String })
 )
 export type SshCredential = typeof SshCredential.Type
 
+/**
+ * A secret's name: a file name in `<data dir>/secrets/` (so no `/`, and not `.` or `..`) that
+ * also makes a variable name: 1 to 100 letters, digits, `_`, `.` or `-`, not starting with `.`.
+ */
+export const secretNamePattern = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$/
+
+/** A secret's name (see `secretNamePattern`). */
+export const SecretName = Schema.String.pipe(
+  Schema.filter((name) =>
+    secretNamePattern.test(name)
+      ? true
+      : "is not a secret name: use 1 to 100 letters, digits, '_', '.' or '-', not starting with '.'"
+  )
+)
+
 /** A remote machine for an `ssh` job. */
 export class SshTarget extends Schema.Class<SshTarget>("SshTarget")({
-  host: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(255)),
+  host: Schema.String,
   port: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 65535)), { default: () => 22 }),
-  user: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(64)),
+  user: Schema.String,
   credential: SshCredential,
   /** The known_hosts file to check the host key against; the server's default when omitted. */
   knownHosts: Schema.optional(Schema.String),
@@ -89,7 +113,7 @@ export class SshTarget extends Schema.Class<SshTarget>("SshTarget")({
    * Trusts exactly this host key (`SHA256:…`, as `ssh-keygen -lf` prints it) even when it is not
    * in known_hosts or differs from it: the explicit way to accept a new or changed key.
    */
-  trustHostKey: Schema.optional(Schema.String.pipe(Schema.pattern(/^SHA256:[A-Za-z0-9+/]{43}=?$/)))
+  trustHostKey: Schema.optional(Schema.String)
 }) {}
 
 /** Parses `user@host[:port]` (IPv6 hosts in brackets); `undefined` when it does not parse. */
@@ -123,18 +147,20 @@ export class RetryPolicy extends Schema.Class<RetryPolicy>("RetryPolicy")({
 /** The longest command line accepted, in characters. */
 export const maxCommandLength = 64 * 1024
 
-const Labels = Schema.Record({
-  key: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_./-]{1,63}$/)),
-  value: Schema.String.pipe(Schema.maxLength(256))
-})
+/** A label's name. */
+export const labelKeyPattern = /^[A-Za-z0-9_./-]{1,63}$/
 
-/** What to run and how. */
+/** The longest label value accepted, in characters. */
+export const maxLabelValueLength = 256
+
+/**
+ * What to run and how. The schema gives the shape; what the text may contain and how large it may
+ * be is checked by the server (`checkJobSpec`), so that a refusal is an `InvalidJobRequest` naming
+ * the field.
+ */
 export class JobSpec extends Schema.Class<JobSpec>("JobSpec")({
   /** The program, or with `shell` a whole shell line. */
-  command: Schema.String.pipe(
-    Schema.filter((text) => text.trim().length > 0, { message: () => "the command is empty" }),
-    Schema.maxLength(maxCommandLength)
-  ),
+  command: Schema.String,
   args: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   /** Runs `command` with `/bin/sh -c` (the arguments become `$1`, `$2`, …). */
   shell: Schema.optionalWith(Schema.Boolean, { default: () => false }),
@@ -152,7 +178,9 @@ export class JobSpec extends Schema.Class<JobSpec>("JobSpec")({
   /** Not started before this time. */
   runAt: Schema.optional(Schema.DateTimeUtc),
   retry: Schema.optionalWith(RetryPolicy, { default: () => RetryPolicy.make({}) }),
-  labels: Schema.optionalWith(Labels, { default: () => ({}) }),
+  labels: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), {
+    default: () => ({})
+  }),
   /** Required for (and only for) the `ssh` strategy. */
   ssh: Schema.optional(SshTarget),
   /** Terminal size for the `terminal` strategy. */
@@ -217,10 +245,94 @@ export class JobNotFound extends Schema.TaggedError<JobNotFound>()("JobNotFound"
   message: Schema.String
 }) {}
 
-/** The request was refused as it stands: the message says what to change. */
+/** The request was refused as it stands: the message says what to change, `field` which field. */
 export class InvalidJobRequest extends Schema.TaggedError<InvalidJobRequest>()("InvalidJobRequest", {
+  /** The refused field's dotted path (`args.2`, `env.PATH`, `ssh.credential.passphraseSecret`). */
+  field: Schema.optional(Schema.String),
   message: Schema.String
 }) {}
+
+const SshRules = Schema.Struct({
+  host: Schema.String.pipe(
+    Schema.filter((host) =>
+      /^[A-Za-z0-9._:-]{1,255}$/.test(host)
+        ? true
+        : "is not a host name or address: 1 to 255 letters, digits, '.', '-', '_' or ':'"
+    )
+  ),
+  user: Schema.String.pipe(
+    Schema.filter((user) =>
+      user.length >= 1 && user.length <= 64 && !/[\s@]/.test(user) && !hasControl(user)
+        ? true
+        : "is not a user name: 1 to 64 characters without spaces, control characters or '@'"
+    )
+  ),
+  credential: Schema.Union(
+    Schema.Struct({
+      _tag: Schema.Literal("key-file"),
+      path: PathText.pipe(Schema.filter((path) => path !== "" || "must name the private key file")),
+      passphraseSecret: Schema.optional(SecretName)
+    }),
+    Schema.Struct({ _tag: Schema.Literal("agent"), socket: Schema.optional(PathText) }),
+    Schema.Struct({ _tag: Schema.Literal("password"), secret: SecretName })
+  ),
+  knownHosts: Schema.optional(PathText),
+  trustHostKey: Schema.optional(
+    Schema.String.pipe(
+      Schema.filter((key) =>
+        /^SHA256:[A-Za-z0-9+/]{43}=?$/.test(key)
+          ? true
+          : "is not a host key fingerprint: SHA256: and 43 base64 characters, as ssh-keygen -lf prints it"
+      )
+    )
+  )
+})
+
+const JobSpecRules = Schema.Struct({
+  command: ExecString.pipe(
+    Schema.filter((command) => command.trim() !== "" || "is empty"),
+    Schema.filter((command) =>
+      command.length <= maxCommandLength
+        ? true
+        : `is ${command.length} characters long; the most accepted is ${maxCommandLength}`
+    )
+  ),
+  args: Schema.Array(ExecString),
+  cwd: Schema.optional(PathText),
+  env: Schema.Record({ key: Schema.String, value: ExecString }),
+  labels: Schema.Record({ key: Schema.String, value: BoundedText(maxLabelValueLength) }),
+  ssh: Schema.optional(SshRules)
+})
+
+const checkLabels = (labels: Readonly<Record<string, string>>): Option.Option<FieldIssue> => {
+  for (const key of Object.keys(labels)) {
+    if (!labelKeyPattern.test(key)) {
+      const field = `labels.${truncate(toStorable(key), 100)}`
+      return Option.some({
+        field,
+        message: `${field}: a label name is 1 to 63 letters, digits, '_', '.', '/' or '-'`
+      })
+    }
+  }
+  return Option.none()
+}
+
+/**
+ * Checks what a job spec's schema cannot: every string is storable and short enough for exec,
+ * secret names cannot leave the secrets directory, and command, arguments, environment and cwd
+ * together stay within `Text.maxExecBytes`. The first refused field, if any.
+ */
+export const jobSpecIssue = (spec: JobSpec): Option.Option<FieldIssue> =>
+  check(JobSpecRules, spec).pipe(
+    Option.orElse(() => checkLabels(spec.labels)),
+    Option.orElse(() => checkExec(spec))
+  )
+
+/** `jobSpecIssue` as an effect that fails with `InvalidJobRequest`. */
+export const checkJobSpec = (spec: JobSpec): Effect.Effect<void, InvalidJobRequest> => {
+  const issue = jobSpecIssue(spec)
+  return Option.isSome(issue) ? Effect.fail(new InvalidJobRequest(issue.value)) : Effect.void
+}
 
 /** The job store could not be reached; nothing was changed. Retry later. */
 export class JobsUnavailable extends Schema.TaggedError<JobsUnavailable>()("JobsUnavailable", {

@@ -41,6 +41,15 @@ export const storableIssue = (text: string): string | undefined => {
   return undefined
 }
 
+/** Whether `text` has a C0 or C1 control character or DEL (which a terminal may act on). */
+export const hasControl = (text: string): boolean => {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i)
+    if (code < 0x20 || (code >= 0x7f && code <= 0x9f)) return true
+  }
+  return false
+}
+
 /** Whether `text` can be stored and passed to exec. */
 export const isStorable = (text: string): boolean => storableIssue(text) === undefined
 

@@ -13,6 +13,7 @@ import { Context, Duration, Effect, Layer, Option, Schedule, Stream } from "effe
 import * as EntityId from "@effect/cluster/EntityId"
 import { Sharding } from "@effect/cluster/Sharding"
 import {
+  checkJobSpec,
   ExecuteOutput,
   InvalidJobRequest,
   JobAccepted,
@@ -60,14 +61,20 @@ export class Jobs extends Context.Tag("vibes/Jobs")<
   }
 >() {}
 
-/** Checks what the schema cannot: strategy and target agree, the cwd and the credential exist. */
+/**
+ * Checks what the schema cannot: the text and sizes (`checkJobSpec`), strategy and target agree,
+ * the cwd and the credential exist.
+ */
 export const validate = (spec: JobSpec, dataDir: string): Effect.Effect<void, InvalidJobRequest> =>
   Effect.gen(function* () {
-    const invalid = (message: string) => Effect.fail(new InvalidJobRequest({ message }))
+    yield* checkJobSpec(spec)
+    const invalid = (field: string, message: string) => Effect.fail(new InvalidJobRequest({ field, message }))
+    const refusedAs = (field: string) => (error: { readonly message: string }) =>
+      new InvalidJobRequest({ field, message: error.message })
     if (spec.strategy === "ssh") {
       const target = spec.ssh
       if (target === undefined) {
-        return yield* invalid("an ssh job needs a target: ssh { host, user, credential }")
+        return yield* invalid("ssh", "an ssh job needs a target: ssh { host, user, credential }")
       }
       const credential = target.credential
       if (credential._tag === "key-file") {
@@ -76,33 +83,39 @@ export const validate = (spec: JobSpec, dataDir: string): Effect.Effect<void, In
             ? Option.none()
             : Option.some(
                 yield* readSecret(dataDir, credential.passphraseSecret).pipe(
-                  Effect.mapError((error) => new InvalidJobRequest({ message: error.message }))
+                  Effect.mapError(refusedAs("ssh.credential.passphraseSecret"))
                 )
               )
         yield* Ssh.checkKeyFile(credential.path, passphrase).pipe(
-          Effect.mapError((error) => new InvalidJobRequest({ message: error.message }))
+          Effect.mapError(refusedAs("ssh.credential.path"))
         )
       } else if (credential._tag === "password") {
         yield* readSecret(dataDir, credential.secret).pipe(
-          Effect.mapError((error) => new InvalidJobRequest({ message: error.message }))
+          Effect.mapError(refusedAs("ssh.credential.secret"))
         )
       } else if ((credential.socket ?? process.env["SSH_AUTH_SOCK"] ?? "") === "") {
         return yield* invalid(
+          "ssh.credential.socket",
           "agent authentication needs an ssh-agent: SSH_AUTH_SOCK is not set on the server"
         )
       }
       if (target.knownHosts !== undefined && !path.isAbsolute(target.knownHosts)) {
-        return yield* invalid(`knownHosts must be an absolute path, not ${target.knownHosts}`)
+        return yield* invalid(
+          "ssh.knownHosts",
+          `knownHosts must be an absolute path, not ${target.knownHosts}`
+        )
       }
       return
     }
     if (spec.ssh !== undefined) {
       return yield* invalid(
+        "ssh",
         `a ${spec.strategy} job runs locally; drop the ssh target or use the ssh strategy`
       )
     }
     if (spec.cwd !== undefined) {
-      if (!path.isAbsolute(spec.cwd)) return yield* invalid(`cwd must be an absolute path, not ${spec.cwd}`)
+      if (!path.isAbsolute(spec.cwd))
+        return yield* invalid("cwd", `cwd must be an absolute path, not ${spec.cwd}`)
       const isDir = yield* Effect.sync(() => {
         try {
           return fs.statSync(spec.cwd ?? "").isDirectory()
@@ -110,7 +123,7 @@ export const validate = (spec: JobSpec, dataDir: string): Effect.Effect<void, In
           return false
         }
       })
-      if (!isDir) return yield* invalid(`cwd ${spec.cwd} is not a directory on the server`)
+      if (!isDir) return yield* invalid("cwd", `cwd ${spec.cwd} is not a directory on the server`)
     }
   })
 
@@ -168,7 +181,14 @@ export const layer = (options: {
           : makeClient(jobId).Logs({ after, follow }).pipe(Stream.mapError(toJobError))
 
       const logs = (jobId: string, after: number, follow: boolean): Stream.Stream<JobOutput, JobError> =>
-        Stream.unwrap(Effect.as(known(jobId), output(jobId, after, follow)))
+        Number.isSafeInteger(after) && after >= 0
+          ? Stream.unwrap(Effect.as(known(jobId), output(jobId, after, follow)))
+          : Stream.fail(
+              new InvalidJobRequest({
+                field: "after",
+                message: "after: must be a sequence number (a whole number from 0 to 2^53 - 1)"
+              })
+            )
 
       // Unfinished jobs get their message again (a stored one makes this a no-op).
       yield* Effect.forkScoped(

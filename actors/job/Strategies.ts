@@ -10,7 +10,8 @@ import * as fs from "node:fs"
 import { Effect, Exit, Fiber, Option, Redacted, Schema, type Scope, Stream } from "effect"
 import * as Command from "@effect/platform/Command"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
-import type { JobSpec, SshCredential } from "../../rpc/Jobs.js"
+import { type JobSpec, secretNamePattern, type SshCredential } from "../../rpc/Jobs.js"
+import { toStorable } from "../../rpc/Text.js"
 import { PtyHost, PtySpec } from "../../infra/pty/PtyHost.js"
 import * as Ssh from "../../infra/ssh/Ssh.js"
 
@@ -201,6 +202,14 @@ export const readSecret = (
   name: string
 ): Effect.Effect<Redacted.Redacted<string>, AttemptFailed> =>
   Effect.suspend(() => {
+    // A name is a file name in the secrets directory, never a path out of it.
+    if (!secretNamePattern.test(name)) {
+      return Effect.fail(
+        new AttemptFailed({
+          message: `'${toStorable(name).slice(0, 100)}' is not a secret name: use 1 to 100 letters, digits, '_', '.' or '-', not starting with '.'`
+        })
+      )
+    }
     const file = `${dataDir}/secrets/${name}`
     const variable = `VIBES_SECRET_${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}`
     if (fs.existsSync(file)) {

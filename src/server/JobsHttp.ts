@@ -9,8 +9,9 @@
  * - `POST /api/jobs` with a job spec: 201 and the job;
  * - `POST /api/jobs/cancel` with `{ "jobId": … }`.
  *
- * Errors are JSON `{ error, message }`: 400 for bad input, 404 for an unknown job, 503 when the
- * store cannot be reached.
+ * Errors are JSON `{ error, message }` (and `field`, naming a refused field of a job spec): 400 for
+ * bad input, 413 for a body over `maxBodyBytes`, 404 for an unknown job, 503 when the store cannot
+ * be reached.
  */
 import { Chunk, type Duration, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
 import * as HttpRouter from "@effect/platform/HttpRouter"
@@ -31,7 +32,12 @@ const badRequest = (message: string) => json(400, { error: "BadRequest", message
 const statusOf = (error: JobError) =>
   error._tag === "JobNotFound" ? 404 : error._tag === "InvalidJobRequest" ? 400 : 503
 
-const failure = (error: JobError) => json(statusOf(error), { error: error._tag, message: error.message })
+const failure = (error: JobError) =>
+  json(statusOf(error), {
+    error: error._tag,
+    message: error.message,
+    ...(error._tag === "InvalidJobRequest" && error.field !== undefined ? { field: error.field } : {})
+  })
 
 const encodeInfo = Schema.encodeSync(JobInfo)
 const encodeInfos = Schema.encodeSync(Schema.Array(JobInfo))
@@ -45,21 +51,49 @@ const formatIssue = (error: ParseResult.ParseError) =>
 const decodeId = (raw: string | undefined) =>
   Either.mapLeft(Schema.decodeUnknownEither(JobId)(raw ?? ""), formatIssue)
 
-/** Reads a JSON body of at most `maxBodyBytes`, decoded with `schema`. */
+/** Why a body was refused: a 413 when it is too large, a 400 otherwise. */
+interface Refused {
+  readonly status: 400 | 413
+  readonly message: string
+}
+
+const refuse = (refused: Refused) =>
+  json(refused.status, {
+    error: refused.status === 413 ? "PayloadTooLarge" : "BadRequest",
+    message: refused.message
+  })
+
+/**
+ * Reads a JSON body of at most `maxBodyBytes`, decoded with `schema`. The limit holds while the
+ * body streams in (a chunked body has no length to check first): past it, reading stops and the
+ * connection is closed, so an oversized body is never held whole.
+ */
 const body = <A, I>(schema: Schema.Schema<A, I>) =>
   Effect.gen(function* () {
     const request = yield* HttpServerRequest.HttpServerRequest
     const length = Number(request.headers["content-length"] ?? "0")
-    if (length > maxBodyBytes) return Either.left(`the body is ${length} bytes; the limit is ${maxBodyBytes}`)
-    const text = yield* Effect.either(request.text)
-    if (Either.isLeft(text)) return Either.left("the body could not be read")
-    if (Buffer.byteLength(text.right) > maxBodyBytes)
-      return Either.left(`the body is over ${maxBodyBytes} bytes`)
+    const tooLarge: Refused = {
+      status: 413,
+      message: `the body is larger than the limit of ${maxBodyBytes} bytes`
+    }
+    if (length > maxBodyBytes) return Either.left(tooLarge)
+    const text = yield* request.text.pipe(
+      HttpServerRequest.withMaxBodySize(Option.some(maxBodyBytes)),
+      Effect.either
+    )
+    if (Either.isLeft(text)) {
+      return Either.left<Refused>(
+        String(text.left.cause).includes("maxBytes exceeded")
+          ? tooLarge
+          : { status: 400, message: "the body could not be read" }
+      )
+    }
     const parsed = Either.try(() => JSON.parse(text.right) as unknown)
-    if (Either.isLeft(parsed)) return Either.left("the body is not valid JSON")
+    if (Either.isLeft(parsed))
+      return Either.left<Refused>({ status: 400, message: "the body is not valid JSON" })
     return Either.mapLeft(
       Schema.decodeUnknownEither(schema)(parsed.right, { onExcessProperty: "error" }),
-      formatIssue
+      (error): Refused => ({ status: 400, message: formatIssue(error) })
     )
   })
 
@@ -70,7 +104,9 @@ const list = Effect.gen(function* () {
   const rawLimit = query.get("limit")
   const limit = rawLimit === null ? 50 : Number(rawLimit)
   if (!/^\d+$/.test(rawLimit ?? "50") || limit < 1 || limit > maxListLimit) {
-    return badRequest(`limit must be an integer from 1 to ${maxListLimit}, not ${rawLimit}`)
+    return badRequest(
+      `limit must be an integer from 1 to ${maxListLimit}, not ${JSON.stringify((rawLimit ?? "").slice(0, 40))}`
+    )
   }
   const rawStatus = query.get("status")
   const status =
@@ -78,7 +114,9 @@ const list = Effect.gen(function* () {
       ? Either.right(Option.none())
       : Either.map(Schema.decodeUnknownEither(JobStatus)(rawStatus), Option.some)
   if (Either.isLeft(status)) {
-    return badRequest(`status must be one of ${JobStatus.literals.join(", ")}, not ${rawStatus}`)
+    return badRequest(
+      `status must be one of ${JobStatus.literals.join(", ")}, not ${JSON.stringify((rawStatus ?? "").slice(0, 40))}`
+    )
   }
   return yield* jobs
     .list(limit, status.right)
@@ -117,7 +155,9 @@ const logs = (heartbeat: Duration.Duration) =>
     const query = new URL(request.url, "http://localhost").searchParams
     const follow = ["1", "true", "yes"].includes(query.get("follow") ?? "")
     const rawAfter = query.get("after") ?? request.headers["last-event-id"] ?? "0"
-    if (!/^\d+$/.test(rawAfter)) return badRequest(`after must be a sequence number, not ${rawAfter}`)
+    if (!/^\d{1,15}$/.test(rawAfter)) {
+      return badRequest(`after must be a sequence number, not ${JSON.stringify(rawAfter.slice(0, 40))}`)
+    }
     const after = Number(rawAfter)
     // Unknown ids answer 404 before any stream starts.
     const info = yield* Effect.either(jobs.get(id.right))
@@ -153,7 +193,7 @@ const logs = (heartbeat: Duration.Duration) =>
 const submit = Effect.gen(function* () {
   const jobs = yield* Jobs
   const spec = yield* body(JobSpec)
-  if (Either.isLeft(spec)) return badRequest(spec.left)
+  if (Either.isLeft(spec)) return refuse(spec.left)
   return yield* jobs
     .submit(spec.right)
     .pipe(Effect.match({ onFailure: failure, onSuccess: (info) => json(201, encodeInfo(info)) }))
@@ -162,7 +202,7 @@ const submit = Effect.gen(function* () {
 const cancel = Effect.gen(function* () {
   const jobs = yield* Jobs
   const request = yield* body(Schema.Struct({ jobId: JobId }))
-  if (Either.isLeft(request)) return badRequest(request.left)
+  if (Either.isLeft(request)) return refuse(request.left)
   return yield* jobs
     .cancel(request.right.jobId)
     .pipe(Effect.match({ onFailure: failure, onSuccess: (info) => json(200, encodeInfo(info)) }))

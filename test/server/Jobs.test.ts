@@ -1,3 +1,6 @@
+import * as fs from "node:fs"
+import * as http from "node:http"
+import * as path from "node:path"
 import { expect, layer } from "@effect/vitest"
 import { Chunk, Context, DateTime, Duration, Effect, Either, Layer, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
@@ -28,6 +31,26 @@ const untilStdout = (rpc: Client.Client, jobId: string, done: (stdout: string) =
     Stream.takeUntil(done),
     Stream.runDrain
   )
+
+/** A REST call with the node's token; the body parsed as JSON when it is JSON. */
+const rest = (server: TestServer.Running, route: string, init: RequestInit = {}) =>
+  Effect.promise(async () => {
+    const response = await fetch(`${server.url}${route}`, {
+      ...init,
+      headers: {
+        authorization: `Bearer ${server.token}`,
+        "content-type": "application/json",
+        ...init.headers
+      }
+    })
+    const type = response.headers.get("content-type") ?? ""
+    const body: unknown = type.includes("json") ? await response.json() : await response.text()
+    return { status: response.status, body: body as Record<string, unknown> }
+  })
+
+/** Jobs submitted since the event log's head was `head`: their `job.submitted` events. */
+const submittedSince = (rpc: Client.Client, head: number) =>
+  rpc.Events.Read({ from: head + 1, filter: EventFilter.make({ types: ["job.submitted"] }), limit: 100 })
 
 /** Waits for the job's end through its log stream; returns the final info. */
 const finished = (rpc: Client.Client, jobId: string) =>
@@ -239,6 +262,127 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
       expect(Either.isLeft(cancelUnknown) && cancelUnknown.left._tag).toBe("JobNotFound")
       const after = yield* rpc.Jobs.List({ limit: 1000 })
       expect(after.length).toBe(before.length)
+    })
+  )
+
+  it.scoped(
+    "text a program or the database cannot take, or too much of it, is refused naming the field, and nothing is stored",
+    () =>
+      Effect.gen(function* () {
+        const rpc = yield* client
+        const server = yield* Node
+        const before = (yield* rpc.Jobs.List({ limit: 1000 })).length
+        const { head } = yield* rpc.Events.Head()
+        const kib = (n: number) => "x".repeat(n * 1024)
+        // A file just outside the secrets directory: a secret name must never reach it.
+        fs.writeFileSync(path.join(server.dataDir, "outside"), "not a secret\n", { mode: 0o600 })
+        const ssh = (credential: SshTarget["credential"]) =>
+          SshTarget.make({ host: "127.0.0.1", user: "nobody", credential })
+        const cases: ReadonlyArray<readonly [string, JobSpec]> = [
+          ["command", JobSpec.make({ command: "echo\u0000" })],
+          ["args.1", JobSpec.make({ command: "echo", args: ["ok", "a\u0000b"] })],
+          ["env.GREETING", sh("true", { env: { GREETING: "hi\u0000" } })],
+          ["env.BAD\uFFFDNAME", sh("true", { env: { "BAD\u0000NAME": "x" } })],
+          ["env.A=B", sh("true", { env: { "A=B": "x" } })],
+          ["env.", sh("true", { env: { "": "x" } })],
+          ["labels.team", sh("true", { labels: { team: "a\u0000" } })],
+          ["cwd", sh("true", { cwd: "/tmp\u0000" })],
+          ["args.0", JobSpec.make({ command: "echo", args: [kib(200)] })],
+          ["env.BIG", sh("true", { env: { BIG: kib(130) } })],
+          ["args", JobSpec.make({ command: "echo", args: Array.from({ length: 10 }, () => kib(30)) })],
+          [
+            "ssh.credential.passphraseSecret",
+            sh("true", {
+              strategy: "ssh",
+              ssh: ssh({ _tag: "key-file", path: "/nonexistent/id_ed25519", passphraseSecret: "../outside" })
+            })
+          ],
+          [
+            "ssh.credential.secret",
+            sh("true", { strategy: "ssh", ssh: ssh({ _tag: "password", secret: ".." }) })
+          ],
+          [
+            "ssh.user",
+            sh("true", {
+              strategy: "ssh",
+              ssh: SshTarget.make({ host: "h", user: "a\u0000", credential: { _tag: "agent" } })
+            })
+          ]
+        ]
+        for (const [field, spec] of cases) {
+          const refused = yield* Effect.flip(rpc.Jobs.Submit(spec))
+          expect(refused._tag).toBe("InvalidJobRequest")
+          if (refused._tag === "InvalidJobRequest") expect(refused.field).toBe(field)
+          expect(refused.message.length).toBeLessThan(400)
+        }
+        const traversal = yield* Effect.flip(rpc.Jobs.Submit(cases[11]?.[1] ?? sh("true")))
+        expect(traversal.message).toContain("not a secret name")
+
+        // Over REST, JSON can carry what msgpack cannot: unpaired surrogates.
+        for (const [field, json] of [
+          ["command", '{"command":"echo \\ud800"}'],
+          ["args.0", '{"command":"echo","args":["\\udc00x"]}'],
+          ["env.X", '{"command":"true","env":{"X":"\\ud83d"}}'],
+          ["labels.team", '{"command":"true","labels":{"team":"\\ud83d"}}'],
+          ["args.0", '{"command":"echo","args":["a\\u0000"]}']
+        ] as const) {
+          const refused = yield* rest(server, "/api/jobs", { method: "POST", body: json })
+          expect(refused.status).toBe(400)
+          expect(refused.body).toMatchObject({ error: "InvalidJobRequest", field })
+        }
+        expect((yield* rpc.Jobs.List({ limit: 1000 })).length).toBe(before)
+        expect(yield* submittedSince(rpc, head)).toEqual([])
+        // Just under the limits is accepted and runs.
+        const large = yield* rpc.Jobs.Submit(
+          JobSpec.make({ command: "true", args: Array.from({ length: 6 }, () => kib(30)) })
+        )
+        expect((yield* finished(rpc, large.id)).status).toBe("succeeded")
+      })
+  )
+
+  it.scoped("a chunked body over the limit is refused while it streams in, not read whole", () =>
+    Effect.gen(function* () {
+      const server = yield* Node
+      const rpc = yield* client
+      const { head } = yield* rpc.Events.Head()
+      const piece = Buffer.alloc(64 * 1024, "x")
+      const target = new URL(`${server.url}/api/jobs`)
+      // Sends up to twice the 1 MiB limit (of 5 MiB), then waits for the server's answer: a 413
+      // or a closed connection. A server that reads the whole body never answers.
+      const outcome = yield* Effect.async<{ readonly sent: number; readonly how: string }>((resume) => {
+        let sent = 0
+        let settled = false
+        const settle = (how: string) => {
+          if (settled) return
+          settled = true
+          request.destroy()
+          resume(Effect.succeed({ sent, how }))
+        }
+        const request = http.request(
+          {
+            host: target.hostname,
+            port: target.port,
+            path: target.pathname,
+            method: "POST",
+            headers: { authorization: `Bearer ${server.token}`, "content-type": "application/json" }
+          },
+          (response) => settle(`status ${response.statusCode}`)
+        )
+        request.on("error", (error: NodeJS.ErrnoException) => settle(`closed (${error.code})`))
+        request.write('{"command":"true","args":["')
+        const next = () => {
+          if (settled || sent >= 2 * 1024 * 1024) return
+          sent += piece.length
+          request.write(piece, next)
+        }
+        next()
+        return Effect.sync(() => request.destroy())
+      }).pipe(Effect.timeout("30 seconds"))
+      expect(outcome.sent).toBeLessThanOrEqual(2 * 1024 * 1024)
+      expect(outcome.how).toMatch(/^status 413|^closed/)
+      // Nothing was submitted, and the node answers as before.
+      expect(yield* submittedSince(rpc, head)).toEqual([])
+      expect((yield* rest(server, "/api/jobs?limit=1")).status).toBe(200)
     })
   )
 
