@@ -31,6 +31,7 @@ import {
   JobInfo,
   JobOutput,
   JobSpec,
+  jobSpecIssue,
   JobStatus,
   maxListLimit,
   parseSshTarget,
@@ -397,9 +398,13 @@ const specOf = (flags: RunFlags) =>
         ? { cols: Math.max(2, process.stdout.columns), rows: Math.max(2, process.stdout.rows) }
         : {})
     }
-    return yield* Schema.decodeUnknown(JobSpec)(encoded).pipe(
+    const spec = yield* Schema.decodeUnknown(JobSpec)(encoded).pipe(
       Effect.mapError((error) => usage(`invalid job: ${ParseResult.TreeFormatter.formatErrorSync(error)}`))
     )
+    // What the server would refuse is refused here, before connecting.
+    const issue = jobSpecIssue(spec)
+    if (Option.isSome(issue)) return yield* usage(`invalid job: ${issue.value.message}`)
+    return spec
   })
 
 // run -----------------------------------------------------------------------------------------
