@@ -4,6 +4,7 @@
  */
 import { Either, Schema } from "effect"
 import { ProxyErrorKind } from "./Proxy.js"
+import { StorableText } from "./Text.js"
 
 /** Position of an event in the log: assigned by the log, strictly increasing, without gaps. */
 export const Offset = Schema.Int.pipe(Schema.nonNegative(), Schema.brand("Offset"))
@@ -27,7 +28,7 @@ export const EventSource = Schema.Struct({
   component: Schema.String
 })
 
-const Id = Schema.String.pipe(Schema.minLength(1), Schema.maxLength(200))
+const Id = StorableText.pipe(Schema.minLength(1), Schema.maxLength(200))
 
 /** The largest `data` payload accepted, in bytes of its JSON. */
 export const maxDataBytes = 256 * 1024

@@ -24,14 +24,18 @@ export const ConsumerName = Schema.String.pipe(
   })
 )
 
+/** An offset: a whole number the log (a Postgres bigint) and JavaScript both hold exactly. */
+const OffsetInput = Schema.NonNegativeInt.pipe(Schema.lessThanOrEqualTo(Number.MAX_SAFE_INTEGER))
+
 /**
  * Where a subscription starts: an offset (inclusive), the next event, the first event at or
  * after a time, or just after a named consumer's committed offset (from the start if it has none).
  */
 export const Start = Schema.Union(
-  Schema.TaggedStruct("Offset", { offset: Schema.NonNegativeInt }),
+  Schema.TaggedStruct("Offset", { offset: OffsetInput }),
   Schema.TaggedStruct("Latest", {}),
-  Schema.TaggedStruct("Time", { epochMillis: Schema.NonNegativeInt }),
+  // The latest time a JavaScript Date holds.
+  Schema.TaggedStruct("Time", { epochMillis: Schema.NonNegativeInt.pipe(Schema.lessThanOrEqualTo(8.64e15)) }),
   Schema.TaggedStruct("Consumer", { name: ConsumerName })
 )
 export type Start = typeof Start.Type
@@ -43,7 +47,7 @@ export const maxReadLimit = 10_000
 export class EventsRpcs extends RpcGroup.make(
   Rpc.make("Read", {
     payload: {
-      from: Schema.NonNegativeInt,
+      from: OffsetInput,
       filter: EventFilter,
       limit: Schema.Int.pipe(Schema.between(1, maxReadLimit))
     },
@@ -58,7 +62,7 @@ export class EventsRpcs extends RpcGroup.make(
   }),
   Rpc.make("Head", { success: Schema.Struct({ head: Schema.NonNegativeInt }), error: EventLogError }),
   Rpc.make("Commit", {
-    payload: { consumer: ConsumerName, offset: Schema.NonNegativeInt },
+    payload: { consumer: ConsumerName, offset: OffsetInput },
     error: Schema.Union(InvalidConsumer, EventLogError)
   }),
   Rpc.make("Committed", {

@@ -15,6 +15,7 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import { compileFilter, EventFilter, StoredEvent } from "../../rpc/Events.js"
 import { consumerPattern, type Start } from "../../rpc/EventsRpcs.js"
+import { hasControl, isStorable } from "../../rpc/Text.js"
 import { EventBus } from "../../infra/eventlog/EventBus.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
 import { resolveStart } from "./EventsHandlers.js"
@@ -62,7 +63,10 @@ export const parseQuery = (
   ] as const) {
     const value = params.get(param)
     if (value === null) continue
-    if (!idParam.test(value)) return bad(`'${param}' must be 1 to 200 characters without spaces`)
+    // Nor control characters: NUL cannot even be compared by Postgres.
+    if (!idParam.test(value) || hasControl(value) || !isStorable(value)) {
+      return bad(`'${param}' must be 1 to 200 characters without spaces or control characters`)
+    }
     ids[field] = value
   }
   const filter = EventFilter.make({ types, ...ids })

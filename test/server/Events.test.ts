@@ -83,7 +83,11 @@ layer(NodeLive, { timeout: 180_000, excludeTestServices: true })("event streams"
         ["?from=yesterday", {}, "'from' must be an offset"],
         ["?colour=blue", {}, "unknown parameter 'colour'"],
         ["?consumer=a&from=1", {}, "either 'from' or 'consumer'"],
-        ["?consumer=../x", {}, "'consumer' must be"]
+        ["?consumer=../x", {}, "'consumer' must be"],
+        // Postgres cannot even compare a NUL: it must not reach a query.
+        ["?from=1&session=a%00b", {}, "'session' must be"],
+        ["?from=1&job=%1B%5D52%3Bc%3Bx%07", {}, "'job' must be"],
+        ["?from=1&tenant=a%0Ab", {}, "'tenant' must be"]
       ]
       for (const [query, headers, message] of cases) {
         const response = yield* Effect.promise(() =>
