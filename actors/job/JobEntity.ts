@@ -281,7 +281,18 @@ export const layer = Job.toLayer(
                         knownHosts: settings.sshKnownHosts,
                         keepalive: Duration.toMillis(settings.sshKeepalive)
                       })
-              const started = yield* Effect.either(strategy).pipe(Effect.provide(context))
+              // A strategy that dies while starting (a spawn that threw) fails this attempt, never the entity.
+              const started = yield* strategy.pipe(
+                Effect.catchAllDefect((defect) =>
+                  Effect.fail(
+                    new Strategies.AttemptFailed({
+                      message: `could not start ${spec.command}: ${Strategies.spawnFailure(defect)}`
+                    })
+                  )
+                ),
+                Effect.either,
+                Effect.provide(context)
+              )
               if (started._tag === "Left") {
                 yield* system(started.left.message)
                 return { _tag: "Failed", message: started.left.message } as Outcome

@@ -85,6 +85,24 @@ const signalGroup = (pgid: number, signal: JobSignal) =>
     }
   })
 
+/** Why a spawn that threw failed, in words a person can act on. */
+export const spawnFailure = (defect: unknown): string => {
+  const code =
+    typeof defect === "object" && defect !== null && "code" in defect && typeof defect.code === "string"
+      ? defect.code
+      : undefined
+  const message = defect instanceof Error ? defect.message : String(defect)
+  switch (code) {
+    case "E2BIG":
+      return "its arguments and environment are larger than the kernel accepts (E2BIG); pass large data in a file or on stdin"
+    case "ERR_INVALID_ARG_VALUE":
+    case "ERR_INVALID_ARG_TYPE":
+      return `an argument or environment entry is not valid (${message})`
+    default:
+      return code === undefined ? message : `${message} (${code})`
+  }
+}
+
 const exitSignal = (message: string): string | null => /signal: (SIG[A-Z0-9]+)/.exec(message)?.[1] ?? null
 
 /** A local process with stdout and stderr apart, through `@effect/platform`'s Command. */
@@ -108,6 +126,12 @@ export const stream = (ctx: Context): Effect.Effect<Running, AttemptFailed, Comm
                 ? `could not start ${spec.command}: ${error.description ?? "no such file or directory"} (command or working directory ${spec.cwd ?? ctx.home})`
                 : `could not start ${spec.command}: ${error.message}`
           })
+      ),
+      // node throws from spawn (E2BIG, a NUL in an argument): a failed attempt, not a crash.
+      Effect.catchAllDefect((defect) =>
+        Effect.fail(
+          new AttemptFailed({ message: `could not start ${spec.command}: ${spawnFailure(defect)}` })
+        )
       )
     )
     const pid = proc.pid

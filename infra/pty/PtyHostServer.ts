@@ -50,6 +50,7 @@ import {
   PtySpawnFailed,
   type PtySpec
 } from "./PtyHost.js"
+import { maxArgStringBytes } from "../../rpc/Text.js"
 import * as PtyHostClient from "./PtyHostClient.js"
 import {
   isRunning,
@@ -247,6 +248,12 @@ const isExecutableFile = (file: string): boolean => {
   }
 }
 
+/**
+ * What exec takes of arguments and environment together: ARG_MAX with the default 8 MiB stack
+ * limit is 2 MiB (a quarter of the stack), pointers included; a little is left for the kernel's own.
+ */
+const execTotalBytes = 2 * 1024 * 1024 - 4096
+
 /** Checks what node-pty would only find out in the child, where a failure is just an exit code. */
 const validate = (spec: PtySpec): Option.Option<PtySpawnFailed> => {
   const failed = (reason: PtySpawnFailed["reason"], message: string) =>
@@ -256,6 +263,33 @@ const validate = (spec: PtySpec): Option.Option<PtySpawnFailed> => {
     return failed(
       "other",
       `the terminal size ${spec.cols}x${spec.rows} is out of range: cols and rows must be between 1 and ${maxDimension}`
+    )
+  }
+  const strings = [
+    spec.file,
+    spec.cwd,
+    ...spec.args,
+    ...Object.entries(spec.env).map(([k, v]) => `${k}=${v}`)
+  ]
+  if (strings.some((text) => text.includes("\u0000"))) {
+    return failed("other", "an argument, environment entry or the working directory contains a NUL byte")
+  }
+  // exec would fail with E2BIG in the child, where it is only an exit code.
+  let total = 0
+  for (const text of strings) {
+    const size = Buffer.byteLength(text) + 1
+    if (size > maxArgStringBytes) {
+      return failed(
+        "limit",
+        `an argument or environment entry is ${size - 1} bytes; the kernel takes at most ${maxArgStringBytes - 1} (E2BIG)`
+      )
+    }
+    total += size + 8
+  }
+  if (total > execTotalBytes) {
+    return failed(
+      "limit",
+      `the arguments and environment take ${total} bytes; the kernel takes about ${execTotalBytes} (E2BIG)`
     )
   }
   if (!path.isAbsolute(spec.cwd)) return failed("cwd", `the working directory '${spec.cwd}' is not absolute`)

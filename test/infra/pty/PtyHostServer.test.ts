@@ -344,6 +344,21 @@ describe("PTY host", () => {
       expect(zeroCols.message).toMatch(/between 1 and 1000/)
       const hugeRows = yield* Effect.flip(host.spawn(spec("cat", [], { rows: 5000 })))
       expect(hugeRows).toMatchObject({ reason: "other" })
+      // exec would fail in the child (E2BIG), or cut a string at its NUL: refused with the reason.
+      const hugeArg = yield* Effect.flip(host.spawn(spec("echo", ["x".repeat(200 * 1024)])))
+      expect(hugeArg).toMatchObject({ reason: "limit" })
+      expect(hugeArg.message).toContain("E2BIG")
+      const hugeEnv = yield* Effect.flip(
+        host.spawn(
+          spec("echo", [], {
+            env: Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`V${i}`, "y".repeat(100 * 1024)]))
+          })
+        )
+      )
+      expect(hugeEnv).toMatchObject({ reason: "limit" })
+      const nul = yield* Effect.flip(host.spawn(spec("echo", ["a\u0000b"])))
+      expect(nul).toMatchObject({ reason: "other" })
+      expect(nul.message).toContain("NUL")
       expect(yield* host.list).toEqual([])
       expect(fdCount()).toBe(before)
 
