@@ -86,6 +86,15 @@ export const payloads = {
   }),
   /** A browser logged out; every id of the login is revoked. */
   "auth.logout": Schema.Struct({ clientAddress: Schema.String, login: Schema.String }),
+  /**
+   * An event could not be recorded for good (too large, or contents the log refuses): this marker
+   * stands in its place, with the envelope ids of the event it replaces.
+   */
+  "event.dropped": Schema.Struct({
+    type: Schema.String,
+    reason: Schema.Literal("EventTooLarge", "EventRejected"),
+    message: Schema.String
+  }),
   "client.connected": Schema.Struct({ clientId: Schema.String, via: Schema.String }),
   "client.disconnected": Schema.Struct({ clientId: Schema.String }),
   "client.called": Schema.Struct({ rpc: Schema.String, clientId: Schema.optional(Schema.String) }),
@@ -210,6 +219,15 @@ export class EventTooLarge extends Schema.TaggedError<EventTooLarge>()("EventToo
   type: Schema.String,
   bytes: Schema.Int,
   limit: Schema.Int,
+  message: Schema.String
+}) {}
+
+/**
+ * The log refused an event's contents for good (text Postgres cannot hold, such as a NUL, or a
+ * database constraint); nothing was stored, and writing it again cannot succeed.
+ */
+export class EventRejected extends Schema.TaggedError<EventRejected>()("EventRejected", {
+  type: Schema.String,
   message: Schema.String
 }) {}
 

@@ -1,13 +1,15 @@
 /**
  * Writes one session's history to the event log in order: output coalesced into `session.output`
  * events (flushed after `flushAfter` or at `maxChunkBytes`), snapshots and lifecycle events
- * between them exactly where they happened. A failed append is retried until it succeeds, so
- * nothing handed to the recorder is dropped; a caller that must know its event is durable awaits
+ * between them exactly where they happened. An append that fails for now (the database is away)
+ * is retried until it succeeds, so nothing handed to the recorder is dropped; an event the log
+ * refuses for good (too large, text it cannot store) is recorded as an `event.dropped` marker in
+ * its place and logged, and the rest goes on. A caller that must know its event is durable awaits
  * `flush`.
  */
 import { Deferred, Duration, Effect, Queue, Schedule, type Scope } from "effect"
 import { NewEvent, type Severity } from "../../rpc/Events.js"
-import { EventLog } from "../../infra/eventlog/EventLog.js"
+import { type AppendError, appendOrMark, EventLog } from "../../infra/eventlog/EventLog.js"
 
 /** One session's history writer. */
 export interface Recorder {
@@ -99,14 +101,16 @@ export const make = (options: Options): Effect.Effect<Recorder, never, EventLog 
       return events
     }
 
-    const appendForever = (events: ReadonlyArray<NewEvent>) =>
-      log.append(events).pipe(
-        Effect.tapError((error) =>
-          Effect.logWarning(`session ${options.sessionId}: cannot record history yet: ${error.message}`)
-        ),
-        Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.union(Schedule.spaced("5 seconds")))),
-        Effect.orDie
+    // A transient failure (the database is away) is retried until it passes; an event the log
+    // refuses for good is replaced by an `event.dropped` marker, so the rest is recorded.
+    const untilRecorded = Schedule.exponential("200 millis").pipe(
+      Schedule.union(Schedule.spaced("5 seconds")),
+      Schedule.tapInput((error: AppendError) =>
+        Effect.logWarning(`session ${options.sessionId}: cannot record history yet: ${error.message}`)
       )
+    )
+    const appendForever = (events: ReadonlyArray<NewEvent>) =>
+      appendOrMark(log, events, untilRecorded).pipe(Effect.orDie)
 
     const writeOnce = Effect.gen(function* () {
       if (pending.length === 0) return

@@ -13,6 +13,36 @@ export class DatabaseUnavailable extends Schema.TaggedError<DatabaseUnavailable>
   message: Schema.String
 }) {}
 
+/** The SQLSTATE of a database error (`23505`, `08006`, …), looked for along its causes. */
+export const sqlState = (error: unknown): string | undefined => {
+  let current: unknown = error
+  for (let depth = 0; depth < 5 && typeof current === "object" && current !== null; depth++) {
+    if ("code" in current && typeof current.code === "string" && /^[0-9A-Z]{5}$/.test(current.code)) {
+      return current.code
+    }
+    current = "cause" in current ? current.cause : undefined
+  }
+  return undefined
+}
+
+/**
+ * SQLSTATE classes of errors that the same statement will meet again: feature not supported (0A),
+ * cardinality (21), data exception (22: a NUL, bad encoding, a value out of range), integrity
+ * constraints (23), invalid transaction state or authorization (25, 26, 28), invalid catalog or
+ * schema (3D, 3F), syntax or access rules (42), with-check-option (44), program limits (54).
+ */
+const permanentClasses = new Set(["0A", "21", "22", "23", "25", "26", "28", "3D", "3F", "42", "44", "54"])
+
+/**
+ * Whether retrying cannot help: the database refused the statement itself. Everything else (a
+ * lost connection, a timeout, a serialization failure, a server shutting down, an error without a
+ * SQLSTATE) may pass on a later try.
+ */
+export const isPermanentSqlError = (error: unknown): boolean => {
+  const state = sqlState(error)
+  return state !== undefined && permanentClasses.has(state.slice(0, 2))
+}
+
 /** How to reach the database. */
 export interface Options {
   readonly url: Redacted.Redacted<string>

@@ -3,17 +3,19 @@
  * `MemoryEventLog`) sit beside this module; callers see only `EventLog`.
  */
 import * as crypto from "node:crypto"
-import { Context, Deferred, Effect, type Option, Schema, type Stream } from "effect"
+import { Context, Deferred, Effect, type Option, Schedule, Schema, type Stream } from "effect"
 import {
   type EventFilter,
   EventLogError,
+  EventRejected,
   EventTooLarge,
   InvalidConsumer,
   InvalidGlob,
-  type NewEvent,
+  NewEvent,
   type Offset,
   type StoredEvent
 } from "../../rpc/Events.js"
+import { toStorable, truncate } from "../../rpc/Text.js"
 import { consumerPattern } from "../../rpc/EventsRpcs.js"
 
 /** Checks a consumer name. */
@@ -72,10 +74,12 @@ export type From =
 export class EventLog extends Context.Tag("vibes/EventLog")<
   EventLog,
   {
-    /** Appends a batch; resolves once it is durable, with the offsets it got (in batch order). */
-    readonly append: (
-      events: ReadonlyArray<NewEvent>
-    ) => Effect.Effect<ReadonlyArray<Offset>, EventLogError | EventTooLarge>
+    /**
+     * Appends a batch; resolves once it is durable, with the offsets it got (in batch order). A
+     * batch is stored whole or not at all. `EventTooLarge` and `EventRejected` are permanent
+     * (see `isPermanent`): the same batch will never be accepted.
+     */
+    readonly append: (events: ReadonlyArray<NewEvent>) => Effect.Effect<ReadonlyArray<Offset>, AppendError>
     /** Up to `limit` matching events with offset >= `from`, in offset order. */
     readonly read: (
       from: number,
@@ -121,7 +125,7 @@ export interface Closable {
    * Appends `event` once every append already under way has finished, as the last event this log
    * writes: later appends fail with `EventLogError` (and so do ones made while it waits).
    */
-  readonly close: (event: NewEvent) => Effect.Effect<Offset, EventLogError | EventTooLarge>
+  readonly close: (event: NewEvent) => Effect.Effect<Offset, AppendError>
 }
 
 /** `log`, closable with a last event (a node's `system.stopped`). */
@@ -159,6 +163,76 @@ export const closable = (log: EventLog["Type"]): Effect.Effect<Closable> =>
     return { log: { ...log, append }, close }
   })
 
+/** Why an append failed. */
+export type AppendError = EventLogError | EventTooLarge | EventRejected
+
+/** Whether an append failed for good (too large, contents refused): retrying the same batch cannot help. */
+export const isPermanent = (error: AppendError): error is EventTooLarge | EventRejected =>
+  error._tag === "EventTooLarge" || error._tag === "EventRejected"
+
+/** The marker recorded in place of an event the log refused for good, with the refused event's ids. */
+export const droppedMarker = (event: NewEvent, error: EventTooLarge | EventRejected): NewEvent =>
+  NewEvent.make(
+    {
+      type: "event.dropped",
+      source: event.source,
+      ...(event.sessionId !== undefined ? { sessionId: event.sessionId } : {}),
+      ...(event.jobId !== undefined ? { jobId: event.jobId } : {}),
+      tenantId: event.tenantId,
+      ...(event.correlationId !== undefined ? { correlationId: event.correlationId } : {}),
+      severity: "error",
+      data: {
+        type: event.type,
+        reason: error._tag,
+        message: truncate(toStorable(error.message), 1000)
+      }
+    },
+    true
+  )
+
+/**
+ * Appends `events`, retrying transient failures on `retry`; never retries a permanent one. When
+ * the batch is refused for good, each event is appended on its own, and each one that is refused
+ * is replaced by an `event.dropped` marker (severity error) saying which and why, and logged once;
+ * so everything recordable is recorded, in order. Fails only when a transient failure outlasts
+ * `retry`.
+ */
+export const appendOrMark = (
+  log: EventLog["Type"],
+  events: ReadonlyArray<NewEvent>,
+  retry: Schedule.Schedule<unknown, AppendError>
+): Effect.Effect<void, EventLogError> => {
+  const attempt = (batch: ReadonlyArray<NewEvent>) =>
+    log.append(batch).pipe(Effect.retry({ schedule: retry, while: (error) => !isPermanent(error) }))
+  const go = (batch: ReadonlyArray<NewEvent>): Effect.Effect<void, EventLogError> =>
+    attempt(batch).pipe(
+      Effect.asVoid,
+      Effect.catchIf(isPermanent, (error) => {
+        const [only] = batch
+        if (batch.length > 1 || only === undefined)
+          return Effect.forEach(batch, (event) => go([event]), { discard: true })
+        return Effect.logError(
+          `dropped a ${only.type} event that the log refuses for good: ${error.message}`
+        ).pipe(
+          Effect.annotateLogs({
+            type: only.type,
+            ...(only.sessionId !== undefined ? { sessionId: only.sessionId } : {}),
+            ...(only.jobId !== undefined ? { jobId: only.jobId } : {})
+          }),
+          Effect.zipRight(attempt([droppedMarker(only, error)])),
+          Effect.catchIf(isPermanent, (marker) =>
+            Effect.logError(`could not record the event.dropped marker either: ${marker.message}`)
+          ),
+          Effect.asVoid
+        )
+      }),
+      Effect.mapError((error) =>
+        error._tag === "EventLogError" ? error : new EventLogError({ message: error.message })
+      )
+    )
+  return go(events)
+}
+
 /** A time-ordered UUID (version 7): 48 bits of milliseconds, then random bits (from a cached pool). */
 export const uuidv7 = (now: number = Date.now()): string => {
   const time = Math.max(0, Math.floor(now)).toString(16).padStart(12, "0").slice(-12)
@@ -166,4 +240,4 @@ export const uuidv7 = (now: number = Date.now()): string => {
   return `${time.slice(0, 8)}-${time.slice(8, 12)}-7${crypto.randomUUID().slice(15)}`
 }
 
-export { EventLogError, EventTooLarge, InvalidConsumer, InvalidGlob }
+export { EventLogError, EventRejected, EventTooLarge, InvalidConsumer, InvalidGlob }

@@ -22,7 +22,6 @@ import {
   SubscriptionRef
 } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
-import { Notifications } from "../db/Db.js"
 import {
   compileFilter,
   compileGlob,
@@ -33,11 +32,14 @@ import {
   Offset,
   StoredEvent
 } from "../../rpc/Events.js"
+import { isPermanentSqlError, Notifications } from "../db/Db.js"
+import { isStorable, toStorable } from "../../rpc/Text.js"
 import {
   checkCommit,
   checkConsumer,
   EventLog,
   EventLogError,
+  EventRejected,
   EventTooLarge,
   type From,
   type RetentionPolicy,
@@ -59,9 +61,12 @@ export interface Options {
 /** The notification channel; its payload is the new head offset. */
 export const channel = "vibes_events"
 
+/** Why a batch could not be written: for now (`EventLogError`), or for good (`EventRejected`). */
+type WriteError = EventLogError | EventRejected
+
 interface Pending {
   readonly rows: ReadonlyArray<Row>
-  readonly done: Deferred.Deferred<ReadonlyArray<Offset>, EventLogError>
+  readonly done: Deferred.Deferred<ReadonlyArray<Offset>, WriteError>
 }
 
 export interface Row {
@@ -112,8 +117,18 @@ const toStored = (row: DbRow): StoredEvent =>
     true
   )
 
-/** Serialises and checks one event; oversize payloads are refused here, before anything is stored. */
-export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventTooLarge> => {
+/**
+ * A NUL or an unpaired surrogate in a JSON text as `JSON.stringify` writes it: an escape `\u0000`
+ * or `\ud800`–`\udfff` (it writes valid pairs as they are) after an even run of backslashes.
+ * Postgres' jsonb refuses both.
+ */
+const unstorableEscape = /(?:^|[^\\])(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i
+
+/**
+ * Serialises and checks one event; what the database would refuse for good (a payload over the
+ * limit, a NUL or an unpaired surrogate anywhere) is refused here, before anything is stored.
+ */
+export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventTooLarge | EventRejected> => {
   const data = JSON.stringify(event.data ?? null)
   const bytes = Buffer.byteLength(data, "utf8")
   if (bytes > maxDataBytes) {
@@ -123,6 +138,23 @@ export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventToo
         bytes,
         limit: maxDataBytes,
         message: `the ${event.type} payload is ${bytes} bytes; the limit is ${maxDataBytes}`
+      })
+    )
+  }
+  const texts = [
+    event.type,
+    event.source.nodeId,
+    event.source.component,
+    event.sessionId,
+    event.jobId,
+    event.tenantId,
+    event.correlationId
+  ]
+  if (unstorableEscape.test(data) || texts.some((text) => text !== undefined && !isStorable(text))) {
+    return Either.left(
+      new EventRejected({
+        type: toStorable(event.type),
+        message: `the ${toStorable(event.type)} event holds a NUL character or an unpaired surrogate, which the log cannot store`
       })
     )
   }
@@ -246,13 +278,18 @@ export const make = (options: Options = {}) =>
               : Effect.fail(Cause.squashWith(cause, (error) => error))
           )
         )
+        // What the database refused for good (a constraint, a value it cannot hold) is not retried.
         const first = yield* attempt.pipe(
-          Effect.retry({ times: 3, schedule: retrySchedule }),
-          Effect.mapError(
-            (error) =>
-              new EventLogError({
-                message: `the event log could not write ${rows.length} events: ${describeUnknown(error)}`
-              })
+          Effect.retry({ times: 3, schedule: retrySchedule, while: (error) => !isPermanentSqlError(error) }),
+          Effect.mapError((error): WriteError =>
+            isPermanentSqlError(error)
+              ? new EventRejected({
+                  type: rows.length === 1 ? (rows[0]?.type ?? "?") : `${rows.length} events`,
+                  message: `the database refused ${rows.length} events: ${describeUnknown(error)}`
+                })
+              : new EventLogError({
+                  message: `the event log could not write ${rows.length} events: ${describeUnknown(error)}`
+                })
           )
         )
         alerts = alerts.slice(waiting.length)
@@ -264,7 +301,7 @@ export const make = (options: Options = {}) =>
         yield* advance(next - 1)
       })
 
-    const fail = (batch: ReadonlyArray<Pending>, error: EventLogError) =>
+    const fail = (batch: ReadonlyArray<Pending>, error: WriteError) =>
       Effect.gen(function* () {
         yield* Effect.logError("system.alert: event log write failed").pipe(
           Effect.annotateLogs({ component: "eventlog", message: error.message })
@@ -358,7 +395,7 @@ export const make = (options: Options = {}) =>
           if (Either.isLeft(row)) return yield* row.left
           rows.push(row.right)
         }
-        const done = yield* Deferred.make<ReadonlyArray<Offset>, EventLogError>()
+        const done = yield* Deferred.make<ReadonlyArray<Offset>, WriteError>()
         yield* Queue.offer(queue, { rows, done })
         return yield* Deferred.await(done)
       })

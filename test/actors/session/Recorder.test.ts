@@ -1,0 +1,63 @@
+/**
+ * A session's history writer against the Postgres log: an event the log refuses for good (too
+ * large, text it cannot store) is replaced by an `event.dropped` marker and logged once, and the
+ * session's recording goes on; it never retries such an event forever.
+ */
+import { expect, layer } from "@effect/vitest"
+import { Effect, Layer, Logger } from "effect"
+import { EventFilter } from "../../../rpc/Events.js"
+import * as Recorder from "../../../actors/session/Recorder.js"
+import { EventLog } from "../../../infra/eventlog/EventLog.js"
+import * as PgEventLog from "../../../infra/eventlog/PgEventLog.js"
+import * as Migrations from "../../../infra/db/Migrations.js"
+import * as TestDatabase from "../../support/TestDatabase.js"
+
+const Live = PgEventLog.layer({ nodeId: "test-node" }).pipe(
+  Layer.provideMerge(Layer.effectDiscard(Migrations.run)),
+  Layer.provideMerge(TestDatabase.layerSql)
+)
+
+const encode = (text: string) => new TextEncoder().encode(text)
+
+layer(Live, { timeout: 60_000, excludeTestServices: true })("session recorder", (it) => {
+  it.scoped(
+    "an event the log refuses for good is recorded as a marker, logged once, and recording goes on",
+    () => {
+      const lines: Array<string> = []
+      const capture = Logger.make(({ message }) => {
+        lines.push(Array.isArray(message) ? message.map(String).join(" ") : String(message))
+      })
+      return Effect.gen(function* () {
+        const log = yield* EventLog
+        const sessionId = "recorder-test_0193d9b4-7c1e-7a2b-9c3d-4e5f60718293"
+        const recorder = yield* Recorder.make({ sessionId, nodeId: "test-node", startSeq: 0 })
+        recorder.output(0, encode("hello"))
+        recorder.event("session.created", { command: "sh", args: ["x".repeat(300 * 1024)] })
+        recorder.output(5, encode(" world"))
+        recorder.event("session.resized", { cols: 80, rows: 24, note: "half a pair \uD800" })
+        recorder.output(11, encode("!"))
+        recorder.event("session.bell", {})
+        // Before, this waited forever: the recorder retried the refused event without end.
+        yield* recorder.flush.pipe(Effect.timeout("30 seconds"))
+        expect(recorder.recordedSeq()).toBe(12)
+        const events = yield* log.read(1, EventFilter.make({ sessionId }), 100)
+        expect(events.map((e) => [e.type, e.severity])).toEqual([
+          ["session.output", "info"],
+          ["event.dropped", "error"],
+          ["session.output", "info"],
+          ["event.dropped", "error"],
+          ["session.output", "info"],
+          ["session.bell", "info"]
+        ])
+        expect(events[1]?.data).toMatchObject({ type: "session.created", reason: "EventTooLarge" })
+        expect(events[3]?.data).toMatchObject({ type: "session.resized", reason: "EventRejected" })
+        const output = events
+          .filter((e) => e.type === "session.output")
+          .map((e) => Buffer.from((e.data as { bytes: string }).bytes, "base64").toString())
+        expect(output.join("")).toBe("hello world!")
+        expect(lines.filter((line) => line.includes("dropped a session.created event"))).toHaveLength(1)
+        expect(lines.filter((line) => line.includes("dropped a session.resized event"))).toHaveLength(1)
+      }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))
+    }
+  )
+})
