@@ -44,7 +44,7 @@ import {
 } from "../../rpc/Jobs.js"
 import { PtyHost } from "../../infra/pty/PtyHost.js"
 import { Emitter } from "../../src/server/Emitter.js"
-import { JobLogs, maxChunkChars, sanitize } from "./JobLogs.js"
+import { JobLogs, maxChunkChars, sanitize, split } from "./JobLogs.js"
 import { JobSettings } from "./JobSettings.js"
 import { JobStore, type StoredJob } from "./JobStore.js"
 import { Scheduler } from "./Scheduler.js"
@@ -138,15 +138,9 @@ export const layer = Job.toLayer(
         let seq = yield* logs.lastSeq(jobId)
         const write = (stream: LogStream, text: string) =>
           Effect.gen(function* () {
-            const clean = sanitize(text)
-            for (let at = 0; at < clean.length; at += maxChunkChars) {
-              yield* logs.write({
-                jobId,
-                seq: ++seq,
-                stream,
-                chunk: clean.slice(at, at + maxChunkChars),
-                ts: new Date()
-              })
+            // Cut between characters: half a surrogate pair alone cannot be stored.
+            for (const chunk of split(sanitize(text), maxChunkChars)) {
+              yield* logs.write({ jobId, seq: ++seq, stream, chunk, ts: new Date() })
             }
           })
         const system = (line: string) => write("system", `${line}\n`)

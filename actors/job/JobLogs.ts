@@ -5,9 +5,11 @@
  * Every running job hands its chunks to `write` (which waits when the writer is 64 Ki chunks
  * behind, so a flood slows the job's pipe instead of growing memory). The writer takes whatever is
  * waiting, inserts it in one statement and appends the events in one batch, so latency under light
- * load is one round trip and throughput under heavy load grows with the batch. A failed insert is
- * retried 3 times; then each chunk becomes an error-severity `job.log` event instead (and a log
- * line), so output is never dropped silently.
+ * load is one round trip and throughput under heavy load grows with the batch. An insert that fails
+ * for now (a lost connection) is retried 3 times; one the database refuses for good is not
+ * retried: its chunks are inserted one by one, so only the refused ones are lost. Each chunk that
+ * could not be stored becomes an error-severity `job.log` event instead (and a log line), so output
+ * is never dropped silently. Chunks are stored as text: NUL and unpaired surrogates become U+FFFD.
  *
  * Followers read stored rows first and then live items; a sequence gap (a follower that fell
  * behind has its oldest live items dropped) is filled from the table.
@@ -41,7 +43,9 @@ import {
   type LogStream,
   type JobNotFound
 } from "../../rpc/Jobs.js"
-import { EventLog } from "../../infra/eventlog/EventLog.js"
+import { isPermanentSqlError } from "../../infra/db/Db.js"
+import { appendOrMark, EventLog } from "../../infra/eventlog/EventLog.js"
+import { isStorable, toStorable } from "../../rpc/Text.js"
 import { JobStore } from "./JobStore.js"
 
 /** One chunk of output. */
@@ -73,9 +77,24 @@ const chunksFailed = Metric.counter("vibes_job_log_write_failures_total", {
   incremental: true
 })
 
-/** Postgres text cannot hold NUL; it is stored as U+FFFD. */
-export const sanitize = (text: string): string =>
-  text.includes("\u0000") ? text.replaceAll("\u0000", "\uFFFD") : text
+/** Postgres text cannot hold NUL nor an unpaired surrogate; each is stored as U+FFFD. */
+export const sanitize = (text: string): string => toStorable(text)
+
+/**
+ * `text` in pieces of at most `max` UTF-16 units (`maxChunkChars` by default), never splitting a
+ * surrogate pair: half a pair alone is not storable text.
+ */
+export const split = (text: string, max: number = maxChunkChars): Array<string> => {
+  const pieces: Array<string> = []
+  for (let at = 0; at < text.length;) {
+    let end = Math.min(text.length, at + max)
+    const last = text.charCodeAt(end - 1)
+    if (end < text.length && end - at > 1 && last >= 0xd800 && last <= 0xdbff) end--
+    pieces.push(text.slice(at, end))
+    at = end
+  }
+  return pieces
+}
 
 type Item =
   | { readonly _tag: "Entry"; readonly entry: Entry }
@@ -99,7 +118,7 @@ const toLog = (row: Row) =>
 export class JobLogs extends Context.Tag("vibes/JobLogs")<
   JobLogs,
   {
-    /** Queues a chunk for storage; waits only when the writer is far behind. */
+    /** Queues a chunk for storage (made storable: see `sanitize`); waits only when the writer is far behind. */
     readonly write: (entry: Entry) => Effect.Effect<void>
     /** Resolves once everything queued before it is stored (or recorded as failed). */
     readonly flush: Effect.Effect<void>
@@ -188,39 +207,56 @@ export const layer = (nodeId: string) =>
           return yield* held.connection.execute(text, params, undefined).pipe(Effect.tapError(() => release))
         })
 
+      const insert = (entries: ReadonlyArray<Entry>) =>
+        onWriterConnection(sql`
+          INSERT INTO job_events ${sql.insert(
+            entries.map((e) => ({
+              job_id: e.jobId,
+              seq: e.seq,
+              ts: e.ts,
+              stream: e.stream,
+              chunk: e.chunk
+            }))
+          )}
+          ON CONFLICT (job_id, seq) DO NOTHING
+        `).pipe(
+          // Only what may pass on a later try is tried again; a refused row never will.
+          Effect.retry({ schedule: retry3, while: (error) => !isPermanentSqlError(error) })
+        )
+
+      /** Which entries were stored: all, or (when the batch was refused for good) those that go alone. */
+      const insertOrSplit = (entries: ReadonlyArray<Entry>): Effect.Effect<ReadonlyArray<boolean>> =>
+        insert(entries).pipe(
+          Effect.as(entries.map(() => true)),
+          Effect.catchAll((error) =>
+            isPermanentSqlError(error) && entries.length > 1
+              ? Effect.forEach(entries, (entry) =>
+                  Effect.map(insertOrSplit([entry]), (stored) => stored[0] ?? false)
+                )
+              : Effect.as(
+                  Effect.logError(
+                    isPermanentSqlError(error)
+                      ? `the database refused a job output chunk: ${error.message}`
+                      : `could not store ${entries.length} job output chunks after 3 retries: ${error.message}`
+                  ).pipe(
+                    Effect.annotateLogs({
+                      jobIds: [...new Set(entries.map((e) => e.jobId))].join(","),
+                      chunks: JSON.stringify(
+                        entries.map((e) => ({ jobId: e.jobId, seq: e.seq, chunk: e.chunk }))
+                      )
+                    })
+                  ),
+                  entries.map(() => false)
+                )
+          )
+        )
+
       const store_ = (entries: ReadonlyArray<Entry>) =>
         Effect.gen(function* () {
-          const inserted = yield* onWriterConnection(sql`
-            INSERT INTO job_events ${sql.insert(
-              entries.map((e) => ({
-                job_id: e.jobId,
-                seq: e.seq,
-                ts: e.ts,
-                stream: e.stream,
-                chunk: e.chunk
-              }))
-            )}
-            ON CONFLICT (job_id, seq) DO NOTHING
-          `).pipe(
-            Effect.retry(retry3),
-            Effect.as(true),
-            Effect.catchAll((error) =>
-              Effect.as(
-                Effect.logError(
-                  `could not store ${entries.length} job output chunks after 3 retries: ${error.message}`
-                ).pipe(
-                  Effect.annotateLogs({
-                    jobIds: [...new Set(entries.map((e) => e.jobId))].join(","),
-                    chunks: JSON.stringify(
-                      entries.map((e) => ({ jobId: e.jobId, seq: e.seq, chunk: e.chunk }))
-                    )
-                  })
-                ),
-                false
-              )
-            )
-          )
-          yield* Metric.incrementBy(inserted ? chunksWritten : chunksFailed, entries.length)
+          const stored = yield* insertOrSplit(entries)
+          const written = stored.filter((ok) => ok).length
+          yield* Metric.incrementBy(chunksWritten, written)
+          yield* Metric.incrementBy(chunksFailed, entries.length - written)
           // Followers get the output once it is stored, before the events are appended.
           const byJob = new Map<string, Array<Live>>()
           for (const entry of entries) {
@@ -229,8 +265,12 @@ export const layer = (nodeId: string) =>
             else list.push(toLog(entry))
           }
           for (const [jobId, items] of byJob) yield* deliver(jobId, items)
-          yield* log.append(entries.map((entry) => toEvent(entry, inserted))).pipe(
-            Effect.retry(retry3),
+          // An event the log refuses for good is replaced by an `event.dropped` marker; the rest go in.
+          yield* appendOrMark(
+            log,
+            entries.map((entry, i) => toEvent(entry, stored[i] ?? false)),
+            retry3
+          ).pipe(
             Effect.catchAll((error) =>
               Effect.logWarning(`could not record ${entries.length} job.log events: ${error.message}`)
             )
@@ -360,7 +400,11 @@ export const layer = (nodeId: string) =>
         )
 
       return JobLogs.of({
-        write: (entry) => Queue.offer(queue, { _tag: "Entry", entry }),
+        write: (entry) =>
+          Queue.offer(queue, {
+            _tag: "Entry",
+            entry: isStorable(entry.chunk) ? entry : { ...entry, chunk: sanitize(entry.chunk) }
+          }),
         flush: Effect.flatMap(Deferred.make<void>(), (done) =>
           Effect.zipRight(Queue.offer(queue, { _tag: "Flush", done }), Deferred.await(done))
         ),

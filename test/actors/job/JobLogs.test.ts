@@ -53,23 +53,79 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("job output writer",
     })
   )
 
-  it.effect("a write that fails every retry is kept as an error-severity job.log event, not dropped", () =>
-    Effect.gen(function* () {
-      const logs = yield* JobLogs.JobLogs
-      const log = yield* EventLog
-      const sql = yield* SqlClient
-      const jobId = yield* newJob
-      yield* sql`ALTER TABLE job_events ADD CONSTRAINT no_poison CHECK (chunk <> 'poison')`
-      yield* logs.write(entry(jobId, 1, "poison"))
-      yield* logs.flush
-      yield* sql`ALTER TABLE job_events DROP CONSTRAINT no_poison`
-      yield* logs.write(entry(jobId, 2, "fine"))
-      yield* logs.flush
-      const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 10)
-      expect(events.map((e) => [e.severity, e.data])).toEqual([
-        ["error", expect.objectContaining({ chunk: "poison", stored: false })],
-        ["info", expect.objectContaining({ chunk: "fine" })]
-      ])
+  it.effect(
+    "a chunk the database refuses for good is not retried, is kept as an error-severity job.log event, and the rest is stored",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* JobLogs.JobLogs
+        const log = yield* EventLog
+        const sql = yield* SqlClient
+        const jobId = yield* newJob
+        yield* sql`CREATE SEQUENCE poison_chunk_tries`
+        yield* sql.unsafe(`
+          CREATE FUNCTION refuse_poison_chunk() RETURNS trigger AS $$
+          BEGIN
+            IF NEW.chunk = 'poison' THEN
+              PERFORM nextval('poison_chunk_tries');
+              RAISE EXCEPTION 'no_poison' USING ERRCODE = 'check_violation';
+            END IF;
+            RETURN NEW;
+          END $$ LANGUAGE plpgsql`)
+        yield* sql`CREATE TRIGGER no_poison BEFORE INSERT ON job_events FOR EACH ROW EXECUTE FUNCTION refuse_poison_chunk()`
+        yield* logs.write(entry(jobId, 1, "before"))
+        yield* logs.write(entry(jobId, 2, "poison"))
+        yield* logs.write(entry(jobId, 3, "after"))
+        yield* logs.flush
+        yield* sql`DROP TRIGGER no_poison ON job_events`
+        yield* logs.write(entry(jobId, 4, "fine"))
+        yield* logs.flush
+        const [tries] = yield* sql<{ n: string }>`SELECT last_value AS n FROM poison_chunk_tries`
+        // In the batch it came in, then alone: never retried.
+        expect(Number(tries?.n)).toBeLessThanOrEqual(2)
+        const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 10)
+        expect(events.map((e) => [e.severity, e.data])).toEqual([
+          ["info", expect.objectContaining({ chunk: "before" })],
+          ["error", expect.objectContaining({ chunk: "poison", stored: false })],
+          ["info", expect.objectContaining({ chunk: "after" })],
+          ["info", expect.objectContaining({ chunk: "fine" })]
+        ])
+        const rows = yield* sql<{
+          seq: string
+        }>`SELECT seq FROM job_events WHERE job_id = ${jobId} ORDER BY seq`
+        expect(rows.map((row) => Number(row.seq))).toEqual([1, 3, 4])
+      })
+  )
+
+  it.effect(
+    "output with NUL or half a surrogate pair is stored as U+FFFD, as a row and as a job.log event",
+    () =>
+      Effect.gen(function* () {
+        const logs = yield* JobLogs.JobLogs
+        const log = yield* EventLog
+        const jobId = yield* newJob
+        yield* logs.write(entry(jobId, 1, "nul\u0000 high\uD83D"))
+        yield* logs.write(entry(jobId, 2, "\uDE00low"))
+        yield* logs.flush
+        const stored = Chunk.toReadonlyArray(yield* Stream.runCollect(logs.stream(jobId, 0, false)))
+        expect(stored.map((o) => (o._tag === "JobLog" ? o.chunk : ""))).toEqual([
+          "nul\uFFFD high\uFFFD",
+          "\uFFFDlow"
+        ])
+        const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 10)
+        expect(events.map((e) => (e.data as { chunk: string }).chunk)).toEqual([
+          "nul\uFFFD high\uFFFD",
+          "\uFFFDlow"
+        ])
+      })
+  )
+
+  it.effect("output is cut into chunks between characters, never inside a surrogate pair", () =>
+    Effect.sync(() => {
+      const text = `${"x".repeat(5)}\uD83D\uDE00${"y".repeat(3)}`
+      const pieces = JobLogs.split(text, 6)
+      expect(pieces.join("")).toBe(text)
+      expect(pieces).toEqual(["xxxxx", "\uD83D\uDE00yyy", ""].filter((p) => p !== ""))
+      expect(pieces.every((piece) => piece.length <= 6)).toBe(true)
     })
   )
 
