@@ -33,7 +33,8 @@ import {
 import * as ClusterSchema from "@effect/cluster/ClusterSchema"
 import * as Entity from "@effect/cluster/Entity"
 import * as Rpc from "@effect/rpc/Rpc"
-import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
+import { EventFilter, maxDataBytes, type StoredEvent } from "../../rpc/Events.js"
+import { jsonBytes } from "../../rpc/Text.js"
 import {
   Attached,
   type AttachEvent,
@@ -137,6 +138,8 @@ const subscriberChunks = 2048
 /** Output the screen model may have queued unparsed before reading waits for it. */
 const unparsedLimit = 1024 * 1024
 const empty = new Uint8Array(0)
+/** The largest serialized screen a `session.snapshot` carries, in bytes of JSON (the rest of the event is small). */
+const maxSnapshotBytes = maxDataBytes - 4096
 /** Output waiting for the event log beyond which reading from the PTY pauses. */
 const recorderBacklog = 8 * 1024 * 1024
 
@@ -406,20 +409,29 @@ export const layer = Session.toLayer(
       }
     }
 
+    let snapshotTooLargeLogged = false
     const snapshotEvent = (state: Live) =>
       Effect.gen(function* () {
+        state.sinceSnapshot = 0
         for (const lines of [200, 20, 0]) {
           const snapshot = yield* state.model.snapshot({ scrollbackLines: lines })
-          if (snapshot.vt.length <= 200_000 || lines === 0) {
+          // Measured as the log measures it: escapes (every ESC is 6 bytes of JSON) included.
+          if (jsonBytes(snapshot.vt) <= maxSnapshotBytes) {
             state.recorder.event("session.snapshot", {
               seq: state.seq,
               cols: snapshot.cols,
               rows: snapshot.rows,
               screen: snapshot.vt
             })
-            state.sinceSnapshot = 0
             return
           }
+        }
+        // Even the bare screen is too large for an event: history rebuilds from the output instead.
+        if (!snapshotTooLargeLogged) {
+          snapshotTooLargeLogged = true
+          yield* Effect.logWarning(
+            `session ${sessionId}: its screen is too large for a session.snapshot event; snapshots are skipped while it is`
+          )
         }
       })
 

@@ -324,6 +324,44 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
       })
   )
 
+  it.scoped("a screen too large for a snapshot event is not recorded as one, and the history goes on", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      // Every cell in its own colours: the serialized screen is far over the 256 KiB event limit.
+      const paint = `awk 'BEGIN { for (i = 0; i < 40000; i++) printf "\\033[38;5;%dm\\033[48;5;%dm%c", i % 256, (i * 7) % 256, 65 + i % 26 }'`
+      const session = yield* rpc.Sessions.Create(sh(`${paint}; exec cat`, { cols: 400, rows: 100 }))
+      const events = rpc.Events.Read({
+        from: 1,
+        filter: EventFilter.make({ sessionId: session.id }),
+        limit: 1000
+      })
+      yield* eventually(
+        Effect.map(events, (found) =>
+          found.some((e) => e.type === "session.idle") ? Option.some(true) : Option.none()
+        ),
+        "the session to go idle (when a snapshot is taken)"
+      )
+      yield* rpc.Sessions.Input({ sessionId: session.id, data: encode("after-the-screen\r") })
+      const recorded = yield* eventually(
+        Effect.map(events, (found) =>
+          found.some(
+            (e) =>
+              e.type === "session.output" &&
+              Buffer.from((e.data as { bytes: string }).bytes, "base64")
+                .toString()
+                .includes("after-the-screen")
+          )
+            ? Option.some(found)
+            : Option.none()
+        ),
+        "the input's echo to be recorded"
+      )
+      expect(recorded.filter((e) => e.type === "event.dropped")).toEqual([])
+      expect(recorded.filter((e) => e.type === "session.snapshot")).toEqual([])
+      yield* rpc.Sessions.Close({ sessionId: session.id })
+    })
+  )
+
   it.scoped("200 sessions created and closed leave no process and no file descriptor behind", () =>
     Effect.gen(function* () {
       const server = yield* Node
