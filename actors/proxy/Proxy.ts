@@ -24,9 +24,12 @@ import {
   MetricBoundaries,
   MetricLabel,
   Option,
-  Runtime
+  Runtime,
+  Schedule
 } from "effect"
 import { NewEvent } from "../../rpc/Events.js"
+import { toStorable, truncate } from "../../rpc/Text.js"
+import { securityHeaders, sseHeaders } from "../../src/server/Headers.js"
 import {
   ProviderInfo,
   ProxyStats,
@@ -36,7 +39,7 @@ import {
   type ProxyErrorKind
 } from "../../rpc/Proxy.js"
 import { AdminToken } from "../../infra/auth/AdminToken.js"
-import { EventLog } from "../../infra/eventlog/EventLog.js"
+import { appendOrMark, EventLog } from "../../infra/eventlog/EventLog.js"
 import { CircuitBreaker, RateLimiter } from "./Guards.js"
 import * as Providers from "./Providers.js"
 import * as ProxyTokens from "./ProxyTokens.js"
@@ -125,6 +128,7 @@ const ttfbSeconds = Metric.histogram(
 const hopByHop = new Set([
   "connection",
   "keep-alive",
+  "proxy-connection",
   "proxy-authenticate",
   "proxy-authorization",
   "te",
@@ -141,6 +145,17 @@ const notForwarded = new Set([
   "cookie",
   "content-length",
   "accept-encoding"
+])
+
+/**
+ * What the upstream sends that never reaches the client: cookies (the proxy answers on vibes'
+ * own origin, where a provider's cookie has no business), and the headers vibes sets itself.
+ */
+const notReturned = new Set([
+  "set-cookie",
+  "set-cookie2",
+  ...Object.keys(securityHeaders),
+  ...Object.keys(sseHeaders)
 ])
 
 const connectionListed = (value: string | Array<string> | undefined): Set<string> =>
@@ -274,10 +289,9 @@ const writeError = (
   }
   const body = JSON.stringify(errorBody(format, status, `vibes proxy: ${message}`))
   response.writeHead(status, {
+    ...securityHeaders,
     "content-type": "application/json",
     "content-length": Buffer.byteLength(body),
-    "cache-control": "no-store",
-    "x-content-type-options": "nosniff",
     ...headers
   })
   response.end(body)
@@ -525,13 +539,11 @@ export const layer = (
       const runFork = Runtime.runFork(runtime)
       const events = batcher(
         (batch) =>
-          log
-            .append(batch)
-            .pipe(
-              Effect.catchAll((error) =>
-                Effect.logWarning(`could not record ${batch.length} proxy.request events: ${error.message}`)
-              )
-            ),
+          appendOrMark(log, batch, Schedule.stop).pipe(
+            Effect.catchAll((error) =>
+              Effect.logWarning(`could not record ${batch.length} proxy.request events: ${error.message}`)
+            )
+          ),
         runFork
       )
       yield* Effect.addFinalizer(() => events.drain)
@@ -600,10 +612,12 @@ export const layer = (
                   : "info",
             ...(sessionId !== undefined ? { sessionId } : {}),
             data: {
-              provider: outcome.provider,
-              model: outcome.model === null ? null : outcome.model.slice(0, 200),
-              method: outcome.method,
-              path: outcome.path,
+              // These come from the client or the upstream: made storable and bounded, so that
+              // one request cannot make the log refuse the batch it is in.
+              provider: truncate(toStorable(outcome.provider), 100),
+              model: outcome.model === null ? null : truncate(toStorable(outcome.model), 200),
+              method: truncate(toStorable(outcome.method), 20),
+              path: truncate(toStorable(outcome.path), 2048),
               status: outcome.status,
               latencyMillis: round(outcome.latencyMillis),
               ttfbMillis: outcome.ttfbMillis === null ? null : round(outcome.ttfbMillis),
@@ -907,9 +921,13 @@ export const layer = (
           const listedUp = connectionListed(upstreamResponse.headers["connection"])
           for (const name in upstreamResponse.headers) {
             const value = upstreamResponse.headers[name]
-            if (value === undefined || hopByHop.has(name) || listedUp.has(name)) continue
+            if (value === undefined || hopByHop.has(name) || notReturned.has(name) || listedUp.has(name))
+              continue
             responseHeaders[name] = value
           }
+          // vibes' own headers on every answer (an upstream HTML page is still on vibes' origin);
+          // an event stream's tell proxies not to buffer it.
+          Object.assign(responseHeaders, streamed ? sseHeaders : securityHeaders)
           try {
             response.writeHead(status, responseHeaders)
           } catch (error) {

@@ -245,6 +245,80 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("AI-provider pro
     })
   )
 
+  it.scoped(
+    "upstream cookies never reach the client, and every proxied answer carries vibes' security headers",
+    () =>
+      Effect.gen(function* () {
+        const { server, openai } = yield* ProxyEnv
+        const client = yield* freshClient
+        const headers = { authorization: `Bearer ${client.token}`, "content-type": "application/json" }
+        const page = "<html><body><script>document.title = 'from the provider'</script></body></html>"
+        yield* openai.enqueue(
+          FakeProvider.Behaviour.Status({
+            status: 200,
+            body: page,
+            headers: {
+              "content-type": "text/html; charset=utf-8",
+              "set-cookie": "tracker=1; Path=/; HttpOnly",
+              "content-security-policy": "default-src *",
+              "x-frame-options": "ALLOWALL",
+              "x-provider": "kept"
+            }
+          })
+        )
+        const html = yield* call(`${server.url}/proxy/openai/v1/page`, { headers })
+        expect(html.status).toBe(200)
+        expect(yield* body(html)).toBe(page)
+        expect(html.headers.get("set-cookie")).toBeNull()
+        expect(html.headers.get("x-provider")).toBe("kept")
+        expect(html.headers.get("content-type")).toBe("text/html; charset=utf-8")
+        expect(html.headers.get("content-security-policy")).toContain("default-src 'self'")
+        expect(html.headers.get("x-frame-options")).toBe("DENY")
+        expect(html.headers.get("x-content-type-options")).toBe("nosniff")
+        expect(html.headers.get("referrer-policy")).toBe("same-origin")
+
+        // A stream keeps streaming, with the headers of vibes' own streams.
+        yield* openai.enqueue(
+          FakeProvider.Behaviour.Status({
+            status: 200,
+            body: "data: {}\n\n",
+            headers: { "content-type": "text/event-stream", "set-cookie": "tracker=2" }
+          })
+        )
+        const stream = yield* call(`${server.url}/proxy/openai/v1/chat/completions`, {
+          method: "POST",
+          headers,
+          body: openaiRequest(true)
+        })
+        expect(yield* body(stream)).toBe("data: {}\n\n")
+        expect(stream.headers.get("set-cookie")).toBeNull()
+        expect(stream.headers.get("x-accel-buffering")).toBe("no")
+        expect(stream.headers.get("content-security-policy")).toContain("default-src 'self'")
+
+        // The proxy's own refusals too.
+        const refused = yield* call(`${server.url}/proxy/nowhere/v1/x`, { headers })
+        expect(refused.status).toBe(404)
+        expect(refused.headers.get("x-frame-options")).toBe("DENY")
+        expect(refused.headers.get("content-security-policy")).toContain("default-src 'self'")
+      })
+  )
+
+  it.scoped("a model name the log cannot store does not cost the request its proxy.request event", () =>
+    Effect.gen(function* () {
+      const { server } = yield* ProxyEnv
+      const client = yield* freshClient
+      const response = yield* call(`${server.url}/proxy/openai/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${client.token}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "gpt\u0000evil\ud800", messages: [{ role: "user", content: "Hi" }] })
+      })
+      expect(response.status).toBe(200)
+      yield* body(response)
+      const event = yield* proxyEvent(client.sessionId)
+      expect(String(dataOf(event)["model"])).toMatch(/^gpt\uFFFDevil/)
+    })
+  )
+
   it.scoped("retries a 503 before the first byte, never after it; a 429 waits its Retry-After", () =>
     Effect.gen(function* () {
       const { server, flaky } = yield* ProxyEnv
