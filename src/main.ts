@@ -6,6 +6,7 @@ import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as ValidationError from "@effect/cli/ValidationError"
 import * as Cli from "./cli/Cli.js"
+import { printable } from "./cli/Display.js"
 
 const program = Cli.run(process.argv).pipe(
   Effect.catchAll((error) =>
@@ -14,7 +15,8 @@ const program = Cli.run(process.argv).pipe(
         // @effect/cli has printed the problem (and the help) already.
         process.exitCode = 2
       } else {
-        console.error(`vibes: ${error.message}`)
+        // A message may quote what the server sent: shown, not obeyed.
+        console.error(`vibes: ${printable(error.message)}`)
         process.exitCode = error.exitCode
       }
     })

@@ -32,6 +32,7 @@ import {
 import * as JobCommands from "./JobCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
 import * as ProxyCommands from "./ProxyCommands.js"
+import { json, printable } from "./Display.js"
 import * as SessionCommands from "./SessionCommands.js"
 import { version } from "../Version.js"
 
@@ -172,7 +173,7 @@ const status = Command.make(
       const info = yield* withClient(connection, flags.timeout, (client) => client.System.Info())
       if (flags.json) {
         console.log(
-          JSON.stringify({
+          json({
             url: connection.url,
             version: info.version,
             nodeId: info.nodeId,
@@ -184,8 +185,8 @@ const status = Command.make(
       } else {
         console.log(
           [
-            `vibes ${info.version} at ${connection.url}`,
-            `node      ${info.nodeId}`,
+            `vibes ${printable(info.version)} at ${connection.url}`,
+            `node      ${printable(info.nodeId)}`,
             `database  ${info.database}`,
             `started   ${info.startedAt.toJSON()}`,
             `uptime    ${formatUptime(info.uptimeMillis)}`
@@ -203,15 +204,15 @@ const encodeCluster = Schema.encodeSync(ClusterInfo)
 export const formatCluster = (info: ClusterInfo): string => {
   const header = ["NODE", "STATE", "MACHINE", "SHARDS", "ENTITIES", "SESSIONS", "JOBS", "LAST SEEN", "URL"]
   const rows = info.nodes.map((node) => [
-    node.nodeId + (node.nodeId === info.nodeId ? " *" : ""),
+    printable(node.nodeId) + (node.nodeId === info.nodeId ? " *" : ""),
     node.state,
-    node.machine ?? "-",
+    node.machine === null ? "-" : printable(node.machine),
     String(node.shards),
     String(node.entities),
     String(node.sessions),
     String(node.jobs),
     DateTime.formatIso(node.lastSeenAt),
-    node.url ?? "-"
+    node.url === null ? "-" : printable(node.url)
   ])
   const widths = header.map((title, i) => Math.max(title.length, ...rows.map((row) => (row[i] ?? "").length)))
   const line = (cells: ReadonlyArray<string>) =>
@@ -221,7 +222,7 @@ export const formatCluster = (info: ClusterInfo): string => {
       .trimEnd()
   const up = info.nodes.filter((node) => node.state === "up").length
   return [
-    `${info.mode === "cluster" ? "cluster" : "single node"}: ${up} of ${info.nodes.length} nodes up, ${info.shardsPerGroup} shards a group, entities ${info.entityTypes.join(", ")}`,
+    `${info.mode === "cluster" ? "cluster" : "single node"}: ${up} of ${info.nodes.length} nodes up, ${info.shardsPerGroup} shards a group, entities ${printable(info.entityTypes.join(", "))}`,
     "",
     line(header),
     ...rows.map(line),
@@ -229,7 +230,7 @@ export const formatCluster = (info: ClusterInfo): string => {
     "GROUP".padEnd(24) + "  SHARDS HELD  OWNERS",
     ...info.groups.map(
       (group) =>
-        `${group.name.padEnd(24)}  ${`${group.shards}/${info.shardsPerGroup}`.padEnd(11)}  ${group.owners.join(", ")}`
+        `${printable(group.name).padEnd(24)}  ${`${group.shards}/${info.shardsPerGroup}`.padEnd(11)}  ${printable(group.owners.join(", "))}`
     )
   ].join("\n")
 }
@@ -244,7 +245,7 @@ const cluster = Command.make(
     Effect.gen(function* () {
       const connection = yield* resolveConnection(flags)
       const info = yield* withClient(connection, flags.timeout, (client) => client.System.Cluster())
-      console.log(flags.json ? JSON.stringify(encodeCluster(info)) : formatCluster(info))
+      console.log(flags.json ? json(encodeCluster(info)) : formatCluster(info))
     })
 ).pipe(
   Command.withDescription(
@@ -254,16 +255,16 @@ const cluster = Command.make(
 
 // events ----------------------------------------------------------------------------------
 
-/** One event as a line: offset, time, type, severity when not info, ids, payload. */
+/** One event as a line: offset, time, type, severity when not info, ids, payload (escaped for a terminal). */
 export const formatEvent = (event: StoredEvent): string =>
   [
     `#${event.offset}`,
     DateTime.formatIso(event.ts),
-    event.type,
+    printable(event.type),
     event.severity !== "info" ? event.severity.toUpperCase() : "",
-    event.sessionId !== undefined ? `session=${event.sessionId}` : "",
-    event.jobId !== undefined ? `job=${event.jobId}` : "",
-    JSON.stringify(event.data)
+    event.sessionId !== undefined ? `session=${printable(event.sessionId)}` : "",
+    event.jobId !== undefined ? `job=${printable(event.jobId)}` : "",
+    json(event.data)
   ]
     .filter((part) => part !== "")
     .join(" ")
@@ -331,7 +332,7 @@ const events = Command.make(
       const print = (event: StoredEvent) =>
         Effect.sync(() => {
           last = event.offset
-          console.log(flags.json ? JSON.stringify(encodeEvent(event)) : formatEvent(event))
+          console.log(flags.json ? json(encodeEvent(event)) : formatEvent(event))
         })
       // Without --follow: the matching events up to the head as it was, read page by page; a
       // subscription would wait at the head for a match that may never come.

@@ -50,6 +50,7 @@ import {
   tokenOption,
   urlOption
 } from "./Connection.js"
+import { json, printable, printableLines } from "./Display.js"
 
 /** The exit code of `vibes run` and `vibes logs -f` when the job was canceled (as after Ctrl-C). */
 export const canceledExitCode = 130
@@ -148,7 +149,8 @@ const makePrinter = () => {
           ? write(process.stdout, item.chunk)
           : item.stream === "stderr"
             ? write(process.stderr, item.chunk)
-            : write(process.stderr, item.chunk.replace(/^(?=.)/gm, "[vibes] "))
+            : // vibes' own lines quote commands and remote messages: shown, not obeyed.
+              write(process.stderr, printableLines(item.chunk).replace(/^(?=.)/gm, "[vibes] "))
       case "JobProgress":
         if (item.percent === progress) return Effect.void
         progress = item.percent
@@ -162,9 +164,9 @@ const makePrinter = () => {
 const encodeOutput = Schema.encodeSync(JobOutput)
 
 /** Runs `output` to its end, printing every item; the `JobDone` it ended with, if any. */
-const printAll = <E, R>(output: Stream.Stream<JobOutput, E, R>, json: boolean) => {
-  const print = json
-    ? (item: JobOutput) => write(process.stdout, `${JSON.stringify(encodeOutput(item))}\n`)
+const printAll = <E, R>(output: Stream.Stream<JobOutput, E, R>, asJson: boolean) => {
+  const print = asJson
+    ? (item: JobOutput) => write(process.stdout, `${json(encodeOutput(item))}\n`)
     : makePrinter()
   return output.pipe(
     Stream.runFoldEffect(Option.none<JobDone>(), (done, item) =>
@@ -447,7 +449,7 @@ const execute = (
             return Effect.as(
               Effect.zipRight(
                 Deferred.succeed(accepted, item.job),
-                write(process.stderr, `job ${item.job.id} ${item.job.status}\n`)
+                write(process.stderr, `job ${printable(item.job.id)} ${item.job.status}\n`)
               ),
               done
             )
@@ -495,10 +497,10 @@ const exitWith = (exit: Exit.Exit<number, CliFailure>) =>
     }
     const failure = Cause.failureOption(exit.cause)
     if (Option.isSome(failure)) {
-      console.error(`vibes: ${failure.value.message}`)
+      console.error(`vibes: ${printable(failure.value.message)}`)
       process.exitCode = failure.value.exitCode
     } else if (!Cause.isInterruptedOnly(exit.cause)) {
-      console.error(`vibes: ${Cause.pretty(exit.cause)}`)
+      console.error(`vibes: ${printableLines(Cause.pretty(exit.cause))}`)
       process.exitCode = 1
     }
   })
@@ -523,7 +525,7 @@ const run = Command.make(
         const job = yield* withJobsClient(connection, flags.connectTimeout, (client) =>
           client.Jobs.Submit(spec)
         )
-        yield* write(process.stdout, `${job.id}\n`)
+        yield* write(process.stdout, `${printable(job.id)}\n`)
         return
       }
       // The job is followed in a fiber of its own, so that Ctrl-C (which interrupts this one)
@@ -581,17 +583,18 @@ const formatRow = (job: JobInfo, now: number, commandWidth: number): string => {
             DateTime.toEpochMillis(started)
         )
   const cells = [
-    job.id,
+    printable(job.id),
     job.status,
-    job.signal ?? (job.exitCode === null ? "-" : String(job.exitCode)),
+    printable(job.signal ?? (job.exitCode === null ? "-" : String(job.exitCode))),
     job.spec.strategy,
     started === null ? "-" : DateTime.formatIso(started).slice(0, 19),
     duration
   ]
   const command = job.spec.shell && job.spec.args.length === 0 ? job.spec.command : commandLine(job.spec)
-  return [...cells.map((cell, i) => cell.padEnd(columns[i]?.[1] ?? 0)), truncate(command, commandWidth)].join(
-    "  "
-  )
+  return [
+    ...cells.map((cell, i) => cell.padEnd(columns[i]?.[1] ?? 0)),
+    truncate(printable(command), commandWidth)
+  ].join("  ")
 }
 
 const encodeJobs = Schema.encodeSync(Schema.Array(JobInfo))
@@ -620,7 +623,7 @@ const list = Command.make(
         client.Jobs.List({ limit: flags.limit, status: Option.getOrUndefined(flags.status) })
       )
       if (flags.json) {
-        yield* write(process.stdout, `${JSON.stringify(encodeJobs(jobs), null, 2)}\n`)
+        yield* write(process.stdout, `${json(encodeJobs(jobs), 2)}\n`)
         return
       }
       if (jobs.length === 0) {
@@ -705,7 +708,7 @@ const cancel = Command.make("cancel", { ...connectionOptions, jobId: jobIdArg },
     const job = yield* withJobsClient(connection, flags.timeout + cancelAllowance, (client) =>
       client.Jobs.Cancel({ jobId })
     )
-    yield* write(process.stdout, `job ${job.id} ${job.status}\n`)
+    yield* write(process.stdout, `job ${printable(job.id)} ${job.status}\n`)
   })
 ).pipe(
   Command.withDescription(

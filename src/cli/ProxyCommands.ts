@@ -7,14 +7,16 @@ import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import { ProviderInfo, ProxyStats } from "../../rpc/Proxy.js"
 import { connectionOptions, resolveConnection, withClient } from "./Connection.js"
+import { json as toJson, printable } from "./Display.js"
 
 const json = Options.boolean("json").pipe(Options.withDescription("Print JSON instead of a table"))
 
 const print = (text: string) =>
   Effect.sync(() => process.stdout.write(text.endsWith("\n") ? text : `${text}\n`))
 
-/** Left-aligned columns, two spaces apart. */
-const table = (rows: ReadonlyArray<ReadonlyArray<string>>): string => {
+/** Left-aligned columns, two spaces apart; cells are printed escaped (names and models come from outside). */
+const table = (cells: ReadonlyArray<ReadonlyArray<string>>): string => {
+  const rows = cells.map((row) => row.map(printable))
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? "").length))) ?? []
   return rows
     .map((row) =>
@@ -37,7 +39,7 @@ const ls = Command.make("ls", { ...connectionOptions, json }, (flags) =>
     const connection = yield* resolveConnection(flags)
     const providers = yield* withClient(connection, flags.timeout, (client) => client.Proxy.Providers())
     if (flags.json) {
-      return yield* print(JSON.stringify(Schema.encodeSync(Schema.Array(ProviderInfo))(providers), null, 2))
+      return yield* print(toJson(Schema.encodeSync(Schema.Array(ProviderInfo))(providers), 2))
     }
     const now = Date.now()
     yield* print(
@@ -70,7 +72,7 @@ const stats = Command.make("stats", { ...connectionOptions, json }, (flags) =>
   Effect.gen(function* () {
     const connection = yield* resolveConnection(flags)
     const result = yield* withClient(connection, flags.timeout, (client) => client.Proxy.Stats())
-    if (flags.json) return yield* print(JSON.stringify(Schema.encodeSync(ProxyStats)(result), null, 2))
+    if (flags.json) return yield* print(toJson(Schema.encodeSync(ProxyStats)(result), 2))
     if (result.rows.length === 0) {
       return yield* print(`no proxy requests since ${DateTime.formatIso(result.since)}`)
     }

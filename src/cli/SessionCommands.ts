@@ -22,6 +22,7 @@ import {
   toCliFailure,
   withClient
 } from "./Connection.js"
+import { json, printable, printableLines } from "./Display.js"
 
 /** The byte that detaches `vibes attach` (Ctrl-], as in telnet). */
 export const detachKey = 0x1d
@@ -37,15 +38,16 @@ const terminalSize = () => ({
   rows: process.stdout.isTTY === true ? process.stdout.rows : 24
 })
 
-const formatInfo = (info: SessionInfo): ReadonlyArray<string> => [
-  info.id,
+/** The cells of one line of `vibes ls`; what the server sent is printed escaped. */
+export const formatInfo = (info: SessionInfo): ReadonlyArray<string> => [
+  printable(info.id),
   info.state,
   `${info.cols}x${info.rows}`,
   String(info.attachedClients),
   DateTime.formatIso(info.lastActivityAt).slice(0, 19),
-  info.name ?? "-",
-  [info.command, ...info.args].join(" "),
-  info.cwd
+  info.name === null ? "-" : printable(info.name),
+  printable([info.command, ...info.args].join(" ")),
+  printable(info.cwd)
 ]
 
 const listHeader = ["ID", "STATE", "SIZE", "AT", "LAST ACTIVITY", "NAME", "COMMAND", "CWD"] as const
@@ -117,8 +119,8 @@ const create = Command.make(
       ).pipe(Effect.mapError(sessionFailure(connection)))
       console.log(
         flags.json
-          ? JSON.stringify({ id: info.id, pid: info.pid, command: info.command, nodeId: info.nodeId })
-          : info.id
+          ? json({ id: info.id, pid: info.pid, command: info.command, nodeId: info.nodeId })
+          : printable(info.id)
       )
     })
 ).pipe(
@@ -148,7 +150,7 @@ const list = Command.make(
       if (flags.json) {
         for (const info of sessions) {
           console.log(
-            JSON.stringify({
+            json({
               id: info.id,
               name: info.name,
               state: info.state,
@@ -238,7 +240,8 @@ const snapshot = Command.make(
       const screen = yield* withClient(connection, flags.timeout, (client) =>
         client.Sessions.Snapshot({ sessionId: flags.sessionId })
       ).pipe(Effect.mapError(sessionFailure(connection)))
-      process.stdout.write(flags.vt ? screen.vt : `${screen.text}\n`)
+      // The VT is for a terminal to redraw (that is what --vt asks for); the text is for reading.
+      process.stdout.write(flags.vt ? screen.vt : `${printableLines(screen.text)}\n`)
     })
 ).pipe(Command.withDescription("Print a session's current screen."))
 

@@ -1,6 +1,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import * as Client from "../../rpc/Client.js"
+import { CreateSession } from "../../rpc/Sessions.js"
 import { clientLayer, watch } from "../support/Attach.js"
 import * as TestServer from "../support/TestServer.js"
 import * as Tmux from "../support/Tmux.js"
@@ -76,6 +77,53 @@ layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServi
         expect(row).toContain("a-rather-long-session-name")
         yield* vibes(["kill", id])
       })
+    )
+
+    it.scoped(
+      "vibes ls and vibes events show control characters from the server escaped; --json stays JSON",
+      () =>
+        Effect.gen(function* () {
+          const server = yield* Node
+          const rpc = yield* Effect.map(
+            Layer.build(clientLayer(server.url, server.token)),
+            Context.get(Client.VibesClient)
+          )
+          // OSC 52 would write the user's clipboard; CSI 2J clear the screen; U+202E reverse the text.
+          const name = "\u001b]52;c;aGFja2Vk\u0007owned\u009b2J\u007f\u202egnp.exe"
+          const session = yield* rpc.Sessions.Create(
+            CreateSession.make({
+              command: "/bin/sh",
+              args: ["-c", "exec cat # \u001b[2J\u001b]0;title\u0007"],
+              name
+            })
+          )
+          /** Whether `text` holds a character a terminal would act on (line breaks aside). */
+          const unsafe = (text: string) =>
+            [...text].some((char) => {
+              const code = char.charCodeAt(0)
+              return (code < 0x20 && code !== 0x0a) || (code >= 0x7f && code <= 0x9f) || code === 0x202e
+            })
+          const listed = yield* vibes(["ls"])
+          expect(listed.code).toBe(0)
+          const line = listed.stdout.split("\n").find((l) => l.includes(session.id)) ?? ""
+          expect(unsafe(line)).toBe(false)
+          expect(line).toContain("\\e]52;c;aGFja2Vk\\x07owned\\x9b2J\\x7f\\u202egnp.exe")
+          expect(line).toContain("exec cat # \\e[2J\\e]0;title\\x07")
+          const events = yield* vibes(["events", "--session", session.id, "--from", "1"])
+          expect(events.code).toBe(0)
+          expect(events.stdout).toContain("session.created")
+          expect(unsafe(events.stdout)).toBe(false)
+          // JSON output is JSON: the same name comes back when parsed, and no raw control is printed.
+          const asJson = yield* vibes(["ls", "--json"])
+          expect(unsafe(asJson.stdout)).toBe(false)
+          const entry = asJson.stdout
+            .split("\n")
+            .filter((l) => l !== "")
+            .map((l) => JSON.parse(l) as { id: string; name: string })
+            .find((e) => e.id === session.id)
+          expect(entry?.name).toBe(name)
+          yield* rpc.Sessions.Close({ sessionId: session.id })
+        })
     )
 
     it.scoped(
