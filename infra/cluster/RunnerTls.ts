@@ -13,7 +13,7 @@
 import * as crypto from "node:crypto"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
-import { Deferred, Duration, Effect, Exit, FiberSet, Layer, Redacted, Runtime, Scope } from "effect"
+import { Deferred, Duration, Effect, Exit, FiberSet, Layer, Redacted, Runtime, Schedule, Scope } from "effect"
 import * as Runners from "@effect/cluster/Runners"
 import type * as RunnerAddress from "@effect/cluster/RunnerAddress"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
@@ -33,6 +33,56 @@ const tlsOptions = {
 
 /** How long a peer gets to complete the handshake. */
 const handshakeTimeout = Duration.seconds(5)
+
+/** How refused connections are logged: the first `burst` of each `interval` one by one, the rest counted. */
+export interface RefusalLogging {
+  readonly burst: number
+  readonly interval: Duration.DurationInput
+}
+
+/** Five lines a minute at most, and one line with the count of the others. */
+export const defaultRefusalLogging: RefusalLogging = { burst: 5, interval: "1 minute" }
+
+/**
+ * A log of refused connections that cannot flood: the first `burst` refusals of an interval get a
+ * line each (with the peer and the reason); the rest are counted, and `summary` (run at the end
+ * of each interval, and when the server stops) writes one line with their number and a few peers.
+ */
+const refusalLog = (options: RefusalLogging) => {
+  let logged = 0
+  let suppressed = 0
+  const peers = new Set<string>()
+  return {
+    /** The line to log for a refusal, or `undefined` when it is only counted. */
+    refused: (peer: string, reason: string): string | undefined => {
+      if (logged < options.burst) {
+        logged++
+        return (
+          `runner connection from ${peer} refused: its TLS handshake failed (${reason}); ` +
+          `every node needs the same VIBES_CLUSTER_SECRET (or VIBES_ADMIN_TOKEN)`
+        )
+      }
+      suppressed++
+      if (peers.size < 5) peers.add(peer)
+      return undefined
+    },
+    summary: Effect.suspend(() => {
+      const count = suppressed
+      const shown = peers.size
+      const from = [...peers].join(", ")
+      logged = 0
+      suppressed = 0
+      peers.clear()
+      return count === 0
+        ? Effect.void
+        : Effect.logWarning(
+            `${count} more runner connections were refused within ${Duration.format(options.interval)} ` +
+              `(from ${from}${count > shown ? ", …" : ""}); only the first ${options.burst} of each ` +
+              `${Duration.format(options.interval)} are logged one by one`
+          )
+    })
+  }
+}
 
 /** The 32-byte key both ends derive from the cluster secret. */
 export const runnerKey = (secret: Redacted.Redacted<string>): Buffer =>
@@ -58,16 +108,26 @@ const destroy = (socket: Net.Socket) =>
 
 /**
  * The runner's server, listening on `listen`: a connection reaches the RPC server only once its
- * peer has completed the handshake with `key`. Refused peers are logged.
+ * peer has completed the handshake with `key`. Refused peers are logged, a few per interval (see
+ * `RefusalLogging`), so that a flood of bad connections cannot flood the log.
  */
 export const serverLayer = (
   listen: RunnerAddress.RunnerAddress,
-  key: Buffer
+  key: Buffer,
+  logging: RefusalLogging = defaultRefusalLogging
 ): Layer.Layer<SocketServer.SocketServer, SocketServer.SocketServerError> =>
   Layer.scoped(
     SocketServer.SocketServer,
     Effect.gen(function* () {
       const runtime = yield* Effect.runtime<never>()
+      const refusals = refusalLog(logging)
+      yield* Effect.forkScoped(
+        refusals.summary.pipe(
+          Effect.repeat(Schedule.spaced(logging.interval)),
+          Effect.delay(logging.interval)
+        )
+      )
+      yield* Effect.addFinalizer(() => refusals.summary)
       const pending: Array<Tls.TLSSocket> = []
       let onConnection = (socket: Tls.TLSSocket): void => {
         pending.push(socket)
@@ -84,12 +144,8 @@ export const serverLayer = (
       )
       server.on("error", (cause) => Deferred.unsafeDone(failed, Exit.fail(cause)))
       server.on("tlsClientError", (cause, socket) => {
-        Runtime.runFork(runtime)(
-          Effect.logWarning(
-            `runner connection from ${socket.remoteAddress ?? "?"} refused: its TLS handshake failed ` +
-              `(${cause.message}); every node needs the same VIBES_CLUSTER_SECRET (or VIBES_ADMIN_TOKEN)`
-          )
-        )
+        const line = refusals.refused(socket.remoteAddress ?? "?", cause.message)
+        if (line !== undefined) Runtime.runFork(runtime)(Effect.logWarning(line))
       })
       yield* Effect.addFinalizer(() =>
         Effect.async<void>((resume) => {

@@ -1,6 +1,6 @@
 import * as Net from "node:net"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Redacted, Ref, Schema } from "effect"
+import { Effect, Exit, Layer, Logger, Redacted, Ref, Schema } from "effect"
 import * as RunnerAddress from "@effect/cluster/RunnerAddress"
 import * as Runners from "@effect/cluster/Runners"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
@@ -19,20 +19,33 @@ class Probe extends RpcGroup.make(Rpc.make("Ping", { success: Schema.Number })) 
 const secret = Redacted.make("the cluster secret, shared by every node")
 
 /** A runner-like RPC server on a free port behind `RunnerTls.serverLayer`; returns its address and the calls served. */
-const startServer = Effect.gen(function* () {
-  const port = yield* FreePort.find()
-  const served = yield* Ref.make(0)
-  const address = RunnerAddress.make("127.0.0.1", port)
-  yield* Layer.launch(
-    RpcServer.layer(Probe).pipe(
-      Layer.provide(Probe.toLayer({ Ping: () => Ref.updateAndGet(served, (n) => n + 1) })),
-      Layer.provide(RpcServer.layerProtocolSocketServer),
-      Layer.provide(RunnerTls.serverLayer(address, RunnerTls.runnerKey(secret))),
-      Layer.provide(RpcSerialization.layerMsgPack)
-    )
-  ).pipe(Effect.forkScoped)
-  return { address, served }
-})
+const startServerWith = (logging?: RunnerTls.RefusalLogging) =>
+  Effect.gen(function* () {
+    const port = yield* FreePort.find()
+    const served = yield* Ref.make(0)
+    const address = RunnerAddress.make("127.0.0.1", port)
+    yield* Layer.launch(
+      RpcServer.layer(Probe).pipe(
+        Layer.provide(Probe.toLayer({ Ping: () => Ref.updateAndGet(served, (n) => n + 1) })),
+        Layer.provide(RpcServer.layerProtocolSocketServer),
+        Layer.provide(RunnerTls.serverLayer(address, RunnerTls.runnerKey(secret), logging)),
+        Layer.provide(RpcSerialization.layerMsgPack)
+      )
+    ).pipe(Effect.forkScoped)
+    return { address, served }
+  })
+
+const startServer = startServerWith()
+
+/** A raw connection that sends bytes that are not a handshake; resolves once the server closed it. */
+const garbage = (address: RunnerAddress.RunnerAddress) =>
+  Effect.async<void>((resume) => {
+    const raw = Net.createConnection({ host: address.host, port: address.port }, () => {
+      raw.write(Buffer.from("GET / HTTP/1.1\r\nhost: x\r\n\r\n"))
+    })
+    raw.on("error", () => {})
+    raw.on("close", () => resume(Effect.void))
+  })
 
 /** One `Ping` over the runner client protocol made with `key`. */
 const ping = (address: RunnerAddress.RunnerAddress, key: Buffer) =>
@@ -94,4 +107,32 @@ describe("runner transport", () => {
         expect(yield* ping(address, RunnerTls.runnerKey(secret))).toBe(2)
       })
   )
+
+  it.scoped("a flood of refused connections writes a few lines and one count, not a line each", () => {
+    const lines: Array<string> = []
+    const capture = Logger.make(({ message }) => {
+      lines.push(Array.isArray(message) ? message.map(String).join(" ") : String(message))
+    })
+    return Effect.gen(function* () {
+      const served = yield* Effect.scoped(
+        Effect.gen(function* () {
+          const { address, served } = yield* startServerWith({ burst: 3, interval: "1 hour" })
+          // The server may still be binding: the first call retries until it answers.
+          yield* ping(address, RunnerTls.runnerKey(secret)).pipe(Effect.retry({ times: 50 }))
+          yield* Effect.forEach(Array.from({ length: 40 }), () => garbage(address), { concurrency: 8 })
+          return yield* Ref.get(served)
+        })
+      )
+      expect(served).toBe(1)
+      // Stopping the server writes the count of the refusals not logged one by one.
+      const refused = lines.filter((line) => line.includes("refused"))
+      expect(
+        refused.filter((line) => line.startsWith("runner connection from 127.0.0.1 refused"))
+      ).toHaveLength(3)
+      expect(
+        refused.filter((line) => line.startsWith("37 more runner connections were refused"))
+      ).toHaveLength(1)
+      expect(refused).toHaveLength(4)
+    }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))
+  })
 })
