@@ -42,6 +42,7 @@ import {
   type JobStatus,
   type LogStream
 } from "../../rpc/Jobs.js"
+import { truncate } from "../../rpc/Text.js"
 import { PtyHost } from "../../infra/pty/PtyHost.js"
 import { Emitter } from "../../src/server/Emitter.js"
 import { JobLogs, maxChunkChars, sanitize, split } from "./JobLogs.js"
@@ -422,7 +423,12 @@ export const layer = Job.toLayer(
             `attempt ${job.info.attempts} of ${spec.retry.maxAttempts} failed (${reason}); retrying in ${Duration.format(Duration.millis(delay))}`
           )
           job = yield* store.update(jobId, { status: "retrying", exitCode, signal, error: reason, pid: null })
-          yield* emit("job.retrying", { attempt: job.info.attempts, delayMillis: delay, reason }, "warn")
+          yield* emit(
+            "job.retrying",
+            // The reason may quote the command (up to 64 Ki characters): cut to keep the event small.
+            { attempt: job.info.attempts, delayMillis: delay, reason: truncate(reason, 4096) },
+            "warn"
+          )
           yield* logs.flush
           const waited = yield* unlessCanceled(Effect.sleep(Duration.millis(delay)))
           if (Option.isNone(waited)) {

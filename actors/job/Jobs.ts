@@ -25,6 +25,7 @@ import {
   type JobSpec,
   type JobStatus
 } from "../../rpc/Jobs.js"
+import { truncate } from "../../rpc/Text.js"
 import { uuidv7 } from "../../infra/eventlog/EventLog.js"
 import * as Ssh from "../../infra/ssh/Ssh.js"
 import { Emitter } from "../../src/server/Emitter.js"
@@ -60,6 +61,9 @@ export class Jobs extends Context.Tag("vibes/Jobs")<
     readonly logs: (jobId: string, after: number, follow: boolean) => Stream.Stream<JobOutput, JobError>
   }
 >() {}
+
+/** The longest command line a `job.submitted` event carries, in characters (cut with `…`). */
+export const maxSummaryChars = 16 * 1024
 
 /**
  * Checks what the schema cannot: the text and sizes (`checkJobSpec`), strategy and target agree,
@@ -152,7 +156,14 @@ export const layer = (options: {
           const job = yield* store.insert(jobId, spec, new Date())
           yield* emitter.emit(
             "job.submitted",
-            { jobId, command: commandLine(spec), strategy: spec.strategy, priority: spec.priority },
+            // A summary (the spec is in the jobs table): quoting can make it 4 times the size of
+            // the arguments as JSON, so it is cut to stay within the event limit.
+            {
+              jobId,
+              command: truncate(commandLine(spec), maxSummaryChars),
+              strategy: spec.strategy,
+              priority: spec.priority
+            },
             { component: "job", jobId }
           )
           yield* send(jobId, spec).pipe(

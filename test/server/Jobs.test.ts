@@ -337,6 +337,13 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
           JobSpec.make({ command: "true", args: Array.from({ length: 6 }, () => kib(30)) })
         )
         expect((yield* finished(rpc, large.id)).status).toBe("succeeded")
+        // Quoted, backslashes double and double again as JSON: the event's command line is cut to fit.
+        const quoted = yield* rpc.Jobs.Submit(
+          JobSpec.make({ command: "true", args: Array.from({ length: 3 }, () => "\\".repeat(30 * 1024)) })
+        )
+        const submitted = (yield* submittedSince(rpc, head)).filter((e) => e.jobId === quoted.id)
+        expect(submitted).toHaveLength(1)
+        expect((submitted[0]?.data as { command: string }).command.length).toBeLessThanOrEqual(16 * 1024)
       })
   )
 
