@@ -400,12 +400,14 @@ export const make = (options: Options = {}) =>
         return yield* Deferred.await(done)
       })
 
+    /** One page of matching events; `retry` is tried on failures that may pass (never on a refused query). */
     const page = (
       from: number,
       upTo: number,
       compiled: CompiledFilter,
       limit: number,
-      order: "forward" | "backward" = "forward"
+      order: "forward" | "backward" = "forward",
+      retry: Schedule.Schedule<unknown, unknown> = Schedule.stop
     ) => {
       const filter = compiled.filter
       const globs = filter.types.map((glob) => compileGlobSql(glob))
@@ -420,6 +422,7 @@ export const make = (options: Options = {}) =>
           ${filter.tenantId !== undefined ? sql`AND tenant_id = ${filter.tenantId}` : sql``}
         ORDER BY "offset" ${order === "forward" ? sql.literal("ASC") : sql.literal("DESC")}
         LIMIT ${limit}`.pipe(
+        Effect.retry({ schedule: retry, while: (error) => !isPermanentSqlError(error) }),
         Effect.map((rows) => rows.map(toStored)),
         Effect.mapError(
           (error) => new EventLogError({ message: `cannot read the event log: ${describe(error)}` })
@@ -549,7 +552,7 @@ export const make = (options: Options = {}) =>
               const current = yield* SubscriptionRef.get(head)
               if (current < next) return [Chunk.empty<StoredEvent>(), Option.none<undefined>()] as const
               // A database outage is waited out (the writer retries too); only a long one ends the stream.
-              const rows = yield* page(next, current, compiled, pageSize).pipe(Effect.retry(readRetry))
+              const rows = yield* page(next, current, compiled, pageSize, "forward", readRetry)
               next = rows.length === pageSize ? (rows[rows.length - 1]?.offset ?? current) + 1 : current + 1
               return [Chunk.unsafeFromArray(rows), Option.some(undefined)] as const
             })

@@ -1,5 +1,5 @@
 import { expect, layer } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Stream } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import { EventFilter, NewEvent } from "../../../rpc/Events.js"
 import { EventLog } from "../../../infra/eventlog/EventLog.js"
@@ -105,5 +105,23 @@ layer(pgLog(), { timeout: 60_000, excludeTestServices: true })("Postgres event l
         )
         expect(stored.map((e) => e.data)).toEqual([{ text: "\\u0000 \\ud800 \uD83D\uDE00" }])
       })
+  )
+
+  it.effect("a subscription whose read the database refuses for good fails at once instead of retrying", () =>
+    Effect.gen(function* () {
+      const log = yield* EventLog
+      const sql = yield* SqlClient
+      const source = { nodeId: "test", component: "test" }
+      yield* log.append([NewEvent.make({ type: "test.read", source, data: {} })])
+      yield* Effect.acquireRelease(sql`ALTER TABLE vibes_events RENAME COLUMN data TO data_moved`, () =>
+        Effect.orDie(sql`ALTER TABLE vibes_events RENAME COLUMN data_moved TO data`)
+      )
+      // Before, a failed read was retried for a minute whatever the reason.
+      const failed = yield* log
+        .subscribe({ _tag: "Offset", offset: 1 }, EventFilter.make({}))
+        .pipe(Stream.runDrain, Effect.flip, Effect.timeout("30 seconds"))
+      expect(failed._tag).toBe("EventLogError")
+      expect(failed.message).toContain("data")
+    }).pipe(Effect.scoped)
   )
 })
