@@ -194,6 +194,30 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
     })
   )
 
+  it.scoped(
+    "output with NUL bytes and invalid UTF-8 is stored as text with U+FFFD, in rows and events alike",
+    () =>
+      Effect.gen(function* () {
+        const rpc = yield* client
+        const outputs = Chunk.toReadonlyArray(
+          yield* Stream.runCollect(rpc.Jobs.Execute(sh("printf 'a\\000b\\377c\\n'")))
+        )
+        const accepted = outputs[0]
+        if (accepted?._tag !== "JobAccepted") return expect(accepted?._tag).toBe("JobAccepted")
+        expect(text(outputs, "stdout")).toBe("a\uFFFDb\uFFFDc\n")
+        const stored = Chunk.toReadonlyArray(
+          yield* Stream.runCollect(rpc.Jobs.Logs({ jobId: accepted.job.id }))
+        )
+        expect(text(stored, "stdout")).toBe("a\uFFFDb\uFFFDc\n")
+        const events = yield* rpc.Events.Read({
+          from: 1,
+          filter: EventFilter.make({ jobId: accepted.job.id, types: ["job.log"] }),
+          limit: 10
+        })
+        expect(events.map((e) => (e.data as { chunk: string }).chunk).join("")).toBe("a\uFFFDb\uFFFDc\n")
+      })
+  )
+
   it.scoped("::progress lines become progress events", () =>
     Effect.gen(function* () {
       const rpc = yield* client
