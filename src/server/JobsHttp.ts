@@ -18,6 +18,7 @@ import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { JobId, JobInfo, type JobError, JobOutput, JobSpec, JobStatus, maxListLimit } from "../../rpc/Jobs.js"
+import { firstIssue } from "../../rpc/Text.js"
 import { Jobs } from "../../actors/job/Jobs.js"
 import { securityHeaders, sseHeaders } from "./Headers.js"
 
@@ -55,12 +56,15 @@ const decodeId = (raw: string | undefined) =>
 interface Refused {
   readonly status: 400 | 413
   readonly message: string
+  /** The refused field's dotted path, when one is to blame. */
+  readonly field?: string
 }
 
 const refuse = (refused: Refused) =>
   json(refused.status, {
     error: refused.status === 413 ? "PayloadTooLarge" : "BadRequest",
-    message: refused.message
+    message: refused.message,
+    ...(refused.field !== undefined ? { field: refused.field } : {})
   })
 
 /**
@@ -93,7 +97,14 @@ const body = <A, I>(schema: Schema.Schema<A, I>) =>
       return Either.left<Refused>({ status: 400, message: "the body is not valid JSON" })
     return Either.mapLeft(
       Schema.decodeUnknownEither(schema)(parsed.right, { onExcessProperty: "error" }),
-      (error): Refused => ({ status: 400, message: formatIssue(error) })
+      (error): Refused => {
+        const issue = firstIssue(error, "body")
+        return {
+          status: 400,
+          message: formatIssue(error),
+          ...(issue.field !== "body" ? { field: issue.field } : {})
+        }
+      }
     )
   })
 

@@ -494,6 +494,8 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
         expect(response.status).toBe(400)
         expect(typeof response.body["message"]).toBe("string")
       }
+      // A body of the wrong shape names the field too.
+      expect(invalid[2]?.body).toMatchObject({ error: "BadRequest", field: "strategy" })
       expect((yield* call("/api/jobs/0193d9b4-7c1e-7a2b-9c3d-4e5f60718293")).status).toBe(404)
       expect(
         (yield* post("/api/jobs/cancel", { jobId: "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293" })).status
