@@ -496,6 +496,9 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("jobs", (it) =>
       }
       // A body of the wrong shape names the field too.
       expect(invalid[2]?.body).toMatchObject({ error: "BadRequest", field: "strategy" })
+      // A sequence number beyond what the database holds is bad input, not an outage.
+      const beyond = yield* call(`/api/jobs/${id}/logs?after=99999999999999999999`)
+      expect(beyond.status).toBe(400)
       expect((yield* call("/api/jobs/0193d9b4-7c1e-7a2b-9c3d-4e5f60718293")).status).toBe(404)
       expect(
         (yield* post("/api/jobs/cancel", { jobId: "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293" })).status
