@@ -2,7 +2,7 @@
  * Handlers of the `Sessions` RPC group: per-session calls go to the session's entity through
  * Sharding (whichever node owns it); `List`, `Get` and `ScreenAt` read the registry and the log.
  */
-import { Duration, Effect, Option, Schema, Stream } from "effect"
+import { Cause, Duration, Effect, Option, Schema, Stream } from "effect"
 import {
   checkCreateSession,
   InvalidSessionRequest,
@@ -173,7 +173,21 @@ export const layer = SessionsRpcs.toLayer(
       "Sessions.Attach": ({ sessionId, cols, rows, readOnly, from, scrollback }) =>
         Stream.unwrap(
           Effect.map(entity(sessionId), (client) => client.Attach({ cols, rows, readOnly, from, scrollback }))
-        ).pipe(Stream.mapError(toSessionError(sessionId))),
+        ).pipe(
+          Stream.mapError(toSessionError(sessionId)),
+          // The entity ends its streams by interruption when its node stops: to the client that is a
+          // session to attach to again (elsewhere, or here after the restart), not an end.
+          Stream.catchAllCause((cause) =>
+            Cause.isInterruptedOnly(cause)
+              ? Stream.fail(
+                  new SessionUnavailable({
+                    sessionId,
+                    message: `session ${sessionId} is moving: its node is stopping; attach again`
+                  })
+                )
+              : Stream.failCause(cause)
+          )
+        ),
       "Sessions.Snapshot": ({ sessionId }) =>
         Effect.flatMap(entity(sessionId), (client) => withinReach(sessionId)(client.Snapshot())).pipe(
           Effect.mapError(toSessionError(sessionId))
