@@ -165,7 +165,9 @@ export const layer = Job.toLayer(
             )
             yield* Metric.increment(Metric.tagged(finished, "status", status))
             return job.info
-          })
+            // The row and its `job.done` go together: a node stopping in between would leave a
+            // finished job without its event.
+          }).pipe(Effect.uninterruptible)
 
         /** Waits for `effect` unless the job is canceled first (then `None`). */
         const unlessCanceled = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
@@ -491,17 +493,22 @@ export const layer = Job.toLayer(
             const info = yield* current
             if (isFinal(info.status)) return info
             // No run here (yet): the row alone says it is waiting; record the cancel there.
-            const updated = yield* store.update(jobId, {
-              status: "canceled",
-              error: "canceled by a client",
-              finishedAt: new Date()
-            })
-            yield* emit("job.done", {
-              status: "canceled",
-              exitCode: null,
-              signal: null,
-              attempts: updated.info.attempts
-            })
+            const updated = yield* Effect.uninterruptible(
+              Effect.tap(
+                store.update(jobId, {
+                  status: "canceled",
+                  error: "canceled by a client",
+                  finishedAt: new Date()
+                }),
+                (updated) =>
+                  emit("job.done", {
+                    status: "canceled",
+                    exitCode: null,
+                    signal: null,
+                    attempts: updated.info.attempts
+                  })
+              )
+            )
             yield* logs.publish(jobId, new JobDone({ status: "canceled", exitCode: null, signal: null }))
             return updated.info
           })

@@ -1,3 +1,5 @@
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Exit, Fiber, Option, Redacted, Ref, type Scope, Stream } from "effect"
 import * as RunnerAddress from "@effect/cluster/RunnerAddress"
@@ -14,6 +16,7 @@ import { CreateSession } from "../../rpc/Sessions.js"
 import { eventually } from "../support/Attach.js"
 import * as ClusterNodes from "../support/ClusterNodes.js"
 import * as SseClient from "../support/SseClient.js"
+import { tempDir } from "../support/TempDir.js"
 import * as Tmux from "../support/Tmux.js"
 import * as Vibes from "../support/VibesProcess.js"
 
@@ -254,11 +257,15 @@ describe("a cluster of vibes nodes", () => {
         const drop = yield* a.client.Sessions.Create(
           CreateSession.make({ command: "sleep", args: ["600"], node: c.nodeId })
         )
-        // Jobs that run long enough to be cut short, until at least two run on the victim.
+        // Jobs that run until the kill (they wait for a file made after it), until at least two
+        // run on the victim.
+        const gate = path.join(yield* tempDir("vibes-clkill-"), "killed")
         const jobs: Array<JobInfo> = []
         const onVictim = () => jobs.filter((j) => j.nodeId === c.nodeId).length
         while (jobs.length < 40 && onVictim() < 2) {
-          const job = yield* a.client.Jobs.Submit(shellJob("echo started; sleep 4; echo finished", 3))
+          const job = yield* a.client.Jobs.Submit(
+            shellJob(`echo started; while [ ! -e ${gate} ]; do sleep 0.1; done; echo finished`, 3)
+          )
           jobs.push(
             yield* eventually(
               Effect.map(a.client.Jobs.Get({ jobId: job.id }), (info) =>
@@ -302,6 +309,7 @@ describe("a cluster of vibes nodes", () => {
 
         yield* cluster.kill(2)
         const killedAt = Date.now()
+        fs.writeFileSync(gate, "")
         // A call right after the kill gets its answer once the shard has moved.
         const victimJob = jobs.find((j) => j.nodeId === c.nodeId)
         if (victimJob === undefined) return expect.unreachable()
