@@ -30,7 +30,7 @@ export default tseslint.config(
     }
   },
   {
-    files: ["**/*.js"],
+    files: ["**/*.js", "**/*.mjs"],
     languageOptions: { globals: { process: "readonly", console: "readonly" } }
   }
 )

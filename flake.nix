@@ -24,7 +24,12 @@
               pkgs.gnumake
               pkgs.pkg-config
               pkgs.git
-            ] ++ lib.optionals stdenv.isLinux [ pkgs.chromium ];
+            ] ++ lib.optionals stdenv.isLinux [
+              pkgs.chromium
+              # unshare and setpriv, and the Perl of the namespace init: the sandbox of sessions and jobs.
+              pkgs.util-linux
+              pkgs.perl
+            ];
 
             shellHook = lib.optionalString stdenv.isLinux ''
               export PLAYWRIGHT_CHROMIUM_EXECUTABLE_PATH=${pkgs.chromium}/bin/chromium

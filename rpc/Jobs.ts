@@ -188,6 +188,13 @@ export class JobSpec extends Schema.Class<JobSpec>("JobSpec")({
   rows: Schema.optionalWith(Schema.Int.pipe(Schema.between(2, 1000)), { default: () => 40 })
 }) {}
 
+/** The command line of a spec as one string, for the `command` column and listings. */
+export const commandLine = (spec: JobSpec): string =>
+  [
+    spec.command,
+    ...spec.args.map((arg) => (/^[A-Za-z0-9_./:=@%+-]+$/.test(arg) ? arg : JSON.stringify(arg)))
+  ].join(" ")
+
 /** A job as clients see it. */
 export class JobInfo extends Schema.Class<JobInfo>("JobInfo")({
   id: JobId,

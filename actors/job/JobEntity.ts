@@ -50,6 +50,7 @@ import { JobSettings } from "./JobSettings.js"
 import { JobStore, type StoredJob } from "./JobStore.js"
 import { Scheduler } from "./Scheduler.js"
 import * as Strategies from "./Strategies.js"
+import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 
 /** The entity's protocol; the public `Jobs` RPCs route here by job id. */
 export const Job = Entity.make("Job", [
@@ -144,7 +145,7 @@ export const layer = Job.toLayer(
               yield* logs.write({ jobId, seq: ++seq, stream, chunk, ts: new Date() })
             }
           })
-        const system = (line: string) => write("system", `${line}\n`)
+        const system = (line: string) => write("system", ChildEnv.redact(settings.secrets, `${line}\n`))
 
         const finish = (
           status: JobStatus,
@@ -213,9 +214,14 @@ export const layer = Job.toLayer(
 
         const attemptOnce = (attempt: number) => {
           const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() }
-          // The last bytes of a multi-byte character split at the end.
+          // No secret of the server reaches the log, even cut between two chunks.
+          const redactors = {
+            stdout: ChildEnv.streamRedactor(settings.secrets),
+            stderr: ChildEnv.streamRedactor(settings.secrets)
+          }
+          // The last bytes of a multi-byte character split at the end, and what redaction held back.
           const flushDecoders = Effect.forEach(["stdout", "stderr"] as const, (stream) => {
-            const rest = decoders[stream].decode()
+            const rest = redactors[stream].push(decoders[stream].decode()) + redactors[stream].end()
             return rest.length === 0 ? Effect.void : write(stream, rest)
           })
           return Effect.scoped(
@@ -236,7 +242,7 @@ export const layer = Job.toLayer(
               const partial = { stdout: "", stderr: "" }
               const onOutput: Strategies.OnOutput = (stream, bytes) =>
                 Effect.gen(function* () {
-                  const text = decoders[stream].decode(bytes, { stream: true })
+                  const text = redactors[stream].push(decoders[stream].decode(bytes, { stream: true }))
                   if (text.length === 0) return
                   yield* write(stream, text)
                   // `::progress N` lines become progress events.
@@ -251,12 +257,18 @@ export const layer = Job.toLayer(
                     yield* Effect.ignore(store.update(jobId, { progress: percent }))
                   }
                 })
+              // The attempt's proxy token works until the attempt ends.
+              const proxyEnv = yield* Effect.acquireRelease(settings.proxyEnv(jobId), () =>
+                settings.proxyEnded(jobId)
+              )
               const ctx: Strategies.Context = {
                 jobId,
                 attempt,
                 spec,
+                wrapper: settings.wrapper,
                 env: {
                   ...settings.env,
+                  ...proxyEnv,
                   ...spec.env,
                   VIBES_JOB_ID: jobId,
                   VIBES_JOB_ATTEMPT: String(attempt)

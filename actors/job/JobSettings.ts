@@ -2,8 +2,8 @@
  * Node-wide settings of jobs.
  */
 import * as os from "node:os"
-import { Context, Duration, Layer } from "effect"
-import { sessionEnv } from "../session/SessionSettings.js"
+import { Context, Duration, Effect, Layer } from "effect"
+import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 
 /** Settings every job entity of this node shares. */
 export class JobSettings extends Context.Tag("vibes/JobSettings")<
@@ -21,6 +21,17 @@ export class JobSettings extends Context.Tag("vibes/JobSettings")<
     readonly shutdownGrace: Duration.Duration
     readonly sshKnownHosts: string
     readonly sshKeepalive: Duration.Duration
+    /** The argv prefix local programs start through (the sandbox's), empty for none. */
+    readonly wrapper: ReadonlyArray<string>
+    /**
+     * Variables that point the job's agents at this node's AI-provider proxy with the job's own
+     * token (over `env`, under the spec's own variables); the token works until `proxyEnded`.
+     */
+    readonly proxyEnv: (jobId: string) => Effect.Effect<Record<string, string>>
+    /** The job's attempt has ended: its proxy token stops working. */
+    readonly proxyEnded: (jobId: string) => Effect.Effect<void>
+    /** The server's secrets: replaced by `[redacted]` in a job's output before it is recorded. */
+    readonly secrets: ChildEnv.Secrets
   }
 >() {}
 
@@ -31,16 +42,28 @@ export interface Options {
   readonly killGrace: Duration.Duration
   readonly sshKnownHosts: string
   readonly sshKeepalive: Duration.Duration
+  readonly home?: string
+  readonly env?: Readonly<Record<string, string>>
+  readonly wrapper?: ReadonlyArray<string>
+  readonly proxyEnv?: (jobId: string) => Effect.Effect<Record<string, string>>
+  readonly proxyEnded?: (jobId: string) => Effect.Effect<void>
+  readonly secrets?: ChildEnv.Secrets
 }
 
 /** The settings of this node. */
-export const layer = (options: Options) =>
-  Layer.succeed(
+export const layer = (options: Options) => {
+  const secrets = options.secrets ?? ChildEnv.secrets({ values: [] })
+  return Layer.succeed(
     JobSettings,
     JobSettings.of({
-      ...options,
       home: os.homedir(),
-      env: sessionEnv(),
+      env: ChildEnv.childEnv(secrets),
+      wrapper: [],
+      proxyEnv: () => Effect.succeed({}),
+      proxyEnded: () => Effect.void,
+      ...options,
+      secrets,
       shutdownGrace: Duration.min(options.killGrace, Duration.seconds(2))
     })
   )
+}

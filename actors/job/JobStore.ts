@@ -5,7 +5,14 @@
 import { Context, DateTime, Effect, Layer, Option, Schema } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { JobInfo, JobNotFound, JobSpec, JobsUnavailable, type JobStatus } from "../../rpc/Jobs.js"
+import {
+  commandLine,
+  JobInfo,
+  JobNotFound,
+  JobSpec,
+  JobsUnavailable,
+  type JobStatus
+} from "../../rpc/Jobs.js"
 
 interface Row {
   readonly id: string
@@ -78,13 +85,6 @@ const toStored = (row: Row) =>
       ptyId: row.pty_id
     })
   )
-
-/** The command line of a spec as one string, for the `command` column and listings. */
-export const commandLine = (spec: JobSpec): string =>
-  [
-    spec.command,
-    ...spec.args.map((arg) => (/^[A-Za-z0-9_./:=@%+-]+$/.test(arg) ? arg : JSON.stringify(arg)))
-  ].join(" ")
 
 /** Reads and writes job rows. */
 export class JobStore extends Context.Tag("vibes/JobStore")<

@@ -14,6 +14,7 @@ import * as EntityId from "@effect/cluster/EntityId"
 import { Sharding } from "@effect/cluster/Sharding"
 import {
   checkJobSpec,
+  commandLine,
   ExecuteOutput,
   InvalidJobRequest,
   JobAccepted,
@@ -21,9 +22,9 @@ import {
   type JobInfo,
   type JobNotFound,
   type JobOutput,
-  JobsUnavailable,
   type JobSpec,
-  type JobStatus
+  type JobStatus,
+  JobsUnavailable
 } from "../../rpc/Jobs.js"
 import { truncate } from "../../rpc/Text.js"
 import { uuidv7 } from "../../infra/eventlog/EventLog.js"
@@ -32,7 +33,7 @@ import { Emitter } from "../../src/server/Emitter.js"
 import { Job } from "./JobEntity.js"
 import { JobLogs } from "./JobLogs.js"
 import { JobSettings } from "./JobSettings.js"
-import { commandLine, JobStore } from "./JobStore.js"
+import { JobStore } from "./JobStore.js"
 import { readSecret } from "./Strategies.js"
 
 const jobErrorTags = new Set(["JobNotFound", "InvalidJobRequest", "JobsUnavailable"])

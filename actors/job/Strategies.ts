@@ -7,6 +7,7 @@
  * (the program is started in its own), the PTY's groups, or the remote shell's group.
  */
 import * as fs from "node:fs"
+import * as path from "node:path"
 import { Effect, Exit, Fiber, Option, Redacted, Schema, type Scope, Stream } from "effect"
 import * as Command from "@effect/platform/Command"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
@@ -54,6 +55,8 @@ export interface Context {
   /** The full environment of a local command. */
   readonly env: Readonly<Record<string, string>>
   readonly home: string
+  /** The argv prefix a local program starts through (the sandbox's), empty for none. */
+  readonly wrapper?: ReadonlyArray<string>
   readonly onOutput: OnOutput
 }
 
@@ -105,13 +108,40 @@ export const spawnFailure = (defect: unknown): string => {
 
 const exitSignal = (message: string): string | null => /signal: (SIG[A-Z0-9]+)/.exec(message)?.[1] ?? null
 
+/** Whether `file` names an executable, looked up in `PATH` of `env` when it has no slash. */
+const findable = (file: string, cwd: string, env: Readonly<Record<string, string>>): boolean => {
+  const executable = (candidate: string) => {
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK)
+      return fs.statSync(candidate).isFile()
+    } catch {
+      return false
+    }
+  }
+  if (file.includes("/")) return executable(path.resolve(cwd, file))
+  return (env["PATH"] ?? "/bin:/usr/bin")
+    .split(":")
+    .some((dir) => executable(path.resolve(cwd, dir === "" ? "." : dir, file)))
+}
+
 /** A local process with stdout and stderr apart, through `@effect/platform`'s Command. */
 export const stream = (ctx: Context): Effect.Effect<Running, AttemptFailed, CommandExecutor | Scope.Scope> =>
   Effect.gen(function* () {
     const { spec } = ctx
-    const [file, ...args] = spec.shell
-      ? ["/bin/sh", "-c", spec.command, "sh", ...spec.args]
-      : [spec.command, ...spec.args]
+    // Through a wrapper, a missing program would be the wrapper's exit code: say so as node would.
+    if (
+      (ctx.wrapper ?? []).length > 0 &&
+      !spec.shell &&
+      !findable(spec.command, spec.cwd ?? ctx.home, ctx.env)
+    ) {
+      return yield* new AttemptFailed({
+        message: `could not start ${spec.command}: no such file or directory (command or working directory ${spec.cwd ?? ctx.home})`
+      })
+    }
+    const [file, ...args] = [
+      ...(ctx.wrapper ?? []),
+      ...(spec.shell ? ["/bin/sh", "-c", spec.command, "sh", ...spec.args] : [spec.command, ...spec.args])
+    ]
     const command = Command.make(file ?? spec.command, ...args).pipe(
       Command.workingDirectory(spec.cwd ?? ctx.home),
       Command.env(ctx.env, { extendEnv: false }),
@@ -187,7 +217,8 @@ export const terminal = (ctx: Context): Effect.Effect<Running, AttemptFailed, Pt
           cwd: spec.cwd ?? ctx.home,
           env: { ...ctx.env, TERM: "xterm-256color", COLORTERM: "truecolor" },
           cols: spec.cols,
-          rows: spec.rows
+          rows: spec.rows,
+          wrapper: ctx.wrapper ?? []
         })
       ),
       () => Effect.ignore(host.release(id))

@@ -24,6 +24,7 @@ import {
   MetricBoundaries,
   MetricLabel,
   Option,
+  type Redacted,
   Runtime,
   Schedule
 } from "effect"
@@ -86,13 +87,18 @@ export class Proxy extends Context.Tag("vibes/Proxy")<
     /** Requests, errors, latency and tokens per provider and model since the node started. */
     readonly stats: Effect.Effect<ProxyStats>
     /**
-     * The variables that point a session's agents at this proxy (`ANTHROPIC_BASE_URL`,
-     * `OPENAI_BASE_URL`, their key variables set to the session's own token, `VIBES_PROXY_URL`,
-     * `VIBES_PROXY_TOKEN`), for a server reachable at `serverUrl`.
+     * The variables that point the agents of a session or job at this proxy (`ANTHROPIC_BASE_URL`,
+     * `OPENAI_BASE_URL`, their key variables set to its own token, `VIBES_PROXY_URL`,
+     * `VIBES_PROXY_TOKEN`), for a server reachable at `serverUrl`. Its token is valid from now
+     * until `ended`.
      */
-    readonly sessionEnv: (sessionId: string, serverUrl: string) => Record<string, string>
+    readonly clientEnv: (holder: ProxyTokens.Holder, serverUrl: string) => Record<string, string>
+    /** The session or job has ended: its token is refused from now on. */
+    readonly ended: (holder: ProxyTokens.Holder) => void
     /** The environment variables provider keys are read from: secrets no session may see. */
     readonly keyVariables: ReadonlySet<string>
+    /** The provider keys this node holds. */
+    readonly keys: ReadonlyArray<Redacted.Redacted<string>>
   }
 >() {}
 
@@ -549,15 +555,21 @@ export const layer = (
       yield* Effect.addFinalizer(() => events.drain)
       // Valid tokens seen lately, so a request costs no hash; a new admin token means a new process.
       const verdicts = new Map<string, ProxyTokens.ProxyClient>()
+      /** Sessions and jobs running on this node: only their tokens are accepted. */
+      const live = new Set<string>()
+      const isLive = (client: ProxyTokens.ProxyClient) =>
+        Option.match(ProxyTokens.holderOf(client), {
+          onNone: () => true,
+          onSome: (holder) => live.has(ProxyTokens.holderKey(holder))
+        })
       const verify = (token: string): Option.Option<ProxyTokens.ProxyClient> => {
         const known = verdicts.get(token)
-        if (known !== undefined) return Option.some(known)
-        const verdict = tokens.verify(token)
-        if (Option.isSome(verdict)) {
+        const verdict = known !== undefined ? Option.some(known) : tokens.verify(token)
+        if (Option.isSome(verdict) && known === undefined) {
           if (verdicts.size >= 1024) verdicts.clear()
           verdicts.set(token, verdict.value)
         }
-        return verdict
+        return Option.filter(verdict, isLive)
       }
       const modelsSeen = new Map<string, Set<string>>()
       /** The model as statistics and metrics name it: at most `maxModels` per provider, then "other". */
@@ -598,6 +610,7 @@ export const layer = (
         if (outcome.ttfbMillis !== null) pushSample(entry.tally.ttfbs, outcome.ttfbMillis)
 
         const sessionId = outcome.client.kind === "session" ? outcome.client.sessionId : undefined
+        const jobId = outcome.client.kind === "job" ? outcome.client.jobId : undefined
         // Built by this code from checked values: no validation on the request path.
         const event = new NewEvent(
           {
@@ -611,6 +624,7 @@ export const layer = (
                   ? "warn"
                   : "info",
             ...(sessionId !== undefined ? { sessionId } : {}),
+            ...(jobId !== undefined ? { jobId } : {}),
             data: {
               // These come from the client or the upstream: made storable and bounded, so that
               // one request cannot make the log refuse the batch it is in.
@@ -734,7 +748,10 @@ export const layer = (
           )
         }
         const provider = state.provider
-        const clientKey = client.value.kind === "admin" ? "admin" : `session:${client.value.sessionId}`
+        const clientKey = Option.match(ProxyTokens.holderOf(client.value), {
+          onNone: () => "admin",
+          onSome: ProxyTokens.holderKey
+        })
         const wait = limiter.take(clientKey)
         if (wait > 0) {
           request.resume()
@@ -1016,8 +1033,9 @@ export const layer = (
           })
       )
 
-      const sessionEnv = (sessionId: string, serverUrl: string): Record<string, string> => {
-        const token = tokens.mint(sessionId)
+      const clientEnv = (holder: ProxyTokens.Holder, serverUrl: string): Record<string, string> => {
+        live.add(ProxyTokens.holderKey(holder))
+        const token = tokens.mint(holder)
         const root = `${serverUrl.replace(/\/+$/, "")}/proxy`
         const env: Record<string, string> = { VIBES_PROXY_URL: root, VIBES_PROXY_TOKEN: token }
         for (const state of states.values()) {
@@ -1033,6 +1051,10 @@ export const layer = (
       const keyVariables = new Set(
         loaded.flatMap((provider) => (provider.config.keyEnv === undefined ? [] : [provider.config.keyEnv]))
       )
-      return Proxy.of({ serve, providers, stats, sessionEnv, keyVariables })
+      const ended = (holder: ProxyTokens.Holder) => {
+        live.delete(ProxyTokens.holderKey(holder))
+      }
+      const keys = loaded.flatMap((provider) => Option.toArray(provider.key))
+      return Proxy.of({ serve, providers, stats, clientEnv, ended, keyVariables, keys })
     })
   )

@@ -337,6 +337,8 @@ export const layer = Session.toLayer(
       Effect.map(settings.proxyEnv(sessionId), (proxy) => ({
         ...settings.env,
         ...proxy,
+        // What the screen model emulates, not the server's own terminal; a request may ask otherwise.
+        TERM: "xterm-256color",
         ...requested,
         VIBES_SESSION_ID: sessionId
       }))
@@ -638,6 +640,8 @@ export const layer = Session.toLayer(
           queries: []
         }
         live = Option.some(state)
+        // The session's proxy token works while its program runs here.
+        yield* Scope.addFinalizer(scope, settings.proxyEnded(sessionId))
         yield* Metric.increment(liveSessions)
         yield* Scope.addFinalizer(scope, Metric.incrementBy(liveSessions, -1))
         const fiber = yield* Effect.forkIn(pump(state, options.ptyId), scope)
@@ -716,6 +720,24 @@ export const layer = Session.toLayer(
       exitedAt: Date = new Date()
     ) =>
       Effect.gen(function* () {
+        // Recorded whole once begun: a `Close` meanwhile waits for it and finds the session ended,
+        // rather than cutting it short and recording the ended session as closed.
+        const next = yield* Effect.uninterruptible(recordEnd(state, how, exitCode, signal, exitedAt))
+        if (Option.isNone(next)) return
+        // `Close` may interrupt the wait; once the restart begins it completes, so no PTY is left behind.
+        yield* Effect.sleep(restartDelay(next.value.updated.restarts))
+        yield* Effect.uninterruptible(resurrect(state, next.value.updated, next.value.text))
+      })
+
+    /** Records how the program ended; what a restart needs when the policy asks for one. */
+    const recordEnd = (
+      state: Live,
+      how: "exited" | "lost",
+      exitCode: number | null,
+      signal: string | null,
+      exitedAt: Date
+    ) =>
+      Effect.gen(function* () {
         const current = yield* Effect.orDie(currentRow)
         yield* state.lock.withPermits(1)(snapshotEvent(state))
         state.recorder.event(
@@ -744,11 +766,9 @@ export const layer = Session.toLayer(
           live = Option.none()
           lastScreen = Option.some(toScreen(screen, state.seq))
           yield* Scope.close(state.scope, Exit.void).pipe(Effect.forkIn(entityScope))
-          return
+          return Option.none()
         }
-        // `Close` may interrupt the wait; once the restart begins it completes, so no PTY is left behind.
-        yield* Effect.sleep(restartDelay(updated.restarts))
-        yield* Effect.uninterruptible(resurrect(state, updated, screen.text))
+        return Option.some({ updated, text: screen.text })
       })
 
     const restartDelay = (restarts: number) =>
@@ -773,7 +793,8 @@ export const layer = Session.toLayer(
               cwd: current.cwd,
               env: yield* spawnEnv(current.env),
               cols: current.cols,
-              rows: current.rows
+              rows: current.rows,
+              wrapper: settings.wrapper
             })
           )
           .pipe(Effect.either)
@@ -948,7 +969,8 @@ export const layer = Session.toLayer(
               cwd,
               env,
               cols: request.cols,
-              rows: request.rows
+              rows: request.rows,
+              wrapper: settings.wrapper
             })
           )
           .pipe(

@@ -3,6 +3,7 @@
  */
 import * as os from "node:os"
 import { Context, Duration, Effect, Layer } from "effect"
+import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 
 /** Settings every session entity of this node shares. */
 export class SessionSettings extends Context.Tag("vibes/SessionSettings")<
@@ -27,22 +28,22 @@ export class SessionSettings extends Context.Tag("vibes/SessionSettings")<
      * session's own token (added over `env`, under the request's own variables).
      */
     readonly proxyEnv: (sessionId: string) => Effect.Effect<Record<string, string>>
+    /** The session's program has ended: its proxy token stops working. */
+    readonly proxyEnded: (sessionId: string) => Effect.Effect<void>
+    /** The argv prefix programs start through (the sandbox's), empty for none. */
+    readonly wrapper: ReadonlyArray<string>
   }
 >() {}
 
-/** Variables of the server's environment that never reach a session. */
-const secret = /^(VIBES_|DATABASE_URL$|PG|OTEL_)/
-
 /** The environment of a new session: the server's, minus its secrets, with a capable TERM. */
-export const sessionEnv = (env: NodeJS.ProcessEnv = process.env): Record<string, string> => {
-  const out: Record<string, string> = {}
-  for (const [key, value] of Object.entries(env)) {
-    if (value !== undefined && !secret.test(key)) out[key] = value
-  }
-  out.TERM = "xterm-256color"
-  out.COLORTERM = "truecolor"
-  return out
-}
+export const sessionEnv = (
+  secrets: ChildEnv.Secrets = ChildEnv.secrets({ values: [] }),
+  env: NodeJS.ProcessEnv = process.env
+): Record<string, string> => ({
+  ...ChildEnv.childEnv(secrets, env),
+  TERM: "xterm-256color",
+  COLORTERM: "truecolor"
+})
 
 /** The user's login shell, from `$SHELL` or the password database. */
 export const defaultShell = (): string => {
@@ -66,5 +67,7 @@ export const layer = (
     snapshotEvery: 1024 * 1024,
     idleAfter: Duration.seconds(5),
     proxyEnv: () => Effect.succeed({}),
+    proxyEnded: () => Effect.void,
+    wrapper: [],
     ...overrides
   })

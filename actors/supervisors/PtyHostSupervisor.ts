@@ -68,6 +68,8 @@ export interface Options {
   readonly stopHostOnRelease?: boolean
   /** How long a new host may take to answer. Default 15 s. */
   readonly startTimeout?: Duration.DurationInput
+  /** The host's environment (without the server's secrets). Default: the server's. */
+  readonly env?: Readonly<Record<string, string>>
 }
 
 /** Name of the host's log file in the data dir. */
@@ -128,7 +130,11 @@ export const make = (
         try: () => {
           const fd = fs.openSync(logFile, "a", 0o600)
           try {
-            return childProcess.spawn(file, args, { detached: true, stdio: ["ignore", fd, fd] })
+            return childProcess.spawn(file, args, {
+              detached: true,
+              stdio: ["ignore", fd, fd],
+              ...(options.env === undefined ? {} : { env: { ...options.env } })
+            })
           } finally {
             fs.closeSync(fd)
           }

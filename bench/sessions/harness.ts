@@ -19,7 +19,7 @@ import * as PtyHostClient from "../../infra/pty/PtyHostClient.js"
 import { socketPath } from "../../infra/pty/PtyHostRpcs.js"
 import * as Client from "../../rpc/Client.js"
 import type { AttachEvent, SessionInfo } from "../../rpc/Sessions.js"
-import { tempDir } from "../../test/support/TempDir.js"
+import { readableTempDir, tempDir } from "../../test/support/TempDir.js"
 import * as Harness from "../events/harness.js"
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
@@ -434,8 +434,8 @@ export const onBytes = (terminal: NodePty.IPty, listener: (data: Buffer) => void
 
 // Files -------------------------------------------------------------------------------------
 
-/** A temporary directory of the scope. */
-export const scratch = (prefix: string) => tempDir(prefix)
+/** A temporary directory of the scope, readable by the sandbox's user that sessions run as. */
+export const scratch = (prefix: string) => readableTempDir(prefix)
 
 /**
  * Writes `bytes` bytes of printable ASCII lines (72 characters and a newline, varied so nothing

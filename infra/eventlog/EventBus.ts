@@ -71,8 +71,9 @@ export class EventBus extends Context.Tag("vibes/EventBus")<
     readonly stats: Effect.Effect<Stats>
     /**
      * Ends every subscription once the events up to `upTo` have been handed to it (waiting at
-     * most `timeout` for the tailer to reach it); later subscriptions get history only. For
-     * shutdown: clients receive everything up to the node's last event, then a clean end.
+     * most `timeout` for the tailer to reach it), then waits (at most `timeout` again) until their
+     * streams have ended; later subscriptions get history only. For shutdown: clients receive
+     * everything up to the node's last event, then a clean end.
      */
     readonly close: (upTo: number, timeout?: Duration.DurationInput) => Effect.Effect<void>
   }
@@ -136,6 +137,8 @@ export const make = (options: Options = {}) =>
     let position = yield* log.head
     let laggedTotal = 0
     let closed = false
+    /** Subscription streams not yet ended (their scopes still open). */
+    let open = 0
 
     const lag = (subscriber: SinkSubscriber) => {
       const lastOffset = Math.max(0, subscriber.last)
@@ -239,6 +242,7 @@ export const make = (options: Options = {}) =>
           const queue = yield* Queue.bounded<Item>(bufferSize + 2)
           const subscriber: Subscriber = { _tag: "Queue", matches: compiled.matches, queue, bufferSize }
           const joinedAt = yield* Effect.sync(() => {
+            open++
             if (closed) queue.unsafeOffer(end)
             else subscribers.add(subscriber)
             return position
@@ -246,6 +250,7 @@ export const make = (options: Options = {}) =>
           yield* Metric.set(subscribersGauge, subscribers.size)
           yield* Effect.addFinalizer(() =>
             Effect.suspend(() => {
+              open--
               subscribers.delete(subscriber)
               return Effect.zipRight(Metric.set(subscribersGauge, subscribers.size), Queue.shutdown(queue))
             })
@@ -383,7 +388,16 @@ export const make = (options: Options = {}) =>
             subscribers.clear()
           })
         ),
-        Effect.zipRight(Metric.set(subscribersGauge, 0))
+        Effect.zipRight(Metric.set(subscribersGauge, 0)),
+        // Until each stream has ended, its transport may still be delivering the last events; a
+        // server torn down before then would cut the stream (an interruption, not an end).
+        Effect.zipRight(
+          Effect.sync(() => open).pipe(
+            Effect.repeat({ until: (count) => count === 0, schedule: Schedule.spaced("5 millis") }),
+            Effect.timeout(timeout),
+            Effect.ignore
+          )
+        )
       )
 
     return EventBus.of({

@@ -22,7 +22,9 @@ export class PtySpec extends Schema.Class<PtySpec>("PtySpec")({
   /** The complete environment of the program (nothing is inherited from the host). */
   env: Schema.Record({ key: Schema.String, value: Schema.String }),
   cols: Schema.Int,
-  rows: Schema.Int
+  rows: Schema.Int,
+  /** An argv prefix the program is started through (the sandbox's: another user, say). */
+  wrapper: Schema.optional(Schema.Array(Schema.String))
 }) {}
 
 /** How a PTY's program ended. */

@@ -62,6 +62,7 @@ import {
   runningHostPid,
   socketPath
 } from "./PtyHostRpcs.js"
+import { defaultIdleExit, defaultRingBytes } from "./PtyHostDefaults.js"
 
 /** The host could not start (data dir, socket). */
 export class PtyHostServerError extends Schema.TaggedError<PtyHostServerError>()("PtyHostServerError", {
@@ -77,12 +78,6 @@ export interface Options {
   /** The host exits after this long with no running program and no client. Default 30 s. */
   readonly idleExit?: Duration.DurationInput
 }
-
-/** Default size of a PTY's output ring. */
-export const defaultRingBytes = 8 * 1024 * 1024
-
-/** Default idle time before the host exits by itself. */
-export const defaultIdleExit: Duration.Duration = Duration.seconds(30)
 
 /** Largest size, in columns or rows, a PTY may have. */
 export const maxDimension = 1000
@@ -462,8 +457,10 @@ const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.S
         if (Option.isSome(invalid)) return Effect.fail(invalid.value)
         let terminal: NodePty.IPty
         try {
-          terminal = NodePty.spawn(spec.file, [...spec.args], {
-            name: "xterm-256color",
+          const [file, ...args] = [...(spec.wrapper ?? []), spec.file, ...spec.args]
+          terminal = NodePty.spawn(file ?? spec.file, args, {
+            // node-pty sets TERM to `name`: the one the spec asks for, else what the screen model is.
+            name: spec.env["TERM"] ?? "xterm-256color",
             cols: spec.cols,
             rows: spec.rows,
             cwd: spec.cwd,

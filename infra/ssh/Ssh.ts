@@ -384,10 +384,16 @@ const connect = (options: ConnectOptions): Effect.Effect<Connection, SshError, S
     return connection
   })
 
+/**
+ * Runs `line` on a fresh channel. `onOpen` sees the channel the moment it opens, before this
+ * effect resumes: a quick command's exit status can arrive in between, and an event without a
+ * listener is lost.
+ */
 const openChannel = (
   connection: Connection,
   options: ConnectOptions,
-  line: string
+  line: string,
+  onOpen: (channel: ssh2.ClientChannel) => void = () => undefined
 ): Effect.Effect<ssh2.ClientChannel, SshError> =>
   Effect.async<ssh2.ClientChannel, SshError>((resume) => {
     const refused = (error: unknown) =>
@@ -396,9 +402,11 @@ const openChannel = (
         message: `${label(options)} did not start the command: ${describeError(error)}`
       })
     try {
-      connection.client.exec(line, (error, channel) =>
-        resume(error === undefined ? Effect.succeed(channel) : Effect.fail(refused(error)))
-      )
+      connection.client.exec(line, (error, channel) => {
+        if (error !== undefined) return resume(Effect.fail(refused(error)))
+        onOpen(channel)
+        resume(Effect.succeed(channel))
+      })
     } catch (error) {
       resume(Effect.fail(refused(error)))
     }
@@ -410,16 +418,18 @@ const runQuietly = (
   options: ConnectOptions,
   line: string
 ): Effect.Effect<void, SshError> =>
-  Effect.flatMap(openChannel(connection, options, line), (channel) =>
-    Effect.async<void>((resume) => {
+  Effect.gen(function* () {
+    const ended = yield* Deferred.make<void>()
+    const channel = yield* openChannel(connection, options, line, (channel) => {
       channel.on("error", () => undefined)
-      channel.once("exit", () => resume(Effect.void)).once("close", () => resume(Effect.void))
-      channel.resume()
-      channel.stderr.resume()
-      channel.end()
-      return Effect.sync(() => channel.close())
+      channel.once("exit", () => Deferred.unsafeDone(ended, Exit.void))
+      channel.once("close", () => Deferred.unsafeDone(ended, Exit.void))
     })
-  )
+    channel.resume()
+    channel.stderr.resume()
+    channel.end()
+    yield* Deferred.await(ended).pipe(Effect.onInterrupt(() => Effect.sync(() => channel.close())))
+  })
 
 const envName = /^[A-Za-z_][A-Za-z0-9_]*$/
 
@@ -525,18 +535,18 @@ export const exec = Effect.fn("Ssh.exec")(function* (
   const marker = `VIBES-PID-${randomBytes(8).toString("hex")}`
   const line = yield* remoteLine(marker, command, extras)
   const connection = yield* connect(options)
-  const channel = yield* openChannel(connection, options, line)
-
   const exit = yield* Deferred.make<ExitStatus, SshError>()
   let exited = false
-  channel.once("exit", (code: unknown, signal: unknown) => {
-    exited = true
-    Deferred.unsafeDone(
-      exit,
-      Exit.succeed({ code: typeof code === "number" ? code : null, signal: normaliseSignal(signal) })
-    )
+  const channel = yield* openChannel(connection, options, line, (channel) => {
+    channel.once("exit", (code: unknown, signal: unknown) => {
+      exited = true
+      Deferred.unsafeDone(
+        exit,
+        Exit.succeed({ code: typeof code === "number" ? code : null, signal: normaliseSignal(signal) })
+      )
+    })
+    channel.once("close", () => Deferred.unsafeDone(exit, Exit.succeed({ code: null, signal: null })))
   })
-  channel.once("close", () => Deferred.unsafeDone(exit, Exit.succeed({ code: null, signal: null })))
   connection.client.once("close", () =>
     Deferred.unsafeDone(
       exit,

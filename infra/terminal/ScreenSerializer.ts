@@ -20,7 +20,7 @@ export interface Options {
 /** The redraw of `terminal` as it is now (after everything it has parsed). */
 export const serialize = (terminal: Terminal, options: Options = {}): string => {
   const core = internals(terminal)
-  const out = new Writer(terminal.cols, terminal.rows, core)
+  const out = new Writer(terminal.cols, terminal.rows, core, scratchCell(terminal))
   const buffers = core._bufferService.buffers
   const altActive = buffers.active === buffers.alt
   out.buffer(buffers.normal, options.scrollbackLines)
@@ -76,7 +76,6 @@ interface Buffer {
   readonly savedCurAttrData: { readonly fg: number; readonly bg: number }
   readonly savedCharset: Charset | undefined
   readonly tabs: { readonly [column: number]: boolean | undefined }
-  getNullCell(): Cell
 }
 
 interface Core {
@@ -123,6 +122,13 @@ interface Core {
 
 /** The boundary: xterm.js' internals, whose shape the serializer's tests pin. */
 const internals = (terminal: Terminal): Core => (terminal as unknown as { readonly _core: Core })._core
+
+/**
+ * A cell of its own to read cells into. Not the internal buffer's `getNullCell()`: that is the
+ * buffer's one shared blank, which erases and scrolls fill with, so reading a cell into it made
+ * every later erase write that cell's character.
+ */
+const scratchCell = (terminal: Terminal): Cell => terminal.buffer.active.getNullCell() as unknown as Cell
 
 // Attribute bits (xterm.js common/buffer/Constants.ts) ----------------------------------------
 
@@ -221,7 +227,8 @@ class Writer {
   constructor(
     private readonly cols: number,
     private readonly rows: number,
-    private readonly core: Core
+    private readonly core: Core,
+    private readonly scratch: Cell
   ) {}
 
   text(): string {
@@ -371,7 +378,7 @@ class Writer {
 
   /** The lines of `buffer` (the newest `scrollbackLines` of its scrollback, or all). */
   buffer(buffer: Buffer, scrollbackLines: number | undefined): void {
-    const scratch = buffer.getNullCell()
+    const scratch = this.scratch
     const total = buffer.lines.length
     const keep =
       scrollbackLines === undefined ? total : Math.min(total, this.rows + Math.max(0, scrollbackLines))
@@ -442,7 +449,7 @@ class Writer {
       const line = buffer.lines.get(buffer.ybase + row)
       this.raw(`\x1b[${row + 1};1H`)
       this.x = 0
-      if (line !== undefined && this.pendingWrap(line, buffer.getNullCell())) return
+      if (line !== undefined && this.pendingWrap(line, this.scratch)) return
     }
     this.raw(`\x1b[${row + 1};${Math.min(buffer.x, this.cols - 1) + 1}H`)
     this.x = Math.min(buffer.x, this.cols - 1)
@@ -488,7 +495,7 @@ class Writer {
         const line = active.lines.get(active.ybase + active.y)
         this.raw(`\x1b[${row + 1};1H`)
         this.x = 0
-        if (line === undefined || !this.pendingWrap(line, active.getNullCell())) {
+        if (line === undefined || !this.pendingWrap(line, this.scratch)) {
           this.raw(`\x1b[${row + 1};${this.cols}H`)
         }
       } else this.raw(`\x1b[${row + 1};${active.x + 1}H`)

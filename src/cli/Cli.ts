@@ -13,7 +13,6 @@ import * as Client from "../../rpc/Client.js"
 import { compileGlob, EventFilter, StoredEvent } from "../../rpc/Events.js"
 import { follow } from "../../rpc/Follow.js"
 import { ClusterInfo } from "../../rpc/System.js"
-import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import * as Config from "../config/Config.js"
 import {
   answerWithin,
@@ -80,7 +79,9 @@ const serve = Command.make(
       process.once("SIGINT", watchdog)
 
       // Loaded here, so client commands start without the server's modules.
-      const Server = yield* Effect.promise(() => import("../server/Server.js"))
+      const [Server, Telemetry] = yield* Effect.promise(() =>
+        Promise.all([import("../server/Server.js"), import("../../infra/telemetry/Telemetry.js")])
+      )
       const node = Server.layer(config, {
         onListening: (announcement) =>
           Effect.gen(function* () {

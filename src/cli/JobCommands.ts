@@ -27,6 +27,8 @@ import * as Options from "@effect/cli/Options"
 import * as ParseResult from "effect/ParseResult"
 import * as Client from "../../rpc/Client.js"
 import {
+  commandLine,
+  type JobDone,
   JobId,
   JobInfo,
   JobOutput,
@@ -34,10 +36,8 @@ import {
   jobSpecIssue,
   JobStatus,
   maxListLimit,
-  parseSshTarget,
-  type JobDone
+  parseSshTarget
 } from "../../rpc/Jobs.js"
-import { commandLine } from "../../actors/job/JobStore.js"
 import {
   answerWithin,
   CliFailure,

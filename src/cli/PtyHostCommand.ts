@@ -12,8 +12,7 @@ import * as path from "node:path"
 import { Config as EffectConfig, type ConfigError, Duration, Effect, LogLevel, Option, Schema } from "effect"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
-import * as PtyHostServer from "../../infra/pty/PtyHostServer.js"
-import * as Telemetry from "../../infra/telemetry/Telemetry.js"
+import { defaultIdleExit, defaultRingBytes } from "../../infra/pty/PtyHostDefaults.js"
 import * as Config from "../config/Config.js"
 
 /** `vibes pty-host` failed; `exitCode` as in the rest of the CLI (1 failure, 2 bad configuration). */
@@ -33,7 +32,7 @@ export const hostConfig = EffectConfig.all({
       message: "VIBES_PTY_RING_BYTES must be a positive number of bytes (at most 1 GiB)",
       validation: (n) => n >= 1 && n <= 1024 * 1024 * 1024
     }),
-    EffectConfig.withDefault(PtyHostServer.defaultRingBytes)
+    EffectConfig.withDefault(defaultRingBytes)
   ),
   idleExit: EffectConfig.number("VIBES_PTY_HOST_IDLE_EXIT").pipe(
     EffectConfig.validate({
@@ -41,7 +40,7 @@ export const hostConfig = EffectConfig.all({
       validation: (n) => Number.isFinite(n) && n > 0
     }),
     EffectConfig.map(Duration.seconds),
-    EffectConfig.withDefault(PtyHostServer.defaultIdleExit)
+    EffectConfig.withDefault(defaultIdleExit)
   )
 })
 
@@ -69,6 +68,13 @@ export const command = Command.make(
         onNone: () => settings.dataDir,
         onSome: (dir) => path.resolve(dir)
       })
+      // Loaded here, not with the CLI: the commands that talk to a server never need them.
+      const [PtyHostServer, Telemetry] = yield* Effect.promise(() =>
+        Promise.all([
+          import("../../infra/pty/PtyHostServer.js"),
+          import("../../infra/telemetry/Telemetry.js")
+        ])
+      )
       yield* PtyHostServer.run({ dataDir, ringBytes: settings.ringBytes, idleExit: settings.idleExit }).pipe(
         Effect.mapError((error) => new PtyHostCommandFailure({ message: error.message, exitCode: 1 })),
         Effect.provide(

@@ -5,12 +5,24 @@
  * and reconnects by itself (resuming at the exact byte) when the server restarts. Ctrl-] detaches.
  * The terminal is restored on every way out: detach, session end, error, signal.
  */
-import { Context, DateTime, Deferred, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
+import {
+  Chunk,
+  Context,
+  DateTime,
+  Deferred,
+  Duration,
+  Effect,
+  Layer,
+  Option,
+  Schedule,
+  Sink,
+  Stream
+} from "effect"
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as Client from "../../rpc/Client.js"
-import { CreateSession, type SessionInfo, type SessionSignal } from "../../rpc/Sessions.js"
+import { CreateSession, maxInputBytes, type SessionInfo, type SessionSignal } from "../../rpc/Sessions.js"
 import {
   CliFailure,
   clientLayer,
@@ -349,6 +361,20 @@ const attach = Command.make(
         const attached = yield* Deferred.make<string>()
         const input = Stream.repeatEffectOption(keyQueue).pipe(
           Stream.flattenChunks,
+          // While one Input is on its way, the keys typed meanwhile gather into the next one, so
+          // fast typing or a paste is never sent a request at a time.
+          // At most one Input's worth: a paste larger than that goes as several.
+          Stream.aggregate(
+            Sink.foldWeighted({
+              initial: Chunk.empty<Uint8Array>(),
+              maxCost: maxInputBytes,
+              cost: (_, keys) => keys.length,
+              body: (gathered, keys) => Chunk.append(gathered, keys)
+            })
+          ),
+          Stream.map((keys) =>
+            keys.length === 1 ? Chunk.unsafeHead(keys) : Buffer.concat(Chunk.toArray(keys))
+          ),
           Stream.runForEach((data) =>
             flags.readOnly
               ? Effect.void

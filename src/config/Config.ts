@@ -23,6 +23,7 @@ import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import type { Limits as RpcLimits } from "../../infra/rpc/RpcSocketServer.js"
 import { ProviderConfig } from "../../rpc/Proxy.js"
+import type * as Sandbox from "../../infra/sandbox/Sandbox.js"
 
 /** How log lines are written. `auto` means JSON unless stdout is a terminal. */
 export type LogFormat = "auto" | "json" | "pretty"
@@ -78,6 +79,10 @@ export interface ServerConfig {
   /** Proxy requests a second per client (0: no limit), and the burst allowed above that rate. */
   readonly proxyRate: number
   readonly proxyBurst: number
+  /** `VIBES_SANDBOX`: `auto` runs sessions and jobs as `runAs` when vibes runs as root, in namespaces of their own otherwise (where the machine allows); `namespaces` refuses to start without them; `off` never isolates. */
+  readonly sandbox: Sandbox.SandboxMode
+  /** `VIBES_RUN_AS`: the user sessions and jobs run as under a root server (created when missing). */
+  readonly runAs: string
   /** Cluster mode (`VIBES_RUNNER_PORT` set), else a single node that is its own runner. */
   readonly cluster: Option.Option<ClusterConfig>
   /**
@@ -419,6 +424,17 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   proxyMaxBody: positiveInt("VIBES_PROXY_MAX_BODY", 32 * 1024 * 1024, 1024 * 1024 * 1024),
   proxyRate: nonNegativeInt("VIBES_PROXY_RATE", 20),
   proxyBurst: positiveInt("VIBES_PROXY_BURST", 40, 1_000_000),
+  sandbox: Config.literal(
+    "auto",
+    "namespaces",
+    "off"
+  )("VIBES_SANDBOX").pipe(Config.withDefault<Sandbox.SandboxMode>("auto")),
+  runAs: checked(
+    "VIBES_RUN_AS",
+    Config.string("VIBES_RUN_AS"),
+    "must be a user name (letters, digits, '_', '-', '.'; not starting with '-')",
+    (s) => /^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$/.test(s)
+  ).pipe(Config.withDefault("vibes")),
   cluster,
   allowedHosts: Config.string("VIBES_ALLOWED_HOSTS").pipe(
     Config.mapOrFail((text) => {

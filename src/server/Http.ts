@@ -45,6 +45,7 @@ import * as EventsHttp from "./EventsHttp.js"
 import * as JobsHandlers from "./JobsHandlers.js"
 import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
+import * as SessionsHttp from "./SessionsHttp.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 import type { Proxy } from "../../actors/proxy/Proxy.js"
@@ -499,6 +500,9 @@ export const routes = (options: RouteOptions) =>
     events(options.sseHeartbeat),
     ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler, long]) =>
       HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
+    ),
+    ...SessionsHttp.handlers.map(([method, path, handler]) =>
+      HttpLayerRouter.add(method, path, authenticated(handler))
     )
   )
 

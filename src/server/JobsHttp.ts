@@ -13,22 +13,17 @@
  * bad input, 413 for a body over `maxBodyBytes`, 404 for an unknown job, 503 when the store cannot
  * be reached.
  */
-import { Chunk, type Duration, Effect, Either, Option, ParseResult, Schema, Stream } from "effect"
+import { Chunk, type Duration, Effect, Either, Option, Schema, Stream } from "effect"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { JobId, JobInfo, type JobError, JobOutput, JobSpec, JobStatus, maxListLimit } from "../../rpc/Jobs.js"
-import { firstIssue } from "../../rpc/Text.js"
 import { Jobs } from "../../actors/job/Jobs.js"
-import { securityHeaders, sseHeaders } from "./Headers.js"
-
-const headers = securityHeaders
+import { sseHeaders } from "./Headers.js"
+import { badRequest, formatIssue, json, jsonBody, refuse } from "./JsonApi.js"
 
 /** The largest request body accepted, in bytes. */
 export const maxBodyBytes = 1024 * 1024
-
-const json = (status: number, body: unknown) => HttpServerResponse.unsafeJson(body, { status, headers })
-const badRequest = (message: string) => json(400, { error: "BadRequest", message })
 
 const statusOf = (error: JobError) =>
   error._tag === "JobNotFound" ? 404 : error._tag === "InvalidJobRequest" ? 400 : 503
@@ -44,69 +39,10 @@ const encodeInfo = Schema.encodeSync(JobInfo)
 const encodeInfos = Schema.encodeSync(Schema.Array(JobInfo))
 const encodeOutput = Schema.encodeSync(JobOutput)
 
-const formatIssue = (error: ParseResult.ParseError) =>
-  ParseResult.ArrayFormatter.formatErrorSync(error)
-    .map((issue) => (issue.path.length > 0 ? `${issue.path.join(".")}: ${issue.message}` : issue.message))
-    .join("; ")
-
 const decodeId = (raw: string | undefined) =>
   Either.mapLeft(Schema.decodeUnknownEither(JobId)(raw ?? ""), formatIssue)
 
-/** Why a body was refused: a 413 when it is too large, a 400 otherwise. */
-interface Refused {
-  readonly status: 400 | 413
-  readonly message: string
-  /** The refused field's dotted path, when one is to blame. */
-  readonly field?: string
-}
-
-const refuse = (refused: Refused) =>
-  json(refused.status, {
-    error: refused.status === 413 ? "PayloadTooLarge" : "BadRequest",
-    message: refused.message,
-    ...(refused.field !== undefined ? { field: refused.field } : {})
-  })
-
-/**
- * Reads a JSON body of at most `maxBodyBytes`, decoded with `schema`. The limit holds while the
- * body streams in (a chunked body has no length to check first): past it, reading stops and the
- * connection is closed, so an oversized body is never held whole.
- */
-const body = <A, I>(schema: Schema.Schema<A, I>) =>
-  Effect.gen(function* () {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const length = Number(request.headers["content-length"] ?? "0")
-    const tooLarge: Refused = {
-      status: 413,
-      message: `the body is larger than the limit of ${maxBodyBytes} bytes`
-    }
-    if (length > maxBodyBytes) return Either.left(tooLarge)
-    const text = yield* request.text.pipe(
-      HttpServerRequest.withMaxBodySize(Option.some(maxBodyBytes)),
-      Effect.either
-    )
-    if (Either.isLeft(text)) {
-      return Either.left<Refused>(
-        String(text.left.cause).includes("maxBytes exceeded")
-          ? tooLarge
-          : { status: 400, message: "the body could not be read" }
-      )
-    }
-    const parsed = Either.try(() => JSON.parse(text.right) as unknown)
-    if (Either.isLeft(parsed))
-      return Either.left<Refused>({ status: 400, message: "the body is not valid JSON" })
-    return Either.mapLeft(
-      Schema.decodeUnknownEither(schema)(parsed.right, { onExcessProperty: "error" }),
-      (error): Refused => {
-        const issue = firstIssue(error, "body")
-        return {
-          status: 400,
-          message: formatIssue(error),
-          ...(issue.field !== "body" ? { field: issue.field } : {})
-        }
-      }
-    )
-  })
+const body = <A, I>(schema: Schema.Schema<A, I>) => jsonBody(schema, maxBodyBytes)
 
 const list = Effect.gen(function* () {
   const request = yield* HttpServerRequest.HttpServerRequest

@@ -56,6 +56,9 @@ import * as EventBus from "../../infra/eventlog/EventBus.js"
 import * as EventLog from "../../infra/eventlog/EventLog.js"
 import * as PgEventLog from "../../infra/eventlog/PgEventLog.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
+import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
+import * as Sandbox from "../../infra/sandbox/Sandbox.js"
+import type * as ProxyTokens from "../../actors/proxy/ProxyTokens.js"
 import type { ServerConfig } from "../config/Config.js"
 import { version } from "../Version.js"
 import { PtyHost } from "../../infra/pty/PtyHost.js"
@@ -63,6 +66,7 @@ import * as PtyExitRecords from "../../infra/pty/PtyExitRecords.js"
 import { NewEvent } from "../../rpc/Events.js"
 import * as Emitter from "./Emitter.js"
 import * as Http from "./Http.js"
+import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as Membership from "./Membership.js"
 import * as WebUi from "./WebUi.js"
 import { NodeInfo, resolveNodeId } from "./NodeInfo.js"
@@ -240,17 +244,55 @@ const ptyHostCommand = (config: ServerConfig): ReadonlyArray<string> =>
     config.dataDir
   ])
 
+/** How this node starts session and job programs, and what it keeps from them. */
+interface Children {
+  readonly sandbox: Sandbox.Sandbox
+  readonly secrets: ChildEnv.Secrets
+  /** The proxy variables of a session or job, with its token (valid until `proxyEnded`). */
+  readonly proxyEnv: (holder: ProxyTokens.Holder) => Effect.Effect<Record<string, string>>
+  readonly proxyEnded: (holder: ProxyTokens.Holder) => Effect.Effect<void>
+}
+
+/** Settings of `vibes pty-host` that pass to it through the environment. */
+const ptyHostSettings = /^VIBES_(PTY_|LOG_)/
+
+/** The PTY host's environment: the programs' (no secrets), and its own settings. */
+const ptyHostEnv = (secrets: ChildEnv.Secrets): Record<string, string> => ({
+  ...ChildEnv.childEnv(secrets),
+  ...Object.fromEntries(
+    Object.entries(process.env).flatMap(([name, value]) =>
+      value !== undefined && ptyHostSettings.test(name) ? [[name, value]] : []
+    )
+  )
+})
+
+/** The secrets of this node: what no session or job may see, in its environment or its output. */
+const nodeSecrets = (
+  config: ServerConfig,
+  adminToken: Redacted.Redacted<string>,
+  proxy: Proxy.Proxy["Type"]
+): ChildEnv.Secrets =>
+  ChildEnv.secrets({
+    variables: proxy.keyVariables,
+    values: [
+      Redacted.value(adminToken),
+      ...Option.toArray(Option.map(config.adminToken, Redacted.value)),
+      ...Option.toArray(Option.map(config.cluster, (cluster) => Redacted.value(cluster.secret))),
+      ...Option.toArray(Option.map(config.databaseUrl, Redacted.value)),
+      ...proxy.keys.map(Redacted.value),
+      process.env["VIBES_TOKEN"],
+      ...Object.entries(process.env).flatMap(([name, value]): Array<string | undefined> =>
+        name.startsWith("VIBES_SECRET_") ? [value] : []
+      )
+    ]
+  })
+
 /**
  * Sessions and jobs: the machine's PTY host (started when none runs), the session registry, and
  * the cluster runner with the session and job entities (a single runner, or a member of the
  * cluster; see `Cluster.runnerLayer`), and this node's membership on top.
  */
-const sessions = (
-  config: ServerConfig,
-  nodeId: string,
-  proxyEnv: SessionSettings.SessionSettings["Type"]["proxyEnv"],
-  hiddenEnv: ReadonlySet<string>
-) =>
+const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
   Membership.layer({
     nodeId,
     cluster: config.cluster,
@@ -276,24 +318,31 @@ const sessions = (
           })
         ),
         // Below the runner, so they outlive the entities that use them while it stops.
-        Layer.provideMerge(jobServices(config, nodeId)),
+        Layer.provideMerge(jobServices(config, nodeId, children)),
         Layer.provideMerge(SessionRegistry.layer),
         Layer.provideMerge(
           SessionSettings.layer(nodeId, {
             scrollback: config.sessionScrollback,
             idleAfter: config.sessionIdleAfter,
             // Provider keys stay on the server: sessions get their proxy token in those variables.
-            env: Object.fromEntries(
-              Object.entries(SessionSettings.sessionEnv()).filter(([name]) => !hiddenEnv.has(name))
-            ),
-            proxyEnv
+            env: {
+              ...SessionSettings.sessionEnv(children.secrets),
+              ...Sandbox.identityEnv(children.sandbox)
+            },
+            ...(children.sandbox._tag === "RunAs"
+              ? { home: children.sandbox.user.home, shell: children.sandbox.user.shell }
+              : {}),
+            wrapper: Sandbox.wrapper(children.sandbox),
+            proxyEnv: (sessionId) => children.proxyEnv({ kind: "session", id: sessionId }),
+            proxyEnded: (sessionId) => children.proxyEnded({ kind: "session", id: sessionId })
           })
         ),
         Layer.provideMerge(
           PtyHostSupervisor.layer({
             dataDir: config.dataDir,
             command: ptyHostCommand(config),
-            stopHostOnRelease: config.stopPtyHostOnExit
+            stopHostOnRelease: config.stopPtyHostOnExit,
+            env: ptyHostEnv(children.secrets)
           })
         ),
         Layer.provideMerge(PtyExitRecords.layer({ dataDir: config.dataDir }))
@@ -305,7 +354,7 @@ const sessions = (
  * What job entities use: worker slots, the output writer, the job table and settings. (The
  * entity's persisted messages live in the cluster's SQL message storage.)
  */
-const jobServices = (config: ServerConfig, nodeId: string) =>
+const jobServices = (config: ServerConfig, nodeId: string, children: Children) =>
   JobLogs.layer(nodeId).pipe(
     Layer.provideMerge(JobStore.layer),
     Layer.provideMerge(Scheduler.layer(config.jobSlots)),
@@ -315,7 +364,13 @@ const jobServices = (config: ServerConfig, nodeId: string) =>
         dataDir: config.dataDir,
         killGrace: config.jobKillGrace,
         sshKnownHosts: config.sshKnownHosts,
-        sshKeepalive: config.sshKeepalive
+        sshKeepalive: config.sshKeepalive,
+        env: { ...ChildEnv.childEnv(children.secrets), ...Sandbox.identityEnv(children.sandbox) },
+        ...(children.sandbox._tag === "RunAs" ? { home: children.sandbox.user.home } : {}),
+        wrapper: Sandbox.wrapper(children.sandbox),
+        proxyEnv: (jobId) => children.proxyEnv({ kind: "job", id: jobId }),
+        proxyEnded: (jobId) => children.proxyEnded({ kind: "job", id: jobId }),
+        secrets: children.secrets
       })
     ),
     Layer.provide(NodeContext.layer)
@@ -373,6 +428,11 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       )
       if (Either.isLeft(allowedHosts)) return yield* new EdgeConfigError({ message: allowedHosts.left })
       yield* DataDir.lock(config.dataDir)
+      const sandbox = yield* Sandbox.make({
+        mode: config.sandbox,
+        runAs: config.runAs,
+        dataDir: config.dataDir
+      })
       const nodeId = yield* resolveNodeId(config.nodeId, config.dataDir)
       const adminToken = yield* Layer.build(
         AdminToken.layer({ dataDir: config.dataDir, override: config.adminToken })
@@ -441,13 +501,18 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       const proxy = Context.get(proxyContext, Proxy.Proxy)
       // Where sessions reach this node's proxy: known once the server listens.
       const serverUrl = yield* Deferred.make<string>()
-      const proxyEnv = (sessionId: string) =>
-        Effect.map(Deferred.await(serverUrl), (url) => proxy.sessionEnv(sessionId, url))
+      const admin = Context.get(adminToken, AdminToken.AdminToken)
+      const children: Children = {
+        sandbox,
+        secrets: nodeSecrets(config, admin.token, proxy),
+        proxyEnv: (holder) => Effect.map(Deferred.await(serverUrl), (url) => proxy.clientEnv(holder, url)),
+        proxyEnded: (holder) => Effect.sync(() => proxy.ended(holder))
+      }
       // Sessions and jobs live in a scope of their own, closed at the start of the shutdown (before
       // system.stopped), not after the HTTP server has drained its connections.
       const work = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
       const sessionsContext = yield* Layer.buildWithScope(
-        sessions(config, nodeId, proxyEnv, proxy.keyVariables).pipe(
+        sessions(config, nodeId, children).pipe(
           Layer.provide(Layer.succeedContext(events)),
           Layer.provide(Layer.succeedContext(sqlContext))
         ),
@@ -474,7 +539,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
           web: WebUi.read(Option.getOrElse(config.webDir, WebUi.defaultDir))
         }),
         { disableListenLog: true }
-      )
+      ).pipe(Layer.provide(SessionsHandlers.apiLayer))
       // Built after the routes, so released before them: followers see the stop event, then a
       // clean end of their streams, while the server still serves.
       const app = Layer.scopedDiscard(announceStop(nodeId, Scope.close(work, Exit.void), closing)).pipe(

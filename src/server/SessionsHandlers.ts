@@ -1,9 +1,14 @@
 /**
- * Handlers of the `Sessions` RPC group: per-session calls go to the session's entity through
- * Sharding (whichever node owns it); `List`, `Get` and `ScreenAt` read the registry and the log.
+ * The session calls, served by the `Sessions` RPC group and by the REST API (SessionsHttp):
+ * per-session calls go to the session's entity through Sharding (whichever node owns it); `List`,
+ * `Get` and `ScreenAt` read the registry and the log.
  */
-import { Cause, Duration, Effect, Option, Schema, Stream } from "effect"
+import { Cause, Context, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
+import type * as Rpc from "@effect/rpc/Rpc"
+import type * as RpcGroup from "@effect/rpc/RpcGroup"
 import {
+  type AttachEvent,
+  type AttachSession,
   checkCreateSession,
   InvalidSessionRequest,
   SessionId,
@@ -63,8 +68,26 @@ const withinReach =
         })
     })
 
-/** The handlers. */
-export const layer = SessionsRpcs.toLayer(
+type Rpcs = RpcGroup.Rpcs<typeof SessionsRpcs>
+
+/** A session call answered once: its payload in, its success or a session error out. */
+type Call<Tag extends string> = (
+  payload: Rpc.Payload<Rpc.ExtractTag<Rpcs, Tag>>
+) => Effect.Effect<Rpc.Success<Rpc.ExtractTag<Rpcs, Tag>>, SessionError>
+
+/** Every session call, by its RPC tag. */
+export type SessionsApiShape = {
+  readonly [Tag in Exclude<Rpc.Tag<Rpcs>, "Sessions.Attach">]: Call<Tag>
+} & {
+  readonly "Sessions.Attach": (request: AttachSession) => Stream.Stream<AttachEvent, SessionError>
+}
+
+/** The session calls, for the RPC group's handlers and the REST API. */
+export class SessionsApi extends Context.Tag("vibes/SessionsApi")<SessionsApi, SessionsApiShape>() {}
+
+/** The session calls of this node. */
+export const apiLayer = Layer.effect(
+  SessionsApi,
   Effect.gen(function* () {
     const makeClient = yield* Session.client
     const membership = yield* Membership
@@ -140,7 +163,7 @@ export const layer = SessionsRpcs.toLayer(
         })
       })
 
-    return {
+    const api: SessionsApiShape = {
       "Sessions.Create": (request) =>
         Effect.zipRight(
           checkCreateSession(request),
@@ -207,7 +230,7 @@ export const layer = SessionsRpcs.toLayer(
                   .resolve({ _tag: "Time", epochMillis: at.at.epochMillis })
                   .pipe(Effect.mapError(unavailable(sessionId)))) - 1
           return yield* screenAt(sessionId, upTo)
-        }),
+        }).pipe(Effect.provideService(EventLog, log)),
       "Sessions.List": ({ state }) =>
         registry.list(Option.fromNullable(state)).pipe(
           Effect.map((rows) => rows.map(toInfo)),
@@ -228,5 +251,9 @@ export const layer = SessionsRpcs.toLayer(
             : Effect.succeed(toInfo(row))
         )
     }
+    return api
   })
 )
+
+/** The handlers of the `Sessions` RPC group. */
+export const layer = SessionsRpcs.toLayer(SessionsApi).pipe(Layer.provide(apiLayer))

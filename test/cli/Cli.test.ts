@@ -77,6 +77,20 @@ describe("vibes CLI", () => {
   )
 
   it.live(
+    "--version prints the package's version, from bin/vibes.js without loading the CLI and from the CLI itself",
+    () =>
+      Effect.gen(function* () {
+        const { version } = Vibes.packageJson()
+        const bin = yield* Vibes.runScript(path.join("bin", "vibes.js"), ["--version"])
+        expect(bin).toMatchObject({ code: 0, stdout: `${version}\n` })
+        const cli = yield* Vibes.run(["--version"])
+        expect(cli.code).toBe(0)
+        expect(cli.stdout.trim()).toBe(version)
+      }),
+    60_000
+  )
+
+  it.live(
     "a second serve on the same data dir is refused with a clear message",
     () =>
       Effect.gen(function* () {

@@ -1,8 +1,9 @@
+import * as childProcess from "node:child_process"
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { CreateSession } from "../../rpc/Sessions.js"
-import { clientLayer, watch } from "../support/Attach.js"
+import { clientLayer, eventually, watch } from "../support/Attach.js"
 import * as TestServer from "../support/TestServer.js"
 import * as Tmux from "../support/Tmux.js"
 import * as Vibes from "../support/VibesProcess.js"
@@ -18,44 +19,48 @@ const vibes = (args: ReadonlyArray<string>) =>
 layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServices: true })(
   "session commands",
   (it) => {
-    it.scoped("new, ls, send, snapshot and kill work with exit codes", () =>
-      Effect.gen(function* () {
-        const created = yield* vibes(["new", "--name", "builder", "--", "/bin/sh"])
-        expect(created.code).toBe(0)
-        const id = created.stdout.trim()
-        expect(id).toMatch(/^test-node_[0-9a-f-]{36}$/)
-        const listed = yield* vibes(["ls"])
-        expect(listed.code).toBe(0)
-        expect(listed.stdout).toContain(id)
-        expect(listed.stdout).toContain("builder")
-        const server = yield* Node
-        const rpc = yield* Effect.map(
-          Layer.build(clientLayer(server.url, server.token)),
-          Context.get(Client.VibesClient)
-        )
-        const view = yield* watch(rpc.Sessions.Attach({ sessionId: id }))
-        yield* view.until((w) => w.attachmentId() !== "", "the watcher to attach")
-        const sent = yield* vibes(["send", id, "echo sent-$((40+2))", "--enter"])
-        expect(sent.code).toBe(0)
-        yield* view.until((w) => w.text().includes("\r\nsent-42\r\n"), "the output of the sent line")
-        const screen = yield* vibes(["snapshot", id])
-        expect(screen.code).toBe(0)
-        expect(screen.stdout).toMatch(/^sent-42$/m)
-        expect((yield* vibes(["kill", id])).code).toBe(0)
-        const late = yield* vibes(["send", id, "x"])
-        expect(late.code).toBe(1)
-        expect(late.stderr).toContain("closed")
-        const unknown = yield* vibes(["attach", "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293"])
-        expect(unknown.code).toBe(1)
-        expect(unknown.stderr).toContain("no session")
-        const bad = yield* vibes(["new", "--cwd", "/does/not/exist"])
-        expect(bad.code).toBe(2)
-        expect(bad.stderr).toContain("/does/not/exist")
-        for (const command of ["new", "ls", "attach", "kill", "send", "snapshot"]) {
-          const help = yield* vibes([command, "--help"])
-          expect(help.code).toBe(0)
-        }
-      })
+    it.scoped(
+      "new, ls, send, snapshot and kill work with exit codes",
+      () =>
+        Effect.gen(function* () {
+          const created = yield* vibes(["new", "--name", "builder", "--", "/bin/sh"])
+          expect(created.code).toBe(0)
+          const id = created.stdout.trim()
+          expect(id).toMatch(/^test-node_[0-9a-f-]{36}$/)
+          const listed = yield* vibes(["ls"])
+          expect(listed.code).toBe(0)
+          expect(listed.stdout).toContain(id)
+          expect(listed.stdout).toContain("builder")
+          const server = yield* Node
+          const rpc = yield* Effect.map(
+            Layer.build(clientLayer(server.url, server.token)),
+            Context.get(Client.VibesClient)
+          )
+          const view = yield* watch(rpc.Sessions.Attach({ sessionId: id }))
+          yield* view.until((w) => w.attachmentId() !== "", "the watcher to attach")
+          const sent = yield* vibes(["send", id, "echo sent-$((40+2))", "--enter"])
+          expect(sent.code).toBe(0)
+          yield* view.until((w) => w.text().includes("\r\nsent-42\r\n"), "the output of the sent line")
+          const screen = yield* vibes(["snapshot", id])
+          expect(screen.code).toBe(0)
+          expect(screen.stdout).toMatch(/^sent-42$/m)
+          expect((yield* vibes(["kill", id])).code).toBe(0)
+          const late = yield* vibes(["send", id, "x"])
+          expect(late.code).toBe(1)
+          expect(late.stderr).toContain("closed")
+          const unknown = yield* vibes(["attach", "0193d9b4-7c1e-7a2b-9c3d-4e5f60718293"])
+          expect(unknown.code).toBe(1)
+          expect(unknown.stderr).toContain("no session")
+          const bad = yield* vibes(["new", "--cwd", "/does/not/exist"])
+          expect(bad.code).toBe(2)
+          expect(bad.stderr).toContain("/does/not/exist")
+          for (const command of ["new", "ls", "attach", "kill", "send", "snapshot"]) {
+            const help = yield* vibes([command, "--help"])
+            expect(help.code).toBe(0)
+          }
+        }),
+      // About 25 CLI runs of ~1 s each (issue 19): room for a loaded machine.
+      180_000
     )
 
     it.scoped("vibes ls lines every column up under its header, however long the ids", () =>
@@ -157,6 +162,41 @@ layer(Layer.scoped(Node, TestServer.start), { timeout: 240_000, excludeTestServi
           expect(info.stdout).toContain(`"id":"${id}","name":null,"state":"exited"`)
         }),
       180_000
+    )
+
+    it.scoped("vibes attach sends a paste larger than one Input in parts, every byte once", () =>
+      Effect.gen(function* () {
+        const server = yield* Node
+        const rpc = yield* Effect.map(
+          Layer.build(clientLayer(server.url, server.token)),
+          Context.get(Client.VibesClient)
+        )
+        // 600,000 bytes (more than one Input may carry) piped into `vibes attach`, counted by
+        // the program on a raw terminal.
+        const bytes = 600_000
+        const session = yield* rpc.Sessions.Create(
+          CreateSession.make({
+            command: "/bin/sh",
+            args: ["-c", `stty raw -echo; printf ready; head -c ${bytes} | wc -c; sleep 30`]
+          })
+        )
+        const shows = (text: string) =>
+          eventually(
+            Effect.map(rpc.Sessions.Snapshot({ sessionId: session.id }), (screen) =>
+              screen.text.includes(text) ? Option.some(true) : Option.none()
+            ),
+            `the screen to show ${text}`
+          )
+        yield* shows("ready")
+        const attach = childProcess.spawn(
+          "sh",
+          ["-c", `head -c ${bytes} /dev/zero | tr '\\0' a | ${Vibes.commandLine} attach ${session.id}`],
+          { env: Vibes.childEnv({ VIBES_URL: server.url, VIBES_TOKEN: server.token }), stdio: "ignore" }
+        )
+        yield* Effect.addFinalizer(() => Effect.sync(() => attach.kill("SIGKILL")))
+        yield* shows(String(bytes))
+        yield* rpc.Sessions.Close({ sessionId: session.id })
+      })
     )
   }
 )

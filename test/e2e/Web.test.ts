@@ -15,7 +15,7 @@ import * as FreePort from "../../infra/net/FreePort.js"
 import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
 import * as Web from "../support/Browser.js"
 import * as TestDatabase from "../support/TestDatabase.js"
-import { tempDir } from "../support/TempDir.js"
+import { tempDir, writableTempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
 
 /** A server process (restartable on its port), its token, a client to it, and a browser. */
@@ -43,7 +43,8 @@ const EnvLive = Layer.scoped(
     const webDir = yield* tempDir("vibes-web-")
     yield* Web.buildWeb(webDir)
     const dataDir = yield* tempDir("vibes-e2e-")
-    const workDir = yield* tempDir("vibes-e2e-work-")
+    // Sessions and jobs work in it, and may run as the sandbox's user.
+    const workDir = yield* writableTempDir("vibes-e2e-work-")
     yield* stopPtyHostAtEnd(dataDir)
     const database = yield* TestDatabase.freshDatabase("vibes_e2e")
     const env = Vibes.childEnv({ DATABASE_URL: Redacted.value(database.url), VIBES_WEB_DIR: webDir })
@@ -257,7 +258,7 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
         yield* promise(() => page.reload())
         yield* promise(() => page.locator('[data-testid="terminal"][data-attachments="1"]').waitFor())
         yield* Web.untilTerminal(page, new RegExp(`^NARROW=${narrow}$`, "m"))
-        expect(yield* terminalText(page)).toMatch(/^hi$/m)
+        yield* Web.untilTerminal(page, /^hi$/m)
 
         // The server stops and starts again: the terminal reconnects by itself and continues.
         yield* restart

@@ -235,7 +235,16 @@ const routes = [
   ["GET", "/"],
   ["GET", "/assets/:id"],
   ["DELETE", "/api/jobs/:id"],
-  ["PUT", "/api/events"]
+  ["PUT", "/api/events"],
+  ["GET", "/api/sessions"],
+  ["POST", "/api/sessions"],
+  ["GET", "/api/sessions/:id"],
+  ["DELETE", "/api/sessions/:id"],
+  ["POST", "/api/sessions/:id/input"],
+  ["POST", "/api/sessions/:id/resize"],
+  ["POST", "/api/sessions/:id/signal"],
+  ["GET", "/api/sessions/:id/screen"],
+  ["PUT", "/api/sessions/:id"]
 ] as const
 
 const restRequest = fc.record({
@@ -254,7 +263,9 @@ const restRequest = fc.record({
         "tenant",
         "from",
         "consumer",
-        "token"
+        "token",
+        "state",
+        "format"
       ),
       text
     ),

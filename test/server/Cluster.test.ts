@@ -16,7 +16,7 @@ import { CreateSession } from "../../rpc/Sessions.js"
 import { eventually } from "../support/Attach.js"
 import * as ClusterNodes from "../support/ClusterNodes.js"
 import * as SseClient from "../support/SseClient.js"
-import { tempDir } from "../support/TempDir.js"
+import { readableTempDir } from "../support/TempDir.js"
 import * as Tmux from "../support/Tmux.js"
 import * as Vibes from "../support/VibesProcess.js"
 
@@ -259,7 +259,8 @@ describe("a cluster of vibes nodes", () => {
         )
         // Jobs that run until the kill (they wait for a file made after it), until at least two
         // run on the victim.
-        const gate = path.join(yield* tempDir("vibes-clkill-"), "killed")
+        // Looked for by the jobs, which may run as the sandbox's user.
+        const gate = path.join(yield* readableTempDir("vibes-clkill-"), "killed")
         const jobs: Array<JobInfo> = []
         const onVictim = () => jobs.filter((j) => j.nodeId === c.nodeId).length
         while (jobs.length < 40 && onVictim() < 2) {
@@ -433,15 +434,17 @@ describe("a cluster of vibes nodes", () => {
         const acknowledged = yield* Ref.make<Array<string>>([])
         const restarting = yield* Ref.make<ReadonlySet<number>>(new Set())
         // The producer sends each job to a node that is not restarting; a call that fails was not
-        // acknowledged and is sent again elsewhere.
+        // acknowledged and is sent again elsewhere. So was one that its client's close interrupted
+        // (picked just before its node began restarting): `Effect.option` would let that
+        // interruption end the producer.
         let turn = 0
         const produce = Effect.gen(function* () {
           const busy = yield* Ref.get(restarting)
           const candidates = cluster.nodes.flatMap((node, i) => (busy.has(i) ? [] : [node]))
           const node = candidates[turn++ % candidates.length]
           if (node === undefined) return
-          const job = yield* node.client.Jobs.Submit(shellJob(`echo produced-${turn}`)).pipe(Effect.option)
-          if (Option.isSome(job)) yield* Ref.update(acknowledged, (ids) => [...ids, job.value.id])
+          const job = yield* node.client.Jobs.Submit(shellJob(`echo produced-${turn}`)).pipe(Effect.exit)
+          if (Exit.isSuccess(job)) yield* Ref.update(acknowledged, (ids) => [...ids, job.value.id])
         }).pipe(Effect.forever)
         const producer = yield* Effect.fork(produce)
 

@@ -23,7 +23,7 @@ import { JobSpec, type JobOutput } from "../../rpc/Jobs.js"
 import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
 import * as Processes from "../support/Processes.js"
 import * as TestDatabase from "../support/TestDatabase.js"
-import { tempDir } from "../support/TempDir.js"
+import { tempDir, writableTempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
 
 const stdout = (outputs: ReadonlyArray<JobOutput>) =>
@@ -122,7 +122,8 @@ describe("jobs across server restarts", () => {
     () =>
       Effect.gen(function* () {
         const { dataDir, env } = yield* setup("jobqueue")
-        const marker = path.join(dataDir, "second-run")
+        // Made by the job, which may run as the sandbox's user (the data dir is the server's alone).
+        const marker = path.join(yield* writableTempDir("vibes-jobqueue-marker-"), "second-run")
         const firstScope = yield* Scope.make()
         const clientScope = yield* Scope.make()
         const first = yield* node(dataDir, env, firstScope, clientScope)

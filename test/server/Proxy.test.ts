@@ -9,7 +9,7 @@ import OpenAI from "openai"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import * as path from "node:path"
-import { Context, Effect, Layer, Option, Redacted, Stream } from "effect"
+import { Context, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import type { ProviderConfig } from "../../rpc/Proxy.js"
@@ -17,7 +17,7 @@ import * as ProxyTokens from "../../actors/proxy/ProxyTokens.js"
 import * as FreePort from "../../infra/net/FreePort.js"
 import { clientLayer } from "../support/Attach.js"
 import * as FakeProvider from "../support/FakeProvider.js"
-import { tempDir } from "../support/TempDir.js"
+import { tempDir, writableTempDir } from "../support/TempDir.js"
 import * as TestServer from "../support/TestServer.js"
 
 const anthropicKey = "sk-ant-fake-provider-key-0123456789"
@@ -86,16 +86,25 @@ const EnvLive = Layer.scoped(
       Context.get(Client.VibesClient)
     )
     const tokens = ProxyTokens.make({ token: Redacted.make(server.token), verify: (t) => t === server.token })
-    return { server, rpc, anthropic, openai, flaky, fragile, slow, token: tokens.mint }
+    return {
+      server,
+      rpc,
+      anthropic,
+      openai,
+      flaky,
+      fragile,
+      slow,
+      token: (sessionId: string) => tokens.mint({ kind: "session", id: sessionId })
+    }
   })
 )
 
-let clients = 0
-/** A token no other test uses, for a made-up session id. */
-const freshClient = Effect.map(ProxyEnv, (env) => {
-  clients += 1
-  const sessionId = `01000000-0000-7000-8000-${String(clients).padStart(12, "0")}`
-  return { sessionId, token: env.token(sessionId) }
+/** A token no other test uses, of a session that runs until the test ends (tokens end with it). */
+const freshClient = Effect.gen(function* () {
+  const env = yield* ProxyEnv
+  const session = yield* env.rpc.Sessions.Create({ command: "sleep", args: ["600"] })
+  yield* Effect.addFinalizer(() => Effect.ignore(env.rpc.Sessions.Close({ sessionId: session.id })))
+  return { sessionId: session.id, token: env.token(session.id) }
 })
 
 const call = (url: string, init: RequestInit = {}) => Effect.promise(() => fetch(url, init))
@@ -588,19 +597,21 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("AI-provider pro
   it.scoped("a session's agents reach the proxy with their own token; usage lands in its events", () =>
     Effect.gen(function* () {
       const { server, rpc } = yield* ProxyEnv
-      const dir = yield* tempDir("vibes-proxy-session-")
+      // Written by the session's program, which may run as the sandbox's user.
+      const dir = yield* writableTempDir("vibes-proxy-session-")
       const envFile = path.join(dir, "env")
+      // The session runs on after writing its environment: its token works only while it runs.
       const session = yield* rpc.Sessions.Create({
         command: "/bin/sh",
-        args: ["-c", `env > ${envFile}`],
+        args: ["-c", `env > ${envFile}.part && mv ${envFile}.part ${envFile} && exec sleep 600`],
         cwd: dir
       })
       yield* Effect.addFinalizer(() => Effect.ignore(rpc.Sessions.Close({ sessionId: session.id })))
-      // The program writes its environment and exits: its session.exited event says the file is complete.
-      yield* rpc.Events.Subscribe({
-        from: { _tag: "Offset", offset: 0 },
-        filter: new EventFilter({ types: ["session.exited"], sessionId: session.id })
-      }).pipe(Stream.runHead, Effect.timeout("20 seconds"), Effect.orDie)
+      yield* Effect.sync(() => fs.existsSync(envFile)).pipe(
+        Effect.repeat({ until: (exists) => exists, schedule: Schedule.spaced("50 millis") }),
+        Effect.timeout("20 seconds"),
+        Effect.orDie
+      )
       const env = fs.readFileSync(envFile, "utf8")
       const vars = Object.fromEntries(
         env
@@ -661,6 +672,16 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("AI-provider pro
       )
       expect(metrics).toMatch(/vibes_proxy_requests_total\{[^}]*provider="anthropic"/)
       expect(metrics).toMatch(/vibes_proxy_tokens_total\{[^}]*direction="output"/)
+
+      // Once the session has ended, its token is refused.
+      yield* rpc.Sessions.Close({ sessionId: session.id })
+      const after = yield* call(`${vars["ANTHROPIC_BASE_URL"]}/v1/messages`, {
+        method: "POST",
+        headers: { "x-api-key": token, "content-type": "application/json" },
+        body: anthropicRequest(false)
+      })
+      expect(after.status).toBe(401)
+      yield* body(after)
     })
   )
 

@@ -7,6 +7,7 @@ import { EventFilter } from "../../rpc/Events.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
 import * as Terminals from "../support/Terminals.js"
+import { readableTempDir } from "../support/TempDir.js"
 import * as TestServer from "../support/TestServer.js"
 
 class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
@@ -123,8 +124,8 @@ layer(
       `attached after it draws, the screen of ${["vim", "less", "htop", "tmux", "an ncurses program"][index]} is the raw bytes' screen, cell by cell`,
       () =>
         Effect.gen(function* () {
-          const server = yield* Node
-          const program = programs(server.dataDir)[index]
+          // The sample is read by the session's program, which may run as the sandbox's user.
+          const program = programs(yield* readableTempDir("vibes-programs-"))[index]
           if (program === undefined) return
           const client = yield* rpc
           const session = yield* client.Sessions.Create(

@@ -176,6 +176,11 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
         CreateSession.make({ command: "/bin/sh", cols: 91, rows: 20, env: { PS1: "$ " } })
       )
       const view = yield* watch(rpc.Sessions.Attach({ sessionId: shell.id }))
+      // Typed before the first prompt, the echo of the line would come before it.
+      yield* view.until(
+        (w) => (w.screen()?.text ?? "").startsWith("$") || w.text().includes("$ "),
+        "the first prompt"
+      )
       yield* rpc.Sessions.Input({ sessionId: shell.id, data: encode("tput cols; stty size\r") })
       yield* view.until((w) => w.text().includes("\r\n91\r\n20 91"), "tput cols = 91")
       yield* rpc.Sessions.Resize({ sessionId: shell.id, cols: 132, rows: 40 })
@@ -428,6 +433,28 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
       })
       expect(now.text).toContain("second words")
       yield* rpc.Sessions.Close({ sessionId: session.id })
+    })
+  )
+
+  it.scoped("a session closed while its end is being recorded stays exited, with its exit code", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      // What the program leaves behind ignores the hangup, so its PTY's release waits out the
+      // grace before the group's SIGKILL: the session's end is recorded for two seconds, and a
+      // Close then must wait for it rather than record the session as closed.
+      const session = yield* rpc.Sessions.Create(sh("trap '' HUP; sleep 30 & exit 3"))
+      yield* eventually(
+        Effect.map(rpc.Sessions.Get({ sessionId: session.id }), (info) =>
+          info.state === "running" ? Option.none() : Option.some(info)
+        ),
+        "the program to exit"
+      )
+      const closed = yield* rpc.Sessions.Close({ sessionId: session.id })
+      expect(closed).toMatchObject({ state: "exited", exitCode: 3 })
+      expect(yield* rpc.Sessions.Get({ sessionId: session.id })).toMatchObject({
+        state: "exited",
+        exitCode: 3
+      })
     })
   )
 })

@@ -64,7 +64,8 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("session lifecy
       const always = yield* rpc.Sessions.Create(
         CreateSession.make({
           command: "/bin/sh",
-          args: ["-c", "echo run-$$; exit 0"],
+          // Each run prints a mark of its own (not its pid: in namespaces every run has the same).
+          args: ["-c", "echo run-$(date +%s%N); exit 0"],
           restartPolicy: "always"
         })
       )

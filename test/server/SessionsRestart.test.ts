@@ -10,7 +10,7 @@ import { isRunning } from "../../infra/pty/PtyHostRpcs.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import { clientLayer, eventually, ptyHostPid, stopPtyHostAtEnd, watch } from "../support/Attach.js"
 import * as TestDatabase from "../support/TestDatabase.js"
-import { tempDir } from "../support/TempDir.js"
+import { readableTempDir, tempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
 
 const lines = 3000
@@ -106,7 +106,8 @@ describe("sessions across a server crash", () => {
     () =>
       Effect.gen(function* () {
         const dataDir = yield* tempDir("vibes-orphan-")
-        const work = yield* tempDir("vibes-orphan-work-")
+        // Looked into by the session's program, which may run as the sandbox's user.
+        const work = yield* readableTempDir("vibes-orphan-work-")
         yield* stopPtyHostAtEnd(dataDir)
         const database = yield* TestDatabase.freshDatabase("vibes_orphan")
         const idleExitSeconds = 1

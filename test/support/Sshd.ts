@@ -10,6 +10,7 @@ import * as path from "node:path"
 import { Data, Effect, Schedule, type Scope } from "effect"
 import * as FreePort from "../../infra/net/FreePort.js"
 import { tempDir } from "./TempDir.js"
+import * as Processes from "./Processes.js"
 
 /** A running sshd and the files a client needs to reach it. */
 export interface Sshd {
@@ -106,22 +107,12 @@ const config = (dir: string) =>
 const launch = (dir: string): Effect.Effect<number, Error, Scope.Scope> =>
   Effect.gen(function* () {
     const port = yield* FreePort.find()
-    const child = yield* Effect.acquireRelease(
-      Effect.sync(() =>
+    const child = yield* Processes.scopedChild(
+      () =>
         spawn(sshdPath, ["-D", "-e", "-f", path.join(dir, "sshd_config"), "-p", String(port)], {
           stdio: ["ignore", "ignore", "pipe"]
-        })
-      ),
-      (child) =>
-        Effect.async<void>((resume) => {
-          if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
-          child.once("exit", () => resume(Effect.void))
-          child.kill("SIGTERM")
-        }).pipe(
-          Effect.timeout("5 seconds"),
-          Effect.ignore,
-          Effect.ensuring(Effect.sync(() => child.kill("SIGKILL")))
-        )
+        }),
+      "5 seconds"
     )
     let log = ""
     child.stderr.on("data", (data: Buffer) => {

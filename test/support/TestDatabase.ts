@@ -1,6 +1,7 @@
 /**
  * A database of its own for each test suite: a fresh database on `DATABASE_URL` when it is set
- * (dropped afterwards), else a fresh embedded Postgres in a temporary directory.
+ * (dropped afterwards), else on the run's shared embedded Postgres (`SharedPostgres.ts`), else —
+ * outside vitest — a fresh embedded Postgres in a temporary directory.
  */
 import * as crypto from "node:crypto"
 import pg from "pg"
@@ -21,12 +22,26 @@ const adminQuery = (url: string, text: string) =>
   })
 
 /**
- * URL of a fresh database named `<prefix>_<random>` on `DATABASE_URL`'s server (dropped with the
- * scope), or of a new embedded Postgres in a temporary directory when `DATABASE_URL` is unset.
+ * The server suites share: `DATABASE_URL`, else the run's embedded Postgres, else none. vitest is
+ * imported lazily: importing it outside a vitest worker (a benchmark) throws.
+ */
+const sharedServer = Effect.gen(function* () {
+  const external = process.env["DATABASE_URL"]
+  if (external !== undefined && external !== "") return external
+  const shared = yield* Effect.tryPromise(() => import("vitest")).pipe(
+    Effect.flatMap(({ inject }) => Effect.try(() => inject("sharedPostgresUrl"))),
+    Effect.orElseSucceed(() => "")
+  )
+  return shared === "" ? undefined : shared
+})
+
+/**
+ * URL of a fresh database named `<prefix>_<random>` on the shared server (dropped with the
+ * scope), or of a new embedded Postgres in a temporary directory when there is none.
  */
 export const freshDatabase = (prefix: string) =>
   Effect.gen(function* () {
-    const external = process.env["DATABASE_URL"]
+    const external = yield* sharedServer
     if (external !== undefined && external !== "") {
       const name = `${prefix}_${crypto.randomBytes(6).toString("hex")}`
       yield* Effect.acquireRelease(adminQuery(external, `CREATE DATABASE ${name}`), () =>

@@ -4,11 +4,11 @@
 import { Deferred, Duration, Effect, Layer, LogLevel, Option, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { fileURLToPath } from "node:url"
 import type { ServerConfig } from "../../src/config/Config.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import * as RpcSocketServer from "../../infra/rpc/RpcSocketServer.js"
 import * as Server from "../../src/server/Server.js"
+import { entry } from "./CliEntry.js"
 import * as TestDatabase from "./TestDatabase.js"
 import { tempDir } from "./TempDir.js"
 
@@ -22,14 +22,10 @@ export interface Running {
   readonly databaseUrl: Redacted.Redacted<string>
 }
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
-
-/** The argv that starts a PTY host from the sources (as `vibes pty-host`). */
+/** The argv that starts a PTY host (as `vibes pty-host`), from the run's bundle of the sources. */
 export const ptyHostCommand = (dataDir: string): ReadonlyArray<string> => [
   process.execPath,
-  "--import",
-  "tsx",
-  path.join(root, "src", "main.ts"),
+  entry,
   "pty-host",
   "--data-dir",
   dataDir
@@ -75,6 +71,8 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       proxyMaxBody: 32 * 1024 * 1024,
       proxyRate: 20,
       proxyBurst: 40,
+      sandbox: "auto",
+      runAs: "vibes",
       cluster: Option.none(),
       heartbeat: Duration.seconds(2),
       nodeLostAfter: Duration.seconds(30),

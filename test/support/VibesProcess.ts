@@ -1,5 +1,5 @@
 /**
- * The `vibes` CLI run as a separate process (through tsx, from the sources).
+ * The `vibes` CLI run as a separate process: the bundle of the sources made for this test run.
  */
 import * as childProcess from "node:child_process"
 import * as fs from "node:fs"
@@ -8,12 +8,12 @@ import * as readline from "node:readline"
 import { fileURLToPath } from "node:url"
 import { Deferred, Effect } from "effect"
 import * as DataDir from "../../infra/datadir/DataDir.js"
+import { entry } from "./CliEntry.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
-const entry = path.join(root, "src", "main.ts")
 
-/** The shell command that runs the CLI from the sources: append arguments. */
-export const commandLine = `${process.execPath} --import tsx ${entry}`
+/** The shell command that runs the CLI: append arguments. */
+export const commandLine = `${process.execPath} ${entry}`
 
 /** The environment for a child: this one, minus what would leak between tests. */
 export const childEnv = (extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv => {
@@ -39,10 +39,22 @@ export interface Result {
   readonly stderr: string
 }
 
+/** The package's name and version, from its package.json. */
+export const packageJson = (): { readonly name: string; readonly version: string } => {
+  const parsed: unknown = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8"))
+  const field = (key: string) =>
+    typeof parsed === "object" && parsed !== null && key in parsed ? String(Reflect.get(parsed, key)) : ""
+  return { name: field("name"), version: field("version") }
+}
+
 /** Runs `vibes <args>` to completion. */
 export const run = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = childEnv()) =>
+  runScript(entry, args, env)
+
+/** Runs `node <script> <args>` to completion; `script` relative to the package's root. */
+export const runScript = (script: string, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = childEnv()) =>
   Effect.async<Result>((resume) => {
-    const child = childProcess.spawn(process.execPath, ["--import", "tsx", entry, ...args], {
+    const child = childProcess.spawn(process.execPath, [script, ...args], {
       cwd: root,
       env,
       stdio: ["ignore", "pipe", "pipe"]
@@ -80,7 +92,7 @@ export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv(), port
       Effect.sync(() =>
         childProcess.spawn(
           process.execPath,
-          ["--import", "tsx", entry, "serve", "--port", String(port), "--data-dir", dataDir],
+          [entry, "serve", "--port", String(port), "--data-dir", dataDir],
           {
             cwd: root,
             env,
@@ -176,7 +188,7 @@ export const start = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = chil
     const exited = yield* Deferred.make<number | null>()
     const child = yield* Effect.acquireRelease(
       Effect.sync(() =>
-        childProcess.spawn(process.execPath, ["--import", "tsx", entry, ...args], {
+        childProcess.spawn(process.execPath, [entry, ...args], {
           cwd: root,
           env,
           stdio: ["ignore", "pipe", "pipe"]

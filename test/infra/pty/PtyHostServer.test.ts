@@ -210,6 +210,18 @@ describe("PTY host", () => {
     })
   )
 
+  it.scopedLive("a program gets the TERM its spec asks for, else xterm-256color", () =>
+    Effect.gen(function* () {
+      const { host } = yield* startHost()
+      const plain = sh('printf %s "$TERM"')
+      yield* host.spawn(plain)
+      expect(textOf(yield* drain(host, plain.id))).toBe("xterm-256color")
+      const asked = sh('printf %s "$TERM"', { env: { PATH: "/usr/bin:/bin", TERM: "screen-256color" } })
+      yield* host.spawn(asked)
+      expect(textOf(yield* drain(host, asked.id))).toBe("screen-256color")
+    })
+  )
+
   it.scopedLive("a resize is what the program sees", () =>
     Effect.gen(function* () {
       const { host } = yield* startHost()

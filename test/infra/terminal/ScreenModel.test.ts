@@ -215,6 +215,28 @@ describe("ScreenModel", () => {
     )
   }
 
+  it.scoped("a snapshot leaves the model as it was: later erases and scrolls still fill with blanks", () =>
+    Effect.gen(function* () {
+      // The cursor waits to wrap after a full last row, so the snapshot reads its last cells; tmux
+      // drew a screen like this, then erased lines, and they filled with the last cell read.
+      const model = yield* ScreenModel.make({ cols: 10, rows: 3, scrollback: 10 })
+      const raw = yield* reference(10, 3, 10)
+      const before = "one\r\ntwo\r\n6666666666"
+      yield* model.write(bytes(before))
+      yield* feed(raw, before)
+      yield* model.snapshot()
+      // Erase to the end of a line, erase a whole line, then scroll a blank line in at the top.
+      const after = "\x1b[1;1Hx\x1b[K\x1b[2;1H\x1b[K\x1b[3;1H\x1b[2K\x1b[T"
+      yield* model.write(bytes(after))
+      yield* feed(raw, after)
+      const snapshot = yield* model.snapshot()
+      expect(snapshot.text).toBe("\nx\n")
+      const restored = yield* reference(10, 3, 10)
+      yield* feed(restored, snapshot.vt)
+      expect(dump(restored)).toEqual(dump(raw))
+    })
+  )
+
   it.scoped("a snapshot reports the visible text, cursor, screen and title", () =>
     Effect.gen(function* () {
       const model = yield* ScreenModel.make({ cols: 20, rows: 4, scrollback: 100 })
