@@ -11,7 +11,7 @@
  */
 import * as childProcess from "node:child_process"
 import * as fs from "node:fs"
-import { Effect, Schema } from "effect"
+import { Duration, Effect, Schema } from "effect"
 
 /** The sandbox cannot be set up as configured; the server does not start. */
 export class SandboxError extends Schema.TaggedError<SandboxError>()("SandboxError", {
@@ -235,36 +235,61 @@ const wrapperWorks = (wrapper: ReadonlyArray<string>): boolean => {
   }
 }
 
-/** The run-as user `name`, created (a system user with its own home) when missing. */
-export const ensureUser = (name: string): Effect.Effect<RunAs, SandboxError> =>
+/** Creates system user `name` with home `home` (throws with useradd's message when it fails). */
+const useradd = (name: string, home: string): void => {
+  childProcess.execFileSync(
+    "useradd",
+    ["--system", "--create-home", "--home-dir", home, "--shell", "/bin/bash", name],
+    {
+      stdio: ["ignore", "ignore", "pipe"]
+    }
+  )
+}
+
+/** How often a failed useradd is tried again (another process may hold the passwd lock). */
+const createAttempts = 5
+
+/**
+ * The run-as user `name`, created (a system user with home `home`) when missing. Several servers
+ * starting at once on one machine race to create it: a useradd that fails because another made
+ * the user meanwhile (or held the passwd lock) is not an error once the user exists.
+ */
+export const ensureUser = (
+  name: string,
+  options: { readonly home?: string; readonly create?: (name: string, home: string) => void } = {}
+): Effect.Effect<RunAs, SandboxError> =>
   Effect.gen(function* () {
+    const usable = (entry: RunAs) =>
+      entry.uid === 0
+        ? Effect.fail(
+            new SandboxError({
+              message: `VIBES_RUN_AS names ${name}, which is root (uid 0); name an unprivileged user, or set VIBES_SANDBOX=off`
+            })
+          )
+        : Effect.succeed(entry)
     const existing = passwdEntry(name)
-    if (existing !== undefined) {
-      if (existing.uid === 0) {
-        return yield* new SandboxError({
-          message: `VIBES_RUN_AS names ${name}, which is root (uid 0); name an unprivileged user, or set VIBES_SANDBOX=off`
-        })
+    if (existing !== undefined) return yield* usable(existing)
+    const create = options.create ?? useradd
+    const home = options.home ?? defaultHome
+    let failure = ""
+    for (let attempt = 1; attempt <= createAttempts; attempt++) {
+      const created = yield* Effect.try({
+        try: () => create(name, home),
+        catch: messageOf
+      }).pipe(Effect.either)
+      const entry = passwdEntry(name)
+      if (entry !== undefined) {
+        if (created._tag === "Right") {
+          yield* Effect.logInfo(`created the user ${name} (uid ${entry.uid}) that sessions and jobs run as`)
+        }
+        return yield* usable(entry)
       }
-      return existing
+      failure = created._tag === "Left" ? created.left : "useradd succeeded but the user is not there"
+      if (attempt < createAttempts) yield* Effect.sleep(Duration.millis(100 * attempt))
     }
-    yield* Effect.try({
-      try: () =>
-        childProcess.execFileSync(
-          "useradd",
-          ["--system", "--create-home", "--home-dir", defaultHome, "--shell", "/bin/bash", name],
-          { stdio: ["ignore", "ignore", "pipe"] }
-        ),
-      catch: (cause) =>
-        new SandboxError({
-          message: `cannot create the user ${name} that sessions and jobs run as (${messageOf(cause)}); create it, name another with VIBES_RUN_AS, or set VIBES_SANDBOX=off`
-        })
+    return yield* new SandboxError({
+      message: `cannot create the user ${name} that sessions and jobs run as (${failure}); create it, name another with VIBES_RUN_AS, or set VIBES_SANDBOX=off`
     })
-    const created = passwdEntry(name)
-    if (created === undefined) {
-      return yield* new SandboxError({ message: `useradd did not create the user ${name}` })
-    }
-    yield* Effect.logInfo(`created the user ${name} (uid ${created.uid}) that sessions and jobs run as`)
-    return created
   })
 
 /**

@@ -22,7 +22,7 @@ import * as Vibes from "../support/VibesProcess.js"
 
 const encoder = new TextEncoder()
 
-/** Waits until job `jobId` is final, as `client` sees it. */
+/** Waits until job `jobId` is final, as `client` sees it; on a timeout, says where it stands. */
 const finished = (client: Client.Client, jobId: string, timeout = 60_000) =>
   eventually(
     Effect.map(client.Jobs.Get({ jobId }).pipe(Effect.option), (info) =>
@@ -30,6 +30,21 @@ const finished = (client: Client.Client, jobId: string, timeout = 60_000) =>
     ),
     `job ${jobId} to finish`,
     timeout
+  ).pipe(
+    Effect.tapError(() =>
+      Effect.gen(function* () {
+        const info = yield* client.Jobs.Get({ jobId }).pipe(Effect.option)
+        const output = yield* client.Jobs.Logs({ jobId, follow: false, after: 0 }).pipe(
+          Stream.runCollect,
+          Effect.option
+        )
+        yield* Effect.logError(
+          `job ${jobId} is not final: ${JSON.stringify(Option.getOrNull(info))}; its output: ${JSON.stringify(
+            Option.map(output, (chunk) => [...chunk])
+          )}`
+        )
+      }).pipe(Effect.timeout("10 seconds"), Effect.ignore)
+    )
   )
 
 /** Every event of the log, read page by page. */

@@ -181,6 +181,35 @@ describe("Sandbox", () => {
       })
   )
 
+  it.scoped("as root, servers that start at once and race to create the run-as user all get it", () =>
+    Effect.gen(function* () {
+      if (process.getuid?.() !== 0) return // Needs root to create users.
+      const name = `vibes-t${process.pid}`
+      const home = path.join(yield* tempDir("vibes-runas-"), "home")
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => childProcess.spawnSync("userdel", ["--remove", name], { stdio: "ignore" }))
+      )
+      // Another server's useradd wins between this one's look-up and its own useradd, which then
+      // fails for real ("already exists").
+      let calls = 0
+      const racing = (user: string, dir: string) => {
+        calls++
+        childProcess.execFileSync("useradd", ["--system", "--home-dir", dir, user], { stdio: "ignore" })
+        childProcess.execFileSync("useradd", ["--system", "--home-dir", dir, user], { stdio: "pipe" })
+      }
+      const user = yield* Sandbox.ensureUser(name, { home, create: racing })
+      expect(calls).toBe(1)
+      expect(user.name).toBe(name)
+      expect(user.uid).not.toBe(0)
+      // A second server finds it without creating anything.
+      const again = yield* Sandbox.ensureUser(name, {
+        home,
+        create: () => expect.fail("the user exists: nothing to create")
+      })
+      expect(again.uid).toBe(user.uid)
+    })
+  )
+
   it.effect("refuses to run programs as root", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(Sandbox.ensureUser("root"))
