@@ -640,7 +640,9 @@ export const layer = Session.toLayer(
           queries: []
         }
         live = Option.some(state)
-        // The session's proxy token works while its program runs here.
+        // The session's proxy token works while its program runs here: also after a restart of
+        // the server, when the session is resumed rather than spawned.
+        yield* settings.proxyEnv(sessionId)
         yield* Scope.addFinalizer(scope, settings.proxyEnded(sessionId))
         yield* Metric.increment(liveSessions)
         yield* Scope.addFinalizer(scope, Metric.incrementBy(liveSessions, -1))

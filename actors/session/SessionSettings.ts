@@ -25,7 +25,8 @@ export class SessionSettings extends Context.Tag("vibes/SessionSettings")<
     readonly idleAfter: Duration.Duration
     /**
      * Variables that point the session's agents at this node's AI-provider proxy, with the
-     * session's own token (added over `env`, under the request's own variables).
+     * session's own token (added over `env`, under the request's own variables). The token works from
+     * then on (also for a session resumed after a restart) until `proxyEnded`.
      */
     readonly proxyEnv: (sessionId: string) => Effect.Effect<Record<string, string>>
     /** The session's program has ended: its proxy token stops working. */

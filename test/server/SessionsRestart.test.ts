@@ -9,8 +9,9 @@ import * as PtyExitRecords from "../../infra/pty/PtyExitRecords.js"
 import { isRunning } from "../../infra/pty/PtyHostRpcs.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import { clientLayer, eventually, ptyHostPid, stopPtyHostAtEnd, watch } from "../support/Attach.js"
+import * as FakeProvider from "../support/FakeProvider.js"
 import * as TestDatabase from "../support/TestDatabase.js"
-import { readableTempDir, tempDir } from "../support/TempDir.js"
+import { readableTempDir, tempDir, writableTempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
 
 const lines = 3000
@@ -181,6 +182,81 @@ describe("sessions across a server crash", () => {
         expect(screen.text).toContain("finished")
         // The record was taken.
         expect(yield* PtyExitRecords.readAll(dataDir)).toEqual([])
+      }),
+    240_000
+  )
+
+  it.scopedLive(
+    "a session that outlives its server keeps its proxy token: its agents reach the proxy through the next server",
+    () =>
+      Effect.gen(function* () {
+        const key = "sk-fake-provider-key-for-the-restart"
+        const fake = yield* FakeProvider.make({ apiKey: key })
+        const keyFile = path.join(yield* tempDir("vibes-restart-keys-"), "fake.key")
+        fs.writeFileSync(keyFile, key, { mode: 0o600 })
+        const dataDir = yield* tempDir("vibes-restart-proxy-")
+        // Written by the session's program, which may run as the sandbox's user.
+        const work = yield* writableTempDir("vibes-restart-proxy-work-")
+        const envFile = path.join(work, "env")
+        yield* stopPtyHostAtEnd(dataDir)
+        const database = yield* TestDatabase.freshDatabase("vibes_restart_proxy")
+        const env = Vibes.childEnv({
+          DATABASE_URL: Redacted.value(database.url),
+          VIBES_PROXY_PROVIDERS: JSON.stringify([FakeProvider.providerConfig("fake", fake.url, { keyFile })])
+        })
+        /** A chat completion through `url`'s proxy with the session's token, as its agent would. */
+        const complete = (url: string, token: string) =>
+          Effect.promise(async () => {
+            const response = await fetch(`${url}/proxy/fake/v1/chat/completions`, {
+              method: "POST",
+              headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+              body: JSON.stringify({ model: "gpt-restart", messages: [{ role: "user", content: "hi" }] })
+            })
+            await response.text()
+            return response.status
+          })
+
+        const firstScope = yield* Scope.make()
+        const first = yield* Vibes.serve(dataDir, env).pipe(Scope.extend(firstScope))
+        const adminToken = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
+        const rpc1 = yield* Effect.map(
+          Layer.build(clientLayer(first.url, adminToken)).pipe(Scope.extend(firstScope)),
+          Context.get(Client.VibesClient)
+        )
+        const session = yield* rpc1.Sessions.Create(
+          CreateSession.make({
+            command: "/bin/sh",
+            args: ["-c", `env > ${envFile}.part && mv ${envFile}.part ${envFile} && exec sleep 600`],
+            cwd: work
+          })
+        )
+        const written = yield* eventually(
+          Effect.sync(() =>
+            fs.existsSync(envFile) ? Option.some(fs.readFileSync(envFile, "utf8")) : Option.none()
+          ),
+          "the session to write its environment"
+        )
+        const token = /^VIBES_PROXY_TOKEN=(.*)$/m.exec(written)?.[1] ?? ""
+        expect(token).toMatch(new RegExp(`^vibes-session\\.${session.id}\\.`))
+        expect(yield* complete(first.url, token)).toBe(200)
+
+        first.child.kill("SIGKILL")
+        yield* Deferred.await(first.exited)
+        yield* Scope.close(firstScope, Exit.void)
+
+        const second = yield* Vibes.serve(dataDir, env)
+        const rpc2 = yield* Effect.map(
+          Layer.build(clientLayer(second.url, adminToken)),
+          Context.get(Client.VibesClient)
+        )
+        // Attached through the next server: the session has been resumed there.
+        const watched = yield* watch(rpc2.Sessions.Attach({ sessionId: session.id }))
+        yield* watched.until((w) => w.screen() !== null, "the session to be resumed")
+        expect(yield* complete(second.url, token)).toBe(200)
+
+        // Its token still ends with it.
+        yield* rpc2.Sessions.Close({ sessionId: session.id })
+        expect(yield* complete(second.url, token)).toBe(401)
       }),
     240_000
   )
