@@ -17,20 +17,46 @@ declare module "vitest" {
   }
 }
 
+/** The run's one server, shared by the projects' set-ups (each project loads this file anew). */
+interface Shared {
+  readonly url: Promise<string>
+  readonly stop: () => Promise<void>
+  users: number
+}
+const key = Symbol.for("vibes.test.sharedPostgres")
+const holder = globalThis as { [key]?: Shared }
+
+const startShared = (): Shared => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vibes-test-pg-"))
+  const scope = Effect.runSync(Scope.make())
+  const url = Effect.runPromise(
+    PgSupervisor.make({ dataDir: dir, maxRestarts: 3 }).pipe(
+      Scope.extend(scope),
+      Effect.map((supervisor) => Redacted.value(supervisor.url))
+    )
+  )
+  return {
+    url,
+    users: 0,
+    stop: async () => {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }
+}
+
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const external = process.env["DATABASE_URL"]
   if (external !== undefined && external !== "") {
     project.provide("sharedPostgresUrl", "")
     return async () => {}
   }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vibes-test-pg-"))
-  const scope = Effect.runSync(Scope.make())
-  const supervisor = await Effect.runPromise(
-    PgSupervisor.make({ dataDir: dir, maxRestarts: 3 }).pipe(Scope.extend(scope))
-  )
-  project.provide("sharedPostgresUrl", Redacted.value(supervisor.url))
+  const shared = (holder[key] ??= startShared())
+  shared.users++
+  project.provide("sharedPostgresUrl", await shared.url)
   return async () => {
-    await Effect.runPromise(Scope.close(scope, Exit.void))
-    fs.rmSync(dir, { recursive: true, force: true })
+    if (--shared.users > 0) return
+    delete holder[key]
+    await shared.stop()
   }
 }
