@@ -1,11 +1,12 @@
 import { expect, layer } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Chunk, Context, Effect, Layer, Option, Schema, Stream } from "effect"
+import { Chunk, Context, Effect, FastCheck as fc, Layer, Option, Schema, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
+import { int, step } from "../support/RandomOutput.js"
 import * as Terminals from "../support/Terminals.js"
 import { readableTempDir } from "../support/TempDir.js"
 import * as TestServer from "../support/TestServer.js"
@@ -151,7 +152,9 @@ layer(
             readOnly: true
           }).pipe(Stream.take(1), Stream.runCollect, Effect.map(Chunk.unsafeHead))
           expect(attached._tag).toBe("Attached")
-          if (attached._tag !== "Attached" || attached.screen === null) return
+          if (attached._tag !== "Attached") return
+          expect(attached.screen).not.toBeNull()
+          if (attached.screen === null) return
           const raw = yield* Terminals.reference(80, 24)
           yield* Terminals.feed(raw, yield* rawOutput(client, session.id, attached.seq))
           const restored = yield* Terminals.reference(80, 24)
@@ -161,4 +164,56 @@ layer(
         })
     )
   }
+
+  it.scoped(
+    "random output of a program in a session: the screen on attach is the raw bytes' screen, cells, attributes and modes",
+    () =>
+      Effect.gen(function* () {
+        const client = yield* rpc
+        // Read by the session's program, which may run as the sandbox's user.
+        const dir = yield* readableTempDir("vibes-random-output-")
+        const samples = fc.sample(
+          fc.record({
+            cols: int(10, 40),
+            rows: int(3, 14),
+            steps: fc.array(step, { minLength: 1, maxLength: 120 })
+          }),
+          { seed: 2929, numRuns: 8 }
+        )
+        for (const [n, sample] of samples.entries()) {
+          const file = path.join(dir, `output-${n}`)
+          const bytes = Buffer.from(sample.steps.join(""), "utf8")
+          fs.writeFileSync(file, bytes)
+          // Output post-processing off: the PTY passes the bytes as they are (no LF to CR LF).
+          const session = yield* client.Sessions.Create(
+            CreateSession.make({
+              command: "/bin/sh",
+              args: ["-c", 'stty -opost && cat "$1" && exec sleep 600', "sh", file],
+              cols: sample.cols,
+              rows: sample.rows
+            })
+          )
+          const raw = yield* rawOutput(client, session.id, bytes.length)
+          expect(raw.equals(bytes)).toBe(true)
+          const attached = yield* client.Sessions.Attach({
+            sessionId: session.id,
+            cols: sample.cols,
+            rows: sample.rows,
+            readOnly: true
+          }).pipe(Stream.take(1), Stream.runCollect, Effect.map(Chunk.unsafeHead))
+          if (attached._tag !== "Attached" || attached.screen === null) {
+            return expect.fail(`sample ${n}: no screen on attach (${attached._tag})`)
+          }
+          const reference = yield* Terminals.reference(sample.cols, sample.rows)
+          yield* Terminals.feed(reference, yield* rawOutput(client, session.id, attached.seq))
+          const restored = yield* Terminals.reference(sample.cols, sample.rows)
+          yield* Terminals.feed(restored, attached.screen.vt)
+          expect(Terminals.dump(restored), `sample ${n}: ${JSON.stringify(sample.steps.join(""))}`).toEqual(
+            Terminals.dump(reference)
+          )
+          yield* client.Sessions.Close({ sessionId: session.id })
+        }
+      }),
+    120_000
+  )
 })
