@@ -1,5 +1,5 @@
 /**
- * Long-lived connections per client address (RPC sockets, event and log streams): each takes a
+ * Long-lived connections per client address (RPC sockets, event and log streams, proxy requests): each takes a
  * slot while it is open, and a client that holds its limit gets no more until one closes. One
  * client cannot hold the node's memory and file descriptors with idle streams.
  */

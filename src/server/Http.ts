@@ -562,6 +562,8 @@ export const createServer = (options: {
   readonly proxy: Proxy["Type"]
   readonly allowedHosts: AllowedHosts.AllowedHosts
   readonly trustedProxies: ClientAddress.TrustedProxies
+  /** The node's long-lived connection slots: a proxy request holds one until it is answered. */
+  readonly streams: StreamSlots
 }): NodeServer => {
   let upgradeHandler: UpgradeHandler | undefined
   const front = (request: http.IncomingMessage, response: http.ServerResponse): boolean => {
@@ -592,6 +594,15 @@ export const createServer = (options: {
     const from = request.headers["origin"]
     if (from !== undefined && !originMatches(from, origin.host)) return reject(403, foreignOrigin(from))
     if (!path.startsWith("/proxy/")) return false
+    const release = options.streams.take(origin.address)
+    if (release === undefined) {
+      response.setHeader("retry-after", "5")
+      return reject(429, {
+        error: "TooManyStreams",
+        message: `this address holds ${options.streams.limit} open streams already; close one first`
+      })
+    }
+    response.once("close", release)
     options.proxy.serve(request, response)
     return true
   }

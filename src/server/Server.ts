@@ -520,15 +520,19 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       )
       yield* Scope.close(startup, Exit.void)
       yield* Effect.forkScoped(resumeSessions(nodeId).pipe(Effect.provide(sessionsContext)))
+      // One budget of long-lived connections per client address: RPC sockets, event and log
+      // streams, and proxy requests (which may stream for minutes).
+      const streams = StreamSlots.make(config.maxStreamsPerClient)
       const server = Http.createServer({
         proxy,
         allowedHosts: allowedHosts.right,
-        trustedProxies: config.trustedProxies
+        trustedProxies: config.trustedProxies,
+        streams
       })
       const edge = Layer.succeed(Http.Edge, {
         allowedHosts: allowedHosts.right,
         trustedProxies: config.trustedProxies,
-        streams: StreamSlots.make(config.maxStreamsPerClient)
+        streams
       })
       const identity = { serviceVersion: version, nodeId }
 

@@ -1,8 +1,11 @@
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Layer, Stream } from "effect"
+import * as http from "node:http"
+import { Context, Effect, Exit, Fiber, Layer, Option, Stream } from "effect"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
+import { eventually } from "../support/Attach.js"
+import * as HttpClient from "../support/HttpClient.js"
 import * as RawRpc from "../support/RawRpc.js"
 import * as TestServer from "../support/TestServer.js"
 
@@ -207,6 +210,67 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("the node's fro
         localAddress: "127.0.0.4"
       })
       expect(other._tag).toBe("Open")
+    }).pipe(Effect.scoped)
+  )
+
+  it.effect("event streams and proxy requests take the same slots as connections; more get 429", () =>
+    Effect.gen(function* () {
+      const server = yield* Node
+      // From an address of its own, so no other test's connections count.
+      const localAddress = "127.0.0.6"
+      const authorization = `Bearer ${server.token}`
+      /** An event stream, held open until `close` or the end of the scope. */
+      const openStream = Effect.acquireRelease(
+        Effect.async<{ readonly status: number; readonly close: () => void }, Error>((resume) => {
+          const target = new URL(`${server.url}/api/events?from=1`)
+          const outgoing = http.get(
+            {
+              host: target.hostname,
+              port: Number(target.port),
+              path: `${target.pathname}${target.search}`,
+              headers: { authorization },
+              agent: false,
+              localAddress
+            },
+            (response) => {
+              response.resume()
+              resume(Effect.succeed({ status: response.statusCode ?? 0, close: () => outgoing.destroy() }))
+            }
+          )
+          outgoing.on("error", (error) => resume(Effect.fail(error)))
+        }),
+        (stream) => Effect.sync(stream.close)
+      )
+      const streams = yield* Effect.forEach(Array.from({ length: 6 }), () => openStream)
+      expect(streams.map((stream) => stream.status)).toEqual([200, 200, 200, 200, 200, 200])
+
+      const seventh = yield* HttpClient.request(`${server.url}/api/events?from=1`, {
+        headers: { authorization },
+        localAddress,
+        headersOnly: true
+      })
+      expect(seventh.status).toBe(429)
+      const proxied = yield* HttpClient.request(`${server.url}/proxy/openai/v1/models`, {
+        headers: { authorization },
+        localAddress
+      })
+      expect(proxied.status).toBe(429)
+      expect(proxied.headers["retry-after"]).toBe("5")
+      expect(JSON.parse(proxied.body)).toMatchObject({ error: "TooManyStreams" })
+
+      // A stream that closes gives its slot back: a proxy request gets through again.
+      streams[0]?.close()
+      const after = yield* eventually(
+        Effect.map(
+          HttpClient.request(`${server.url}/proxy/openai/v1/models`, {
+            headers: { authorization },
+            localAddress
+          }),
+          (answer) => (answer.status === 429 ? Option.none() : Option.some(answer))
+        ),
+        "a slot to be free again"
+      )
+      expect(after.status).not.toBe(429)
     }).pipe(Effect.scoped)
   )
 
