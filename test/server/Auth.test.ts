@@ -8,6 +8,7 @@ import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import * as Logins from "../../infra/auth/Logins.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import * as Migrations from "../../infra/db/Migrations.js"
+import { eventually } from "../support/Attach.js"
 import * as HttpClient from "../support/HttpClient.js"
 import * as RawRpc from "../support/RawRpc.js"
 import * as TestDatabase from "../support/TestDatabase.js"
@@ -225,22 +226,38 @@ layer(TestDatabase.layerSql, { timeout: 120_000 })("the login store", (it) => {
 
 describe("vibes serve as a process", () => {
   layer(Layer.empty, { timeout: 120_000, excludeTestServices: true })("its log", (it) => {
-    it.scoped("never carries the admin token: the login URL goes to a 0600 file", () =>
-      Effect.gen(function* () {
-        const dataDir = yield* tempDir("vibes-auth-")
-        const database = yield* TestDatabase.databaseUrl
-        const server = yield* Vibes.serve(
-          dataDir,
-          Vibes.childEnv({ DATABASE_URL: Redacted.value(database.url) })
-        )
-        const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
-        const file = path.join(dataDir, "login-url")
-        expect(fs.statSync(file).mode & 0o777).toBe(0o600)
-        expect(fs.readFileSync(file, "utf8")).toContain(token)
-        expect(server.loginUrl).toContain(token)
-        expect(server.lines.length).toBeGreaterThan(0)
-        for (const line of server.lines) expect(line).not.toContain(token)
-      })
+    it.scoped(
+      "never carries the admin token (the login URL goes to a 0600 file) or a refused credential, which it logs with the client address",
+      () =>
+        Effect.gen(function* () {
+          const dataDir = yield* tempDir("vibes-auth-")
+          const database = yield* TestDatabase.databaseUrl
+          const server = yield* Vibes.serve(
+            dataDir,
+            Vibes.childEnv({ DATABASE_URL: Redacted.value(database.url) })
+          )
+          const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
+          const file = path.join(dataDir, "login-url")
+          expect(fs.statSync(file).mode & 0o777).toBe(0o600)
+          expect(fs.readFileSync(file, "utf8")).toContain(token)
+          expect(server.loginUrl).toContain(token)
+          expect(server.lines.length).toBeGreaterThan(0)
+          for (const line of server.lines) expect(line).not.toContain(token)
+
+          // A refused credential: logged with the client's address, never with what was sent.
+          const wrong = "wrong-token-for-the-log-test-0123456789"
+          const refused = yield* HttpClient.request(`${server.url}/api/whoami`, {
+            headers: { authorization: `Bearer ${wrong}` },
+            localAddress: "127.0.0.19"
+          })
+          expect(refused.status).toBe(401)
+          const logged = yield* eventually(
+            Effect.sync(() => Option.fromNullable(server.lines.find((line) => line.includes("127.0.0.19")))),
+            "the refusal's log line"
+          )
+          expect(JSON.parse(logged)).toMatchObject({ logLevel: "WARN" })
+          for (const line of server.lines) expect(line).not.toContain(wrong)
+        })
     )
   })
 })
