@@ -5,30 +5,17 @@
  * and reconnects by itself (resuming at the exact byte) when the server restarts. Ctrl-] detaches.
  * The terminal is restored on every way out: detach, session end, error, signal.
  */
-import {
-  Chunk,
-  Context,
-  DateTime,
-  Deferred,
-  Duration,
-  Effect,
-  Layer,
-  Option,
-  Schedule,
-  Sink,
-  Stream
-} from "effect"
+import { DateTime, Effect, Option, Stream } from "effect"
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
-import * as Client from "../../rpc/Client.js"
-import { CreateSession, maxInputBytes, type SessionInfo, type SessionSignal } from "../../rpc/Sessions.js"
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import * as AttachClient from "../../rpc/AttachClient.js"
+import { CreateSession, type SessionInfo, type SessionSignal } from "../../rpc/Sessions.js"
 import {
   CliFailure,
-  clientLayer,
   type Connection,
   connectionOptions,
-  describeError,
   liveConnection,
   resolveConnection,
   toCliFailure,
@@ -336,133 +323,83 @@ const attach = Command.make(
         Effect.async<void>((resume) => {
           process.stdout.write(data, () => resume(Effect.void))
         })
-      let seq: number | undefined
-      let lastError = ""
-      const keys = yield* Stream.toPull(keystrokes)
-      const keyQueue = keys
+      // Each (re)attachment goes to a node that answers: with several URLs, another node of the
+      // cluster when this one is gone.
+      const attachment = yield* AttachClient.attach({
+        url: Effect.map(liveConnection(connection), (live) => live.url),
+        token: connection.token,
+        sessionId: flags.sessionId,
+        readOnly: flags.readOnly,
+        size: () => (flags.readOnly ? undefined : terminalSize())
+      }).pipe(Effect.provide(NodeSocket.layerWebSocketConstructor))
 
-      /** One connection: attach (resuming at `seq`), then forward both ways until it ends. */
-      const session = Effect.gen(function* () {
-        const scope = yield* Effect.scope
-        // Each attempt goes to a node that answers: with several URLs, another node of the cluster
-        // when this one is gone.
-        const client = yield* Effect.map(
-          Layer.buildWithScope(clientLayer(yield* liveConnection(connection)), scope),
-          Context.get(Client.VibesClient)
-        )
-        const size = terminalSize()
-        const events = client.Sessions.Attach({
-          sessionId: flags.sessionId,
-          readOnly: flags.readOnly,
-          ...(flags.readOnly ? {} : size),
-          ...(seq !== undefined ? { from: seq } : {})
-        })
-        // Keystrokes typed before the server confirmed the attachment wait for it.
-        const attached = yield* Deferred.make<string>()
-        const input = Stream.repeatEffectOption(keyQueue).pipe(
-          Stream.flattenChunks,
-          // While one Input is on its way, the keys typed meanwhile gather into the next one, so
-          // fast typing or a paste is never sent a request at a time.
-          // At most one Input's worth: a paste larger than that goes as several.
-          Stream.aggregate(
-            Sink.foldWeighted({
-              initial: Chunk.empty<Uint8Array>(),
-              maxCost: maxInputBytes,
-              cost: (_, keys) => keys.length,
-              body: (gathered, keys) => Chunk.append(gathered, keys)
-            })
-          ),
-          Stream.map((keys) =>
-            keys.length === 1 ? Chunk.unsafeHead(keys) : Buffer.concat(Chunk.toArray(keys))
-          ),
-          Stream.runForEach((data) =>
-            flags.readOnly
-              ? Effect.void
-              : Effect.flatMap(Deferred.await(attached), (attachmentId) =>
-                  client.Sessions.Input({ sessionId: flags.sessionId, data, attachmentId })
-                )
-          ),
-          Effect.as<AttachOutcome>({ _tag: "Detached" })
-        )
-        const resize = windowSizes.pipe(
-          Stream.runForEach((next) =>
-            flags.readOnly
-              ? Effect.void
-              : Effect.flatMap(Deferred.await(attached), (attachmentId) =>
-                  client.Sessions.Resize({ sessionId: flags.sessionId, ...next, attachmentId })
-                )
-          ),
-          Effect.andThen(Effect.never)
-        )
-        const output = events.pipe(
-          Stream.runFoldEffect(Option.none<AttachOutcome>(), (done, event) =>
-            Effect.gen(function* () {
-              switch (event._tag) {
-                case "Attached":
-                  yield* Deferred.succeed(attached, event.attachmentId)
-                  if (event.screen !== null) yield* out(`\x1bc${event.screen.vt}`)
-                  seq = event.seq
-                  yield* out("\x1b]0;vibes\x07")
-                  return done
-                case "Output":
-                  yield* out(event.data)
-                  seq = event.seq + event.data.length
-                  return done
-                case "Reset":
-                  yield* out(`\x1bc${event.screen.vt}`)
-                  seq = event.screen.seq
-                  return done
-                case "Resized":
-                  return done
-                case "Ended":
-                  return Option.some<AttachOutcome>({
-                    _tag: "Ended",
-                    state: event.state,
-                    exitCode: event.exitCode,
-                    signal: event.exitSignal
-                  })
-              }
-            })
-          ),
-          Effect.flatMap(
-            Option.match({
-              onNone: () =>
-                Effect.fail(new CliFailure({ message: "the server ended the stream", exitCode: 1 })),
-              onSome: Effect.succeed
-            })
-          )
-        )
-        return yield* Effect.raceFirst(output, Effect.raceFirst(input, resize))
-      }).pipe(Effect.scoped)
-
-      const retryable = (error: unknown) =>
-        typeof error === "object" &&
-        error !== null &&
-        "_tag" in error &&
-        (error._tag === "RpcClientError" ||
-          error._tag === "SessionUnavailable" ||
-          error instanceof CliFailure)
-
-      const outcome = yield* session.pipe(
-        Effect.tapError((error) =>
-          Effect.sync(() => {
-            lastError = describeError(error)
-          }).pipe(Effect.zipRight(retryable(error) ? out("\x1b]0;vibes: reconnecting…\x07") : Effect.void))
+      const input = keystrokes.pipe(
+        Stream.runForEach((data) => (flags.readOnly ? Effect.void : attachment.input(data))),
+        Effect.as<AttachOutcome>({ _tag: "Detached" })
+      )
+      const resize = windowSizes.pipe(
+        Stream.runForEach((next) => (flags.readOnly ? Effect.void : attachment.resize(next.cols, next.rows))),
+        Effect.andThen(Effect.never)
+      )
+      const output = attachment.events.pipe(
+        Stream.runFoldEffect(Option.none<AttachOutcome>(), (done, event) =>
+          Effect.gen(function* () {
+            switch (event._tag) {
+              case "Attached":
+                if (event.screen !== null) yield* out(`\x1bc${event.screen.vt}`)
+                yield* out("\x1b]0;vibes\x07")
+                return done
+              case "Output":
+                yield* out(event.data)
+                return done
+              case "Reset":
+                yield* out(`\x1bc${event.screen.vt}`)
+                return done
+              case "Reconnecting":
+                yield* out("\x1b]0;vibes: reconnecting…\x07")
+                return done
+              case "Resized":
+                return done
+              case "Ended":
+                return Option.some<AttachOutcome>({
+                  _tag: "Ended",
+                  state: event.state,
+                  exitCode: event.exitCode,
+                  signal: event.exitSignal
+                })
+            }
+          })
         ),
-        Effect.retry({
-          while: retryable,
-          schedule: Schedule.exponential("200 millis").pipe(
-            Schedule.union(Schedule.spaced("2 seconds")),
-            Schedule.upTo(Duration.minutes(2))
-          )
-        }),
+        Effect.flatMap(
+          Option.match({
+            onNone: () =>
+              Effect.fail(new CliFailure({ message: "the server ended the stream", exitCode: 1 })),
+            onSome: Effect.succeed
+          })
+        )
+      )
+      const outcome = yield* Effect.raceFirst(output, Effect.raceFirst(input, resize)).pipe(
         Effect.mapError((error) =>
-          retryable(error)
-            ? new CliFailure({
-                message: `lost ${connection.url} and could not reconnect: ${lastError}`,
-                exitCode: 1
-              })
-            : sessionFailure(connection)(error)
+          error instanceof CliFailure
+            ? error
+            : error.error === "Unauthorized"
+              ? new CliFailure({
+                  message: Option.isNone(connection.token)
+                    ? `${connection.url} needs a token: pass --token or set VIBES_TOKEN`
+                    : `${connection.url} refused the token`,
+                  exitCode: 3
+                })
+              : error.error === "InvalidSessionRequest"
+                ? new CliFailure({ message: error.message, exitCode: 2 })
+                : error.error === "Unreachable"
+                  ? new CliFailure({ message: `lost ${connection.url}: ${error.message}`, exitCode: 1 })
+                  : new CliFailure({
+                      message:
+                        error.error === "SessionNotFound"
+                          ? `no session with id ${flags.sessionId}`
+                          : error.message,
+                      exitCode: 1
+                    })
         )
       )
       if (outcome._tag === "Ended") {

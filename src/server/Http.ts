@@ -10,7 +10,7 @@
  */
 import * as http from "node:http"
 import type * as stream from "node:stream"
-import { Context, Duration, Effect, Either, Layer, Option, Runtime, Schema } from "effect"
+import { Context, Duration, Effect, Either, FiberSet, Layer, Option, Runtime, Schema } from "effect"
 import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpLayerRouter from "@effect/platform/HttpLayerRouter"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
@@ -19,7 +19,7 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as RpcServer from "@effect/rpc/RpcServer"
 import { SqlClient } from "@effect/sql/SqlClient"
-import { WebSocketServer } from "ws"
+import { type WebSocket, WebSocketServer } from "ws"
 import {
   cookieName,
   type Identity,
@@ -30,6 +30,9 @@ import {
   type Unauthorized
 } from "../../rpc/Auth.js"
 import { VibesRpcs } from "../../rpc/Client.js"
+import * as AttachProtocol from "../../rpc/AttachProtocol.js"
+import { attachProtocol } from "../../rpc/AttachProtocol.js"
+import { AttachSession } from "../../rpc/Sessions.js"
 import { AdminToken } from "../../infra/auth/AdminToken.js"
 import { Authenticator, cookieValue } from "../../infra/auth/Credentials.js"
 import { type Client as LoginClient, Logins } from "../../infra/auth/Logins.js"
@@ -46,6 +49,8 @@ import * as JobsHandlers from "./JobsHandlers.js"
 import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as SessionsHttp from "./SessionsHttp.js"
+import * as AttachSocket from "./AttachSocket.js"
+import { formatIssue } from "./JsonApi.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 import type { Proxy } from "../../actors/proxy/Proxy.js"
@@ -650,28 +655,96 @@ export const createServer = (options: {
   return new Server()
 }
 
+/** The query of an attach socket's URL, as text. */
+const AttachQuery = Schema.Struct({
+  cols: Schema.optional(Schema.NumberFromString.pipe(Schema.int())),
+  rows: Schema.optional(Schema.NumberFromString.pipe(Schema.int())),
+  readOnly: Schema.optional(Schema.Literal("true", "false", "1", "0")),
+  from: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.nonNegative())),
+  scrollback: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.nonNegative()))
+})
+const decodeAttachQuery = Schema.decodeUnknownEither(AttachQuery, { onExcessProperty: "error" })
+
+/** The attach request of an upgrade to `/api/sessions/<sessionId>/attach`, or why it is refused. */
+const attachRequest = (sessionId: string, url: string | undefined): Either.Either<AttachSession, string> => {
+  const query = Object.fromEntries(new URL(url ?? "/", "http://vibes").searchParams)
+  return Either.map(
+    Either.mapLeft(decodeAttachQuery(query), (error) => formatIssue(error)),
+    (parsed) =>
+      new AttachSession({
+        sessionId,
+        readOnly: parsed.readOnly === "true" || parsed.readOnly === "1",
+        ...(parsed.cols !== undefined ? { cols: parsed.cols } : {}),
+        ...(parsed.rows !== undefined ? { rows: parsed.rows } : {}),
+        ...(parsed.from !== undefined ? { from: parsed.from } : {}),
+        ...(parsed.scrollback !== undefined ? { scrollback: parsed.scrollback } : {})
+      })
+  )
+}
+
 /**
- * The WebSocket gate: an upgrade to `/rpc` is authenticated (the same check as every request,
- * throttled per address) before the socket is accepted; a refused one gets 401 or 429 and no
- * frame of it is ever read. Accepted sockets hold one of their address's stream slots.
+ * The WebSocket gate: `/rpc` (the typed RPC) and `/api/sessions/<id>/attach` (the attach socket).
+ * Credentials are checked before the upgrade is accepted, so no frame of an unauthenticated client
+ * is ever read; an attach socket's parameters and session are checked then too (400, 404).
  */
 export const rpcGate = (server: NodeServer, limits: RpcSocketServer.Limits) =>
   Layer.scopedDiscard(
     Effect.gen(function* () {
       const authenticator = yield* Authenticator
       const connections = yield* RpcSocketServer.RpcConnections
+      const sessions = yield* SessionsHandlers.SessionsApi
       const edge = yield* Edge
       const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-      const wss = new WebSocketServer({
+      // Attach sockets end with the node (their clients attach again).
+      const attachments = yield* FiberSet.make()
+      const runAttachment = yield* FiberSet.runtime(attachments)<SessionsHandlers.SessionsApi>()
+      const rpcSockets = new WebSocketServer({
         noServer: true,
         maxPayload: limits.maxFrameBytes,
         perMessageDeflate: false,
         clientTracking: false,
         handleProtocols: (protocols) => (protocols.has(rpcProtocol) ? rpcProtocol : false)
       })
+      const attachSockets = new WebSocketServer({
+        noServer: true,
+        maxPayload: AttachSocket.maxPayload,
+        perMessageDeflate: false,
+        clientTracking: false,
+        handleProtocols: (protocols) => (protocols.has(attachProtocol) ? attachProtocol : false)
+      })
+      const tooManyStreams = {
+        error: "TooManyStreams",
+        message: `this address holds ${edge.streams.limit} open connections already`
+      }
+      /** Accepts the upgrade on `wss` holding one of the address's stream slots, then `use`s it. */
+      const accept = (
+        wss: WebSocketServer,
+        request: http.IncomingMessage,
+        socket: stream.Duplex,
+        head: Buffer,
+        address: string,
+        use: (ws: WebSocket) => void
+      ) => {
+        if (socket.destroyed) return
+        if (edge.streams.held(address) >= edge.streams.limit) {
+          return rejectUpgrade(socket, 429, tooManyStreams, { "retry-after": "5" })
+        }
+        wss.handleUpgrade(request, socket, head, (ws) => {
+          const release = edge.streams.take(address)
+          if (release === undefined)
+            return ws.close(RpcSocketServer.CloseCode.policyViolation, "too many connections")
+          ws.once("close", release)
+          use(ws)
+        })
+      }
       server.setUpgradeHandler((request, socket, head) => {
-        if (pathOf(request.url) !== "/rpc") {
-          return rejectUpgrade(socket, 404, { error: "NotFound", message: "WebSockets are served at /rpc" })
+        const path = pathOf(request.url)
+        const attachTo = AttachProtocol.sessionOfPath(path)
+        if (path !== "/rpc" && attachTo === undefined) {
+          return rejectUpgrade(socket, 404, {
+            error: "NotFound",
+            message: "WebSockets are served at /rpc and /api/sessions/<id>/attach"
+          })
         }
         const origin = ClientAddress.resolve(
           edge.trustedProxies,
@@ -680,40 +753,49 @@ export const rpcGate = (server: NodeServer, limits: RpcSocketServer.Limits) =>
         )
         runFork(
           authenticator.authenticate(request.headers, origin).pipe(
-            Effect.match({
+            Effect.matchEffect({
               onFailure: (error) =>
-                error._tag === "TooManyAttempts"
-                  ? rejectUpgrade(
-                      socket,
-                      429,
-                      {
-                        error: error._tag,
-                        message: error.message,
-                        retryAfterSeconds: error.retryAfterSeconds
-                      },
-                      { "retry-after": String(error.retryAfterSeconds) }
-                    )
-                  : rejectUpgrade(socket, 401, { error: error._tag, message: error.message }),
+                Effect.sync(() =>
+                  error._tag === "TooManyAttempts"
+                    ? rejectUpgrade(
+                        socket,
+                        429,
+                        {
+                          error: error._tag,
+                          message: error.message,
+                          retryAfterSeconds: error.retryAfterSeconds
+                        },
+                        { "retry-after": String(error.retryAfterSeconds) }
+                      )
+                    : rejectUpgrade(socket, 401, { error: error._tag, message: error.message })
+                ),
               onSuccess: (identity) => {
-                if (socket.destroyed) return
-                if (edge.streams.held(origin.address) >= edge.streams.limit) {
-                  return rejectUpgrade(
-                    socket,
-                    429,
-                    {
-                      error: "TooManyStreams",
-                      message: `this address holds ${edge.streams.limit} open connections already`
-                    },
-                    { "retry-after": "5" }
+                if (attachTo === undefined) {
+                  return Effect.sync(() =>
+                    accept(rpcSockets, request, socket, head, origin.address, (ws) =>
+                      connections.serve(ws, identity)
+                    )
                   )
                 }
-                wss.handleUpgrade(request, socket, head, (ws) => {
-                  const release = edge.streams.take(origin.address)
-                  if (release === undefined)
-                    return ws.close(RpcSocketServer.CloseCode.policyViolation, "too many connections")
-                  ws.once("close", release)
-                  connections.serve(ws, identity)
-                })
+                const attach = attachRequest(attachTo, request.url)
+                if (Either.isLeft(attach)) {
+                  return Effect.sync(() =>
+                    rejectUpgrade(socket, 400, { error: "InvalidSessionRequest", message: attach.left })
+                  )
+                }
+                return sessions["Sessions.Get"]({ sessionId: attachTo }).pipe(
+                  Effect.match({
+                    onFailure: (error) =>
+                      rejectUpgrade(socket, error._tag === "SessionNotFound" ? 404 : 503, {
+                        error: error._tag,
+                        message: error.message
+                      }),
+                    onSuccess: () =>
+                      accept(attachSockets, request, socket, head, origin.address, (ws) => {
+                        runAttachment(AttachSocket.serve(ws, attach.right))
+                      })
+                  })
+                )
               }
             })
           )
@@ -722,12 +804,12 @@ export const rpcGate = (server: NodeServer, limits: RpcSocketServer.Limits) =>
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
           server.setUpgradeHandler(undefined)
-          wss.close()
+          rpcSockets.close()
+          attachSockets.close()
         })
       )
     })
   )
 
-/** The RPC endpoint and its gate. */
 export const rpcEndpoint = (server: NodeServer, limits: RpcSocketServer.Limits) =>
-  rpcGate(server, limits).pipe(Layer.provideMerge(rpc(limits)))
+  rpcGate(server, limits).pipe(Layer.provideMerge(rpc(limits)), Layer.provide(SessionsHandlers.apiLayer))

@@ -1,5 +1,5 @@
 /**
- * A raw WebSocket to a node's `/rpc`, for tests that send what no well-behaved client would:
+ * A raw WebSocket to a node's `/rpc` (or its attach socket), for tests that send what no well-behaved client would:
  * frames of any bytes, and upgrades with any headers, from any local address.
  */
 import * as net from "node:net"
@@ -19,13 +19,16 @@ export interface Options {
   readonly protocols?: ReadonlyArray<string>
   /** The local address to connect from (any 127.x.y.z works on Linux loopback). */
   readonly localAddress?: string
+  /** Another WebSocket path than `/rpc` (the attach socket's), with its query. */
+  readonly path?: string
 }
 
 /** Opens `/rpc` of `url`; closed with the scope. */
 export const upgrade = (url: string, options: Options = {}): Effect.Effect<Upgrade, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<Upgrade>((resume) => {
-      const socket = new WebSocket(Client.rpcUrl(url), [...(options.protocols ?? ["vibes.rpc.v1"])], {
+      const target = options.path === undefined ? Client.rpcUrl(url) : `${url.replace(/^http/, "ws")}${options.path}`
+      const socket = new WebSocket(target, [...(options.protocols ?? ["vibes.rpc.v1"])], {
         headers: options.headers ?? {},
         ...(options.localAddress !== undefined ? { localAddress: options.localAddress } : {})
       })
