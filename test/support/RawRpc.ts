@@ -27,7 +27,8 @@ export interface Options {
 export const upgrade = (url: string, options: Options = {}): Effect.Effect<Upgrade, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<Upgrade>((resume) => {
-      const target = options.path === undefined ? Client.rpcUrl(url) : `${url.replace(/^http/, "ws")}${options.path}`
+      const target =
+        options.path === undefined ? Client.rpcUrl(url) : `${url.replace(/^http/, "ws")}${options.path}`
       const socket = new WebSocket(target, [...(options.protocols ?? ["vibes.rpc.v1"])], {
         headers: options.headers ?? {},
         ...(options.localAddress !== undefined ? { localAddress: options.localAddress } : {})

@@ -5,6 +5,7 @@
  */
 import { Cause, Duration, Effect, Exit, Fiber, Layer, ManagedRuntime, Option, Schedule, Stream } from "effect"
 import * as Socket from "@effect/platform/Socket"
+import * as AttachClient from "../../../rpc/AttachClient.js"
 import * as Client from "../../../rpc/Client.js"
 
 /** Where the backend URL override lives in localStorage. */
@@ -167,6 +168,68 @@ export const follow = <A, E>(
   })
   return () => {
     runtime.runFork(Fiber.interrupt(fiber))
+  }
+}
+
+/** What an attached terminal reports. */
+export interface TerminalHandlers {
+  readonly onEvent: (event: AttachClient.AttachClientEvent) => void
+  /** The attachment ended for good: the session ended (no error) or the server refused it. */
+  readonly onEnd: (error: CallError | undefined) => void
+}
+
+/** An attached terminal: what it sends, and how it stops. */
+export interface AttachedTerminal {
+  readonly input: (data: Uint8Array) => void
+  readonly resize: (cols: number, rows: number) => void
+  readonly stop: () => void
+}
+
+/**
+ * Attaches to a session over its attach socket with the typed attach client (the login cookie
+ * travels on the upgrade), attaching again for as long as the page is open when the connection
+ * drops; a dropped connection may be a login that ended, which sends the page to the login form.
+ */
+export const attachTerminal = (
+  options: Omit<AttachClient.AttachOptions, "url" | "token" | "reconnectFor">,
+  handlers: TerminalHandlers
+): AttachedTerminal => {
+  let attachment: AttachClient.Attachment | undefined
+  const pending: Array<(attachment: AttachClient.Attachment) => Effect.Effect<void>> = []
+  const fiber = Effect.runFork(
+    Effect.gen(function* () {
+      const attached = yield* AttachClient.attach({
+        ...options,
+        url: backendUrl(),
+        token: Option.none(),
+        reconnectFor: Duration.infinity
+      })
+      attachment = attached
+      for (const send of pending.splice(0)) yield* send(attached)
+      yield* attached.events.pipe(
+        Stream.runForEach((event) =>
+          Effect.sync(() => {
+            if (event._tag === "Reconnecting") checkLogin()
+            handlers.onEvent(event)
+          })
+        )
+      )
+    }).pipe(Effect.scoped, Effect.provide(Socket.layerWebSocketConstructorGlobal))
+  )
+  fiber.addObserver((exit) => {
+    if (Exit.isSuccess(exit)) handlers.onEnd(undefined)
+    else if (!Cause.isInterruptedOnly(exit.cause)) handlers.onEnd(toCallError(exit.cause))
+  })
+  const run = (send: (attachment: AttachClient.Attachment) => Effect.Effect<void>) => {
+    if (attachment === undefined) pending.push(send)
+    else Effect.runFork(send(attachment))
+  }
+  return {
+    input: (data) => run((a) => a.input(data)),
+    resize: (cols, rows) => run((a) => a.resize(cols, rows)),
+    stop: () => {
+      Effect.runFork(Fiber.interrupt(fiber))
+    }
   }
 }
 
