@@ -1,10 +1,12 @@
 /**
- * Keystroke echo latency over the public WebSocket RPC, against node-pty in this process.
+ * Keystroke echo latency over the attach socket and over the typed RPC, against node-pty in this process.
  *
  * The program is `/bin/sh -c 'stty raw -echo; printf R; exec cat'`: once it prints `R` the
  * terminal is raw and does not echo, so every byte typed comes back exactly once, from `cat`.
  *
- * - **vibes**: a session of a `vibes serve` child process (compiled build, fresh database); the
+ * - **vibes, attach socket**: the same session kind, attached with the typed attach client over the
+ *   attach socket (`/api/sessions/<id>/attach`): one binary frame per keystroke, one per echo.
+ * - **vibes, typed RPC**: a session of a `vibes serve` child process (compiled build, fresh database); the
  *   client attaches with `Sessions.Attach`, sends one byte with `Sessions.Input` and times until
  *   the byte arrives on the attach stream (the Input's own reply is awaited too, untimed, before
  *   the next keystroke, so at most one is in flight).
@@ -18,7 +20,10 @@
  * ones, one after another. Env: those, BENCH_CPU_PROF (a directory for the server's CPU profile),
  * DATABASE_URL.
  */
-import { Deferred, Effect, Fiber, FiberId, Stream } from "effect"
+import { Deferred, Effect, Fiber, FiberId, Option, Redacted, Stream } from "effect"
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import WebSocket from "ws"
+import * as AttachClient from "../../rpc/AttachClient.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import * as Harness from "../events/harness.js"
 import * as Sessions from "./harness.js"
@@ -170,6 +175,78 @@ const vibes = (server: Sessions.Server) =>
     })
   )
 
+/** The same through the attach socket with the typed attach client: a binary frame each way. */
+const viaSocket = (server: Sessions.Server) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const client = yield* Sessions.connect(server)
+      const session = yield* Sessions.orBench(
+        client.Sessions.Create(CreateSession.make({ command: command.file, args: command.args, ...size }))
+      )
+      const output = arrivals()
+      const attachment = yield* AttachClient.attach({
+        url: server.url,
+        token: Option.some(Redacted.make(server.token)),
+        sessionId: session.id,
+        size: () => size
+      }).pipe(Effect.provide(NodeSocket.layerWebSocketConstructor))
+      const failed = yield* Deferred.make<never, Harness.BenchError>()
+      yield* attachment.events.pipe(
+        Stream.runForEach((event) =>
+          Effect.sync(() => {
+            if (event._tag === "Attached") {
+              if (event.screen?.text.includes("R") === true) output.markReady()
+            } else if (event._tag === "Output") output.onBytes(event.data)
+          })
+        ),
+        Effect.catchAll((error) => Deferred.fail(failed, new Harness.BenchError({ message: error.message }))),
+        Effect.forkScoped
+      )
+      yield* output.ready.pipe(
+        Effect.raceFirst(Deferred.await(failed)),
+        timeout("attach socket: the ready mark")
+      )
+      const latencies: Array<number> = []
+      for (let i = 0; i < warmup + keys; i++) {
+        const start = Harness.now()
+        yield* attachment.input(new Uint8Array([keyOf(i)]))
+        const end = yield* output
+          .expect(i + 1)
+          .pipe(Effect.raceFirst(Deferred.await(failed)), timeout(`attach socket keystroke ${i}`))
+        if (i >= warmup) latencies.push(end - start)
+      }
+      yield* Sessions.orBench(client.Sessions.Close({ sessionId: session.id }))
+      return latencies
+    })
+  )
+
+/** The same against the reference server the bench ships (node-pty + ws, binary frames, ~60 lines). */
+const viaReference = Effect.scoped(
+  Effect.gen(function* () {
+    const port = yield* Sessions.referenceServer
+    const output = arrivals()
+    const socket = yield* Effect.acquireRelease(
+      Effect.sync(
+        () =>
+          new WebSocket(
+            `ws://127.0.0.1:${port}/?cols=${size.cols}&rows=${size.rows}&cmd=${encodeURIComponent(JSON.stringify([command.file, ...command.args]))}`
+          )
+      ),
+      (socket) => Effect.sync(() => socket.terminate())
+    )
+    socket.on("message", (data: Buffer) => output.onBytes(data))
+    yield* output.ready.pipe(timeout("reference server: the ready mark"))
+    const latencies: Array<number> = []
+    for (let i = 0; i < warmup + keys; i++) {
+      const start = Harness.now()
+      socket.send(Buffer.from([keyOf(i)]))
+      const end = yield* output.expect(i + 1).pipe(timeout(`reference server keystroke ${i}`))
+      if (i >= warmup) latencies.push(end - start)
+    }
+    return latencies
+  })
+)
+
 const main = Effect.gen(function* () {
   const loadAtStart = Sessions.runLines()
   const db = yield* Harness.database
@@ -177,6 +254,10 @@ const main = Effect.gen(function* () {
   const server = yield* Sessions.serve(db, { cpuProfDir })
   yield* Harness.progress(`vibes serve (pid ${server.pid}) listens on ${server.url}`)
   const rawLatencies = yield* raw
+  const referenceLatencies = yield* viaReference
+  yield* Harness.progress(
+    `reference server: p50 ${Harness.millis(Harness.percentile(referenceLatencies, 50))} ms`
+  )
   yield* Harness.progress(`raw node-pty: p50 ${Harness.millis(Harness.percentile(rawLatencies, 50))} ms`)
   const hostLatencies = yield* viaHost(server)
   yield* Harness.progress(`PTY host: p50 ${Harness.millis(Harness.percentile(hostLatencies, 50))} ms`)
@@ -185,6 +266,11 @@ const main = Effect.gen(function* () {
   const vibesLatencies = yield* vibes(server)
   const cpu = Sessions.cpuSpent(before, Sessions.cpuSample(server))
   yield* Harness.progress(`vibes: p50 ${Harness.millis(Harness.percentile(vibesLatencies, 50))} ms`)
+  yield* Sessions.settle([server.pid, server.ptyHostPid()], 60)
+  const socketBefore = Sessions.cpuSample(server)
+  const socketLatencies = yield* viaSocket(server)
+  const socketCpu = Sessions.cpuSpent(socketBefore, Sessions.cpuSample(server))
+  yield* Harness.progress(`attach socket: p50 ${Harness.millis(Harness.percentile(socketLatencies, 50))} ms`)
 
   yield* Harness.print(`### Keystroke echo latency (${keys} keystrokes after ${warmup} unmeasured)\n`)
   yield* Harness.print(Harness.machineMarkdown(machine))
@@ -216,10 +302,17 @@ const main = Effect.gen(function* () {
     ])
   yield* Harness.print(line("raw node-pty, in process", rawLatencies))
   yield* Harness.print(line("PTY host over its socket, no server", hostLatencies))
-  yield* Harness.print(line("vibes", vibesLatencies))
+  yield* Harness.print(
+    line("reference server (node-pty + ws, bench/sessions/reference-server.ts)", referenceLatencies)
+  )
+  yield* Harness.print(line("vibes, typed RPC (Sessions.Input + Attach stream)", vibesLatencies))
+  yield* Harness.print(line("vibes, attach socket (typed attach client)", socketLatencies))
   yield* Harness.print("")
   yield* Harness.print(
-    `CPU seconds over the vibes measurement (server / PTY host / Postgres / client): ${Sessions.cpuText(cpu)}\n`
+    `CPU seconds over the RPC measurement (server / PTY host / Postgres / client): ${Sessions.cpuText(cpu)}`
+  )
+  yield* Harness.print(
+    `CPU seconds over the attach socket measurement (server / PTY host / Postgres / client): ${Sessions.cpuText(socketCpu)}\n`
   )
 })
 

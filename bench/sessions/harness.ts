@@ -434,6 +434,39 @@ export const onBytes = (terminal: NodePty.IPty, listener: (data: Buffer) => void
 
 // Files -------------------------------------------------------------------------------------
 
+/**
+ * The reference terminal server (`reference-server.ts`) as a child process for the scope; its port.
+ */
+export const referenceServer: Effect.Effect<number, Harness.BenchError, Scope.Scope> = Effect.gen(
+  function* () {
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        childProcess.spawn(
+          process.execPath,
+          ["--import", "tsx", path.join(projectRoot, "bench", "sessions", "reference-server.ts")],
+          { cwd: projectRoot, stdio: ["pipe", "pipe", "inherit"] }
+        )
+      ),
+      (child) => Effect.sync(() => child.kill("SIGKILL"))
+    )
+    return yield* Effect.async<number, Harness.BenchError>((resume) => {
+      readline.createInterface({ input: child.stdout }).on("line", (line) => {
+        const match = /^listening (\d+)$/.exec(line)
+        if (match !== null) resume(Effect.succeed(Number(match[1])))
+      })
+      child.once("exit", (code) =>
+        resume(Effect.fail(new Harness.BenchError({ message: `the reference server exited (${code})` })))
+      )
+    }).pipe(
+      Effect.timeoutFail({
+        duration: "30 seconds",
+        onTimeout: () =>
+          new Harness.BenchError({ message: "the reference server did not listen within 30 s" })
+      })
+    )
+  }
+)
+
 /** A temporary directory of the scope, readable by the sandbox's user that sessions run as. */
 export const scratch = (prefix: string) => readableTempDir(prefix)
 
