@@ -1,6 +1,8 @@
 /**
  * The public contracts of vibes: schemas, errors, RPC groups and the client constructor.
  */
+export * as AttachClient from "./AttachClient.js"
+export * as AttachProtocol from "./AttachProtocol.js"
 export * as Auth from "./Auth.js"
 export * as Client from "./Client.js"
 export * as Events from "./Events.js"
