@@ -237,6 +237,40 @@ describe("ScreenModel", () => {
     })
   )
 
+  it.scoped(
+    "colours a program set (OSC 4, 10, 11, 12) survive a snapshot: a restored model answers with them",
+    () =>
+      Effect.gen(function* () {
+        const set =
+          "\x1b]4;1;rgb:12/34/56\x1b\\\x1b]10;rgb:aa/bb/cc\x07\x1b]11;rgb:ff/00/00\x1b\\\x1b]12;rgb:01/02/03\x07"
+        const query = "\x1b]4;1;?\x07\x1b]10;?\x07\x1b]11;?\x07\x1b]12;?\x07"
+        const answers = (replies: Array<string>) =>
+          Effect.gen(function* () {
+            const model = yield* ScreenModel.make({
+              cols: 20,
+              rows: 5,
+              scrollback: 10,
+              onReply: (r) => replies.push(r)
+            })
+            return model
+          })
+        const liveReplies: Array<string> = []
+        const live = yield* answers(liveReplies)
+        yield* live.write(new TextEncoder().encode(set))
+        const snapshot = yield* live.snapshot()
+        yield* live.write(new TextEncoder().encode(query))
+        const restoredReplies: Array<string> = []
+        const restored = yield* answers(restoredReplies)
+        yield* restored.write(new TextEncoder().encode(snapshot.vt))
+        // Restoring answers nothing by itself; the same queries then get the same answers.
+        restoredReplies.length = 0
+        yield* restored.write(new TextEncoder().encode(query))
+        expect(liveReplies.join("")).toContain("rgb:ffff/0000/0000")
+        expect(liveReplies.join("")).toContain("rgb:1212/3434/5656")
+        expect(restoredReplies).toEqual(liveReplies)
+      })
+  )
+
   it.scoped("a snapshot reports the visible text, cursor, screen and title", () =>
     Effect.gen(function* () {
       const model = yield* ScreenModel.make({ cols: 20, rows: 4, scrollback: 100 })
