@@ -16,7 +16,7 @@
  * Env: BENCH_QUERY_COUNT, DATABASE_URL.
  */
 import { Effect } from "effect"
-import { Terminal } from "@xterm/headless"
+import Headless from "@xterm/headless"
 import { CreateSession } from "../../rpc/Sessions.js"
 import * as Harness from "../events/harness.js"
 import * as Sessions from "./harness.js"
@@ -57,7 +57,7 @@ const raw = Effect.gen(function* () {
     const text = yield* Effect.scoped(
       Effect.gen(function* () {
         const pty = yield* Sessions.rawPty(process.execPath, ["-e", script], size)
-        const terminal = new Terminal({ ...size, allowProposedApi: true })
+        const terminal = new Headless.Terminal({ ...size, allowProposedApi: true })
         yield* Effect.addFinalizer(() => Effect.sync(() => terminal.dispose()))
         terminal.onData((reply) => pty.write(reply))
         let output = ""
