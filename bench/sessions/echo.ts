@@ -285,7 +285,7 @@ const main = Effect.gen(function* () {
       "p99 ms",
       "max ms",
       "p99 vs raw",
-      "p99 ≤ 5 ms"
+      "p99 ≤ 2 ms"
     ])
   )
   const rawP99 = Harness.percentile(rawLatencies, 99)
@@ -298,7 +298,7 @@ const main = Effect.gen(function* () {
       Harness.millis(Harness.percentile(latencies, 99)),
       Harness.millis(Math.max(...latencies)),
       Harness.ratio(Harness.percentile(latencies, 99), rawP99),
-      Harness.percentile(latencies, 99) <= 5 ? "yes" : "no"
+      Harness.percentile(latencies, 99) <= 2 ? "yes" : "no"
     ])
   yield* Harness.print(line("raw node-pty, in process", rawLatencies))
   yield* Harness.print(line("PTY host over its socket, no server", hostLatencies))
