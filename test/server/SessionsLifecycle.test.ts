@@ -3,7 +3,7 @@ import { Context, Duration, Effect, Layer, Option, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import { CreateSession } from "../../rpc/Sessions.js"
-import { clientLayer, ptyHostPid, watch, type Watched } from "../support/Attach.js"
+import { clientLayer, eventually, ptyHostPid, watch, type Watched } from "../support/Attach.js"
 import * as TestServer from "../support/TestServer.js"
 
 class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
@@ -116,7 +116,13 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("session lifecy
         process.kill(host, "SIGKILL")
         const lost = yield* sessionEvents(rpc, drop.id, ["session.lost"], 1)
         expect(lost[0]?.severity).toBe("warn")
-        const dropped = yield* rpc.Sessions.Get({ sessionId: drop.id })
+        // The event is durable first, then the session's row says so (a moment later).
+        const dropped = yield* eventually(
+          Effect.map(rpc.Sessions.Get({ sessionId: drop.id }), (info) =>
+            info.state === "running" ? Option.none() : Option.some(info)
+          ),
+          "the session's row to say it was lost"
+        )
         expect(dropped.state).toBe("lost")
         const late = yield* Effect.flip(rpc.Sessions.Input({ sessionId: drop.id, data: encode("x") }))
         expect(late._tag).toBe("SessionNotRunning")
