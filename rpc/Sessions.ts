@@ -152,6 +152,35 @@ export class Ended extends Schema.TaggedClass<Ended>()("Ended", {
 export const AttachEvent = Schema.Union(Attached, Output, Resized, Reset, Ended)
 export type AttachEvent = typeof AttachEvent.Type
 
+/**
+ * A compact live view of a running session, for lists and thumbnails: its visible screen as text,
+ * and whether it is waiting (quiet since its last output).
+ */
+export class SessionPreview extends Schema.Class<SessionPreview>("SessionPreview")({
+  sessionId: Schema.String,
+  /** Sequence number of the first output byte the preview does not include yet. */
+  seq: Schema.Int,
+  cols: Schema.Int,
+  rows: Schema.Int,
+  /** The visible screen, one line per row, trailing blanks trimmed. */
+  lines: Schema.Array(Schema.String),
+  cursor: Schema.Struct({ x: Schema.Int, y: Schema.Int }),
+  /** Quiet for the idle time since its last output: most likely waiting for input. */
+  idle: Schema.Boolean
+}) {}
+
+/** How often a previews stream may send a session's preview (in milliseconds, 250 to 60,000). */
+export const PreviewInterval = Schema.Int.pipe(
+  Schema.between(250, 60_000, {
+    message: () => "everyMs: must be a whole number of milliseconds from 250 to 60000"
+  })
+)
+
+/** What a previews stream is asked for. */
+export class PreviewsRequest extends Schema.Class<PreviewsRequest>("PreviewsRequest")({
+  everyMs: Schema.optionalWith(PreviewInterval, { default: () => 1000 })
+}) {}
+
 /** A point in a session's history: an event offset or a time. */
 export const HistoryPoint = Schema.Union(
   Schema.TaggedStruct("Offset", { offset: Schema.Int }),
@@ -267,6 +296,16 @@ export class SessionsRpcs extends RpcGroup.make(
   Rpc.make("Close", { payload: ById, success: SessionInfo, error: SessionError }),
   Rpc.make("Attach", { payload: AttachSession, success: AttachEvent, error: SessionError, stream: true }),
   Rpc.make("Snapshot", { payload: ById, success: Screen, error: SessionError }),
+  /**
+   * Previews of every running session: each one's screen when it changes (at most one per session
+   * every `everyMs`, default 1000), and when it goes quiet or busy.
+   */
+  Rpc.make("Previews", {
+    payload: PreviewsRequest,
+    success: SessionPreview,
+    error: SessionError,
+    stream: true
+  }),
   Rpc.make("ScreenAt", { payload: { ...ById, at: HistoryPoint }, success: Screen, error: SessionError }),
   Rpc.make("List", {
     payload: { state: Schema.optional(SessionState) },

@@ -51,6 +51,7 @@ import {
   Screen,
   SessionError,
   SessionInfo,
+  SessionPreview,
   SessionNotFound,
   SessionNotRunning,
   SessionSignal,
@@ -103,6 +104,12 @@ export const Session = Entity.make("Session", [
   }),
   Rpc.make("Snapshot", { success: Screen, error: SessionError }),
   Rpc.make("Info", { success: SessionInfo, error: SessionError }),
+  /** The session's preview, or null when it is not running or has not changed since `since`/`idle`. */
+  Rpc.make("Preview", {
+    payload: { since: Schema.Int, idle: Schema.Boolean },
+    success: Schema.NullOr(SessionPreview),
+    error: SessionError
+  }),
   /** Activates the entity (after a restart) so it reattaches to its PTY and records its output. */
   Rpc.make("Wake", { error: SessionError })
 ])
@@ -1291,6 +1298,26 @@ export const layer = Session.toLayer(
               toInfo({ ...current, outputBytes: state.seq, lastActivityAt: new Date(state.lastOutput) })
           })
         ),
+      Preview: ({ payload: { since, idle } }) =>
+        Option.match(live, {
+          onNone: () => Effect.succeed(null),
+          onSome: (state) =>
+            state.seq === since && state.idle === idle
+              ? Effect.succeed(null)
+              : state.lock.withPermits(1)(
+                  Effect.map(state.model.snapshot({ scrollbackLines: 0 }), (screen) =>
+                    SessionPreview.make({
+                      sessionId,
+                      seq: state.seq,
+                      cols: screen.cols,
+                      rows: screen.rows,
+                      lines: screen.text.split("\n"),
+                      cursor: screen.cursor,
+                      idle: state.idle
+                    })
+                  )
+                )
+        }),
       Wake: () => Effect.void
     })
   }),

@@ -3,13 +3,15 @@
  * per-session calls go to the session's entity through Sharding (whichever node owns it); `List`,
  * `Get` and `ScreenAt` read the registry and the log.
  */
-import { Cause, Context, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
+import { Cause, Context, Duration, Effect, Layer, Option, Schedule, Schema, Stream } from "effect"
 import type * as Rpc from "@effect/rpc/Rpc"
 import type * as RpcGroup from "@effect/rpc/RpcGroup"
 import {
   type AttachEvent,
   type AttachSession,
   checkCreateSession,
+  type PreviewsRequest,
+  type SessionPreview,
   InvalidSessionRequest,
   SessionId,
   SessionsRpcs,
@@ -77,9 +79,10 @@ type Call<Tag extends string> = (
 
 /** Every session call, by its RPC tag. */
 export type SessionsApiShape = {
-  readonly [Tag in Exclude<Rpc.Tag<Rpcs>, "Sessions.Attach">]: Call<Tag>
+  readonly [Tag in Exclude<Rpc.Tag<Rpcs>, "Sessions.Attach" | "Sessions.Previews">]: Call<Tag>
 } & {
   readonly "Sessions.Attach": (request: AttachSession) => Stream.Stream<AttachEvent, SessionError>
+  readonly "Sessions.Previews": (request: PreviewsRequest) => Stream.Stream<SessionPreview, SessionError>
 }
 
 /** The session calls, for the RPC group's handlers and the REST API. */
@@ -210,6 +213,44 @@ export const apiLayer = Layer.effect(
                 )
               : Stream.failCause(cause)
           )
+        ),
+      // Each tick asks every running session's entity for its preview; an entity answers null when
+      // nothing changed since what this stream sent, so an idle list costs one small call each.
+      "Sessions.Previews": ({ everyMs }) =>
+        Stream.unwrap(
+          Effect.sync(() => {
+            const sent = new Map<string, { readonly seq: number; readonly idle: boolean }>()
+            const tick = Effect.gen(function* () {
+              const rows = yield* registry
+                .list(Option.some("running"))
+                .pipe(Effect.mapError(unavailable("*")))
+              const previews = yield* Effect.forEach(
+                rows,
+                (row) => {
+                  const last = sent.get(row.id)
+                  return makeClient(row.id)
+                    .Preview({ since: last?.seq ?? -1, idle: last?.idle ?? false })
+                    .pipe(
+                      // A session whose node is away is left out of this tick.
+                      Effect.timeout("2 seconds"),
+                      Effect.option,
+                      Effect.map((answer) => Option.flatMap(answer, Option.fromNullable))
+                    )
+                },
+                { concurrency: 8 }
+              )
+              const running = new Set(rows.map((row) => row.id))
+              for (const id of sent.keys()) if (!running.has(id)) sent.delete(id)
+              return previews.flatMap((preview) => {
+                if (Option.isNone(preview)) return []
+                sent.set(preview.value.sessionId, { seq: preview.value.seq, idle: preview.value.idle })
+                return [preview.value]
+              })
+            })
+            return Stream.repeatEffectWithSchedule(tick, Schedule.spaced(Duration.millis(everyMs))).pipe(
+              Stream.flattenIterables
+            )
+          })
         ),
       "Sessions.Snapshot": ({ sessionId }) =>
         Effect.flatMap(entity(sessionId), (client) => withinReach(sessionId)(client.Snapshot())).pipe(

@@ -356,6 +356,33 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
       })
   )
 
+  it.scoped(
+    "the sessions list shows a live thumbnail of each running session, and which wait for input",
+    () =>
+      Effect.gen(function* () {
+        const { rpc, workDir } = yield* WebEnv
+        const session = yield* rpc.Sessions.Create({
+          command: "/bin/sh",
+          args: ["-c", "echo thumbnail-text; exec cat"],
+          cwd: workDir,
+          name: "with-a-thumbnail"
+        })
+        const ctx = yield* context()
+        const page = yield* loggedIn(ctx)
+        yield* promise(() => page.goto(`${new URL(page.url()).origin}/#/sessions`))
+        const row = page.locator(`tr[data-session="${session.id}"]`)
+        const preview = row.locator('[data-testid="preview"]')
+        yield* promise(() => preview.filter({ hasText: "thumbnail-text" }).waitFor())
+        // Live: what the program prints next shows up without a reload.
+        yield* rpc.Sessions.Input({ sessionId: session.id, data: new TextEncoder().encode("typed-later\r") })
+        yield* promise(() => preview.filter({ hasText: "typed-later" }).waitFor())
+        // Quiet for the idle time: the row says it is waiting for input.
+        yield* promise(() => row.getByText("waiting for input").waitFor({ timeout: 30_000 }))
+        expect(yield* promise(() => row.getAttribute("class"))).toContain("waiting")
+        yield* rpc.Sessions.Close({ sessionId: session.id })
+      })
+  )
+
   it.scoped("the events feed shows session.created live", () =>
     Effect.gen(function* () {
       const { rpc, workDir } = yield* WebEnv
