@@ -28,10 +28,9 @@ const shell = (script: string) =>
     )
   )
 
-/** Every frame a raw socket receives, as it arrives. */
+/** Every frame a raw socket has received (collected from its creation), as it arrives. */
 const frames = (socket: WebSocket) => {
-  const received: Array<{ readonly binary: boolean; readonly data: Buffer }> = []
-  socket.on("message", (data: Buffer, binary: boolean) => received.push({ binary, data }))
+  const received = RawRpc.framesOf(socket)
   const text = () =>
     received
       .filter((frame) => frame.binary)

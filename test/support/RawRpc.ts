@@ -23,6 +23,20 @@ export interface Options {
   readonly path?: string
 }
 
+/** A frame a socket received. */
+export interface Frame {
+  readonly binary: boolean
+  readonly data: Buffer
+}
+
+const receivedFrames = new WeakMap<WebSocket, Array<Frame>>()
+
+/**
+ * Every frame `socket` (opened by `upgrade`) has received, from the first: they are collected from
+ * the moment the socket is made, so none can arrive before anyone listens.
+ */
+export const framesOf = (socket: WebSocket): ReadonlyArray<Frame> => receivedFrames.get(socket) ?? []
+
 /** Opens `/rpc` of `url`; closed with the scope. */
 export const upgrade = (url: string, options: Options = {}): Effect.Effect<Upgrade, never, Scope.Scope> =>
   Effect.acquireRelease(
@@ -33,6 +47,9 @@ export const upgrade = (url: string, options: Options = {}): Effect.Effect<Upgra
         headers: options.headers ?? {},
         ...(options.localAddress !== undefined ? { localAddress: options.localAddress } : {})
       })
+      const frames: Array<Frame> = []
+      receivedFrames.set(socket, frames)
+      socket.on("message", (data: Buffer, binary: boolean) => frames.push({ binary, data }))
       socket.once("open", () => resume(Effect.succeed({ _tag: "Open", socket })))
       socket.once("unexpected-response", (_request, response) => {
         let body = ""
