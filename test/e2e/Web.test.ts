@@ -379,6 +379,7 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
         // Quiet for the idle time: the row says it is waiting for input.
         yield* promise(() => row.getByText("waiting for input").waitFor({ timeout: 30_000 }))
         expect(yield* promise(() => row.getAttribute("class"))).toContain("waiting")
+        yield* Web.screenshot(page, "web-session-previews")
         yield* rpc.Sessions.Close({ sessionId: session.id })
       })
   )
