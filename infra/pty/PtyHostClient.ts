@@ -1,6 +1,7 @@
 /**
- * The `PtyHost` service over the host's Unix socket (`@effect/rpc`, msgpack), plus the two calls
- * only a supervisor needs (`PtyHostControl`: ping, shutdown).
+ * The `PtyHost` service over the host's sockets: control over its RPC socket (`@effect/rpc`,
+ * msgpack), output and input over its data socket (`PtyDataClient`); plus the two calls only a
+ * supervisor needs (`PtyHostControl`: ping, shutdown).
  *
  * Reconnection. `RpcClient.layerProtocolSocket` keeps reconnecting in the background for as long
  * as the layer lives, on `retrySchedule`. We leave `retryTransientErrors` off: a failed
@@ -10,16 +11,17 @@
  * check could not tell). Once a new host listens, the next attempt connects and calls go through
  * again. The default schedule backs off to 5 s between attempts; a constant 250 ms makes a
  * restarted host reachable at once, and a refused connect on a Unix socket costs next to nothing.
- * A call in flight when the connection drops fails with `PtyHostUnavailable` (it is not resent:
- * a `Write` must not be typed twice); an `Output` stream fails likewise, and its reader resumes
- * with `output(id, nextSeq)`.
+ * A call in flight when the connection drops fails with `PtyHostUnavailable` (it is not resent).
+ * The data socket reconnects on its next use; see `PtyDataClient`.
  */
-import { Cause, Context, Duration, Effect, Layer, Option, Predicate, Schedule, Stream } from "effect"
+import { Cause, Context, Duration, Effect, Layer, Option, Predicate, Schedule } from "effect"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as Socket from "@effect/platform/Socket"
 import * as RpcClient from "@effect/rpc/RpcClient"
 import type { RpcClientError } from "@effect/rpc/RpcClientError"
 import { PtyHost, PtyHostUnavailable } from "./PtyHost.js"
+import * as PtyDataClient from "./PtyDataClient.js"
+import { dataSocketPathOf } from "./PtyDataProtocol.js"
 import { layerSerialization, type PingResult, PtyHostRpcs } from "./PtyHostRpcs.js"
 
 /** Calls for whoever supervises the host; not part of `PtyHost`. */
@@ -88,18 +90,13 @@ const make = (socketPath: string) =>
           Option.map(socketDefect(cause), (error) => Effect.fail(unavailable(socketPath, error)))
         )
       )
+    const data = yield* PtyDataClient.make(dataSocketPathOf(socketPath))
     const host = PtyHost.of({
       spawn: (spec) => lift(client.Spawn(spec)),
-      write: (id, data) => lift(client.Write({ id, data })),
+      write: data.write,
       resize: (id, cols, rows) => lift(client.Resize({ id, cols, rows })),
       signal: (id, signal) => lift(client.Signal({ id, signal })),
-      output: (id, from) =>
-        client.Output({ id, from }).pipe(
-          Stream.mapError((error) => (isRpcClientError(error) ? unavailable(socketPath, error) : error)),
-          Stream.catchSomeCause((cause) =>
-            Option.map(socketDefect(cause), (error) => Stream.fail(unavailable(socketPath, error)))
-          )
-        ),
+      output: data.output,
       get: (id) => lift(client.Get({ id })),
       list: Effect.suspend(() => lift(client.List())),
       release: (id) => lift(client.Release({ id }))

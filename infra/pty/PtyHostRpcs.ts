@@ -1,7 +1,8 @@
 /**
- * The wire protocol of the PTY host: the `PtyHost` service as an `@effect/rpc` group, plus `Ping`
- * and `Shutdown` for whoever supervises the host. Spoken with msgpack over `<dataDir>/pty-host.sock`,
- * so terminal bytes travel as binary. Also where a host is found: its socket and pid file.
+ * The control protocol of the PTY host: the `PtyHost` service's calls other than output and input
+ * as an `@effect/rpc` group, plus `Ping` and `Shutdown` for whoever supervises the host. Spoken
+ * with msgpack over `<dataDir>/pty-host.sock`. Terminal bytes travel on the data socket beside it
+ * (`PtyDataProtocol`). Also where a host is found: its socket and pid file.
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -15,7 +16,6 @@ import {
   PtyInfo,
   PtyNotFound,
   PtyNotRunning,
-  PtyOutput,
   PtySignal,
   PtySpawnFailed,
   PtySpec
@@ -81,10 +81,6 @@ export class PtyHostRpcs extends RpcGroup.make(
     success: PtyInfo,
     error: Schema.Union(PtySpawnFailed, PtyAlreadyExists)
   }),
-  Rpc.make("Write", {
-    payload: { id: PtyId, data: Schema.Uint8ArrayFromSelf },
-    error: Schema.Union(PtyNotFound, PtyNotRunning)
-  }),
   Rpc.make("Resize", {
     payload: { id: PtyId, cols: Schema.Int, rows: Schema.Int },
     error: Schema.Union(PtyNotFound, PtyNotRunning)
@@ -92,12 +88,6 @@ export class PtyHostRpcs extends RpcGroup.make(
   Rpc.make("Signal", {
     payload: { id: PtyId, signal: PtySignal },
     error: Schema.Union(PtyNotFound, PtyNotRunning)
-  }),
-  Rpc.make("Output", {
-    payload: { id: PtyId, from: Schema.Int },
-    success: PtyOutput,
-    error: PtyNotFound,
-    stream: true
   }),
   Rpc.make("Get", { payload: { id: PtyId }, success: PtyInfo, error: PtyNotFound }),
   Rpc.make("List", { success: Schema.Array(PtyInfo) }),

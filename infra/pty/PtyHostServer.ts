@@ -1,6 +1,7 @@
 /**
- * The PTY host process (`vibes pty-host`): owns the pseudo-terminals (node-pty) and serves them
- * over `<dataDir>/pty-host.sock`, so shells outlive `vibes serve`.
+ * The PTY host process (`vibes pty-host`): owns the pseudo-terminals (node-pty) and serves them,
+ * control over `<dataDir>/pty-host.sock` (`PtyHostRpcs`) and terminal bytes over
+ * `<dataDir>/pty-data.sock` (`PtyDataProtocol`), so shells outlive `vibes serve`.
  *
  * Every PTY keeps a ring of its last output bytes, addressed by byte sequence numbers. A connected
  * reader that falls more than a high-water mark behind pauses the program (the PTY is not read, so
@@ -15,6 +16,7 @@
  * exits at once, running programs and all.
  */
 import * as fs from "node:fs"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as NodePty from "node-pty"
@@ -29,13 +31,13 @@ import {
   Option,
   Schedule,
   Schema,
-  type Scope,
-  Stream
+  type Scope
 } from "effect"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as RpcServer from "@effect/rpc/RpcServer"
 import * as DataDir from "../datadir/DataDir.js"
 import * as PtyExitRecords from "./PtyExitRecords.js"
+import * as Protocol from "./PtyDataProtocol.js"
 import {
   PtyAlreadyExists,
   PtyData,
@@ -84,12 +86,6 @@ export const maxDimension = 1000
 
 /** Size of the ring's first allocation and of the buffer that drains a PTY at its end. */
 const maxChunkBytes = 64 * 1024
-
-/**
- * Most bytes in one `Data` element. Each element waits for the reader's ack, so elements carry
- * whatever has accumulated (up to this) rather than a fixed small piece.
- */
-const maxElementBytes = 1024 * 1024
 
 /** How long a program gets between SIGHUP and SIGKILL. */
 const killGrace = Duration.seconds(2)
@@ -314,8 +310,19 @@ const validate = (spec: PtySpec): Option.Option<PtySpawnFailed> => {
 /** A reader of a PTY's output: the sequence number of the next byte it takes. */
 interface Reader {
   next: number
-  /** It got `Exited`. */
-  done: boolean
+}
+
+/** One reader of a PTY, driven by its owner (a data connection's stream). */
+export interface Tap {
+  /**
+   * The next element, of at most `max` data bytes: `undefined` while the reader has everything and
+   * the program runs; `Exited` last; `PtyNotFound` once the PTY is released.
+   */
+  readonly poll: (max: number) => PtyOutput | PtyNotFound | undefined
+  /** Calls `callback` once, when there is news (output, the exit, the release). */
+  readonly onNews: (callback: () => void) => void
+  /** The reader is gone. */
+  readonly close: () => void
 }
 
 interface Entry {
@@ -370,14 +377,16 @@ interface Registry {
   /** The exits of the PTYs whose program has ended and that no one released. */
   readonly exitRecords: () => ReadonlyArray<PtyExitRecords.PtyExitRecord>
   readonly spawn: (spec: PtySpec) => Effect.Effect<PtyInfo, PtySpawnFailed | PtyAlreadyExists>
-  readonly write: (id: string, data: Uint8Array) => Effect.Effect<void, PtyNotFound | PtyNotRunning>
+  /** Writes the program's input. */
+  readonly write: (id: string, data: Uint8Array) => PtyNotFound | PtyNotRunning | undefined
   readonly resize: (
     id: string,
     cols: number,
     rows: number
   ) => Effect.Effect<void, PtyNotFound | PtyNotRunning>
   readonly signal: (id: string, signal: PtySignal) => Effect.Effect<void, PtyNotFound | PtyNotRunning>
-  readonly output: (id: string, from: number) => Stream.Stream<PtyOutput, PtyNotFound>
+  /** A reader of the PTY's output from byte `from` (the oldest held, if `from` is older: a `Gap` first). */
+  readonly tap: (id: string, from: number) => Tap | PtyNotFound
   readonly get: (id: string) => Effect.Effect<PtyInfo, PtyNotFound>
   readonly list: Effect.Effect<ReadonlyArray<PtyInfo>>
   readonly release: (id: string) => Effect.Effect<void>
@@ -517,65 +526,65 @@ const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.S
         return Effect.succeed(infoOf(entry))
       })
 
-    /** The next element for `reader`, waiting for output when it has everything; fails with None at the end. */
-    const pull = (entry: Entry, reader: Reader): Effect.Effect<PtyOutput, Option.Option<PtyNotFound>> =>
-      Effect.suspend(() => {
-        const { ring } = entry
-        if (reader.done) return Effect.fail(Option.none())
-        if (reader.next < ring.start) {
-          const gap = new PtyGap({ from: reader.next, to: ring.start })
-          reader.next = ring.start
-          return Effect.succeed(gap)
-        }
-        if (reader.next < ring.end) {
-          const data = ring.read(reader.next, maxElementBytes)
-          const element = new PtyData({ seq: reader.next, data })
-          reader.next += data.length
-          afterRead(entry)
-          return Effect.succeed(element)
-        }
-        if (entry.exit !== null) {
-          const exited = new PtyExited({ seq: ring.end, exit: entry.exit })
+    /**
+     * The next element for `reader`, of at most `max` data bytes: `undefined` while it has
+     * everything and the program runs; `Exited` last; `PtyNotFound` once the PTY is released.
+     */
+    const poll = (entry: Entry, reader: Reader, max: number): PtyOutput | PtyNotFound | undefined => {
+      const { ring } = entry
+      if (reader.next < ring.start) {
+        const gap = new PtyGap({ from: reader.next, to: ring.start })
+        reader.next = ring.start
+        return gap
+      }
+      if (reader.next < ring.end) {
+        const data = ring.read(reader.next, max)
+        const element = new PtyData({ seq: reader.next, data }, { disableValidation: true })
+        reader.next += data.length
+        afterRead(entry)
+        return element
+      }
+      if (entry.exit !== null) {
+        entry.readers.delete(reader)
+        return new PtyExited({ seq: ring.end, exit: entry.exit })
+      }
+      if (entry.freed) return notFound(entry.id)
+      return undefined
+    }
+
+    const tap = (id: string, from: number): Tap | PtyNotFound => {
+      const entry = entries.get(id)
+      if (entry === undefined) return notFound(id)
+      const reader: Reader = { next: Math.max(0, Math.min(from, entry.ring.end)) }
+      entry.readers.add(reader)
+      if (maxLag(entry) > highWater) pause(entry)
+      let waiter: (() => void) | undefined
+      return {
+        poll: (max) => poll(entry, reader, max),
+        onNews: (callback) => {
+          if (waiter !== undefined) return
+          waiter = () => {
+            waiter = undefined
+            callback()
+          }
+          entry.waiters.add(waiter)
+        },
+        close: () => {
+          if (waiter !== undefined) entry.waiters.delete(waiter)
+          waiter = undefined
           entry.readers.delete(reader)
-          reader.done = true
-          return Effect.succeed(exited)
+          afterRead(entry)
         }
-        if (entry.freed) return Effect.fail(Option.some(notFound(entry.id)))
-        return Effect.zipRight(waitForNews(entry, reader), pull(entry, reader))
-      })
+      }
+    }
 
-    const hasNews = (entry: Entry, reader: Reader) =>
-      reader.next < entry.ring.end || entry.exit !== null || entry.freed
-
-    const waitForNews = (entry: Entry, reader: Reader) =>
-      Effect.async<void>((resume) => {
-        // Checked again here: the fiber may have yielded since `pull` looked.
-        if (hasNews(entry, reader)) return resume(Effect.void)
-        const waiter = () => resume(Effect.void)
-        entry.waiters.add(waiter)
-        return Effect.sync(() => entry.waiters.delete(waiter))
-      })
-
-    const output = (id: string, from: number): Stream.Stream<PtyOutput, PtyNotFound> =>
-      Stream.unwrapScoped(
-        Effect.gen(function* () {
-          const entry = yield* lookup(id)
-          const reader = yield* Effect.acquireRelease(
-            Effect.sync(() => {
-              const reader: Reader = { next: Math.max(0, Math.min(from, entry.ring.end)), done: false }
-              entry.readers.add(reader)
-              if (maxLag(entry) > highWater) pause(entry)
-              return reader
-            }),
-            (reader) =>
-              Effect.sync(() => {
-                entry.readers.delete(reader)
-                afterRead(entry)
-              })
-          )
-          return Stream.repeatEffectOption(pull(entry, reader))
-        })
-      )
+    const writeNow = (id: string, data: Uint8Array): PtyNotFound | PtyNotRunning | undefined => {
+      const entry = entries.get(id)
+      if (entry === undefined) return notFound(id)
+      if (entry.exit !== null) return notRunning(entry, entry.exit)
+      entry.terminal.write(Buffer.from(data.buffer, data.byteOffset, data.byteLength))
+      return undefined
+    }
 
     /**
      * Resolves with true once `done` holds, or with false after `within`. The deadline is a timer
@@ -672,8 +681,7 @@ const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.S
       },
       exitRecords,
       spawn,
-      write: (id, data) =>
-        Effect.flatMap(running(id), (entry) => Effect.sync(() => entry.terminal.write(Buffer.from(data)))),
+      write: writeNow,
       resize: (id, cols, rows) =>
         Effect.flatMap(running(id), (entry) => {
           const ok = (n: number) => Number.isInteger(n) && n >= 1 && n <= maxDimension
@@ -701,13 +709,164 @@ const makeRegistry = (ringBytes: number): Effect.Effect<Registry, never, Scope.S
             if (Option.isSome(foreground) && foreground.value !== entry.pid) send(-foreground.value, signal)
           })
         ),
-      output,
+      tap,
       get: (id) => Effect.map(lookup(id), infoOf),
       list: Effect.sync(() => [...entries.values()].map(infoOf)),
       release,
       releaseAll
     } satisfies Registry
   })
+
+// data plane ------------------------------------------------------------------------------
+
+/** One output stream of a data connection. */
+interface Subscription {
+  readonly tap: Tap
+  credit: number
+}
+
+/**
+ * Serves one server's data connection (`PtyDataProtocol`): output streams sent as credit allows,
+ * and input written as it comes. A frame that breaks the protocol closes the connection.
+ */
+const serveDataConnection = (registry: Registry, socket: net.Socket): void => {
+  const streams = new Map<number, Subscription>()
+  const reader = new Protocol.FrameReader()
+  const send = (message: Protocol.HostFrame) => {
+    if (!socket.destroyed) socket.write(Protocol.encodeHostFrame(message))
+  }
+
+  const end = (stream: number) => {
+    const subscription = streams.get(stream)
+    if (subscription === undefined) return
+    streams.delete(stream)
+    subscription.tap.close()
+  }
+
+  /** Sends what the stream's reader has, as far as its credit goes; then waits for news. */
+  const pump = (stream: number, subscription: Subscription) => {
+    if (socket.destroyed) return
+    let sent = false
+    while (subscription.credit > 0) {
+      const output = subscription.tap.poll(Math.min(subscription.credit, Protocol.maxDataFrameBytes))
+      if (output === undefined) {
+        subscription.tap.onNews(() => {
+          if (streams.get(stream) === subscription) pump(stream, subscription)
+        })
+        break
+      }
+      if (!sent) {
+        socket.cork()
+        sent = true
+      }
+      if (output._tag === "PtyNotFound") {
+        send({ _tag: "NotFound", stream, message: output.message })
+        end(stream)
+        break
+      }
+      if (output._tag === "Data") {
+        subscription.credit -= output.data.length
+        socket.write(Protocol.dataHeader(stream, output.seq, output.data.length))
+        socket.write(output.data)
+        continue
+      }
+      send({ _tag: "Output", stream, output })
+      if (output._tag === "Exited") {
+        end(stream)
+        break
+      }
+    }
+    if (sent) socket.uncork()
+  }
+
+  const handle = (message: Protocol.ClientFrame) => {
+    switch (message._tag) {
+      case "Subscribe": {
+        if (streams.has(message.stream)) {
+          throw new Protocol.ProtocolViolation(`stream ${message.stream} is already open`)
+        }
+        const tap = registry.tap(message.id, message.from)
+        if (tap instanceof PtyNotFound) {
+          send({ _tag: "NotFound", stream: message.stream, message: tap.message })
+          return
+        }
+        const subscription: Subscription = { tap, credit: message.credit }
+        streams.set(message.stream, subscription)
+        pump(message.stream, subscription)
+        return
+      }
+      case "Credit": {
+        const subscription = streams.get(message.stream)
+        if (subscription === undefined) return
+        subscription.credit += message.bytes
+        pump(message.stream, subscription)
+        return
+      }
+      case "Cancel":
+        end(message.stream)
+        return
+      case "Write": {
+        const failed = registry.write(message.id, message.data)
+        send(
+          failed === undefined
+            ? { _tag: "Written", request: message.request }
+            : {
+                _tag: "WriteFailed",
+                request: message.request,
+                reason: failed._tag === "PtyNotFound" ? "NotFound" : "NotRunning",
+                message: failed.message
+              }
+        )
+        return
+      }
+    }
+  }
+
+  socket.on("data", (chunk: Buffer) => {
+    try {
+      for (const { body, type } of reader.push(chunk)) handle(Protocol.decodeClientFrame(type, body))
+    } catch (error) {
+      if (!(error instanceof Protocol.ProtocolViolation)) throw error
+      socket.destroy()
+    }
+  })
+  socket.on("close", () => {
+    for (const stream of [...streams.keys()]) end(stream)
+  })
+  socket.on("error", () => undefined)
+}
+
+/** Listens on the data socket for as long as the scope lives; answers how many connections it has. */
+const listenData = (registry: Registry, file: string) =>
+  Effect.acquireRelease(
+    Effect.async<{ readonly server: net.Server; readonly sockets: Set<net.Socket> }, PtyHostServerError>(
+      (resume) => {
+        const sockets = new Set<net.Socket>()
+        const server = net.createServer((socket) => {
+          sockets.add(socket)
+          socket.once("close", () => sockets.delete(socket))
+          serveDataConnection(registry, socket)
+        })
+        server.once("error", (cause) =>
+          resume(Effect.fail(fail(`cannot listen on ${file}: ${cause.message}`)))
+        )
+        server.listen(file, () => {
+          try {
+            fs.chmodSync(file, 0o600)
+          } catch (cause) {
+            server.close()
+            return resume(Effect.fail(fail(`cannot restrict ${file}: ${String(cause)}`)))
+          }
+          resume(Effect.succeed({ server, sockets }))
+        })
+      }
+    ),
+    ({ server, sockets }) =>
+      Effect.async<void>((resume) => {
+        for (const socket of sockets) socket.destroy()
+        server.close(() => resume(Effect.void))
+      })
+  ).pipe(Effect.map(({ sockets }) => ({ connections: () => sockets.size })))
 
 // process ---------------------------------------------------------------------------------
 
@@ -837,8 +996,10 @@ export const run = (options: Options): Effect.Effect<void, PtyHostServerError> =
         )
       }
     }
-    // Nothing answers on it: a socket left by a host that died.
+    // Nothing answers on them: sockets left by a host that died.
+    const dataSocket = Protocol.dataSocketPathOf(socket)
     fs.rmSync(socket, { force: true })
+    fs.rmSync(dataSocket, { force: true })
 
     const startedAt = yield* DateTime.now
     const registry = yield* makeRegistry(ringBytes)
@@ -846,10 +1007,8 @@ export const run = (options: Options): Effect.Effect<void, PtyHostServerError> =
 
     const handlers = PtyHostRpcs.toLayer({
       Spawn: (spec) => registry.spawn(spec),
-      Write: ({ data, id }) => registry.write(id, data),
       Resize: ({ cols, id, rows }) => registry.resize(id, cols, rows),
       Signal: ({ id, signal }) => registry.signal(id, signal),
-      Output: ({ from, id }) => registry.output(id, from),
       Get: ({ id }) => registry.get(id),
       List: () => registry.list,
       Release: ({ id }) => registry.release(id),
@@ -865,6 +1024,8 @@ export const run = (options: Options): Effect.Effect<void, PtyHostServerError> =
       Layer.provide(NodeSocketServer.layer({ path: socket }))
     )
     yield* Effect.addFinalizer(() => removePidFile(pidFile))
+    // The data socket first: a server that reaches the RPC socket finds it there.
+    const data = yield* listenData(registry, dataSocket)
     const context = yield* Layer.build(server).pipe(
       Effect.mapError((error) => fail(`cannot listen on ${socket}: ${String(error.cause)}`))
     )
@@ -882,7 +1043,10 @@ export const run = (options: Options): Effect.Effect<void, PtyHostServerError> =
     yield* Effect.addFinalizer(() => leaveExitRecords(options.dataDir, registry.exitRecords()))
     yield* Effect.logInfo(`PTY host (pid ${process.pid}) is listening on ${socket}`)
 
-    const busy = Effect.map(protocol.clientIds, (clients) => clients.size > 0 || registry.running() > 0)
+    const busy = Effect.map(
+      protocol.clientIds,
+      (clients) => clients.size > 0 || data.connections() > 0 || registry.running() > 0
+    )
     const why = yield* Effect.raceAll([
       Effect.as(Deferred.await(stop), "a Shutdown request"),
       Effect.as(idleFor(idleExit, busy), `${Duration.format(idleExit)} without running programs or clients`),

@@ -14,6 +14,7 @@ import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
 import { JobSpec, type ExecuteOutput, type JobOutput } from "../../rpc/Jobs.js"
 import { pidFilePath, socketPath } from "../../infra/pty/PtyHostRpcs.js"
+import { dataSocketPathOf } from "../../infra/pty/PtyDataProtocol.js"
 import { clientLayer } from "../support/Attach.js"
 import * as Processes from "../support/Processes.js"
 import * as TestDatabase from "../support/TestDatabase.js"
@@ -69,8 +70,8 @@ const siblingSleep = `6${String(process.pid).padStart(7, "0")}`
 const probe = (server: Target) => {
   const hostPid = Number(fs.readFileSync(pidFilePath(server.dataDir), "utf8").trim())
   const serverPid = server.pid
-  const socket = socketPath(server.dataDir)
-  const connect = `require("net").connect(${JSON.stringify(socket)}).on("connect", () => { console.log("socket=connected"); process.exit(0) }).on("error", (e) => { console.log("socket=" + e.code); process.exit(0) })`
+  const connect = (name: string, socket: string) =>
+    `require("net").connect(${JSON.stringify(socket)}).on("connect", () => { console.log("${name}=connected"); process.exit(0) }).on("error", (e) => { console.log("${name}=" + e.code); process.exit(0) })`
   return [
     `echo "uid=$(id -u)"`,
     `echo "home=$HOME"`,
@@ -78,7 +79,8 @@ const probe = (server: Target) => {
     `ls ${server.dataDir} >/dev/null 2>&1 && echo datadir=listed || echo datadir=refused`,
     `cat /proc/${serverPid}/environ >/dev/null 2>&1 && echo server-environ=read || echo server-environ=refused`,
     `cat /proc/${hostPid}/environ >/dev/null 2>&1 && echo host-environ=read || echo host-environ=refused`,
-    `${process.execPath} -e '${connect}'`,
+    `${process.execPath} -e '${connect("socket", socketPath(server.dataDir))}'`,
+    `${process.execPath} -e '${connect("data-socket", dataSocketPathOf(socketPath(server.dataDir)))}'`,
     // The pattern does not match itself (this script's own command line).
     `pgrep -f "sleep 6[${siblingSleep.slice(1, 2)}]${siblingSleep.slice(2)}" >/dev/null && echo other-session=seen || echo other-session=hidden`,
     `echo "--- env"`,
@@ -135,6 +137,7 @@ const expectIsolated = (report: string, server: Target) => {
   expect(field(report, "server-environ")).toBe("refused")
   expect(field(report, "host-environ")).toBe("refused")
   expect(field(report, "socket")).toBe("ENOENT")
+  expect(field(report, "data-socket")).toBe("ENOENT")
   // Nor are the other sessions' processes there to see, signal or trace.
   expect(field(report, "other-session")).toBe("hidden")
   expectNoSecrets(report, server)
@@ -150,6 +153,7 @@ const expectHidden = (report: string, server: Target, uid: number) => {
   expect(field(report, "server-environ")).toBe("refused")
   expect(field(report, "host-environ")).toBe("refused")
   expect(field(report, "socket")).toBe("ENOENT")
+  expect(field(report, "data-socket")).toBe("ENOENT")
   // Nor are the other sessions' processes there to see, signal or trace.
   expect(field(report, "other-session")).toBe("hidden")
   expectNoSecrets(report, server)

@@ -1,4 +1,5 @@
 import * as fs from "node:fs"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
@@ -13,6 +14,8 @@ import {
 import * as PtyExitRecords from "../../../infra/pty/PtyExitRecords.js"
 import * as PtyHostClient from "../../../infra/pty/PtyHostClient.js"
 import { pidFilePath, socketPath } from "../../../infra/pty/PtyHostRpcs.js"
+import * as Protocol from "../../../infra/pty/PtyDataProtocol.js"
+import { dataSocketPathOf } from "../../../infra/pty/PtyDataProtocol.js"
 import * as PtyHostServer from "../../../infra/pty/PtyHostServer.js"
 import { tempDir } from "../../support/TempDir.js"
 
@@ -440,10 +443,127 @@ describe("PTY host", () => {
       expect(yield* settlesTo(() => isAlive(plain.pid), false)).toBe(false)
       expect(yield* settlesTo(() => isAlive(pid), false)).toBe(false)
       expect(fs.existsSync(socket)).toBe(false)
+      expect(fs.existsSync(dataSocketPathOf(socket))).toBe(false)
       expect(fs.existsSync(pidFilePath(dataDir))).toBe(false)
       expect(yield* Effect.flip(host.list)).toMatchObject({ _tag: "PtyHostUnavailable" })
+      expect(yield* Effect.flip(host.write(plain.id, new Uint8Array([1])))).toMatchObject({
+        _tag: "PtyHostUnavailable"
+      })
     })
   )
+
+  it.scopedLive(
+    "output streams share one data connection, each within its credit, and stop when cancelled",
+    () =>
+      Effect.gen(function* () {
+        const { host } = yield* startHost()
+        // Three programs print 3 MiB each (three windows): every byte arrives, in order, once.
+        const programs = [1, 2, 3].map((n) => sh(`head -c ${3 * 1024 * 1024} /dev/zero | tr '\\0' '${n}'`))
+        for (const program of programs) yield* host.spawn(program)
+        const outputs = yield* Effect.forEach(programs, (program) => drain(host, program.id), {
+          concurrency: "unbounded"
+        })
+        outputs.forEach((elements, index) => {
+          const bytes = bytesOf(elements)
+          expect(bytes.length).toBe(3 * 1024 * 1024)
+          expect(bytes.every((byte) => byte === 0x31 + index)).toBe(true)
+          expect(exitedOf(elements).seq).toBe(3 * 1024 * 1024)
+          let next = 0
+          for (const element of elements) {
+            if (element._tag !== "Data") continue
+            expect(element.seq).toBe(next)
+            expect(element.data.length).toBeLessThanOrEqual(Protocol.maxDataFrameBytes)
+            next += element.data.length
+          }
+        })
+        // A reader that takes one element and stops cancels its stream; the PTY goes on.
+        const s = spec("cat", [])
+        yield* host.spawn(s)
+        yield* host.write(s.id, new TextEncoder().encode("one\n"))
+        const first = yield* host.output(s.id, 0).pipe(Stream.take(1), Stream.runCollect)
+        expect(Chunk.size(first)).toBe(1)
+        yield* host.write(s.id, new TextEncoder().encode("two\n"))
+        expect(yield* readUntil(host, s.id, (text) => text.includes("two\r\ntwo\r\n"))).toContain("one")
+      })
+  )
+
+  it.scopedLive("a data connection that breaks the protocol is closed, and the host serves others on", () =>
+    Effect.gen(function* () {
+      const { host, socket } = yield* startHost()
+      const s = spec("cat", [])
+      yield* host.spawn(s)
+      const file = dataSocketPathOf(socket)
+      expect(fs.statSync(file).mode & 0o777).toBe(0o600)
+      const frames: ReadonlyArray<Buffer> = [
+        // a length over the limit
+        Buffer.from([0xff, 0xff, 0xff, 0xff, 1]),
+        // an unknown type
+        Buffer.from([0, 0, 0, 1, 99]),
+        // a Subscribe too short to hold its stream and offset
+        Buffer.from([0, 0, 0, 3, 1, 0, 0]),
+        // a Write whose id runs past the frame
+        Buffer.concat([Buffer.from([0, 0, 0, 7, 4, 0, 0, 0, 1, 0xff, 0xff])]),
+        // a Subscribe from a negative offset
+        Protocol.encodeClientFrame({ _tag: "Subscribe", stream: 1, from: 0, credit: 10, id: s.id }).fill(
+          0xff,
+          9,
+          17
+        )
+      ]
+      for (const frame of frames) {
+        const closed = yield* Effect.async<boolean>((resume) => {
+          const client = net.createConnection({ path: file }, () => client.write(frame))
+          client.on("data", () => undefined)
+          client.once("close", () => resume(Effect.succeed(true)))
+          client.once("error", () => undefined)
+          const timer = setTimeout(() => {
+            client.destroy()
+            resume(Effect.succeed(false))
+          }, 5000)
+          return Effect.sync(() => clearTimeout(timer))
+        })
+        expect(closed).toBe(true)
+      }
+      yield* host.write(s.id, new TextEncoder().encode("still\n"))
+      expect(yield* readUntil(host, s.id, (text) => text.includes("still\r\nstill\r\n"))).toBe(
+        "still\r\nstill\r\n"
+      )
+    })
+  )
+
+  it("frames cut anywhere are read whole, and each side's frames survive encoding", () => {
+    const sent: ReadonlyArray<Protocol.ClientFrame> = [
+      { _tag: "Subscribe", stream: 7, from: 2 ** 40, credit: 1024, id: "sessión-1" },
+      { _tag: "Credit", stream: 7, bytes: 65536 },
+      { _tag: "Cancel", stream: 7 },
+      { _tag: "Write", request: 9, id: "s", data: new Uint8Array([0, 1, 255]) }
+    ]
+    const wire = Buffer.concat(sent.map(Protocol.encodeClientFrame))
+    for (const cut of [1, 2, 3, 5, 17, wire.length]) {
+      const reader = new Protocol.FrameReader()
+      const got: Array<Protocol.ClientFrame> = []
+      for (let at = 0; at < wire.length; at += cut) {
+        for (const { body, type } of reader.push(wire.subarray(at, at + cut))) {
+          got.push(Protocol.decodeClientFrame(type, body))
+        }
+      }
+      expect(
+        got.map((frame) => (frame._tag === "Write" ? { ...frame, data: [...frame.data] } : frame))
+      ).toEqual(sent.map((frame) => (frame._tag === "Write" ? { ...frame, data: [...frame.data] } : frame)))
+    }
+    const exited = Protocol.encodeHostFrame({
+      _tag: "NotFound",
+      stream: 3,
+      message: "no PTY"
+    })
+    const reader = new Protocol.FrameReader()
+    const [frame] = reader.push(exited)
+    expect(frame !== undefined && Protocol.decodeHostFrame(frame.type, frame.body)).toEqual({
+      _tag: "NotFound",
+      stream: 3,
+      message: "no PTY"
+    })
+  })
 
   it.scopedLive("an idle host exits by itself", () =>
     Effect.gen(function* () {
