@@ -11,6 +11,8 @@
  *   (coalesced `session.output` events), feeds its screen model and takes snapshots.
  * - **raw node-pty**: the same command spawned with node-pty in this process (`encoding: null`),
  *   `go\r` written to it, bytes counted until the marker.
+ * - **vibes, attach socket**: the same, attached with the typed attach client over the attach socket
+ *   (`/api/sessions/<id>/attach`, binary frames without acknowledgements).
  * - **PTY host** (for diagnosis): the same command in a PTY of the server's PTY host, read by
  *   this process over the host's socket as the server reads it, without the server.
  *
@@ -19,7 +21,9 @@
  * directory: the server writes a CPU profile there when it stops), DATABASE_URL.
  */
 import * as path from "node:path"
-import { Deferred, Effect, Stream } from "effect"
+import { Deferred, Effect, Option, Redacted, Stream } from "effect"
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import * as AttachClient from "../../rpc/AttachClient.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import * as Harness from "../events/harness.js"
 import * as Sessions from "./harness.js"
@@ -143,6 +147,57 @@ const vibes = (server: Sessions.Server, file: string, bytes: number) =>
     })
   )
 
+/** The same with the typed attach client over the attach socket (binary frames, no acknowledgements). */
+const viaSocket = (server: Sessions.Server, file: string, bytes: number) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const client = yield* Sessions.connect(server)
+      const session = yield* Sessions.orBench(
+        client.Sessions.Create(
+          CreateSession.make({ command: "/bin/sh", args: ["-c", script(file, bytes)], ...size })
+        )
+      )
+      const attachment = yield* AttachClient.attach({
+        url: server.url,
+        token: Option.some(Redacted.make(server.token)),
+        sessionId: session.id,
+        size: () => size
+      }).pipe(Effect.provide(NodeSocket.layerWebSocketConstructor))
+      const seen = Sessions.markerWatch(marker)
+      const attached = yield* Deferred.make<void, Harness.BenchError>()
+      const done = yield* Deferred.make<number, Harness.BenchError>()
+      let received = 0
+      yield* attachment.events.pipe(
+        Stream.runForEach((event) =>
+          Effect.sync(() => {
+            if (event._tag === "Attached") Deferred.unsafeDone(attached, Effect.void)
+            else if (event._tag === "Output") {
+              received += event.data.length
+              if (seen(event.data)) Deferred.unsafeDone(done, Effect.succeed(Harness.now()))
+            }
+          })
+        ),
+        Effect.catchAll((error) => {
+          const failure = new Harness.BenchError({ message: error.message })
+          return Effect.zipRight(Deferred.fail(attached, failure), Deferred.fail(done, failure))
+        }),
+        Effect.forkScoped
+      )
+      yield* Deferred.await(attached).pipe(timeout("attach socket: attaching"))
+      const before = Sessions.cpuSample(server)
+      const window = Sessions.monotonicMicros()
+      const start = Harness.now()
+      yield* attachment.input(new TextEncoder().encode("go\r"))
+      const end = yield* Deferred.await(done).pipe(timeout("attach socket"))
+      const cpu = Sessions.cpuSpent(before, Sessions.cpuSample(server))
+      yield* Harness.progress(
+        `attach socket measured in the monotonic µs window ${window}–${Sessions.monotonicMicros()}`
+      )
+      yield* Sessions.orBench(client.Sessions.Close({ sessionId: session.id }))
+      return { bytes: received, ms: end - start, cpu }
+    })
+  )
+
 const throughput = (m: Measurement) => (m.bytes / 1e6 / m.ms) * 1000
 
 const main = Effect.gen(function* () {
@@ -162,11 +217,13 @@ const main = Effect.gen(function* () {
   yield* raw(warmFile, 2_000_000)
   yield* viaHost(server, warmFile, 2_000_000)
   yield* vibes(server, warmFile, 2_000_000)
+  yield* viaSocket(server, warmFile, 2_000_000)
 
   const results = {
     raw: [] as Array<Measurement>,
     host: [] as Array<Measurement>,
-    vibes: [] as Array<Measurement>
+    vibes: [] as Array<Measurement>,
+    socket: [] as Array<Measurement>
   }
   for (let round = 1; round <= rounds; round++) {
     const r = yield* raw(file, bytes)
@@ -180,6 +237,10 @@ const main = Effect.gen(function* () {
     const v = yield* vibes(server, file, bytes)
     results.vibes.push(v)
     yield* Harness.progress(`round ${round}: vibes ${Sessions.mbPerSecond(v.bytes, v.ms)} MB/s`)
+    yield* Sessions.settle([server.pid, server.ptyHostPid()], 60)
+    const w = yield* viaSocket(server, file, bytes)
+    results.socket.push(w)
+    yield* Harness.progress(`round ${round}: attach socket ${Sessions.mbPerSecond(w.bytes, w.ms)} MB/s`)
     yield* Sessions.settle([server.pid, server.ptyHostPid()], 60)
   }
 
@@ -207,12 +268,15 @@ const main = Effect.gen(function* () {
       median.toFixed(1),
       ms.map((m) => throughput(m).toFixed(1)).join(", "),
       Harness.ratio(median, rawMedian),
-      name === "vibes" ? (median / rawMedian >= 0.8 ? "yes" : "no") : "",
+      name.startsWith("vibes") ? (median / rawMedian >= 0.8 ? "yes" : "no") : "",
       ms.map((m) => Sessions.cpuText(m.cpu)).join("; ")
     ])
   yield* Harness.print(line("raw node-pty, in process", results.raw, rawMedian))
   yield* Harness.print(line("PTY host over its socket, no server", results.host, medianOf(results.host)))
-  yield* Harness.print(line("vibes", results.vibes, medianOf(results.vibes)))
+  yield* Harness.print(line("vibes, typed RPC (Sessions.Attach)", results.vibes, medianOf(results.vibes)))
+  yield* Harness.print(
+    line("vibes, attach socket (typed attach client)", results.socket, medianOf(results.socket))
+  )
   yield* Harness.print("")
 })
 

@@ -10,8 +10,8 @@
  * the same way and is not sent again (a keystroke must not be typed twice).
  */
 import * as net from "node:net"
-import { Deferred, Effect, Option, Queue, type Scope, Stream } from "effect"
-import { PtyHostUnavailable, PtyNotFound, PtyNotRunning, type PtyOutput } from "./PtyHost.js"
+import { Deferred, Effect, Option, type Scope, Stream } from "effect"
+import { PtyData, PtyHostUnavailable, PtyNotFound, PtyNotRunning, type PtyOutput } from "./PtyHost.js"
 import * as Protocol from "./PtyDataProtocol.js"
 
 /** Output and input of the host's PTYs. */
@@ -148,13 +148,20 @@ export const make = (file: string): Effect.Effect<DataChannel, never, Scope.Scop
       Stream.unwrapScoped(
         Effect.gen(function* () {
           const conn = yield* connection
-          const items = yield* Queue.unbounded<StreamItem>()
+          /** What arrived and the reader has not taken yet (at most a window of data). */
+          const pending: Array<StreamItem> = []
+          let wake: (() => void) | undefined
           const stream = allocate()
           let taken = 0
           let ended = false
           yield* Effect.acquireRelease(
             Effect.sync(() => {
-              conn.streams.set(stream, (item) => Queue.unsafeOffer(items, item))
+              conn.streams.set(stream, (item) => {
+                pending.push(item)
+                const waiting = wake
+                wake = undefined
+                waiting?.()
+              })
               send(conn, { _tag: "Subscribe", stream, from, credit: Protocol.defaultWindowBytes, id })
             }),
             () =>
@@ -163,36 +170,67 @@ export const make = (file: string): Effect.Effect<DataChannel, never, Scope.Scop
                 send(conn, { _tag: "Cancel", stream })
               })
           )
+          const arrival = Effect.async<void>((resume) => {
+            if (pending.length > 0) return resume(Effect.void)
+            wake = () => resume(Effect.void)
+            return Effect.sync(() => {
+              wake = undefined
+            })
+          })
+          /**
+           * The next element. Data that arrived meanwhile is taken as one element, so a reader
+           * that fell behind catches up in a few large steps rather than many small ones.
+           */
+          const take = (): PtyOutput | PtyNotFound | PtyHostUnavailable => {
+            const first = pending.shift() as StreamItem
+            if (first._tag !== "Data") return first
+            let size = first.data.length
+            let last = 0
+            while (last < pending.length && size < Protocol.maxDataFrameBytes) {
+              const item = pending[last] as StreamItem
+              if (item._tag !== "Data") break
+              size += item.data.length
+              last++
+            }
+            const joined =
+              last === 0
+                ? first
+                : new PtyData(
+                    {
+                      seq: first.seq,
+                      data: Buffer.concat(
+                        [first.data, ...pending.splice(0, last).map((item) => (item as PtyData).data)],
+                        size
+                      )
+                    },
+                    { disableValidation: true }
+                  )
+            taken += size
+            if (taken >= creditStep) {
+              send(conn, { _tag: "Credit", stream, bytes: taken })
+              taken = 0
+            }
+            return joined
+          }
           const next: Effect.Effect<
             PtyOutput,
             Option.Option<PtyNotFound | PtyHostUnavailable>
-          > = Effect.suspend(() =>
-            ended
-              ? Effect.fail(Option.none())
-              : Effect.flatMap(
-                  Queue.take(items),
-                  (item): Effect.Effect<PtyOutput, Option.Option<PtyNotFound | PtyHostUnavailable>> => {
-                    switch (item._tag) {
-                      case "PtyNotFound":
-                        return Effect.fail(Option.some(new PtyNotFound({ id, message: item.message })))
-                      case "PtyHostUnavailable":
-                        return Effect.fail(Option.some(item))
-                      case "Exited":
-                        ended = true
-                        return Effect.succeed(item)
-                      case "Gap":
-                        return Effect.succeed(item)
-                      case "Data":
-                        taken += item.data.length
-                        if (taken >= creditStep) {
-                          send(conn, { _tag: "Credit", stream, bytes: taken })
-                          taken = 0
-                        }
-                        return Effect.succeed(item)
-                    }
-                  }
-                )
-          )
+          > = Effect.suspend(() => {
+            if (ended) return Effect.fail(Option.none())
+            if (pending.length === 0) return Effect.zipRight(arrival, next)
+            const item = take()
+            switch (item._tag) {
+              case "PtyNotFound":
+                return Effect.fail(Option.some(new PtyNotFound({ id, message: item.message })))
+              case "PtyHostUnavailable":
+                return Effect.fail(Option.some(item))
+              case "Exited":
+                ended = true
+                return Effect.succeed(item)
+              default:
+                return Effect.succeed(item)
+            }
+          })
           return Stream.repeatEffectOption(next)
         })
       )
