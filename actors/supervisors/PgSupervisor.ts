@@ -35,6 +35,7 @@ import {
   SubscriptionRef
 } from "effect"
 import * as DataDir from "../../infra/datadir/DataDir.js"
+import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 import * as FreePort from "../../infra/net/FreePort.js"
 
 /** The embedded Postgres could not be prepared, started or kept running. */
@@ -155,10 +156,16 @@ const checkCanRun: Effect.Effect<void, EmbeddedPgError> = Effect.suspend(() => {
       )
 })
 
+/**
+ * The environment of initdb and the postmaster: the server's without its own variables and its
+ * secrets (provider keys, `VIBES_*`, `DATABASE_URL`, `PG*`), like any child of the server.
+ */
+const postgresEnv = () => ChildEnv.childEnv(ChildEnv.secrets({ values: [] }))
+
 const runToCompletion = (cmd: string, args: ReadonlyArray<string>, what: string) =>
   Effect.async<void, EmbeddedPgError>((resume) => {
     const [bin, argv] = commandFor(cmd, args)
-    const child = childProcess.spawn(bin, argv, { stdio: ["ignore", "pipe", "pipe"] })
+    const child = childProcess.spawn(bin, argv, { stdio: ["ignore", "pipe", "pipe"], env: postgresEnv() })
     let output = ""
     child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")))
     child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")))
@@ -295,7 +302,11 @@ export const make = (options: Options): Effect.Effect<PgSupervisor["Type"], Embe
         try: () => {
           const fd = fs.openSync(logFile, "a", 0o600)
           try {
-            return childProcess.spawn(cmd, args, { stdio: ["ignore", fd, fd], detached: true })
+            return childProcess.spawn(cmd, args, {
+              stdio: ["ignore", fd, fd],
+              detached: true,
+              env: postgresEnv()
+            })
           } finally {
             fs.closeSync(fd)
           }

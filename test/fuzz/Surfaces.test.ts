@@ -13,6 +13,7 @@ import { Context, Effect, FastCheck as fc, Layer, Logger, Schedule } from "effec
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { Packr, Unpackr } from "msgpackr"
 import type WebSocket from "ws"
+import { AttachCloseCode, attachProtocol, maxClientFrameBytes } from "../../rpc/AttachProtocol.js"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
 import * as FreePort from "../../infra/net/FreePort.js"
@@ -158,6 +159,9 @@ const probe = (env: Env, frames: ReadonlyArray<Buffer>) =>
   )
 
 const rpcTags = [...Client.VibesRpcs.requests.keys()]
+
+/** Close codes the attach socket may give a hostile client (`rpc/AttachProtocol.ts`), and 1002 from ws. */
+const attachCloses = new Set<number>([...Object.values(AttachCloseCode), 1002, 1007])
 
 /** RPCs that would start programs: fuzzed with a harmless command only. */
 const starting = new Set(["Sessions.Create", "Jobs.Submit", "Jobs.Execute"])
@@ -475,6 +479,89 @@ layer(EnvLive, { timeout: 600_000, excludeTestServices: true })("hostile input a
             expectNoSecret(env, JSON.stringify(answer.headers))
           })
         )
+      }),
+    300_000
+  )
+
+  it.effect(
+    "hostile parameters and frames on the attach socket earn a 4xx, a defined close code or an answer",
+    () =>
+      Effect.gen(function* () {
+        const env = yield* FuzzEnv
+        const { server } = env
+        const session = yield* Effect.flatMap(Client.VibesClient, (rpc) =>
+          rpc.Sessions.Create({ command: "/bin/cat" })
+        ).pipe(Effect.provide(client(server)))
+        const frame = fc.oneof(
+          fc.uint8Array({ maxLength: 512 }).map((bytes) => ({ binary: true, data: Buffer.from(bytes) })),
+          text.map((data) => ({ binary: false, data: Buffer.from(data, "utf8") })),
+          fc.anything().map((value) => ({
+            binary: false,
+            data: Buffer.from(
+              JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? 0 : v)) ?? "null"
+            )
+          })),
+          fc.record({ cols: fc.oneof(fc.integer(), fc.double(), text), rows: fc.integer() }).map((size) => ({
+            binary: false,
+            data: Buffer.from(JSON.stringify({ _tag: "Resize", ...size }))
+          })),
+          fc.constant({ binary: true, data: Buffer.alloc(maxClientFrameBytes + 1, 0x61) }),
+          fc.constant({ binary: false, data: Buffer.from([0xff, 0xfe, 0x00]) })
+        )
+        const attempt = fc.record({
+          id: fc.oneof(fc.constant(session.id), idLike),
+          raw: fc.option(rawPiece, { nil: undefined }),
+          query: fc.dictionary(
+            fc.constantFrom("cols", "rows", "from", "readOnly", "scrollback", "x"),
+            fc.oneof(text, fc.integer().map(String), fc.constantFrom("true", "false", "NaN", "1e9")),
+            { maxKeys: 4 }
+          ),
+          frames: fc.array(frame, { maxLength: 5 })
+        })
+        const seen = { refused: 0, closed: 0, alive: 0 }
+        yield* property(attempt, 80, (input) =>
+          Effect.scoped(
+            Effect.gen(function* () {
+              const query = Object.entries(input.query)
+                .map(([key, value]) => `${key}=${encode(value)}`)
+                .join("&")
+              const upgraded = yield* RawRpc.upgrade(server.url, {
+                path: `/api/sessions/${input.raw ?? encode(input.id)}/attach?${query}`,
+                protocols: [attachProtocol],
+                headers: { authorization: `Bearer ${server.token}` }
+              })
+              if (upgraded._tag === "Refused") {
+                seen.refused++
+                expect(upgraded.status).toBeGreaterThanOrEqual(400)
+                expect(upgraded.status).toBeLessThan(500)
+                expectNoSecret(env, upgraded.body)
+                return
+              }
+              const socket = upgraded.socket
+              // The socket is either closed by the server with a code the protocol defines, or
+              // still answers a ping once it has taken every frame.
+              const outcome = yield* Effect.async<Outcome>((resume) => {
+                socket.once("close", (code) => resume(Effect.succeed({ _tag: "Closed", code })))
+                socket.once("pong", () => resume(Effect.succeed({ _tag: "Alive" })))
+                for (const { binary, data } of input.frames) socket.send(data, { binary })
+                socket.ping()
+              }).pipe(
+                Effect.timeoutFail({
+                  duration: "20 seconds",
+                  onTimeout: () => new Error("the attach socket neither answered nor closed")
+                })
+              )
+              if (outcome._tag === "Closed") {
+                seen.closed++
+                expect(attachCloses.has(outcome.code)).toBe(true)
+              } else seen.alive++
+              for (const { data } of RawRpc.framesOf(socket)) expectNoSecret(env, data.toString("latin1"))
+            })
+          )
+        )
+        yield* Effect.flatMap(Client.VibesClient, (rpc) =>
+          rpc.Sessions.Close({ sessionId: session.id })
+        ).pipe(Effect.provide(client(server)))
       }),
     300_000
   )

@@ -29,6 +29,24 @@ describe("embedded Postgres supervisor", () => {
       Effect.gen(function* () {
         const dir = yield* tempDir("vibes-sup-")
         const scope = yield* Scope.make()
+        yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const saved = { key: process.env["ANTHROPIC_API_KEY"], token: process.env["VIBES_TOKEN"] }
+            process.env["ANTHROPIC_API_KEY"] = "sk-ant-test-secret-not-for-postgres"
+            process.env["VIBES_TOKEN"] = "a-vibes-token-not-for-postgres"
+            return saved
+          }),
+          (saved) =>
+            Effect.sync(() => {
+              for (const [name, value] of [
+                ["ANTHROPIC_API_KEY", saved.key],
+                ["VIBES_TOKEN", saved.token]
+              ] as const) {
+                if (value === undefined) delete process.env[name]
+                else process.env[name] = value
+              }
+            })
+        )
         const supervisor = yield* PgSupervisor.make({ dataDir: dir, maxRestarts: 5 }).pipe(
           Scope.extend(scope)
         )
@@ -39,6 +57,12 @@ describe("embedded Postgres supervisor", () => {
         expect(fs.statSync(path.join(dir, "postgres.password")).mode & 0o777).toBe(0o600)
 
         const first = yield* pidOf(supervisor)
+        // Like any child of the server, Postgres gets none of its secrets.
+        const environ = fs.readFileSync(`/proc/${first}/environ`, "latin1").split("\0")
+        expect(
+          environ.filter((entry) => /^(ANTHROPIC_API_KEY|VIBES_TOKEN|DATABASE_URL)=/.test(entry))
+        ).toEqual([])
+        expect(environ.some((entry) => entry.startsWith("PATH="))).toBe(true)
         const restartedWithNewPid = supervisor.status.changes.pipe(
           Stream.filter((status) => status === "running"),
           Stream.mapEffect(() => supervisor.pid),
