@@ -17,6 +17,7 @@ import * as fs from "node:fs"
 import {
   Chunk,
   DateTime,
+  Deferred,
   Duration,
   Effect,
   ExecutionStrategy,
@@ -73,6 +74,7 @@ import {
 } from "../../infra/pty/PtyHost.js"
 import * as Replies from "../../infra/terminal/Replies.js"
 import * as ScreenModel from "../../infra/terminal/ScreenModel.js"
+import { LocalSessions } from "./LocalSessions.js"
 import * as Recorder from "./Recorder.js"
 import { type Row, SessionRegistry, toInfo } from "./SessionRegistry.js"
 import { SessionSettings } from "./SessionSettings.js"
@@ -330,6 +332,7 @@ export const layer = Session.toLayer(
     const settings = yield* SessionSettings
     const log = yield* EventLog
     const entityScope = yield* Effect.scope
+    const local = yield* LocalSessions
 
     let row: Option.Option<Row> = yield* registry.get(sessionId).pipe(Effect.orDie)
     let live: Option.Option<Live> = Option.none()
@@ -1264,6 +1267,23 @@ export const layer = Session.toLayer(
       return yield* state.lock.withPermits(1)(
         Effect.map(state.model.snapshot({ scrollbackLines: 0 }), (s) => toScreen(s, state.seq))
       )
+    })
+
+    // The data plane: keystrokes and attachments of this node's clients reach the entity directly.
+    const stopping = yield* Deferred.make<void>()
+    yield* Effect.addFinalizer(() => Deferred.succeed(stopping, undefined))
+    const moving = Effect.zipRight(
+      Deferred.await(stopping),
+      Effect.fail(
+        new SessionUnavailable({
+          sessionId,
+          message: `session ${sessionId} is moving: its node is stopping; attach again`
+        })
+      )
+    )
+    yield* local.register(sessionId, {
+      input,
+      attach: (request) => attach(request).pipe(Stream.interruptWhen(moving))
     })
 
     return Session.of({

@@ -37,6 +37,7 @@ import * as Jobs from "../../actors/job/Jobs.js"
 import * as JobSettings from "../../actors/job/JobSettings.js"
 import * as JobStore from "../../actors/job/JobStore.js"
 import * as Scheduler from "../../actors/job/Scheduler.js"
+import * as LocalSessions from "../../actors/session/LocalSessions.js"
 import * as SessionEntity from "../../actors/session/SessionEntity.js"
 import * as SessionRegistry from "../../actors/session/SessionRegistry.js"
 import * as SessionSettings from "../../actors/session/SessionSettings.js"
@@ -320,6 +321,7 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
         // Below the runner, so they outlive the entities that use them while it stops.
         Layer.provideMerge(jobServices(config, nodeId, children)),
         Layer.provideMerge(SessionRegistry.layer),
+        Layer.provideMerge(LocalSessions.layer),
         Layer.provideMerge(
           SessionSettings.layer(nodeId, {
             scrollback: config.sessionScrollback,

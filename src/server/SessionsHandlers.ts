@@ -1,7 +1,8 @@
 /**
- * The session calls, served by the `Sessions` RPC group and by the REST API (SessionsHttp):
- * per-session calls go to the session's entity through Sharding (whichever node owns it); `List`,
- * `Get` and `ScreenAt` read the registry and the log.
+ * The session calls, served by the `Sessions` RPC group, the attach socket and the REST API
+ * (SessionsHttp): per-session calls go to the session's entity through Sharding (whichever node
+ * owns it), except input and attachments of a session whose entity is active on this node, which
+ * reach it directly (`LocalSessions`); `List`, `Get` and `ScreenAt` read the registry and the log.
  */
 import { Cause, Context, Duration, Effect, Layer, Option, Schedule, Schema, Stream } from "effect"
 import type * as Rpc from "@effect/rpc/Rpc"
@@ -24,6 +25,7 @@ import * as Cluster from "../../infra/cluster/Cluster.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
 import * as ScreenModel from "../../infra/terminal/ScreenModel.js"
 import { historyAfter, historySteps, latestSnapshot, Session } from "../../actors/session/SessionEntity.js"
+import { LocalSessions } from "../../actors/session/LocalSessions.js"
 import { SessionRegistry, toInfo } from "../../actors/session/SessionRegistry.js"
 import { SessionSettings } from "../../actors/session/SessionSettings.js"
 import { Screen } from "../../rpc/Sessions.js"
@@ -97,6 +99,7 @@ export const apiLayer = Layer.effect(
     const registry = yield* SessionRegistry
     const settings = yield* SessionSettings
     const log = yield* EventLog
+    const local = yield* LocalSessions
     // Session ids are never reused, so one that existed once is known for good.
     const known = new Set<string>()
 
@@ -166,6 +169,26 @@ export const apiLayer = Layer.effect(
         })
       })
 
+    /** An attachment through Sharding: the session's entity is on another node, or not active yet. */
+    const remoteAttach = ({ sessionId, cols, rows, readOnly, from, scrollback }: AttachSession) =>
+      Stream.unwrap(
+        Effect.map(entity(sessionId), (client) => client.Attach({ cols, rows, readOnly, from, scrollback }))
+      ).pipe(
+        Stream.mapError(toSessionError(sessionId)),
+        // The entity ends its streams by interruption when its node stops: to the client that is a
+        // session to attach to again (elsewhere, or here after the restart), not an end.
+        Stream.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause)
+            ? Stream.fail(
+                new SessionUnavailable({
+                  sessionId,
+                  message: `session ${sessionId} is moving: its node is stopping; attach again`
+                })
+              )
+            : Stream.failCause(cause)
+        )
+      )
+
     const api: SessionsApiShape = {
       "Sessions.Create": (request) =>
         Effect.zipRight(
@@ -181,9 +204,13 @@ export const apiLayer = Layer.effect(
           })
         ),
       "Sessions.Input": ({ sessionId, data, attachmentId }) =>
-        Effect.flatMap(entity(sessionId), (client) =>
-          withinReach(sessionId)(client.Input({ data, attachmentId }))
-        ).pipe(Effect.mapError(toSessionError(sessionId))),
+        Option.match(local.get(sessionId), {
+          onSome: (session) => session.input(data, attachmentId),
+          onNone: () =>
+            Effect.flatMap(entity(sessionId), (client) =>
+              withinReach(sessionId)(client.Input({ data, attachmentId }))
+            ).pipe(Effect.mapError(toSessionError(sessionId)))
+        }),
       "Sessions.Resize": ({ sessionId, cols, rows, attachmentId }) =>
         Effect.flatMap(entity(sessionId), (client) =>
           withinReach(sessionId)(client.Resize({ cols, rows, attachmentId }))
@@ -197,23 +224,10 @@ export const apiLayer = Layer.effect(
           Effect.mapError(toSessionError(sessionId))
         ),
       "Sessions.Attach": ({ sessionId, cols, rows, readOnly, from, scrollback }) =>
-        Stream.unwrap(
-          Effect.map(entity(sessionId), (client) => client.Attach({ cols, rows, readOnly, from, scrollback }))
-        ).pipe(
-          Stream.mapError(toSessionError(sessionId)),
-          // The entity ends its streams by interruption when its node stops: to the client that is a
-          // session to attach to again (elsewhere, or here after the restart), not an end.
-          Stream.catchAllCause((cause) =>
-            Cause.isInterruptedOnly(cause)
-              ? Stream.fail(
-                  new SessionUnavailable({
-                    sessionId,
-                    message: `session ${sessionId} is moving: its node is stopping; attach again`
-                  })
-                )
-              : Stream.failCause(cause)
-          )
-        ),
+        Option.match(local.get(sessionId), {
+          onSome: (session) => session.attach({ cols, rows, readOnly, from, scrollback }),
+          onNone: () => remoteAttach({ sessionId, cols, rows, readOnly, from, scrollback })
+        }),
       // Each tick asks every running session's entity for its preview; an entity answers null when
       // nothing changed since what this stream sent, so an idle list costs one small call each.
       "Sessions.Previews": ({ everyMs }) =>
