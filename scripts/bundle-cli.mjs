@@ -25,7 +25,8 @@ export const bundleCli = async (outdir, options = {}) => {
   await esbuild
     .build({
       absWorkingDir: root,
-      entryPoints: { vibes: "src/main.ts" },
+      // The screen worker is a thread's entry of its own (infra/terminal/ScreenWorkers.ts finds it).
+      entryPoints: { vibes: "src/main.ts", "screen-worker": "infra/terminal/ScreenWorker.ts" },
       outdir,
       bundle: true,
       splitting: true,

@@ -74,6 +74,7 @@ import {
 } from "../../infra/pty/PtyHost.js"
 import * as Replies from "../../infra/terminal/Replies.js"
 import * as ScreenModel from "../../infra/terminal/ScreenModel.js"
+import { ScreenWorkers } from "../../infra/terminal/ScreenWorkers.js"
 import { LocalSessions } from "./LocalSessions.js"
 import * as Recorder from "./Recorder.js"
 import { type Row, SessionRegistry, toInfo } from "./SessionRegistry.js"
@@ -333,6 +334,7 @@ export const layer = Session.toLayer(
     const log = yield* EventLog
     const entityScope = yield* Effect.scope
     const local = yield* LocalSessions
+    const screens = yield* ScreenWorkers
 
     let row: Option.Option<Row> = yield* registry.get(sessionId).pipe(Effect.orDie)
     let live: Option.Option<Live> = Option.none()
@@ -598,20 +600,22 @@ export const layer = Session.toLayer(
         // The model answers the program's queries; not those in the history it is rebuilt from.
         const replies = yield* Queue.unbounded<string>()
         const answering = { open: false }
-        const model = yield* ScreenModel.make({
-          onReply: (reply) => {
-            if (answering.open) Queue.unsafeOffer(replies, reply)
-          },
-          cols: options.cols,
-          rows: options.rows,
-          scrollback: settings.scrollback,
-          onBell: () => {
-            const now = Date.now()
-            if (now - bell.last < 1000) return
-            bell.last = now
-            Option.map(live, (state) => state.recorder.event("session.bell", {}))
-          }
-        }).pipe(Scope.extend(scope))
+        const model = yield* screens
+          .make({
+            onReply: (reply) => {
+              if (answering.open) Queue.unsafeOffer(replies, reply)
+            },
+            cols: options.cols,
+            rows: options.rows,
+            scrollback: settings.scrollback,
+            onBell: () => {
+              const now = Date.now()
+              if (now - bell.last < 1000) return
+              bell.last = now
+              Option.map(live, (state) => state.recorder.event("session.bell", {}))
+            }
+          })
+          .pipe(Scope.extend(scope))
         if (Option.isSome(options.base)) yield* model.write(new TextEncoder().encode(options.base.value.vt))
         const seq = options.seqBase + options.ptySeq
         const replay: Array<{ seq: number; data: Uint8Array }> = []
