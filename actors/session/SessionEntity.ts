@@ -374,6 +374,25 @@ export const layer = Session.toLayer(
         return next
       })
 
+    /**
+     * As `change`, for what need not be durable before the answer (the number of attached clients):
+     * the row in memory changes now, the registry behind it, in the same order as every change.
+     */
+    const changeBehind = (update: Partial<Row>) =>
+      Effect.gen(function* () {
+        const current = yield* currentRow
+        const next: Row = { ...current, ...update }
+        row = Option.some(next)
+        yield* registryWrites
+          .withPermits(1)(
+            registry
+              .update(sessionId, update)
+              .pipe(Effect.catchAll((error) => Effect.logWarning(error.message)))
+          )
+          .pipe(Effect.forkIn(entityScope))
+        return next
+      })
+
     const publish = (event: AttachEvent) => {
       for (const subscriber of subscribers) {
         if (!subscriber.overflowed && !Queue.unsafeOffer(subscriber.queue, event))
@@ -1175,11 +1194,11 @@ export const layer = Session.toLayer(
               yield* Metric.incrementBy(attachedClients, -1)
               if (lastWriter === attachmentId) lastWriter = undefined
               yield* emit("session.detached", { attachmentId })
-              yield* change({ attachedClients: attachments.size }).pipe(Effect.ignore)
+              yield* changeBehind({ attachedClients: attachments.size }).pipe(Effect.ignore)
             })
           )
           yield* emit("session.attached", { attachmentId, readOnly: request.readOnly })
-          const updated = yield* change({ attachedClients: attachments.size })
+          const updated = yield* changeBehind({ attachedClients: attachments.size })
           if (!request.readOnly && request.cols !== undefined && request.rows !== undefined) {
             lastWriter = attachmentId
             yield* resizeTo(cols, rows).pipe(Effect.catchTag("SessionNotRunning", () => Effect.void))

@@ -783,7 +783,7 @@ export const rpcGate = (server: NodeServer, limits: RpcSocketServer.Limits) =>
                     rejectUpgrade(socket, 400, { error: "InvalidSessionRequest", message: attach.left })
                   )
                 }
-                return sessions["Sessions.Get"]({ sessionId: attachTo }).pipe(
+                return sessions.exists(attachTo).pipe(
                   Effect.match({
                     onFailure: (error) =>
                       rejectUpgrade(socket, error._tag === "SessionNotFound" ? 404 : 503, {

@@ -85,6 +85,8 @@ export type SessionsApiShape = {
 } & {
   readonly "Sessions.Attach": (request: AttachSession) => Stream.Stream<AttachEvent, SessionError>
   readonly "Sessions.Previews": (request: PreviewsRequest) => Stream.Stream<SessionPreview, SessionError>
+  /** Succeeds when a session of that id exists (or existed): what the attach socket's gate checks. */
+  readonly exists: (sessionId: string) => Effect.Effect<void, SessionNotFound | SessionUnavailable>
 }
 
 /** The session calls, for the RPC group's handlers and the REST API. */
@@ -190,6 +192,11 @@ export const apiLayer = Layer.effect(
       )
 
     const api: SessionsApiShape = {
+      // A session active here, or known from before, needs no query.
+      exists: (sessionId) =>
+        Option.isSome(local.get(sessionId)) || known.has(sessionId)
+          ? Effect.void
+          : Effect.map(lookup(sessionId), () => void known.add(sessionId)),
       "Sessions.Create": (request) =>
         Effect.zipRight(
           checkCreateSession(request),
@@ -311,4 +318,7 @@ export const apiLayer = Layer.effect(
 )
 
 /** The handlers of the `Sessions` RPC group. */
-export const layer = SessionsRpcs.toLayer(SessionsApi).pipe(Layer.provide(apiLayer))
+export const layer = SessionsRpcs.toLayer(
+  // The handlers are the RPC calls alone: the group refuses a handler for a call it does not have.
+  Effect.map(SessionsApi, ({ exists: _exists, ...handlers }) => handlers)
+).pipe(Layer.provide(apiLayer))
