@@ -155,7 +155,18 @@ const open = (cols: number, rows: number, scrollback: number) =>
         rows,
         scrollback,
         allowProposedApi: true,
-        windowOptions: { getWinSizeChars: true, pushTitle: true, popTitle: true }
+        windowOptions: {
+          getWinSizeChars: true,
+          pushTitle: true,
+          popTitle: true,
+          // Answered by `answerBeyondXterm` (xterm.js gates its handlers on these).
+          getWinSizePixels: true,
+          getScreenSizePixels: true,
+          getCellSizePixels: true,
+          getScreenSizeChars: true,
+          getWinState: true,
+          getWinPosition: true
+        }
       })
       // Unicode 11 widths (emoji take two columns), as in the browser terminal and modern programs.
       xterm.loadAddon(new Unicode11.Unicode11Addon())
@@ -163,6 +174,7 @@ const open = (cols: number, rows: number, scrollback: number) =>
       const replies = { send: (_reply: string): void => undefined }
       xterm.onData((reply) => replies.send(reply))
       const colours = Colours.track(xterm, (reply) => replies.send(reply))
+      answerBeyondXterm(xterm, (reply) => replies.send(reply))
       const state = { title: "", closed: false }
       xterm.onTitleChange((title) => {
         state.title = title
@@ -191,6 +203,52 @@ const open = (cols: number, rows: number, scrollback: number) =>
         opened.xterm.dispose()
       })
   ).pipe(Effect.map(({ opened }) => opened))
+
+/** The cell size, in pixels, answered for pixel-size queries: the screen has no pixels of its own. */
+export const nominalCell = { width: 8, height: 16 } as const
+
+/**
+ * Queries a real xterm answers and xterm.js does not: its name and version (XTVERSION), the
+ * window's state and position (`CSI 11 t`, `13 t`), the sizes in pixels (`CSI 14 t`, `15 t`,
+ * `16 t`) and the screen's in characters (`CSI 19 t`). A
+ * program that asks waits for the answer, so the server gives one (pixels from a nominal cell),
+ * in order with the answers xterm.js gives. (xterm.js calls a handler of `CSI t` only for the
+ * operations its `windowOptions` allow: `open` allows these.)
+ */
+const answerBeyondXterm = (xterm: Terminal, send: (reply: string) => void) => {
+  xterm.parser.registerCsiHandler({ prefix: ">", final: "q" }, (params) => {
+    if ((params[0] ?? 0) !== 0) return false
+    send("\x1bP>|vibes\x1b\\")
+    return true
+  })
+  xterm.parser.registerCsiHandler({ final: "t" }, (params) => {
+    const height = xterm.rows * nominalCell.height
+    const width = xterm.cols * nominalCell.width
+    switch (params[0]) {
+      case 11:
+        // Not iconified.
+        send("\x1b[1t")
+        return true
+      case 13:
+        send("\x1b[3;0;0t")
+        return true
+      case 14:
+        send(`\x1b[4;${height};${width}t`)
+        return true
+      case 15:
+        send(`\x1b[5;${height};${width}t`)
+        return true
+      case 16:
+        send(`\x1b[6;${nominalCell.height};${nominalCell.width}t`)
+        return true
+      case 19:
+        send(`\x1b[9;${xterm.rows};${xterm.cols}t`)
+        return true
+      default:
+        return false
+    }
+  })
+}
 
 const hooked = (terminal: Opened, options: Omit<Options, "cols" | "rows">): ScreenModel => {
   const { onBell, onTitle, onReply } = options

@@ -381,6 +381,32 @@ describe("ScreenModel", () => {
       })
   )
 
+  it.scoped("queries xterm.js leaves unanswered get a real xterm's answer, in order with the others", () =>
+    Effect.gen(function* () {
+      const replies: Array<string> = []
+      const model = yield* ScreenModel.make({
+        cols: 100,
+        rows: 30,
+        scrollback: 10,
+        onReply: (reply) => replies.push(reply)
+      })
+      yield* model.write(
+        bytes("\x1b[c\x1b[>q\x1b[14t\x1b[16t\x1b[19t\x1b[18t\x1b[>1q\x1b[11t\x1b[13t\x1b[5n")
+      )
+      expect(replies).toEqual([
+        "\x1b[?1;2c",
+        "\x1bP>|vibes\x1b\\",
+        `\x1b[4;${30 * ScreenModel.nominalCell.height};${100 * ScreenModel.nominalCell.width}t`,
+        `\x1b[6;${ScreenModel.nominalCell.height};${ScreenModel.nominalCell.width}t`,
+        "\x1b[9;30;100t",
+        "\x1b[8;30;100t",
+        "\x1b[1t",
+        "\x1b[3;0;0t",
+        "\x1b[0n"
+      ])
+    })
+  )
+
   it.scoped("the bell and title hooks fire for what the program prints", () =>
     Effect.gen(function* () {
       const seen: Array<string> = []
