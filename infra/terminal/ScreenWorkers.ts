@@ -1,8 +1,9 @@
 /**
  * Screen models parsed off the byte path: every model of this node lives in one worker thread
- * (`ScreenWorker`), started with the first model and stopped with the layer. A model here has the
- * `ScreenModel` interface; feeding it posts the bytes and returns at once, so the thread that moves
- * terminal bytes never parses them, and the worker parses in parallel on another core.
+ * (`ScreenWorker`), started with the layer (and again if it dies) and stopped with it. A model
+ * here has the `ScreenModel` interface; feeding it posts the bytes and returns at once, so the
+ * thread that moves terminal bytes never parses them, and the worker parses in parallel on
+ * another core.
  *
  * The worker is one per node, not one per session: a thread costs megabytes, a model kilobytes.
  * If it dies (a bug in the emulator), every model's pending calls die with it and the sessions'
@@ -52,7 +53,7 @@ interface Hooks {
 
 type Pending = (message: FromWorker) => void
 
-/** Screen models in one worker thread, started on first use and terminated with the layer. */
+/** Screen models in one worker thread, started with the layer and terminated with it. */
 export const layer: Layer.Layer<ScreenWorkers> = Layer.scoped(
   ScreenWorkers,
   Effect.gen(function* () {
@@ -99,6 +100,10 @@ export const layer: Layer.Layer<ScreenWorkers> = Layer.scoped(
       worker ??= start()
       worker.postMessage(message)
     }
+
+    // Started now rather than with the first model: loading the emulator takes the thread about
+    // a tenth of a second, which the first session's program would wait for an answer to a query.
+    worker = start()
 
     yield* Effect.addFinalizer(() =>
       Effect.promise(async () => {
