@@ -149,7 +149,8 @@ exit 128 + $n;
 `
 
 /**
- * The namespaces' init (their PID 1, as their root): hides the data dir under an empty tmpfs,
+ * The namespaces' init (their PID 1, as their root): hides the data dir under an empty tmpfs (and
+ * each other secret path: a file under /dev/null, a directory under an empty tmpfs),
  * starts the program through the argv prefix that makes it its user again (a nested user
  * namespace under an ordinary user's server, setpriv under root's) as its child (PID 1
  * would ignore every signal it has no handler for), reports on fd 3 how the program ended the
@@ -160,10 +161,19 @@ exit 128 + $n;
  */
 const namespaceInit = String.raw`
 use strict; use POSIX ();
-my ($dir, @cmd) = @ARGV;
+my ($dir, $count, @cmd) = @ARGV;
+my @hidden = splice(@cmd, 0, $count);
 my $report;
 open($report, ">&=", 3) or undef $report;
 system("mount", "-t", "tmpfs", "-o", "mode=0755,size=4k", "vibes-hidden", $dir) == 0 or exit 126;
+for my $path (@hidden) {
+  next unless -e $path;
+  if (-d $path) {
+    system("mount", "-t", "tmpfs", "-o", "mode=0755,size=4k", "vibes-hidden", $path) == 0 or exit 126;
+  } else {
+    system("mount", "--bind", "/dev/null", $path) == 0 or exit 126;
+  }
+}
 my $pid = fork() // exit 126;
 if ($pid == 0) {
   if (-t STDIN) {
@@ -193,6 +203,7 @@ exit 0;
  */
 const inNamespaces = (
   dataDir: string,
+  hidden: ReadonlyArray<string>,
   drop: ReadonlyArray<string>,
   userNamespace: boolean
 ): ReadonlyArray<string> => [
@@ -211,18 +222,29 @@ const inNamespaces = (
   "-e",
   namespaceInit,
   dataDir,
+  String(hidden.length),
+  ...hidden,
   ...drop
 ]
 
-/** The argv prefix of an ordinary user's namespace sandbox for `dataDir` (programs as `uid`:`gid`). */
-export const namespaceWrapper = (dataDir: string, uid: number, gid: number): ReadonlyArray<string> =>
-  inNamespaces(dataDir, ["unshare", "--user", `--map-user=${uid}`, `--map-group=${gid}`, "--"], true)
+/**
+ * The argv prefix of an ordinary user's namespace sandbox for `dataDir` (programs as `uid`:`gid`),
+ * with the `hidden` paths (absolute) hidden too.
+ */
+export const namespaceWrapper = (
+  dataDir: string,
+  uid: number,
+  gid: number,
+  hidden: ReadonlyArray<string> = []
+): ReadonlyArray<string> =>
+  inNamespaces(dataDir, hidden, ["unshare", "--user", `--map-user=${uid}`, `--map-group=${gid}`, "--"], true)
 
 /** The argv prefix of a root server's sandbox: namespaces, and `setpriv` to the run-as user. */
 export const rootNamespaceWrapper = (
   dataDir: string,
-  setpriv: ReadonlyArray<string>
-): ReadonlyArray<string> => inNamespaces(dataDir, setpriv, false)
+  setpriv: ReadonlyArray<string>,
+  hidden: ReadonlyArray<string> = []
+): ReadonlyArray<string> => inNamespaces(dataDir, hidden, setpriv, false)
 
 /** Whether `wrapper` runs a program here (the kernel may refuse the namespaces, a tool may be missing). */
 const wrapperWorks = (wrapper: ReadonlyArray<string>): boolean => {
@@ -300,11 +322,18 @@ export const make = (options: {
   readonly mode: SandboxMode
   readonly runAs: string
   readonly dataDir: string
+  /** Other paths that hold the server's secrets (provider key files): hidden like the data dir. */
+  readonly hidden?: ReadonlyArray<string>
 }): Effect.Effect<Sandbox, SandboxError> =>
   Effect.gen(function* () {
     if (options.mode === "off") return sameUser
     if (process.getuid?.() !== 0) {
-      const wrapper = namespaceWrapper(options.dataDir, process.getuid?.() ?? 0, process.getgid?.() ?? 0)
+      const wrapper = namespaceWrapper(
+        options.dataDir,
+        process.getuid?.() ?? 0,
+        process.getgid?.() ?? 0,
+        options.hidden ?? []
+      )
       if (wrapperWorks(wrapper)) return { _tag: "Namespaces", wrapper } satisfies Sandbox
       const why =
         "this machine cannot make unprivileged user namespaces (unshare --user failed, or perl or util-linux's unshare is missing)"
@@ -351,7 +380,7 @@ export const make = (options: {
     // In namespaces of its own, a program cannot see or trace the other sessions' and jobs'
     // processes (they all run as the one run-as user). Containers often refuse them (no
     // CAP_SYS_ADMIN): then the user switch alone, with a warning.
-    const wrapper = rootNamespaceWrapper(options.dataDir, asUser)
+    const wrapper = rootNamespaceWrapper(options.dataDir, asUser, options.hidden ?? [])
     if (wrapperWorks(wrapper)) return { _tag: "RunAs", user, wrapper } satisfies Sandbox
     if (options.mode === "namespaces") {
       return yield* new SandboxError({

@@ -435,7 +435,11 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       const sandbox = yield* Sandbox.make({
         mode: config.sandbox,
         runAs: config.runAs,
-        dataDir: config.dataDir
+        dataDir: config.dataDir,
+        // Provider keys kept in files: no program of a session or job reads them.
+        hidden: config.proxyProviders.flatMap((provider) =>
+          provider.keyFile === undefined ? [] : [provider.keyFile]
+        )
       })
       const nodeId = yield* resolveNodeId(config.nodeId, config.dataDir)
       const adminToken = yield* Layer.build(

@@ -25,6 +25,7 @@ import { readableTempDir, writableTempDir } from "../support/TempDir.js"
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 
 const providerKey = "sk-isolation-provider-key-0123456789"
+const fileKey = "sk-isolation-key-in-a-file-0123456789"
 const clusterSecret = "isolation-cluster-secret-0123456789"
 
 class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
@@ -61,6 +62,8 @@ interface Target {
   readonly token: string
   readonly dataDir: string
   readonly pid: number
+  /** A provider key file of the server, outside its data dir. */
+  readonly keyFile?: string
 }
 
 /** The argument of the `sleep` a sibling session runs (seconds: long enough, and unique). */
@@ -79,6 +82,7 @@ const probe = (server: Target) => {
     `ls ${server.dataDir} >/dev/null 2>&1 && echo datadir=listed || echo datadir=refused`,
     `cat /proc/${serverPid}/environ >/dev/null 2>&1 && echo server-environ=read || echo server-environ=refused`,
     `cat /proc/${hostPid}/environ >/dev/null 2>&1 && echo host-environ=read || echo host-environ=refused`,
+    ...(server.keyFile === undefined ? [] : [`echo "keyfile=$(cat ${server.keyFile} 2>&1)"`]),
     `${process.execPath} -e '${connect("socket", socketPath(server.dataDir))}'`,
     `${process.execPath} -e '${connect("data-socket", dataSocketPathOf(socketPath(server.dataDir)))}'`,
     // The pattern does not match itself (this script's own command line).
@@ -149,6 +153,8 @@ const expectIsolated = (report: string, server: Target) => {
  */
 const expectHidden = (report: string, server: Target, uid: number) => {
   expect(field(report, "uid")).toBe(String(uid))
+  // A key file the program's user owns is there, and empty to it.
+  if (server.keyFile !== undefined) expect(field(report, "keyfile")).toBe("")
   expect(field(report, "token")).toBe("refused")
   expect(field(report, "server-environ")).toBe("refused")
   expect(field(report, "host-environ")).toBe("refused")
@@ -162,6 +168,7 @@ const expectHidden = (report: string, server: Target, uid: number) => {
 const expectNoSecrets = (text: string, server: Target) => {
   expect(text).not.toContain(server.token)
   expect(text).not.toContain(providerKey)
+  expect(text).not.toContain(fileKey)
   expect(text).not.toContain(clusterSecret)
   expect(text).not.toMatch(/^VIBES_ADMIN_TOKEN=/m)
   expect(text).not.toMatch(/^VIBES_CLUSTER_SECRET=/m)
@@ -305,17 +312,25 @@ const OrdinaryNodeLive = Layer.scoped(
     const root = yield* readableTempDir("vibes-isolation-user-")
     const dataDir = path.join(root, "data")
     const home = path.join(root, "home")
-    for (const dir of [dataDir, home]) {
+    const keys = path.join(root, "keys")
+    for (const dir of [dataDir, home, keys]) {
       fs.mkdirSync(dir, { mode: 0o700 })
       if (runAsRoot) fs.chownSync(dir, ordinaryUid, ordinaryUid)
     }
+    // A provider whose key is in a file of the server's user, as the README asks (0600).
+    const keyFile = path.join(keys, "files.key")
+    fs.writeFileSync(keyFile, `${fileKey}\n`, { mode: 0o600 })
+    if (runAsRoot) fs.chownSync(keyFile, ordinaryUid, ordinaryUid)
     const database = yield* TestDatabase.freshDatabase("vibes_isolation_user")
     const env = VibesProcess.childEnv({
       HOME: home,
       DATABASE_URL: Redacted.value(database.url),
       ANTHROPIC_API_KEY: providerKey,
       VIBES_CLUSTER_SECRET: clusterSecret,
-      VIBES_PTY_HOST_IDLE_EXIT: "1"
+      VIBES_PTY_HOST_IDLE_EXIT: "1",
+      VIBES_PROXY_PROVIDERS: JSON.stringify([
+        { name: "files", baseUrl: "http://127.0.0.1:9", format: "openai", auth: "bearer", keyFile }
+      ])
     })
     const child = yield* Processes.scopedChild(
       () =>
@@ -343,7 +358,7 @@ const OrdinaryNodeLive = Layer.scoped(
       child.once("exit", (code) => resume(Effect.fail(new Error(`vibes serve exited (${code}):\n${output}`))))
     }).pipe(Effect.timeout("60 seconds"), Effect.orDie)
     const token = fs.readFileSync(path.join(dataDir, "admin-token"), "utf8").trim()
-    return { url, token, dataDir, pid: child.pid ?? 0 }
+    return { url, token, dataDir, pid: child.pid ?? 0, keyFile }
   })
 )
 

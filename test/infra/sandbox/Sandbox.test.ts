@@ -13,8 +13,13 @@ import { eventually } from "../../support/Attach.js"
 import { tempDir } from "../../support/TempDir.js"
 
 /** A program started through the namespace wrapper for `dataDir`, in a process group of its own. */
-const inNamespaces = (dataDir: string, command: string, cwd: string) => {
-  const [file, ...args] = Sandbox.namespaceWrapper(dataDir, process.getuid?.() ?? 0, process.getgid?.() ?? 0)
+const inNamespaces = (dataDir: string, command: string, cwd: string, hidden: ReadonlyArray<string> = []) => {
+  const [file, ...args] = Sandbox.namespaceWrapper(
+    dataDir,
+    process.getuid?.() ?? 0,
+    process.getgid?.() ?? 0,
+    hidden
+  )
   const child = childProcess.spawn(file ?? "perl", [...args, "/bin/sh", "-c", command], {
     cwd,
     detached: true,
@@ -81,6 +86,30 @@ describe("Sandbox", () => {
         // The shell, its pipeline and the namespace's init: nothing of the server.
         expect(Number(processes)).toBeLessThanOrEqual(5)
         expect(rest.join("")).not.toContain("server-seen")
+      })
+  )
+
+  it.scoped(
+    "namespaces: other secret paths read as an empty file or directory; missing ones are skipped",
+    () =>
+      Effect.gen(function* () {
+        const dataDir = yield* tempDir("vibes-sandbox-")
+        const keys = yield* tempDir("vibes-sandbox-keys-")
+        const keyFile = path.join(keys, "provider.key")
+        const keyDir = path.join(keys, "more")
+        fs.writeFileSync(keyFile, "sk-in-a-key-file\n", { mode: 0o600 })
+        fs.mkdirSync(keyDir)
+        fs.writeFileSync(path.join(keyDir, "other.key"), "sk-in-a-key-dir\n", { mode: 0o600 })
+        const program = inNamespaces(
+          dataDir,
+          `echo "[$(cat ${keyFile})]"; echo "[$(ls -A ${keyDir})]"`,
+          keys,
+          [keyFile, keyDir, path.join(keys, "absent.key")]
+        )
+        expect(yield* program.exit).toEqual({ code: 0, signal: null })
+        expect(program.output()).toBe("[]\n[]\n")
+        // Outside the namespaces they are as they were.
+        expect(fs.readFileSync(keyFile, "utf8")).toBe("sk-in-a-key-file\n")
       })
   )
 
