@@ -96,9 +96,18 @@ export const layer: Layer.Layer<ScreenWorkers> = Layer.scoped(
       return started
     }
 
+    /**
+     * Sends a message. Bytes go in a buffer of their own, handed over rather than cloned: cloning
+     * a view copies its whole underlying buffer (a socket's read, a pool's slab), not the view.
+     */
     const post = (message: ToWorker) => {
       worker ??= start()
-      worker.postMessage(message)
+      if ("data" in message) {
+        const data = new Uint8Array(message.data)
+        worker.postMessage({ ...message, data }, [data.buffer])
+      } else {
+        worker.postMessage(message)
+      }
     }
 
     // Started now rather than with the first model: loading the emulator takes the thread about
