@@ -9,7 +9,14 @@
  * do, and their clients attach again.
  */
 import { Context, Effect, Layer, Option, type Scope, type Stream } from "effect"
-import type { AttachEvent, SessionError } from "../../rpc/Sessions.js"
+import { type AttachEvent, type SessionError, SessionUnavailable } from "../../rpc/Sessions.js"
+
+/** How an attachment ends when its session's entity stops here: the client attaches again. */
+export const sessionMoving = (sessionId: string): SessionUnavailable =>
+  new SessionUnavailable({
+    sessionId,
+    message: `session ${sessionId} is moving: its node is stopping; attach again`
+  })
 
 /** What an attaching client asks for (the `Attach` message's payload). */
 export interface AttachRequest {

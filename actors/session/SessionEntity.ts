@@ -75,7 +75,7 @@ import {
 import * as Replies from "../../infra/terminal/Replies.js"
 import * as ScreenModel from "../../infra/terminal/ScreenModel.js"
 import { ScreenWorkers } from "../../infra/terminal/ScreenWorkers.js"
-import { LocalSessions } from "./LocalSessions.js"
+import { LocalSessions, sessionMoving } from "./LocalSessions.js"
 import * as Recorder from "./Recorder.js"
 import { type Row, SessionRegistry, toInfo } from "./SessionRegistry.js"
 import { SessionSettings } from "./SessionSettings.js"
@@ -1295,15 +1295,7 @@ export const layer = Session.toLayer(
     // The data plane: keystrokes and attachments of this node's clients reach the entity directly.
     const stopping = yield* Deferred.make<void>()
     yield* Effect.addFinalizer(() => Deferred.succeed(stopping, undefined))
-    const moving = Effect.zipRight(
-      Deferred.await(stopping),
-      Effect.fail(
-        new SessionUnavailable({
-          sessionId,
-          message: `session ${sessionId} is moving: its node is stopping; attach again`
-        })
-      )
-    )
+    const moving = Effect.zipRight(Deferred.await(stopping), Effect.fail(sessionMoving(sessionId)))
     yield* local.register(sessionId, {
       input,
       attach: (request) => attach(request).pipe(Stream.interruptWhen(moving))

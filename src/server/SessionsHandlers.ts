@@ -25,7 +25,7 @@ import * as Cluster from "../../infra/cluster/Cluster.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
 import * as ScreenModel from "../../infra/terminal/ScreenModel.js"
 import { historyAfter, historySteps, latestSnapshot, Session } from "../../actors/session/SessionEntity.js"
-import { LocalSessions } from "../../actors/session/LocalSessions.js"
+import { LocalSessions, sessionMoving } from "../../actors/session/LocalSessions.js"
 import { SessionRegistry, toInfo } from "../../actors/session/SessionRegistry.js"
 import { SessionSettings } from "../../actors/session/SessionSettings.js"
 import { Screen } from "../../rpc/Sessions.js"
@@ -180,23 +180,14 @@ export const apiLayer = Layer.effect(
         // The entity ends its streams by interruption when its node stops: to the client that is a
         // session to attach to again (elsewhere, or here after the restart), not an end.
         Stream.catchAllCause((cause) =>
-          Cause.isInterruptedOnly(cause)
-            ? Stream.fail(
-                new SessionUnavailable({
-                  sessionId,
-                  message: `session ${sessionId} is moving: its node is stopping; attach again`
-                })
-              )
-            : Stream.failCause(cause)
+          Cause.isInterruptedOnly(cause) ? Stream.fail(sessionMoving(sessionId)) : Stream.failCause(cause)
         )
       )
 
     const api: SessionsApiShape = {
-      // A session active here, or known from before, needs no query.
+      // A session active here, or known from before (`entity`), needs no query.
       exists: (sessionId) =>
-        Option.isSome(local.get(sessionId)) || known.has(sessionId)
-          ? Effect.void
-          : Effect.map(lookup(sessionId), () => void known.add(sessionId)),
+        Option.isSome(local.get(sessionId)) ? Effect.void : Effect.asVoid(entity(sessionId)),
       "Sessions.Create": (request) =>
         Effect.zipRight(
           checkCreateSession(request),
