@@ -20,10 +20,8 @@
  * ones, one after another. Env: those, BENCH_CPU_PROF (a directory for the server's CPU profile),
  * DATABASE_URL.
  */
-import { Deferred, Effect, Fiber, FiberId, Option, Redacted, Stream } from "effect"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import { Deferred, Effect, Fiber, FiberId, Stream } from "effect"
 import WebSocket from "ws"
-import * as AttachClient from "../../rpc/AttachClient.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import * as Harness from "../events/harness.js"
 import * as Sessions from "./harness.js"
@@ -184,12 +182,7 @@ const viaSocket = (server: Sessions.Server) =>
         client.Sessions.Create(CreateSession.make({ command: command.file, args: command.args, ...size }))
       )
       const output = arrivals()
-      const attachment = yield* AttachClient.attach({
-        url: server.url,
-        token: Option.some(Redacted.make(server.token)),
-        sessionId: session.id,
-        size: () => size
-      }).pipe(Effect.provide(NodeSocket.layerWebSocketConstructor))
+      const attachment = yield* Sessions.attachSocket(server, session.id, size)
       const failed = yield* Deferred.make<never, Harness.BenchError>()
       yield* attachment.events.pipe(
         Stream.runForEach((event) =>

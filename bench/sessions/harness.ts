@@ -17,6 +17,7 @@ import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { PtyHost, type PtyOutput, PtySpec } from "../../infra/pty/PtyHost.js"
 import * as PtyHostClient from "../../infra/pty/PtyHostClient.js"
 import { socketPath } from "../../infra/pty/PtyHostRpcs.js"
+import * as AttachClient from "../../rpc/AttachClient.js"
 import * as Client from "../../rpc/Client.js"
 import type { AttachEvent, SessionInfo } from "../../rpc/Sessions.js"
 import { readableTempDir, tempDir } from "../../test/support/TempDir.js"
@@ -294,6 +295,19 @@ export const connect = (server: Server): Effect.Effect<Client.Client, Harness.Be
     )
     return client
   })
+
+/** The typed attach client on `sessionId` over the attach socket, at `size`, closed with the scope. */
+export const attachSocket = (
+  server: Server,
+  sessionId: string,
+  size: { readonly cols: number; readonly rows: number }
+) =>
+  AttachClient.attach({
+    url: server.url,
+    token: Option.some(Redacted.make(server.token)),
+    sessionId,
+    size: () => size
+  }).pipe(Effect.provide(NodeSocket.layerWebSocketConstructor))
 
 /** Any failure of a client call, as a benchmark error. */
 export const orBench = <A, R>(

@@ -16,10 +16,8 @@
  *
  * Env: those, BENCH_CPU_PROF, DATABASE_URL.
  */
-import { Deferred, Effect, FiberId, Option, Redacted, Stream } from "effect"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import { Deferred, Effect, FiberId, Stream } from "effect"
 import WebSocket from "ws"
-import * as AttachClient from "../../rpc/AttachClient.js"
 import type * as Client from "../../rpc/Client.js"
 import { CreateSession } from "../../rpc/Sessions.js"
 import * as Harness from "../events/harness.js"
@@ -93,12 +91,7 @@ const vibesCreate = (server: Sessions.Server, client: Client.Client) =>
       )
       createdIn.push(Harness.now() - start)
       yield* Effect.addFinalizer(() => Effect.ignore(client.Sessions.Close({ sessionId: session.id })))
-      const attachment = yield* AttachClient.attach({
-        url: server.url,
-        token: Option.some(Redacted.make(server.token)),
-        sessionId: session.id,
-        size: () => size
-      }).pipe(Effect.provide(NodeSocket.layerWebSocketConstructor))
+      const attachment = yield* Sessions.attachSocket(server, session.id, size)
       yield* attachment.events.pipe(
         Stream.runForEach((event) =>
           Effect.sync(() => {

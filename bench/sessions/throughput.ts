@@ -21,9 +21,7 @@
  * directory: the server writes a CPU profile there when it stops), DATABASE_URL.
  */
 import * as path from "node:path"
-import { Deferred, Effect, Option, Redacted, Stream } from "effect"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import * as AttachClient from "../../rpc/AttachClient.js"
+import { Deferred, Effect, Stream } from "effect"
 import { CreateSession } from "../../rpc/Sessions.js"
 import * as Harness from "../events/harness.js"
 import * as Sessions from "./harness.js"
@@ -157,12 +155,7 @@ const viaSocket = (server: Sessions.Server, file: string, bytes: number) =>
           CreateSession.make({ command: "/bin/sh", args: ["-c", script(file, bytes)], ...size })
         )
       )
-      const attachment = yield* AttachClient.attach({
-        url: server.url,
-        token: Option.some(Redacted.make(server.token)),
-        sessionId: session.id,
-        size: () => size
-      }).pipe(Effect.provide(NodeSocket.layerWebSocketConstructor))
+      const attachment = yield* Sessions.attachSocket(server, session.id, size)
       const seen = Sessions.markerWatch(marker)
       const attached = yield* Deferred.make<void, Harness.BenchError>()
       const done = yield* Deferred.make<number, Harness.BenchError>()
