@@ -33,6 +33,15 @@ const Id = StorableText.pipe(Schema.minLength(1), Schema.maxLength(200))
 /** The largest `data` payload accepted, in bytes of its JSON. */
 export const maxDataBytes = 256 * 1024
 
+/** The largest raw `bytes` payload accepted. */
+export const maxEventBytes = 1024 * 1024
+
+/**
+ * An event's raw binary payload (a session's output bytes): stored as bytes, never as text, and
+ * base64 only where an event is written as JSON (SSE, the CLI's `--json`).
+ */
+export const EventBytes = Schema.Uint8ArrayFromBase64
+
 /** An event as a writer hands it to the log. */
 export class NewEvent extends Schema.Class<NewEvent>("NewEvent")({
   type: EventType,
@@ -42,7 +51,8 @@ export class NewEvent extends Schema.Class<NewEvent>("NewEvent")({
   tenantId: Schema.optionalWith(Id, { default: () => "default" }),
   severity: Schema.optionalWith(Severity, { default: () => "info" as const }),
   correlationId: Schema.optional(Id),
-  data: Schema.Unknown
+  data: Schema.Unknown,
+  bytes: Schema.optional(EventBytes)
 }) {}
 
 /** An event as the log stored it. */
@@ -57,7 +67,8 @@ export class StoredEvent extends Schema.Class<StoredEvent>("StoredEvent")({
   tenantId: Id,
   severity: Severity,
   correlationId: Schema.optional(Id),
-  data: Schema.Unknown
+  data: Schema.Unknown,
+  bytes: Schema.optional(EventBytes)
 }) {}
 
 // Typed payloads ---------------------------------------------------------------------------
@@ -106,7 +117,8 @@ export const payloads = {
     rows: Schema.Int,
     name: Schema.optional(Schema.String)
   }),
-  "session.output": Schema.Struct({ seq: Schema.Int, bytes: Schema.String }),
+  /** Output starting at session sequence number `seq`; the bytes are the event's `bytes`. */
+  "session.output": Schema.Struct({ seq: Schema.Int }),
   "session.snapshot": Schema.Struct({
     seq: Schema.Int,
     cols: Schema.Int,

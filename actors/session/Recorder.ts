@@ -1,6 +1,6 @@
 /**
  * Writes one session's history to the event log in order: output coalesced into `session.output`
- * events (flushed after `flushAfter` or at `maxChunkBytes`), snapshots and lifecycle events
+ * events that carry the raw bytes (flushed after `flushAfter` or at `maxChunkBytes`), snapshots and lifecycle events
  * between them exactly where they happened. An append that fails for now (the database is away)
  * is retried until it succeeds, so nothing handed to the recorder is dropped; an event the log
  * refuses for good (too large, text it cannot store) is recorded as an `event.dropped` marker in
@@ -69,7 +69,8 @@ export const make = (options: Options): Effect.Effect<Recorder, never, EventLog 
               type: "session.output",
               source,
               sessionId: options.sessionId,
-              data: { seq: run.seq + at, bytes: bytes.subarray(at, at + maxChunk).toString("base64") }
+              data: { seq: run.seq + at },
+              bytes: bytes.subarray(at, at + maxChunk)
             })
           )
         }

@@ -199,7 +199,8 @@ const coalesce = (events: Chunk.Chunk<AttachEvent>): Chunk.Chunk<AttachEvent> =>
 
 const decodeBase64 = (text: string) => new Uint8Array(Buffer.from(text, "base64"))
 
-const OutputData = Schema.Struct({ seq: Schema.Int, bytes: Schema.String })
+// Output written before raw-byte recording carried its bytes as base64 in `data.bytes`.
+const OutputData = Schema.Struct({ seq: Schema.Int, bytes: Schema.optional(Schema.String) })
 const SnapshotData = Schema.Struct({
   seq: Schema.Int,
   cols: Schema.Int,
@@ -220,7 +221,9 @@ export const historySteps = (events: ReadonlyArray<StoredEvent>, fromSeq: number
     if (event.type === "session.output") {
       const decoded = Schema.decodeUnknownOption(OutputData)(event.data)
       if (Option.isNone(decoded)) continue
-      const data = decodeBase64(decoded.value.bytes)
+      const data =
+        event.bytes ?? (decoded.value.bytes !== undefined ? decodeBase64(decoded.value.bytes) : undefined)
+      if (data === undefined) continue
       const end = decoded.value.seq + data.length
       if (end <= fromSeq) continue
       const skip = Math.max(0, fromSeq - decoded.value.seq)

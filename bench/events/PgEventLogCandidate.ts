@@ -205,7 +205,8 @@ const toRow =
       tenantId: event.tenantId,
       severity: event.severity,
       correlationId: event.correlationId ?? null,
-      data
+      data,
+      bytes: null
     })
   }
 

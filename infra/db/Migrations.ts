@@ -12,6 +12,7 @@ import m0004 from "./migrations/0004_sessions.js"
 import m0005 from "./migrations/0005_jobs.js"
 import m0006 from "./migrations/0006_cluster.js"
 import m0007 from "./migrations/0007_logins.js"
+import m0008 from "./migrations/0008_event_bytes.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -29,7 +30,8 @@ export const loader = Migrator.fromRecord({
   "0004_sessions": m0004,
   "0005_jobs": m0005,
   "0006_cluster": m0006,
-  "0007_logins": m0007
+  "0007_logins": m0007,
+  "0008_event_bytes": m0008
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

@@ -46,7 +46,9 @@ export const make = Effect.gen(function* () {
               tenantId: row.tenantId,
               severity: row.severity as StoredEvent["severity"],
               ...(row.correlationId !== null ? { correlationId: row.correlationId } : {}),
-              data: JSON.parse(row.data) as unknown
+              data: JSON.parse(row.data) as unknown,
+              // A copy: the caller may reuse its buffer.
+              ...(row.bytes !== null ? { bytes: new Uint8Array(row.bytes) } : {})
             })
           )
           return offset
@@ -171,7 +173,7 @@ export const make = Effect.gen(function* () {
           for (let i = events.length - 1; i >= 0; i--) {
             const event = events[i]
             if (event === undefined || !globs.some((glob) => glob.test(event.type))) continue
-            kept += Buffer.byteLength(JSON.stringify(event.data), "utf8")
+            kept += Buffer.byteLength(JSON.stringify(event.data), "utf8") + (event.bytes?.length ?? 0)
             if (kept > policy.maxBytes && deletable(event)) doomed.add(event.offset)
           }
         }

@@ -28,6 +28,7 @@ import {
   type CompiledFilter,
   type EventFilter,
   maxDataBytes,
+  maxEventBytes,
   type NewEvent,
   Offset,
   StoredEvent
@@ -52,6 +53,8 @@ export interface Options {
   readonly queueCapacity?: number
   /** Most events written in one transaction. */
   readonly maxBatchEvents?: number
+  /** Raw payload bytes after which a transaction takes no more appends. */
+  readonly maxBatchBytes?: number
   /** Page size of subscribers' catch-up reads. */
   readonly pageSize?: number
   /** The node id written as the source of the log's own events (`system.alert`). */
@@ -81,6 +84,8 @@ export interface Row {
   readonly severity: string
   readonly correlationId: string | null
   readonly data: string
+  /** The raw payload, stored as bytea. */
+  readonly bytes: Uint8Array | null
 }
 
 interface DbRow {
@@ -96,6 +101,7 @@ interface DbRow {
   readonly severity: StoredEvent["severity"]
   readonly correlation_id: string | null
   readonly data: unknown
+  readonly bytes: Uint8Array | null
 }
 
 // Rows were checked on the way in; validating them again on the way out costs more than the read.
@@ -112,7 +118,8 @@ const toStored = (row: DbRow): StoredEvent =>
       tenantId: row.tenant_id,
       severity: row.severity,
       ...(row.correlation_id !== null ? { correlationId: row.correlation_id } : {}),
-      data: row.data
+      data: row.data,
+      ...(row.bytes !== null ? { bytes: row.bytes } : {})
     },
     true
   )
@@ -138,6 +145,16 @@ export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventToo
         bytes,
         limit: maxDataBytes,
         message: `the ${event.type} payload is ${bytes} bytes; the limit is ${maxDataBytes}`
+      })
+    )
+  }
+  if (event.bytes !== undefined && event.bytes.length > maxEventBytes) {
+    return Either.left(
+      new EventTooLarge({
+        type: event.type,
+        bytes: event.bytes.length,
+        limit: maxEventBytes,
+        message: `the ${event.type} event carries ${event.bytes.length} bytes; the limit is ${maxEventBytes}`
       })
     )
   }
@@ -169,8 +186,35 @@ export const toRow = (event: NewEvent, now: number): Either.Either<Row, EventToo
     tenantId: event.tenantId,
     severity: event.severity,
     correlationId: event.correlationId ?? null,
-    data
+    data,
+    bytes: event.bytes ?? null
   })
+}
+
+const payloadSize = (pending: Pending) => {
+  let size = 0
+  for (const row of pending.rows) size += row.bytes?.length ?? 0
+  return size
+}
+
+/** The rows' raw payloads as one buffer, with where each starts (1-based) and its length. */
+const payloads = (rows: ReadonlyArray<Row>) => {
+  const parts: Array<Uint8Array> = []
+  const starts: Array<number | null> = []
+  const lengths: Array<number | null> = []
+  let at = 1
+  for (const row of rows) {
+    if (row.bytes === null) {
+      starts.push(null)
+      lengths.push(null)
+    } else {
+      parts.push(row.bytes)
+      starts.push(at)
+      lengths.push(row.bytes.length)
+      at += row.bytes.length
+    }
+  }
+  return { bytes: Buffer.concat(parts, at - 1), starts, lengths }
 }
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
@@ -202,6 +246,7 @@ export const make = (options: Options = {}) =>
     const notifications = yield* Notifications
     const queueCapacity = options.queueCapacity ?? 1024
     const maxBatchEvents = options.maxBatchEvents ?? 5000
+    const maxBatchBytes = options.maxBatchBytes ?? 16 * 1024 * 1024
     const pageSize = options.pageSize ?? 1000
     const queue = yield* Queue.bounded<Pending>(queueCapacity)
 
@@ -227,18 +272,23 @@ export const make = (options: Options = {}) =>
             UPDATE vibes_event_head SET head = head + ${rows.length} RETURNING head`
           const last = Number(counter?.head ?? 0)
           const first = last - rows.length + 1
+          // The raw payloads go as one binary parameter, cut into rows by the database: an array
+          // of bytea would travel as hex text.
+          const blob = payloads(rows)
           yield* sql`
             INSERT INTO vibes_events ("offset", id, type, ts, source_node, source_component, session_id, job_id,
-                                      tenant_id, severity, correlation_id, data)
-            SELECT o, i, ty, t, sn, sc, se, jo, te, sv, co, d::jsonb
+                                      tenant_id, severity, correlation_id, data, bytes)
+            SELECT o, i, ty, t, sn, sc, se, jo, te, sv, co, d::jsonb,
+                   CASE WHEN bl IS NULL THEN NULL ELSE substring(${blob.bytes}::bytea FROM bs FOR bl) END
             FROM unnest(
               ${rows.map((_, k) => first + k)}::bigint[], ${rows.map((r) => r.id)}::uuid[],
               ${rows.map((r) => r.type)}::text[], ${rows.map((r) => r.ts)}::timestamptz[],
               ${rows.map((r) => r.sourceNode)}::text[], ${rows.map((r) => r.sourceComponent)}::text[],
               ${rows.map((r) => r.sessionId)}::text[], ${rows.map((r) => r.jobId)}::text[],
               ${rows.map((r) => r.tenantId)}::text[], ${rows.map((r) => r.severity)}::text[],
-              ${rows.map((r) => r.correlationId)}::text[], ${rows.map((r) => r.data)}::text[]
-            ) AS t(o, i, ty, t, sn, sc, se, jo, te, sv, co, d)`
+              ${rows.map((r) => r.correlationId)}::text[], ${rows.map((r) => r.data)}::text[],
+              ${blob.starts}::int[], ${blob.lengths}::int[]
+            ) AS t(o, i, ty, t, sn, sc, se, jo, te, sv, co, d, bs, bl)`
           // Delivered on commit only, to every node listening.
           yield* sql`SELECT pg_notify(${channel}, ${String(last)})`
           return first
@@ -259,7 +309,8 @@ export const make = (options: Options = {}) =>
       tenantId: "default",
       severity: "critical",
       correlationId: null,
-      data: JSON.stringify({ component: "eventlog", message })
+      data: JSON.stringify({ component: "eventlog", message }),
+      bytes: null
     })
 
     const commitRows = (batch: ReadonlyArray<Pending>) =>
@@ -345,11 +396,13 @@ export const make = (options: Options = {}) =>
           const first = yield* Queue.take(queue)
           const batch = [first]
           let count = first.rows.length
-          while (count < maxBatchEvents) {
+          let size = payloadSize(first)
+          while (count < maxBatchEvents && size < maxBatchBytes) {
             const more = yield* Queue.poll(queue)
             if (Option.isNone(more)) break
             batch.push(more.value)
             count += more.value.rows.length
+            size += payloadSize(more.value)
           }
           yield* writeBatch(batch).pipe(
             Effect.catchAllCause((cause) =>
@@ -413,7 +466,7 @@ export const make = (options: Options = {}) =>
       const globs = filter.types.map((glob) => compileGlobSql(glob))
       return sql<DbRow>`
         SELECT "offset", id, type, ts, source_node, source_component, session_id, job_id, tenant_id, severity,
-               correlation_id, data
+               correlation_id, data, bytes
         FROM vibes_events
         WHERE "offset" >= ${from} AND "offset" <= ${upTo}
           ${globs.length > 0 ? sql`AND type ~ ANY(${globs}::text[])` : sql``}
@@ -512,7 +565,7 @@ export const make = (options: Options = {}) =>
             const rows = yield* sql`
               DELETE FROM vibes_events WHERE "offset" IN (
                 SELECT "offset" FROM (
-                  SELECT "offset", sum(octet_length(data::text)) OVER (ORDER BY "offset" DESC) AS kept
+                  SELECT "offset", sum(octet_length(data::text) + coalesce(octet_length(bytes), 0)) OVER (ORDER BY "offset" DESC) AS kept
                   FROM vibes_events WHERE type ~ ANY(${types}::text[])
                 ) sized WHERE kept > ${policy.maxBytes}
               ) ${bound}

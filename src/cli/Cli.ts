@@ -256,7 +256,7 @@ const cluster = Command.make(
 
 // events ----------------------------------------------------------------------------------
 
-/** One event as a line: offset, time, type, severity when not info, ids, payload (escaped for a terminal). */
+/** One event as a line: offset, time, type, severity when not info, ids, payload (escaped for a terminal), raw bytes' size. */
 export const formatEvent = (event: StoredEvent): string =>
   [
     `#${event.offset}`,
@@ -265,7 +265,8 @@ export const formatEvent = (event: StoredEvent): string =>
     event.severity !== "info" ? event.severity.toUpperCase() : "",
     event.sessionId !== undefined ? `session=${printable(event.sessionId)}` : "",
     event.jobId !== undefined ? `job=${printable(event.jobId)}` : "",
-    json(event.data)
+    json(event.data),
+    event.bytes !== undefined ? `+${event.bytes.length} bytes` : ""
   ]
     .filter((part) => part !== "")
     .join(" ")

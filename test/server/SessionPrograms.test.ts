@@ -1,7 +1,7 @@
 import { expect, layer } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Chunk, Context, Effect, FastCheck as fc, Layer, Option, Schema, Stream } from "effect"
+import { Chunk, Context, Effect, FastCheck as fc, Layer, Option, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
 import { CreateSession } from "../../rpc/Sessions.js"
@@ -17,8 +17,6 @@ const rpc = Effect.flatMap(Node, (server) =>
   Effect.map(Layer.build(clientLayer(server.url, server.token)), Context.get(Client.VibesClient))
 )
 
-const OutputData = Schema.Struct({ bytes: Schema.String })
-
 /** Every output byte of a session up to `upTo`, from its recorded `session.output` events. */
 const rawOutput = (client: Client.VibesClient["Type"], sessionId: string, upTo: number) =>
   eventually(
@@ -30,12 +28,7 @@ const rawOutput = (client: Client.VibesClient["Type"], sessionId: string, upTo: 
       }),
       (events) => {
         const bytes = Buffer.concat(
-          events.flatMap((event) =>
-            Option.match(Schema.decodeUnknownOption(OutputData)(event.data), {
-              onNone: () => [],
-              onSome: (data) => [Buffer.from(data.bytes, "base64")]
-            })
-          )
+          events.flatMap((event) => (event.bytes !== undefined ? [event.bytes] : []))
         )
         return bytes.length >= upTo ? Option.some(bytes.subarray(0, upTo)) : Option.none()
       }

@@ -352,7 +352,7 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
           found.some(
             (e) =>
               e.type === "session.output" &&
-              Buffer.from((e.data as { bytes: string }).bytes, "base64")
+              Buffer.from(e.bytes ?? [])
                 .toString()
                 .includes("after-the-screen")
           )
@@ -409,10 +409,11 @@ layer(NodeLive, { timeout: 240_000, excludeTestServices: true })("terminal sessi
           from: { _tag: "Offset", offset: 1 },
           filter: EventFilter.make({ sessionId: session.id, types: ["session.output"] })
         }).pipe(
-          Stream.filter((event) => {
-            const data = event.data as { readonly bytes: string }
-            return Buffer.from(data.bytes, "base64").toString("utf8").includes(text)
-          }),
+          Stream.filter((event) =>
+            Buffer.from(event.bytes ?? [])
+              .toString("utf8")
+              .includes(text)
+          ),
           Stream.runHead,
           Effect.map(Option.getOrThrow)
         )

@@ -3,7 +3,7 @@
  */
 import { expect, layer } from "@effect/vitest"
 import { Chunk, DateTime, Effect, Either, Fiber, type Layer, Option, Stream } from "effect"
-import { compileGlob, EventFilter, NewEvent } from "../../../rpc/Events.js"
+import { compileGlob, EventFilter, maxEventBytes, NewEvent } from "../../../rpc/Events.js"
 import { EventLog, RetentionPolicy } from "../../../infra/eventlog/EventLog.js"
 
 const source = { nodeId: "test", component: "test" }
@@ -166,6 +166,59 @@ export const eventLogContract = <E>(
         )
         expect(tooLarge._tag).toBe("EventTooLarge")
         expect(yield* log.head).toBe(before)
+      })
+    )
+
+    it.effect("stores raw byte payloads exactly, beside events without one, and refuses oversize ones", () =>
+      Effect.gen(function* () {
+        const log = yield* EventLog
+        const before = yield* log.head
+        // Every byte value, invalid UTF-8 and NUL included, and payloads of very different sizes.
+        const every = Uint8Array.from({ length: 256 }, (_, i) => i)
+        const large = Uint8Array.from({ length: 200_000 }, (_, i) => (i * 7919) % 251)
+        const sessionId = `bytes-${before}`
+        const outputs = [
+          NewEvent.make({ type: "session.output", source, sessionId, data: { seq: 0 }, bytes: every }),
+          NewEvent.make({ type: "session.resized", source, sessionId, data: { cols: 80, rows: 24 } }),
+          NewEvent.make({ type: "session.output", source, sessionId, data: { seq: 256 }, bytes: large }),
+          NewEvent.make({
+            type: "session.output",
+            source,
+            sessionId,
+            data: { seq: 200_256 },
+            bytes: new Uint8Array(0)
+          })
+        ]
+        const offsets = yield* log.append(outputs)
+        const stored = yield* log.read(Number(offsets[0]), EventFilter.make({ sessionId }), 10)
+        expect(stored.map((e) => e.type)).toEqual([
+          "session.output",
+          "session.resized",
+          "session.output",
+          "session.output"
+        ])
+        expect(Buffer.from(stored[0]?.bytes ?? []).equals(Buffer.from(every))).toBe(true)
+        expect(stored[1]?.bytes).toBeUndefined()
+        expect(Buffer.from(stored[2]?.bytes ?? []).equals(Buffer.from(large))).toBe(true)
+        expect(stored[3]?.bytes?.length).toBe(0)
+        expect(stored[2]?.data).toEqual({ seq: 256 })
+        const backward = yield* log.readBackward(Number(offsets[3]), EventFilter.make({ sessionId }), 2)
+        expect(backward[1]?.bytes?.length).toBe(large.length)
+
+        const head = yield* log.head
+        const tooLarge = yield* Effect.flip(
+          log.append([
+            NewEvent.make({
+              type: "session.output",
+              source,
+              sessionId,
+              data: { seq: 0 },
+              bytes: new Uint8Array(maxEventBytes + 1)
+            })
+          ])
+        )
+        expect(tooLarge._tag).toBe("EventTooLarge")
+        expect(yield* log.head).toBe(head)
       })
     )
 
