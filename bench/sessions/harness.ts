@@ -36,18 +36,27 @@ const clockTicks = (() => {
   }
 })()
 
-/** Resident memory of `pid` in KiB (VmRSS), NaN when unknown. */
-export const rssKiB = (pid: number | undefined): number => {
+/** The KiB figure of the line `field:` of a /proc file of `pid`, NaN when unknown. */
+const procKiB = (pid: number | undefined, file: string, field: string): number => {
   try {
     const line = fs
-      .readFileSync(`/proc/${pid}/status`, "utf8")
+      .readFileSync(`/proc/${pid}/${file}`, "utf8")
       .split("\n")
-      .find((l) => l.startsWith("VmRSS:"))
-    return line === undefined ? Number.NaN : Number.parseInt(line.slice(6), 10)
+      .find((l) => l.startsWith(`${field}:`))
+    return line === undefined ? Number.NaN : Number.parseInt(line.slice(field.length + 1), 10)
   } catch {
     return Number.NaN
   }
 }
+
+/** Resident memory of `pid` in KiB (VmRSS), NaN when unknown. */
+export const rssKiB = (pid: number | undefined): number => procKiB(pid, "status", "VmRSS")
+
+/**
+ * Proportional set size of `pid` in KiB (`Pss` of smaps_rollup): its private pages plus its share
+ * of pages mapped by several processes, so the figures of processes add up. NaN when unknown.
+ */
+export const pssKiB = (pid: number | undefined): number => procKiB(pid, "smaps_rollup", "Pss")
 
 /** User plus system CPU time of `pid` so far, in milliseconds; NaN when unknown. */
 export const cpuMillis = (pid: number | undefined): number => {
