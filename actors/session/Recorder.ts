@@ -1,13 +1,20 @@
 /**
- * Writes one session's history to the event log in order: output coalesced into `session.output`
- * events that carry the raw bytes (flushed after `flushAfter` or at `maxChunkBytes`), snapshots and lifecycle events
- * between them exactly where they happened. An append that fails for now (the database is away)
- * is retried until it succeeds, so nothing handed to the recorder is dropped; an event the log
- * refuses for good (too large, text it cannot store) is recorded as an `event.dropped` marker in
- * its place and logged, and the rest goes on. A caller that must know its event is durable awaits
- * `flush`.
+ * Writes the sessions' history to the event log: each session's output coalesced into
+ * `session.output` events that carry the raw bytes, its snapshots and lifecycle events between
+ * them exactly where they happened.
+ *
+ * One writer per node, not one per session: every session's recorder only queues what it is
+ * given (a few small objects per session, no fiber, no queue), and the node's writer appends what
+ * all sessions queued as one batch, `flushAfter` (16 ms) after the first of it, or at once when a
+ * session has `maxChunkBytes` (64 KiB) waiting or a caller awaits `flush`. With many sessions
+ * printing, that is one transaction every 16 ms rather than one per session and chunk.
+ *
+ * An append that fails for now (the database is away) is retried until it succeeds, so nothing
+ * handed to a recorder is dropped; an event the log refuses for good (too large, text it cannot
+ * store) is recorded as an `event.dropped` marker in its place and logged, and the rest goes on.
+ * A caller that must know its events are durable awaits `flush`.
  */
-import { Deferred, Duration, Effect, Queue, Schedule, type Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Layer, Option, Queue, Schedule, type Scope } from "effect"
 import { NewEvent, type Severity } from "../../rpc/Events.js"
 import { type AppendError, appendOrMark, EventLog } from "../../infra/eventlog/EventLog.js"
 
@@ -29,49 +36,80 @@ type Item =
   | { readonly _tag: "Output"; readonly seq: number; readonly data: Uint8Array }
   | { readonly _tag: "Event"; readonly type: string; readonly data: unknown; readonly severity: Severity }
 
-/** Options of a recorder. */
+/** What a session's recorder is given. */
 export interface Options {
   readonly sessionId: string
   readonly nodeId: string
   /** Sequence number of the first byte this recorder will be given. */
   readonly startSeq: number
-  readonly flushAfter?: Duration.DurationInput
-  readonly maxChunkBytes?: number
 }
 
-/** A recorder whose writer fiber lives in the current scope; closing it writes what is pending. */
-export const make = (options: Options): Effect.Effect<Recorder, never, EventLog | Scope.Scope> =>
+/** Tuning of the node's writer. */
+export interface WriterOptions {
+  readonly flushAfter?: Duration.DurationInput
+  /** Most output bytes in one `session.output` event, and a session's backlog that is written at once. */
+  readonly maxChunkBytes?: number
+  /** Output bytes after which a batch takes no more sessions (the rest go in the next one). */
+  readonly maxBatchBytes?: number
+}
+
+/** A session's queue, as the writer sees it. */
+interface Pending {
+  readonly options: Options
+  readonly source: { readonly nodeId: string; readonly component: string }
+  items: Array<Item>
+  bytes: number
+  /** Items handed over, and items durable. */
+  enqueued: number
+  written: number
+  /** Sequence number of the first byte not yet durable. */
+  recorded: number
+  readonly waiters: Array<{ readonly upTo: number; readonly done: Deferred.Deferred<void> }>
+}
+
+/** Makes the recorders of this node's sessions. */
+export class Recorders extends Context.Tag("vibes/Recorders")<
+  Recorders,
+  {
+    /** A session's recorder; closing the scope writes what it has pending (for at most 5 s). */
+    readonly make: (options: Options) => Effect.Effect<Recorder, never, Scope.Scope>
+  }
+>() {}
+
+/** The node's writer; its fiber lives in the current scope, and closing it writes what is pending. */
+export const makeRecorders = (writerOptions: WriterOptions = {}) =>
   Effect.gen(function* () {
     const log = yield* EventLog
-    const flushAfter = Duration.decode(options.flushAfter ?? "16 millis")
-    const maxChunk = options.maxChunkBytes ?? 64 * 1024
-    const source = { nodeId: options.nodeId, component: "session" }
-    let pending: Array<Item> = []
-    let pendingBytes = 0
-    let enqueued = 0
-    let written = 0
-    let recorded = options.startSeq
-    const waiters: Array<{ readonly upTo: number; readonly done: Deferred.Deferred<void> }> = []
+    const flushAfter = Duration.decode(writerOptions.flushAfter ?? "16 millis")
+    const maxChunk = writerOptions.maxChunkBytes ?? 64 * 1024
+    const maxBatch = writerOptions.maxBatchBytes ?? 8 * 1024 * 1024
+    /** Sessions with items waiting, in the order they got their first. */
+    const dirty = new Set<Pending>()
     const doorbell = yield* Queue.sliding<void>(1)
-    const full = yield* Queue.sliding<void>(1)
+    const now = yield* Queue.sliding<void>(1)
 
-    const ring = () => Queue.unsafeOffer(doorbell, undefined)
-
-    const toEvents = (items: ReadonlyArray<Item>): Array<NewEvent> => {
-      const events: Array<NewEvent> = []
+    const toEvents = (pending: Pending, items: ReadonlyArray<Item>, events: Array<NewEvent>) => {
+      const { sessionId } = pending.options
       let run: { seq: number; parts: Array<Uint8Array>; bytes: number } | undefined
       const endRun = () => {
         if (run === undefined) return
-        const bytes = Buffer.concat(run.parts, run.bytes)
+        const bytes =
+          run.parts.length === 1 ? (run.parts[0] as Uint8Array) : Buffer.concat(run.parts, run.bytes)
         for (let at = 0; at < bytes.length; at += maxChunk) {
+          // Built here, so not validated again.
           events.push(
-            NewEvent.make({
-              type: "session.output",
-              source,
-              sessionId: options.sessionId,
-              data: { seq: run.seq + at },
-              bytes: bytes.subarray(at, at + maxChunk)
-            })
+            NewEvent.make(
+              {
+                type: "session.output",
+                source: pending.source,
+                sessionId,
+                tenantId: "default",
+                severity: "info",
+                data: { seq: run.seq + at },
+                bytes: bytes.subarray(at, at + maxChunk)
+              },
+              true
+            )
           )
         }
         run = undefined
@@ -90,8 +128,8 @@ export const make = (options: Options): Effect.Effect<Recorder, never, EventLog 
           events.push(
             NewEvent.make({
               type: item.type,
-              source,
-              sessionId: options.sessionId,
+              source: pending.source,
+              sessionId,
               severity: item.severity,
               data: item.data
             })
@@ -99,7 +137,6 @@ export const make = (options: Options): Effect.Effect<Recorder, never, EventLog 
         }
       }
       endRun()
-      return events
     }
 
     // A transient failure (the database is away) is retried until it passes; an event the log
@@ -107,59 +144,108 @@ export const make = (options: Options): Effect.Effect<Recorder, never, EventLog 
     const untilRecorded = Schedule.exponential("200 millis").pipe(
       Schedule.union(Schedule.spaced("5 seconds")),
       Schedule.tapInput((error: AppendError) =>
-        Effect.logWarning(`session ${options.sessionId}: cannot record history yet: ${error.message}`)
+        Effect.logWarning(`cannot record session history yet: ${error.message}`)
       )
     )
-    const appendForever = (events: ReadonlyArray<NewEvent>) =>
-      appendOrMark(log, events, untilRecorded).pipe(Effect.orDie)
 
+    /** Appends what the dirty sessions have waiting (up to `maxBatch` bytes of it) as one batch. */
     const writeOnce = Effect.gen(function* () {
-      if (pending.length === 0) return
-      const items = pending
-      pending = []
-      pendingBytes = 0
-      yield* appendForever(toEvents(items))
-      written += items.length
-      for (const item of items) if (item._tag === "Output") recorded = item.seq + item.data.length
-      for (let i = waiters.length - 1; i >= 0; i--) {
-        const waiter = waiters[i]
-        if (waiter !== undefined && waiter.upTo <= written) {
-          waiters.splice(i, 1)
-          yield* Deferred.succeed(waiter.done, undefined)
+      if (dirty.size === 0) return
+      const taken: Array<{ readonly pending: Pending; readonly items: ReadonlyArray<Item> }> = []
+      const events: Array<NewEvent> = []
+      let bytes = 0
+      for (const pending of dirty) {
+        if (bytes >= maxBatch) break
+        dirty.delete(pending)
+        const items = pending.items
+        bytes += pending.bytes
+        pending.items = []
+        pending.bytes = 0
+        taken.push({ pending, items })
+        toEvents(pending, items, events)
+      }
+      // What did not fit goes in the next batch, at once.
+      if (dirty.size > 0) ring(true)
+      yield* appendOrMark(log, events, untilRecorded).pipe(Effect.orDie)
+      for (const { pending, items } of taken) {
+        pending.written += items.length
+        for (const item of items) if (item._tag === "Output") pending.recorded = item.seq + item.data.length
+        for (let i = pending.waiters.length - 1; i >= 0; i--) {
+          const waiter = pending.waiters[i]
+          if (waiter !== undefined && waiter.upTo <= pending.written) {
+            pending.waiters.splice(i, 1)
+            yield* Deferred.succeed(waiter.done, undefined)
+          }
         }
       }
     })
 
-    const writer = Effect.gen(function* () {
-      yield* Queue.take(doorbell)
-      if (pendingBytes < maxChunk) yield* Effect.raceFirst(Effect.sleep(flushAfter), Queue.take(full))
-      yield* writeOnce
-    }).pipe(Effect.forever)
-
-    yield* Effect.forkScoped(writer)
-    // Whatever is pending when the scope closes is still written (bounded, so shutdown cannot hang).
-    yield* Effect.addFinalizer(() => writeOnce.pipe(Effect.timeout("5 seconds"), Effect.ignore))
-
-    const push = (item: Item, bytes: number) => {
-      pending.push(item)
-      pendingBytes += bytes
-      enqueued++
-      ring()
-      if (pendingBytes >= maxChunk) Queue.unsafeOffer(full, undefined)
+    const ring = (immediately: boolean) => {
+      Queue.unsafeOffer(doorbell, undefined)
+      if (immediately) Queue.unsafeOffer(now, undefined)
     }
 
-    return {
-      output: (seq, data) => push({ _tag: "Output", seq, data }, data.length),
-      event: (type, data, severity = "info") => push({ _tag: "Event", type, data, severity }, 0),
-      flush: Effect.suspend(() => {
-        if (written >= enqueued) return Effect.void
+    yield* Effect.forkScoped(
+      Effect.gen(function* () {
+        yield* Queue.take(doorbell)
+        if (Option.isNone(yield* Queue.poll(now))) {
+          yield* Effect.raceFirst(Effect.sleep(flushAfter), Queue.take(now))
+        }
+        yield* writeOnce
+      }).pipe(Effect.forever)
+    )
+    // Whatever is pending when the node stops is still written (bounded, so shutdown cannot hang).
+    yield* Effect.addFinalizer(() =>
+      Effect.whileLoop({
+        while: () => dirty.size > 0,
+        body: () => writeOnce,
+        step: () => undefined
+      }).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+    )
+
+    const flushOf = (pending: Pending) =>
+      Effect.suspend(() => {
+        if (pending.written >= pending.enqueued) return Effect.void
         return Effect.flatMap(Deferred.make<void>(), (done) => {
-          waiters.push({ upTo: enqueued, done })
-          Queue.unsafeOffer(full, undefined)
+          pending.waiters.push({ upTo: pending.enqueued, done })
+          ring(true)
           return Deferred.await(done)
         })
-      }),
-      backlog: () => pendingBytes,
-      recordedSeq: () => recorded
-    } satisfies Recorder
+      })
+
+    const make = (options: Options) =>
+      Effect.gen(function* () {
+        const pending: Pending = {
+          options,
+          source: { nodeId: options.nodeId, component: "session" },
+          items: [],
+          bytes: 0,
+          enqueued: 0,
+          written: 0,
+          recorded: options.startSeq,
+          waiters: []
+        }
+        const push = (item: Item, bytes: number) => {
+          pending.items.push(item)
+          pending.bytes += bytes
+          pending.enqueued++
+          dirty.add(pending)
+          ring(pending.bytes >= maxChunk)
+        }
+        // What the session has pending when its scope closes is still written (bounded).
+        yield* Effect.addFinalizer(() => flushOf(pending).pipe(Effect.timeout("5 seconds"), Effect.ignore))
+        return {
+          output: (seq, data) => push({ _tag: "Output", seq, data }, data.length),
+          event: (type, data, severity = "info") => push({ _tag: "Event", type, data, severity }, 0),
+          flush: flushOf(pending),
+          backlog: () => pending.bytes,
+          recordedSeq: () => pending.recorded
+        } satisfies Recorder
+      })
+
+    return Recorders.of({ make })
   })
+
+/** The node's recorders, on the current event log. */
+export const layer = (options?: WriterOptions): Layer.Layer<Recorders, never, EventLog> =>
+  Layer.scoped(Recorders, makeRecorders(options))

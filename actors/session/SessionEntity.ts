@@ -338,6 +338,7 @@ export const layer = Session.toLayer(
     const entityScope = yield* Effect.scope
     const local = yield* LocalSessions
     const screens = yield* ScreenWorkers
+    const recorders = yield* Recorder.Recorders
 
     let row: Option.Option<Row> = yield* registry.get(sessionId).pipe(Effect.orDie)
     let live: Option.Option<Live> = Option.none()
@@ -481,7 +482,7 @@ export const layer = Session.toLayer(
         state.ptySeq += fresh.length
         state.seq += fresh.length
         state.lastOutput = Date.now()
-        publish(Output.make({ seq, data: fresh }))
+        publish(Output.make({ seq, data: fresh }, true))
         outputBytes.unsafeUpdate(fresh.length, [])
         remember(state, seq, fresh, replayBytes)
         for (const query of state.queryScanner.scan(fresh)) {
@@ -654,9 +655,9 @@ export const layer = Session.toLayer(
         answering.open = true
         yield* Effect.forkIn(answer(replies), scope)
         const first = replay[0]
-        const recorder = yield* Recorder.make({ sessionId, nodeId: settings.nodeId, startSeq: seq }).pipe(
-          Scope.extend(scope)
-        )
+        const recorder = yield* recorders
+          .make({ sessionId, nodeId: settings.nodeId, startSeq: seq })
+          .pipe(Scope.extend(scope))
         const state: Live = {
           scope,
           model,

@@ -24,7 +24,12 @@ import { readableTempDir, tempDir } from "../../test/support/TempDir.js"
 import * as Harness from "../events/harness.js"
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
-const cli = path.join(projectRoot, "bin", "vibes.js")
+// `BENCH_UNBUNDLED=1` runs the server from tsc's output (dist/src) rather than the bundle, so a
+// CPU profile names the functions and files it spends its time in.
+const cli =
+  process.env["BENCH_UNBUNDLED"] === "1"
+    ? path.join(projectRoot, "dist", "src", "main.js")
+    : path.join(projectRoot, "bin", "vibes.js")
 
 // Processes ---------------------------------------------------------------------------------
 

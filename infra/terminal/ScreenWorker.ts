@@ -7,7 +7,7 @@
 import { parentPort } from "node:worker_threads"
 import { Effect, Exit, Scope } from "effect"
 import * as ScreenModel from "./ScreenModel.js"
-import type { FromWorker, ToWorker } from "./ScreenWorkerProtocol.js"
+import type { FromWorker, ToWorker, ToWorkerBatch } from "./ScreenWorkerProtocol.js"
 
 const port = parentPort
 if (port === null) throw new Error("ScreenWorker runs in a worker thread")
@@ -86,4 +86,6 @@ const handle = (message: ToWorker) => {
   }
 }
 
-port.on("message", (message: ToWorker) => handle(message))
+port.on("message", (batch: ToWorkerBatch) => {
+  for (const message of batch.messages) handle(message)
+})

@@ -30,6 +30,14 @@ export type ToWorker =
     }
   | { readonly _tag: "Close"; readonly id: number }
 
+/**
+ * What crosses to the worker: the messages of one turn of the node's event loop, in order, their
+ * bytes views of one buffer that is handed over (not cloned) with them.
+ */
+export interface ToWorkerBatch {
+  readonly messages: ReadonlyArray<ToWorker>
+}
+
 /** What the worker tells the node. */
 export type FromWorker =
   | { readonly _tag: "Done"; readonly request: number }

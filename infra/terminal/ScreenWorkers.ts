@@ -13,7 +13,7 @@ import * as fs from "node:fs"
 import { Worker } from "node:worker_threads"
 import { Context, Deferred, Effect, FiberId, Layer, type Scope } from "effect"
 import type * as ScreenModel from "./ScreenModel.js"
-import type { FromWorker, ToWorker } from "./ScreenWorkerProtocol.js"
+import type { FromWorker, ToWorker, ToWorkerBatch } from "./ScreenWorkerProtocol.js"
 
 /** Makes screen models in the node's screen worker. */
 export class ScreenWorkers extends Context.Tag("vibes/ScreenWorkers")<
@@ -97,17 +97,33 @@ export const layer: Layer.Layer<ScreenWorkers> = Layer.scoped(
     }
 
     /**
-     * Sends a message. Bytes go in a buffer of their own, handed over rather than cloned: cloning
-     * a view copies its whole underlying buffer (a socket's read, a pool's slab), not the view.
+     * Sends a message: with the others of this turn of the event loop, as one batch, so many
+     * sessions printing cost one message to the worker per turn rather than one per chunk. The
+     * batch's bytes are copied into one buffer of their own, handed over rather than cloned:
+     * cloning a view copies its whole underlying buffer (a socket's read, a pool's slab).
      */
-    const post = (message: ToWorker) => {
+    let outbox: Array<ToWorker> = []
+    let outboxBytes = 0
+    const flush = () => {
+      const messages = outbox
+      const buffer = new ArrayBuffer(outboxBytes)
+      outbox = []
+      outboxBytes = 0
+      let at = 0
+      const sent = messages.map((message) => {
+        if (!("data" in message)) return message
+        const data = new Uint8Array(buffer, at, message.data.length)
+        data.set(message.data)
+        at += message.data.length
+        return { ...message, data }
+      })
       worker ??= start()
-      if ("data" in message) {
-        const data = new Uint8Array(message.data)
-        worker.postMessage({ ...message, data }, [data.buffer])
-      } else {
-        worker.postMessage(message)
-      }
+      worker.postMessage({ messages: sent } satisfies ToWorkerBatch, [buffer])
+    }
+    const post = (message: ToWorker) => {
+      if (outbox.length === 0) setImmediate(flush)
+      outbox.push(message)
+      if ("data" in message) outboxBytes += message.data.length
     }
 
     // Started now rather than with the first model: loading the emulator takes the thread about
@@ -151,7 +167,7 @@ export const layer: Layer.Layer<ScreenWorkers> = Layer.scoped(
         (id) =>
           Effect.sync(() => {
             hooks.delete(id)
-            if (worker !== undefined) worker.postMessage({ _tag: "Close", id } satisfies ToWorker)
+            if (worker !== undefined) post({ _tag: "Close", id })
           })
       ).pipe(
         Effect.map((id): ScreenModel.ScreenModel => ({

@@ -39,6 +39,7 @@ import * as JobStore from "../../actors/job/JobStore.js"
 import * as Scheduler from "../../actors/job/Scheduler.js"
 import * as LocalSessions from "../../actors/session/LocalSessions.js"
 import * as ScreenWorkers from "../../infra/terminal/ScreenWorkers.js"
+import * as Recorder from "../../actors/session/Recorder.js"
 import * as SessionEntity from "../../actors/session/SessionEntity.js"
 import * as SessionRegistry from "../../actors/session/SessionRegistry.js"
 import * as SessionSettings from "../../actors/session/SessionSettings.js"
@@ -323,6 +324,7 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
         Layer.provideMerge(jobServices(config, nodeId, children)),
         Layer.provideMerge(SessionRegistry.layer),
         Layer.provideMerge(LocalSessions.layer),
+        Layer.provideMerge(Recorder.layer()),
         Layer.provideMerge(ScreenWorkers.layer),
         Layer.provideMerge(
           SessionSettings.layer(nodeId, {

@@ -1,10 +1,11 @@
 /**
  * A session's history writer against the Postgres log: an event the log refuses for good (too
  * large, text it cannot store) is replaced by an `event.dropped` marker and logged once, and the
- * session's recording goes on; it never retries such an event forever.
+ * session's recording goes on; it never retries such an event forever. The node's one writer keeps
+ * each session's history whole and in order.
  */
 import { expect, layer } from "@effect/vitest"
-import { Effect, Layer, Logger } from "effect"
+import { Effect, Exit, Layer, Logger, Scope } from "effect"
 import { EventFilter } from "../../../rpc/Events.js"
 import * as Recorder from "../../../actors/session/Recorder.js"
 import { EventLog } from "../../../infra/eventlog/EventLog.js"
@@ -30,7 +31,9 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("session recorder", 
       return Effect.gen(function* () {
         const log = yield* EventLog
         const sessionId = "recorder-test_0193d9b4-7c1e-7a2b-9c3d-4e5f60718293"
-        const recorder = yield* Recorder.make({ sessionId, nodeId: "test-node", startSeq: 0 })
+        // The node's writer logs with the logger of the scope it starts in: this test's.
+        const recorders = yield* Recorder.makeRecorders()
+        const recorder = yield* recorders.make({ sessionId, nodeId: "test-node", startSeq: 0 })
         recorder.output(0, encode("hello"))
         recorder.event("session.created", { command: "sh", args: ["x".repeat(300 * 1024)] })
         recorder.output(5, encode(" world"))
@@ -59,5 +62,47 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("session recorder", 
         expect(lines.filter((line) => line.includes("dropped a session.resized event"))).toHaveLength(1)
       }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))
     }
+  )
+
+  it.scoped(
+    "the node's one writer keeps each of many sessions' history whole and in order, and a closed recorder writes what it had",
+    () =>
+      Effect.gen(function* () {
+        const log = yield* EventLog
+        const recorders = yield* Recorder.makeRecorders({ maxChunkBytes: 1000 })
+        const ids = Array.from({ length: 20 }, (_, i) => `recorder-many-${i}_${Date.now()}`)
+        const scopes = yield* Effect.forEach(ids, () => Scope.make())
+        const sessions = yield* Effect.forEach(ids, (sessionId, i) =>
+          recorders
+            .make({ sessionId, nodeId: "test-node", startSeq: 0 })
+            .pipe(Scope.extend(scopes[i] as Scope.CloseableScope))
+        )
+        // Interleaved: every session gets a piece in turn, with an event in the middle.
+        const expected = ids.map(() => "")
+        for (let round = 0; round < 50; round++) {
+          sessions.forEach((recorder, i) => {
+            const text = `${i}:${round}|`.repeat(round % 7 === 0 ? 200 : 1)
+            recorder.output(Buffer.byteLength(expected[i] ?? ""), encode(text))
+            expected[i] += text
+            if (round === 25) recorder.event("session.bell", {})
+          })
+        }
+        // Half are flushed, the other half closed: both write everything they were given.
+        yield* Effect.forEach(sessions.slice(0, 10), (recorder) => recorder.flush)
+        yield* Effect.forEach(scopes.slice(10), (scope) => Scope.close(scope, Exit.void))
+        for (const [i, sessionId] of ids.entries()) {
+          const events = yield* log.read(1, EventFilter.make({ sessionId }), 1000)
+          const outputs = events.filter((e) => e.type === "session.output")
+          expect(Buffer.concat(outputs.map((e) => e.bytes ?? new Uint8Array())).toString()).toBe(expected[i])
+          let seq = 0
+          for (const event of outputs) {
+            expect(event.data).toEqual({ seq })
+            expect(event.bytes?.length ?? 0).toBeLessThanOrEqual(1000)
+            seq += event.bytes?.length ?? 0
+          }
+          expect(events.filter((e) => e.type === "session.bell")).toHaveLength(1)
+          if (i < 10) expect(sessions[i]?.recordedSeq()).toBe(Buffer.byteLength(expected[i] ?? ""))
+        }
+      })
   )
 })
