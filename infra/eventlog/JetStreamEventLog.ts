@@ -35,6 +35,7 @@
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node"
 import {
+  type Consumer,
   type ConsumerMessages,
   DeliverPolicy,
   DiscardPolicy,
@@ -42,6 +43,7 @@ import {
   jetstreamManager,
   type JetStreamClient,
   type JetStreamManager,
+  type JsMsg,
   RetentionPolicy as JsRetention,
   StorageType
 } from "@nats-io/jetstream"
@@ -99,6 +101,8 @@ export interface Options {
   readonly writeTimeout?: Duration.DurationInput
   /** How long one publish waits for its ack. */
   readonly ackTimeoutMillis?: number
+  /** How long readers try to start a consumer again while the server is away before they fail. */
+  readonly readRetry?: Duration.DurationInput
   /** Messages a reader asks the server for at a time. */
   readonly pageSize?: number
 }
@@ -278,6 +282,7 @@ export const make = (options: Options) =>
     const pageSize = options.pageSize ?? 2048
     const maxBatchEvents = options.maxBatchEvents ?? 5000
     const ackTimeout = options.ackTimeoutMillis ?? 5000
+    const retryMillis = Duration.toMillis(options.readRetry ?? "60 seconds")
     const failure = (what: string) => (cause: unknown) =>
       new EventLogError({ message: `${what} (JetStream at ${options.url}): ${messageOf(cause)}` })
 
@@ -333,10 +338,95 @@ export const make = (options: Options) =>
     })
     const head = Effect.map(streamState, (state) => state.last_seq)
 
+    // Ordered consumers do not notice a server that restarted (and lost them) until heartbeats are
+    // missed; a reconnect makes every reader start a new consumer after the last message it had.
+    const onReconnect = new Set<() => void>()
+    yield* Effect.forkScoped(
+      Effect.promise(async () => {
+        for await (const status of nc.status()) {
+          if (status.type === "reconnect") for (const restart of onReconnect) restart()
+        }
+      })
+    )
+
     /**
-     * Calls `each` with the messages of `name` matching `subject` from sequence `from` on, in
-     * order, while it returns true and until none is left to read.
+     * The messages of stream `name` matching `subject` from sequence `from` on, in order, each
+     * once: across reconnects and server restarts (consumers are started again after the last
+     * message delivered, for up to `retryMillis`). With `untilCaughtUp`, it ends once no matching
+     * message is left; otherwise it follows new ones until `signal` aborts.
      */
+    async function* follow(
+      name: string,
+      subject: string,
+      from: number,
+      options: { readonly untilCaughtUp: boolean; readonly signal?: AbortSignal }
+    ): AsyncGenerator<JsMsg> {
+      let next = Math.max(1, from)
+      let failingSince: number | undefined
+      let attempt = 0
+      while (options.signal?.aborted !== true) {
+        let consumer: Consumer
+        try {
+          consumer = await js.consumers.get(name, {
+            filter_subjects: subject,
+            deliver_policy: DeliverPolicy.StartSequence,
+            opt_start_seq: next
+          })
+          failingSince = undefined
+          attempt = 0
+        } catch (cause) {
+          failingSince ??= Date.now()
+          if (Date.now() - failingSince > retryMillis) throw cause
+          await new Promise((wake) => setTimeout(wake, Math.min(1000, 50 * 2 ** attempt++)))
+          continue
+        }
+        let messages: ConsumerMessages | undefined
+        let caughtUp = false
+        let watchdog: ReturnType<typeof setInterval> | undefined
+        const interrupt = () => messages?.stop()
+        onReconnect.add(interrupt)
+        options.signal?.addEventListener("abort", interrupt)
+        try {
+          if (options.untilCaughtUp && (await consumer.info(true)).num_pending === 0) return
+          messages = await consumer.consume({ max_messages: pageSize })
+          const current = messages
+          void (async () => {
+            for await (const status of current.status()) if (status.type === "heartbeats_missed") interrupt()
+          })().catch(() => undefined)
+          if (options.untilCaughtUp) {
+            // Messages deleted after the consumer counted them never come: ask once the scan is quiet.
+            let seen = next
+            watchdog = setInterval(() => {
+              if (seen !== next) {
+                seen = next
+                return
+              }
+              consumer.info().then((info) => {
+                if (info.num_pending === 0 && info.delivered.stream_seq < next) {
+                  caughtUp = true
+                  current.stop()
+                }
+              }, interrupt)
+            }, idleCheckMillis)
+          }
+          for await (const message of messages) {
+            next = message.seq + 1
+            yield message
+            if (options.untilCaughtUp && message.info.pending === 0) return
+          }
+          if (caughtUp) return
+        } finally {
+          onReconnect.delete(interrupt)
+          options.signal?.removeEventListener("abort", interrupt)
+          if (watchdog !== undefined) clearInterval(watchdog)
+          messages?.stop()
+          consumer.delete().catch(() => false)
+        }
+        // Ended otherwise (interrupted, or the consumer went away): start again after the last one.
+      }
+    }
+
+    /** Calls `each` with the matching messages from `from` on while it returns true, until none is left. */
     const scan = (
       name: string,
       subject: string,
@@ -345,40 +435,8 @@ export const make = (options: Options) =>
     ): Effect.Effect<void, EventLogError> =>
       Effect.tryPromise({
         try: async (signal) => {
-          const consumer = await js.consumers.get(name, {
-            filter_subjects: subject,
-            deliver_policy: DeliverPolicy.StartSequence,
-            opt_start_seq: Math.max(1, from)
-          })
-          let messages: ConsumerMessages | undefined
-          let watchdog: ReturnType<typeof setInterval> | undefined
-          const stop = () => messages?.stop()
-          signal.addEventListener("abort", stop)
-          try {
-            if ((await consumer.info(true)).num_pending === 0) return
-            messages = await consumer.consume({ max_messages: pageSize })
-            let seen = 0
-            let checked = 0
-            // Messages deleted after the consumer counted them never arrive: ask once the scan goes quiet.
-            watchdog = setInterval(() => {
-              if (seen !== checked) {
-                checked = seen
-                return
-              }
-              consumer.info().then(
-                (info) => (info.num_pending === 0 && seen === checked ? stop() : undefined),
-                () => undefined
-              )
-            }, idleCheckMillis)
-            for await (const message of messages) {
-              seen++
-              if (!each(message.seq, message.data) || message.info.pending === 0) break
-            }
-          } finally {
-            signal.removeEventListener("abort", stop)
-            if (watchdog !== undefined) clearInterval(watchdog)
-            stop()
-            consumer.delete().catch(() => false)
+          for await (const message of follow(name, subject, from, { untilCaughtUp: true, signal })) {
+            if (!each(message.seq, message.data)) return
           }
         },
         catch: failure("cannot read the event stream")
@@ -575,25 +633,24 @@ export const make = (options: Options) =>
         Effect.gen(function* () {
           const compiled = yield* compile(filter)
           const start = yield* resolve(from)
-          const { messages } = yield* Effect.acquireRelease(
-            Effect.tryPromise({
-              try: async () => {
-                const consumer = await js.consumers.get(stream, {
-                  filter_subjects: filterSubject(prefix, filter),
-                  deliver_policy: DeliverPolicy.StartSequence,
-                  opt_start_seq: start
-                })
-                return { consumer, messages: await consumer.consume({ max_messages: pageSize }) }
-              },
-              catch: failure("cannot subscribe to the event stream")
-            }),
-            ({ consumer, messages }) =>
-              Effect.sync(() => {
-                messages.stop()
-                consumer.delete().catch(() => false)
-              })
+          const controller = yield* Effect.acquireRelease(
+            Effect.sync(() => new AbortController()),
+            (c) => Effect.sync(() => c.abort())
           )
-          return Stream.fromAsyncIterable(messages, failure("the event subscription failed")).pipe(
+          const messages = follow(stream, filterSubject(prefix, filter), start, {
+            untilCaughtUp: false,
+            signal: controller.signal
+          })
+          const next = Effect.tryPromise({
+            try: () => messages.next(),
+            catch: failure("the event subscription failed")
+          }).pipe(
+            Effect.mapError(Option.some),
+            Effect.flatMap((result) =>
+              result.done === true ? Effect.fail(Option.none()) : Effect.succeed(result.value)
+            )
+          )
+          return Stream.repeatEffectOption(next).pipe(
             Stream.mapChunksEffect((chunk) => {
               const out: Array<StoredEvent> = []
               for (const message of chunk) {
