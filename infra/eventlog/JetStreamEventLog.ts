@@ -364,7 +364,8 @@ export const make = (options: Options) =>
       let next = Math.max(1, from)
       let failingSince: number | undefined
       let attempt = 0
-      while (options.signal?.aborted !== true) {
+      const aborted = () => options.signal?.aborted === true
+      while (!aborted()) {
         let consumer: Consumer
         try {
           consumer = await js.consumers.get(name, {
@@ -390,6 +391,8 @@ export const make = (options: Options) =>
           if (options.untilCaughtUp && (await consumer.info(true)).num_pending === 0) return
           messages = await consumer.consume({ max_messages: pageSize })
           const current = messages
+          // Aborted while the consumer was being made: the listener came too late to hear it.
+          if (aborted()) return
           void (async () => {
             for await (const status of current.status()) if (status.type === "heartbeats_missed") interrupt()
           })().catch(() => undefined)
