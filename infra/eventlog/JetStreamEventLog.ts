@@ -636,14 +636,22 @@ export const make = (options: Options) =>
         Effect.gen(function* () {
           const compiled = yield* compile(filter)
           const start = yield* resolve(from)
-          const controller = yield* Effect.acquireRelease(
-            Effect.sync(() => new AbortController()),
-            (c) => Effect.sync(() => c.abort())
+          const controller = new AbortController()
+          // Aborting ends a wait for messages; returning runs the clean-up of a generator paused at a yield.
+          const messages = yield* Effect.acquireRelease(
+            Effect.sync(() =>
+              follow(stream, filterSubject(prefix, filter), start, {
+                untilCaughtUp: false,
+                signal: controller.signal
+              })
+            ),
+            (generator) =>
+              Effect.sync(() => controller.abort()).pipe(
+                Effect.zipRight(Effect.promise(() => generator.return(undefined).catch(() => undefined))),
+                Effect.timeout("5 seconds"),
+                Effect.ignore
+              )
           )
-          const messages = follow(stream, filterSubject(prefix, filter), start, {
-            untilCaughtUp: false,
-            signal: controller.signal
-          })
           const next = Effect.tryPromise({
             try: () => messages.next(),
             catch: failure("the event subscription failed")

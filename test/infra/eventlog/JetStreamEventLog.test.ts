@@ -1,10 +1,11 @@
+import { jetstreamManager } from "@nats-io/jetstream"
 import { connect } from "@nats-io/transport-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer, Redacted } from "effect"
+import { Context, Effect, Either, Fiber, Layer, Redacted, Schedule, Stream } from "effect"
 import { EventLog } from "../../../infra/eventlog/EventLog.js"
 import * as JetStreamEventLog from "../../../infra/eventlog/JetStreamEventLog.js"
 import { toRow } from "../../../infra/eventlog/PgEventLog.js"
-import { NewEvent } from "../../../rpc/Events.js"
+import { EventFilter, NewEvent } from "../../../rpc/Events.js"
 import { freshLog, server, uniqueName } from "../../support/TestNats.js"
 import { eventLogContract } from "./contract.js"
 
@@ -108,6 +109,46 @@ describe("JetStream subjects and messages", () => {
       yield* Effect.promise(() => nc.flush())
       sub.unsubscribe()
       expect(received).toEqual([`${prefix}.acme.session.output.s1.~`])
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("reads and subscriptions leave no consumer behind on the server", () =>
+    Effect.gen(function* () {
+      const at = yield* server
+      const prefix = `t${uniqueName()}`
+      const stream = `T_${prefix}`
+      const log = yield* Effect.map(
+        Layer.build(JetStreamEventLog.layer({ ...at, stream, prefix })),
+        Context.get(EventLog)
+      )
+      const nc = yield* Effect.acquireRelease(
+        Effect.promise(() =>
+          connect({ servers: at.url, ...(at.token !== undefined ? { token: Redacted.value(at.token) } : {}) })
+        ),
+        (connection) => Effect.promise(() => connection.close())
+      )
+      const jsm = yield* Effect.promise(() => jetstreamManager(nc))
+      const consumers = Effect.promise(async () => (await jsm.consumers.list(stream).next()).length)
+      const all = EventFilter.make({})
+      yield* log.append(
+        Array.from({ length: 10 }, (_, n) => NewEvent.make({ type: "job.log", source, data: { n } }))
+      )
+      yield* log.read(1, all, 5)
+      yield* log.readBackward(10, all, 3)
+      yield* log.resolve({ _tag: "Time", epochMillis: Date.now() - 60_000 })
+      yield* log.subscribe({ _tag: "Offset", offset: 3 }, all).pipe(Stream.take(2), Stream.runDrain)
+      const waiting = yield* Effect.fork(Stream.runDrain(log.subscribe({ _tag: "Latest" }, all)))
+      yield* consumers.pipe(
+        Effect.filterOrFail((n) => n > 0),
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds")))
+      )
+      yield* Fiber.interrupt(waiting)
+      const left = yield* consumers.pipe(
+        Effect.filterOrFail((n) => n === 0),
+        Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds"))),
+        Effect.orElse(() => consumers)
+      )
+      expect(left).toBe(0)
     }).pipe(Effect.scoped)
   )
 })
