@@ -70,6 +70,8 @@ export class NatsSupervisor extends Context.Tag("vibes/NatsSupervisor")<
 export interface Options {
   /** The vibes data directory; the server keeps its config, log and store in its `nats/` folder. */
   readonly dataDir: string
+  /** The server's folder instead of `<dataDir>/nats` (`VIBES_NATS_DATA_DIR`). */
+  readonly natsDir?: string
   /** Restart attempts after an unexpected exit before giving up. */
   readonly maxRestarts: number
   /** A fixed client port (default: a free one). */
@@ -202,7 +204,7 @@ const configText = (options: {
 export const make = (options: Options): Effect.Effect<NatsSupervisor["Type"], NatsServerError, Scope.Scope> =>
   Effect.gen(function* () {
     const binary = yield* findBinary(options.binary)
-    const home = path.join(options.dataDir, "nats")
+    const home = options.natsDir ?? path.join(options.dataDir, "nats")
     const storeDir = path.join(home, "store")
     const pidFile = path.join(home, "nats-server.pid")
     const configFile = path.join(home, "nats-server.conf")

@@ -26,12 +26,18 @@
  * metadata and JSON data as one JSON array, then room for a raw binary payload (terminal output)
  * that needs no JSON escaping.
  *
- * **Reads** run ordered consumers (ephemeral, in memory, flow-controlled) from the start offset;
- * `readBackward` reads windows of growing size back from its upper bound. **Consumer offsets**
- * live in a second stream (`<stream>_OFFSETS`, one message kept per consumer subject, read with
- * direct get). **Retention** purges by subject up to a sequence (age, size, and per-session
- * snapshot compaction are all "everything matching before sequence N"), bounded by the slowest
- * named consumer unless the policy ignores consumers.
+ * **Reads and subscriptions** run ordered consumers (ephemeral, in memory, flow-controlled)
+ * from their start offset, each deleted when its reader is done. A server restart loses them:
+ * on a reconnect or missed heartbeats the reader starts a new one after the last message it
+ * delivered, so subscribers see every offset once across failures. `readBackward` reads windows
+ * of growing size back from its upper bound (JetStream has no backward consumer).
+ *
+ * **Consumer offsets** live in a second stream (`<stream>_OFFSETS`, one message kept per
+ * consumer subject, read with direct get). **Retention** purges by subject below a sequence:
+ * age, size and per-session snapshot compaction are each "everything matching before sequence
+ * N", bounded by the slowest named consumer unless the policy ignores consumers. Age is judged
+ * by the time the server stored a message (the first sequence stored at or after the cutoff),
+ * which is the event's `ts` up to the writer's clock skew.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node"
 import {
@@ -413,6 +419,7 @@ export const make = (options: Options) =>
             }, idleCheckMillis)
           }
           for await (const message of messages) {
+            if (message.seq < next) continue
             next = message.seq + 1
             yield message
             if (options.untilCaughtUp && message.info.pending === 0) return
