@@ -39,6 +39,7 @@
  * by the time the server stored a message (the first sequence stored at or after the cutoff),
  * which is the event's `ts` up to the writer's clock skew.
  */
+import * as crypto from "node:crypto"
 import { connect, type NatsConnection } from "@nats-io/transport-node"
 import {
   type Consumer,
@@ -113,10 +114,16 @@ export interface Options {
   readonly pageSize?: number
 }
 
-/** The subject token of an id: letters, digits, `_` and `-` as they are, any other byte `~XX`. */
+/** Longest escaped id kept as it is in a subject; longer ones are hashed (NATS limits a control line to 4 kB). */
+const maxTokenLength = 96
+
+/**
+ * The subject token of an id: letters, digits, `_` and `-` as they are, any other byte `~XX`;
+ * `~` when absent; `~~` and a SHA-256 prefix when the escaped id would be too long.
+ */
 export const subjectToken = (value: string | null | undefined): string => {
   if (value === null || value === undefined) return "~"
-  if (/^[A-Za-z0-9_-]+$/.test(value)) return value
+  if (value.length <= maxTokenLength && /^[A-Za-z0-9_-]+$/.test(value)) return value
   let out = ""
   for (const char of value) {
     if (/^[A-Za-z0-9_-]$/.test(char)) out += char
@@ -124,7 +131,9 @@ export const subjectToken = (value: string | null | undefined): string => {
       for (const byte of Buffer.from(char, "utf8"))
         out += `~${byte.toString(16).toUpperCase().padStart(2, "0")}`
   }
-  return out
+  return out.length <= maxTokenLength
+    ? out
+    : `~~${crypto.createHash("sha256").update(value, "utf8").digest("hex").slice(0, 32)}`
 }
 
 /** The subject of an event. */

@@ -26,6 +26,10 @@ describe("JetStream subjects and messages", () => {
     for (const token of tokens) expect(token).toMatch(/^[A-Za-z0-9_~-]+$/)
     expect(new Set(tokens).size).toBe(tricky.length)
     expect(tokens).not.toContain("~")
+    // Ids up to 200 characters fit a subject however they escape; distinct long ones stay distinct.
+    const long = [`${"é".repeat(199)}a`, `${"é".repeat(199)}b`, "x".repeat(200)].map(subjectToken)
+    for (const token of long) expect(token).toMatch(/^~~[0-9a-f]{32}$/)
+    expect(new Set(long).size).toBe(3)
   })
 
   it("an event's subject is prefix, tenant, type, session and job", () => {
@@ -149,6 +153,26 @@ describe("JetStream subjects and messages", () => {
         Effect.orElse(() => consumers)
       )
       expect(left).toBe(0)
+    }).pipe(Effect.scoped)
+  )
+
+  it.live("events with the longest ids and any characters in them are stored and found by their ids", () =>
+    Effect.gen(function* () {
+      const log = yield* Effect.map(Layer.build(freshLog()), Context.get(EventLog))
+      const ids = ["€".repeat(200), "a.b *>~ c", "x".repeat(200)]
+      yield* log.append(
+        ids.map((id) =>
+          NewEvent.make({ type: "session.output", source, sessionId: id, tenantId: id, jobId: id, data: {} })
+        )
+      )
+      for (const id of ids) {
+        const found = yield* log.readBackward(
+          Number.MAX_SAFE_INTEGER,
+          EventFilter.make({ types: ["session.output"], sessionId: id, tenantId: id, jobId: id }),
+          10
+        )
+        expect(found.map((e) => e.sessionId)).toEqual([id])
+      }
     }).pipe(Effect.scoped)
   )
 })
