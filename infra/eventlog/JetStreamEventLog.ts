@@ -50,6 +50,7 @@ import {
   jetstreamManager,
   type JetStreamClient,
   type JetStreamManager,
+  JetStreamApiError,
   type JsMsg,
   RetentionPolicy as JsRetention,
   StorageType
@@ -73,7 +74,7 @@ import {
   compileFilter,
   compileGlob,
   type EventFilter,
-  type NewEvent,
+  NewEvent,
   Offset,
   StoredEvent
 } from "../../rpc/Events.js"
@@ -82,6 +83,7 @@ import {
   checkConsumer,
   EventLog,
   EventLogError,
+  EventRejected,
   type From,
   type RetentionPolicy,
   type RetentionReport
@@ -112,6 +114,8 @@ export interface Options {
   readonly readRetry?: Duration.DurationInput
   /** Messages a reader asks the server for at a time. */
   readonly pageSize?: number
+  /** The node id written as the source of the log's own events (`system.alert`). */
+  readonly nodeId?: string
 }
 
 /** Longest escaped id kept as it is in a subject; longer ones are hashed (NATS limits a control line to 4 kB). */
@@ -277,10 +281,18 @@ interface Outgoing {
   readonly id: string
 }
 
+/** Why an append could not be written: for now (`EventLogError`), or for good (`EventRejected`). */
+type WriteError = EventLogError | EventRejected
+
 interface Pending {
   readonly messages: ReadonlyArray<Outgoing>
-  readonly done: Deferred.Deferred<ReadonlyArray<Offset>, EventLogError>
+  /** The event type of a single-event append, for errors. */
+  readonly type: string
+  readonly done: Deferred.Deferred<ReadonlyArray<Offset>, WriteError>
 }
+
+/** JetStream's error code for a message larger than the stream's `max_msg_size`. */
+const messageTooLarge = 10054
 
 const messageOf = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
 
@@ -485,6 +497,12 @@ export const make = (options: Options) =>
       Schedule.upTo(options.writeTimeout ?? "30 seconds")
     )
 
+    /** Why a publish failed: the server's refusal (its answer), or no answer at all. */
+    interface PublishFailure {
+      readonly refusal: JetStreamApiError | undefined
+      readonly message: string
+    }
+
     // Published in order without waiting in between, so JetStream stores them in this order.
     const publishAll = (messages: ReadonlyArray<Outgoing>) =>
       Effect.tryPromise({
@@ -492,26 +510,89 @@ export const make = (options: Options) =>
           Promise.all(
             messages.map((message) => js.publish(message.subject, message.body, { msgID: message.id }))
           ),
-        catch: failure("cannot append to the event stream")
+        catch: (cause): PublishFailure => ({
+          refusal: cause instanceof JetStreamApiError ? cause : undefined,
+          message: `cannot append to the event stream (JetStream at ${options.url}): ${messageOf(cause)}`
+        })
       })
 
-    const writeBatch = (batch: ReadonlyArray<Pending>) =>
-      Effect.gen(function* () {
-        const messages = batch.flatMap((pending) => pending.messages)
-        const acks = yield* publishAll(messages).pipe(
-          Effect.tapError((error) => Effect.logWarning(`event log write failed, retrying: ${error.message}`)),
-          Effect.retry(writeRetry)
-        )
-        let next = 0
-        for (const pending of batch) {
-          const offsets = pending.messages.map(() => Offset.make(acks[next++]?.seq ?? 0))
-          yield* Deferred.succeed(pending.done, offsets)
-        }
-      }).pipe(
-        Effect.catchAll((error) =>
-          Effect.forEach(batch, (pending) => Deferred.fail(pending.done, error), { discard: true })
+    // A lost answer is retried (the ids make it safe); the server's refusal would only come again.
+    const publishRetrying = (messages: ReadonlyArray<Outgoing>) =>
+      publishAll(messages).pipe(
+        Effect.tapError((failed) =>
+          failed.refusal === undefined
+            ? Effect.logWarning(`event log write failed, retrying: ${failed.message}`)
+            : Effect.void
+        ),
+        Effect.retry({ schedule: writeRetry, while: (failed) => failed.refusal === undefined })
+      )
+
+    /** What a failed pending append is told: refused for good when its message is too large for the stream. */
+    const errorOf = (pending: Pending, failed: PublishFailure): WriteError => {
+      if (failed.refusal?.code === messageTooLarge) {
+        const type = pending.messages.length === 1 ? pending.type : `${pending.messages.length} events`
+        return new EventRejected({ type, message: `JetStream refused ${type}: ${failed.refusal.message}` })
+      }
+      return new EventLogError({ message: failed.message })
+    }
+
+    // Alerts about failed writes, published ahead of the next batch that goes through.
+    let alerts: Array<Outgoing> = []
+
+    const alertOf = (message: string): Outgoing => {
+      const row = Either.getOrThrow(
+        toRow(
+          NewEvent.make({
+            type: "system.alert",
+            source: { nodeId: options.nodeId ?? "unknown", component: "eventlog" },
+            severity: "critical",
+            data: { component: "eventlog", message: message.slice(0, 2000) }
+          }),
+          Date.now()
         )
       )
+      return { subject: subjectOf(prefix, row), body: encode(row), id: row.id }
+    }
+
+    const fail = (pending: Pending, error: WriteError) =>
+      Effect.gen(function* () {
+        yield* Effect.logError("system.alert: event log write failed").pipe(
+          Effect.annotateLogs({ component: "eventlog", message: error.message })
+        )
+        if (alerts.length < 100) alerts.push(alertOf(error.message))
+        yield* Deferred.fail(pending.done, error)
+      })
+
+    /** Publishes `batch` as one; on a refusal, each append again on its own, so one bad append fails alone. */
+    const writeBatch = (batch: ReadonlyArray<Pending>) =>
+      Effect.gen(function* () {
+        const waiting = alerts
+        const published = yield* Effect.either(
+          publishRetrying([...waiting, ...batch.flatMap((pending) => pending.messages)])
+        )
+        if (Either.isRight(published)) {
+          alerts = alerts.slice(waiting.length)
+          let next = waiting.length
+          for (const pending of batch) {
+            const offsets = pending.messages.map(() => Offset.make(published.right[next++]?.seq ?? 0))
+            yield* Deferred.succeed(pending.done, offsets)
+          }
+          return
+        }
+        if (published.left.refusal === undefined || batch.length === 1) {
+          for (const pending of batch) yield* fail(pending, errorOf(pending, published.left))
+          return
+        }
+        for (const pending of batch) {
+          const alone = yield* Effect.either(publishRetrying(pending.messages))
+          if (Either.isLeft(alone)) yield* fail(pending, errorOf(pending, alone.left))
+          else
+            yield* Deferred.succeed(
+              pending.done,
+              alone.right.map((ack) => Offset.make(ack.seq))
+            )
+        }
+      })
 
     const answerShutdown = (batch: ReadonlyArray<Pending>) =>
       Effect.forEach(
@@ -567,8 +648,8 @@ export const make = (options: Options) =>
           if (Either.isLeft(row)) return yield* row.left
           messages.push({ subject: subjectOf(prefix, row.right), body: encode(row.right), id: row.right.id })
         }
-        const done = yield* Deferred.make<ReadonlyArray<Offset>, EventLogError>()
-        yield* Queue.offer(queue, { messages, done })
+        const done = yield* Deferred.make<ReadonlyArray<Offset>, WriteError>()
+        yield* Queue.offer(queue, { messages, type: events[0]?.type ?? "?", done })
         return yield* Deferred.await(done)
       })
 

@@ -6,6 +6,8 @@
  * the subscriber resumes without gap or duplicate, and appends carry on by themselves.
  */
 import * as net from "node:net"
+import { jetstreamManager } from "@nats-io/jetstream"
+import { connect } from "@nats-io/transport-node"
 import { describe, expect, it } from "@effect/vitest"
 import {
   Context,
@@ -14,6 +16,7 @@ import {
   Fiber,
   Layer,
   Option,
+  Redacted,
   Ref,
   Schedule,
   Schema,
@@ -25,7 +28,7 @@ import { EventLog } from "../../../infra/eventlog/EventLog.js"
 import * as FreePort from "../../../infra/net/FreePort.js"
 import { EventFilter, NewEvent, type StoredEvent } from "../../../rpc/Events.js"
 import { tempDir } from "../../support/TempDir.js"
-import { logOn } from "../../support/TestNats.js"
+import { logOn, server, uniqueName } from "../../support/TestNats.js"
 
 type Log = EventLog["Type"]
 
@@ -264,5 +267,61 @@ describe("JetStream event log under failures", () => {
         expect(stored.slice(0, 3).map((e) => keyOf(e.data))).toEqual(["0:0", "0:1", "0:2"])
       }).pipe(Effect.scoped),
     60_000
+  )
+
+  it.live(
+    "a write the server refuses for good is not retried, fails only its own caller, and raises a durable system.alert",
+    () =>
+      Effect.gen(function* () {
+        const at = yield* server
+        const prefix = `t${uniqueName()}`
+        const stream = `T_${prefix}`
+        // A stream made beforehand with a small message limit, which the log then opens as it is.
+        yield* Effect.acquireRelease(
+          Effect.promise(() =>
+            connect({
+              servers: at.url,
+              ...(at.token !== undefined ? { token: Redacted.value(at.token) } : {})
+            })
+          ),
+          (nc) => Effect.promise(() => nc.close())
+        ).pipe(
+          Effect.flatMap((nc) => Effect.promise(() => jetstreamManager(nc))),
+          Effect.flatMap((jsm) =>
+            Effect.promise(() =>
+              jsm.streams.add({ name: stream, subjects: [`${prefix}.>`], max_msg_size: 4096 })
+            )
+          )
+        )
+        const log = yield* Effect.map(
+          Layer.build(logOn(at, { stream, prefix, nodeId: "test-node", writeTimeout: "60 seconds" })),
+          Context.get(EventLog)
+        )
+        const make = (type: string, n: number, size = 0) =>
+          NewEvent.make({ type, source, data: { n, pad: "x".repeat(size) } })
+        const [refused, ...innocent] = yield* Effect.all(
+          [
+            Effect.either(log.append([make("test.big", 0, 8192)])),
+            ...Array.from({ length: 5 }, (_, n) => Effect.either(log.append([make("test.fine", n)])))
+          ],
+          { concurrency: "unbounded" }
+        )
+        expect(refused?._tag).toBe("Left")
+        if (refused?._tag === "Left") {
+          expect(refused.left._tag).toBe("EventRejected")
+          expect(refused.left.message).toContain("test.big")
+        }
+        expect(innocent.every((result) => result._tag === "Right")).toBe(true)
+        yield* log.append([make("test.fine", 99)])
+        const stored = yield* readAll(log)
+        expect(stored.filter((e) => e.type === "test.big")).toEqual([])
+        expect(stored.filter((e) => e.type === "test.fine")).toHaveLength(6)
+        const alerts = stored.filter((e) => e.type === "system.alert")
+        expect(alerts).toHaveLength(1)
+        expect(alerts[0]?.severity).toBe("critical")
+        expect(alerts[0]?.source).toEqual({ nodeId: "test-node", component: "eventlog" })
+        expect(stored.map((e) => e.offset)).toEqual(stored.map((_, i) => i + 1))
+      }).pipe(Effect.scoped),
+    30_000
   )
 })
