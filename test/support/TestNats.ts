@@ -9,7 +9,9 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll } from "@effect/vitest"
-import { Effect, Layer, ManagedRuntime, type Redacted } from "effect"
+import { jetstreamManager } from "@nats-io/jetstream"
+import { connect } from "@nats-io/transport-node"
+import { Effect, Layer, ManagedRuntime, Redacted } from "effect"
 import * as NatsSupervisor from "../../actors/supervisors/NatsSupervisor.js"
 import * as JetStreamEventLog from "../../infra/eventlog/JetStreamEventLog.js"
 
@@ -50,16 +52,36 @@ export const server: Effect.Effect<Server, NatsSupervisor.NatsServerError> = Eff
 /** A name no other test uses. */
 export const uniqueName = () => crypto.randomBytes(6).toString("hex")
 
-/** A JetStream log on its own stream (`T_<random>`, subjects `t<random>.>`) on `at`. */
+/** Deletes `streams` when the scope closes, so a shared server keeps nothing of a test. */
+const deleteStreamsAfter = (at: Server, streams: ReadonlyArray<string>) =>
+  Layer.scopedDiscard(
+    Effect.addFinalizer(() =>
+      Effect.promise(async () => {
+        const nc = await connect({
+          servers: at.url,
+          ...(at.token !== undefined ? { token: Redacted.value(at.token) } : {})
+        })
+        try {
+          const jsm = await jetstreamManager(nc)
+          for (const stream of streams) await jsm.streams.delete(stream).catch(() => false)
+        } finally {
+          await nc.close()
+        }
+      }).pipe(Effect.catchAllDefect(() => Effect.void))
+    )
+  )
+
+/** A JetStream log on its own stream (`T_<random>`, subjects `t<random>.>`) on `at`, deleted afterwards. */
 export const logOn = (at: Server, options: Partial<JetStreamEventLog.Options> = {}) => {
   const name = uniqueName()
+  const stream = options.stream ?? `T_${name}`
   return JetStreamEventLog.layer({
     url: at.url,
     ...(at.token !== undefined ? { token: at.token } : {}),
-    stream: `T_${name}`,
+    stream,
     prefix: `t${name}`,
     ...options
-  })
+  }).pipe(Layer.provideMerge(deleteStreamsAfter(at, [stream, `${stream}_OFFSETS`])))
 }
 
 /** A JetStream log on its own stream on this file's server. */

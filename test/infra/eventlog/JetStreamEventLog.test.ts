@@ -6,7 +6,7 @@ import { EventLog } from "../../../infra/eventlog/EventLog.js"
 import * as JetStreamEventLog from "../../../infra/eventlog/JetStreamEventLog.js"
 import { toRow } from "../../../infra/eventlog/PgEventLog.js"
 import { EventFilter, NewEvent } from "../../../rpc/Events.js"
-import { freshLog, server, uniqueName } from "../../support/TestNats.js"
+import { freshLog, logOn, server, uniqueName } from "../../support/TestNats.js"
 import { eventLogContract } from "./contract.js"
 
 eventLogContract("JetStream event log", freshLog(), freshLog)
@@ -89,7 +89,7 @@ describe("JetStream subjects and messages", () => {
       const at = yield* server
       const prefix = `t${uniqueName()}`
       const log = yield* Effect.map(
-        Layer.build(JetStreamEventLog.layer({ ...at, stream: `T_${prefix}`, prefix })),
+        Layer.build(logOn(at, { stream: `T_${prefix}`, prefix })),
         Context.get(EventLog)
       )
       const nc = yield* Effect.acquireRelease(
@@ -121,10 +121,7 @@ describe("JetStream subjects and messages", () => {
       const at = yield* server
       const prefix = `t${uniqueName()}`
       const stream = `T_${prefix}`
-      const log = yield* Effect.map(
-        Layer.build(JetStreamEventLog.layer({ ...at, stream, prefix })),
-        Context.get(EventLog)
-      )
+      const log = yield* Effect.map(Layer.build(logOn(at, { stream, prefix })), Context.get(EventLog))
       const nc = yield* Effect.acquireRelease(
         Effect.promise(() =>
           connect({ servers: at.url, ...(at.token !== undefined ? { token: Redacted.value(at.token) } : {}) })
