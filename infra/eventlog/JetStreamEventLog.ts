@@ -52,6 +52,7 @@ import {
   type JetStreamManager,
   JetStreamApiError,
   type JsMsg,
+  type PubAck,
   RetentionPolicy as JsRetention,
   StorageType
 } from "@nats-io/jetstream"
@@ -106,6 +107,11 @@ export interface Options {
   readonly queueCapacity?: number
   /** Most events published in one round of the writer. */
   readonly maxBatchEvents?: number
+  /**
+   * Batches whose acks the writer awaits at once (default 4). Each caller waits for its own acks,
+   * so a producer's appends still land in its order.
+   */
+  readonly maxInFlight?: number
   /** How long the writer keeps retrying a batch whose acks do not come before it fails it. */
   readonly writeTimeout?: Duration.DurationInput
   /** How long one publish waits for its ack. */
@@ -492,6 +498,7 @@ export const make = (options: Options) =>
     // The writer ------------------------------------------------------------------------------
 
     const queue = yield* Queue.bounded<Pending>(options.queueCapacity ?? 1024)
+    const inFlight = yield* Effect.makeSemaphore(options.maxInFlight ?? 4)
     const writeRetry = Schedule.exponential("100 millis").pipe(
       Schedule.union(Schedule.spaced("1 second")),
       Schedule.upTo(options.writeTimeout ?? "30 seconds")
@@ -503,22 +510,28 @@ export const make = (options: Options) =>
       readonly message: string
     }
 
+    /** Why a publish failed, from what it threw. */
+    const publishFailure = (cause: unknown): PublishFailure => ({
+      refusal: cause instanceof JetStreamApiError ? cause : undefined,
+      message: `cannot append to the event stream (JetStream at ${options.url}): ${messageOf(cause)}`
+    })
+
     // Published in order without waiting in between, so JetStream stores them in this order.
-    const publishAll = (messages: ReadonlyArray<Outgoing>) =>
-      Effect.tryPromise({
-        try: () =>
-          Promise.all(
-            messages.map((message) => js.publish(message.subject, message.body, { msgID: message.id }))
-          ),
-        catch: (cause): PublishFailure => ({
-          refusal: cause instanceof JetStreamApiError ? cause : undefined,
-          message: `cannot append to the event stream (JetStream at ${options.url}): ${messageOf(cause)}`
-        })
-      })
+    const startPublish = (messages: ReadonlyArray<Outgoing>) => {
+      const acks = Promise.all(
+        messages.map((message) => js.publish(message.subject, message.body, { msgID: message.id }))
+      )
+      // Whoever awaits the acks handles a failure; this keeps an early one from counting as unhandled.
+      acks.catch(() => undefined)
+      return acks
+    }
+
+    const awaitAcks = (acks: Promise<ReadonlyArray<PubAck>>) =>
+      Effect.tryPromise({ try: () => acks, catch: publishFailure })
 
     // A lost answer is retried (the ids make it safe); the server's refusal would only come again.
-    const publishRetrying = (messages: ReadonlyArray<Outgoing>) =>
-      publishAll(messages).pipe(
+    const publishRetrying = (messages: ReadonlyArray<Outgoing>, started?: Promise<ReadonlyArray<PubAck>>) => {
+      const again = Effect.suspend(() => awaitAcks(startPublish(messages))).pipe(
         Effect.tapError((failed) =>
           failed.refusal === undefined
             ? Effect.logWarning(`event log write failed, retrying: ${failed.message}`)
@@ -526,6 +539,18 @@ export const make = (options: Options) =>
         ),
         Effect.retry({ schedule: writeRetry, while: (failed) => failed.refusal === undefined })
       )
+      return started === undefined
+        ? again
+        : awaitAcks(started).pipe(
+            Effect.catchAll((failed) =>
+              failed.refusal === undefined
+                ? Effect.logWarning(`event log write failed, retrying: ${failed.message}`).pipe(
+                    Effect.zipRight(again)
+                  )
+                : Effect.fail(failed)
+            )
+          )
+    }
 
     /** What a failed pending append is told: refused for good when its message is too large for the stream. */
     const errorOf = (pending: Pending, failed: PublishFailure): WriteError => {
@@ -563,15 +588,19 @@ export const make = (options: Options) =>
         yield* Deferred.fail(pending.done, error)
       })
 
-    /** Publishes `batch` as one; on a refusal, each append again on its own, so one bad append fails alone. */
-    const writeBatch = (batch: ReadonlyArray<Pending>) =>
+    /**
+     * Settles `batch`, whose messages (after the `waiting` alerts) were published as `started`; on
+     * a refusal, publishes each append again on its own, so one bad append fails alone.
+     */
+    const writeBatch = (
+      batch: ReadonlyArray<Pending>,
+      waiting: ReadonlyArray<Outgoing>,
+      messages: ReadonlyArray<Outgoing>,
+      started: Promise<ReadonlyArray<PubAck>>
+    ) =>
       Effect.gen(function* () {
-        const waiting = alerts
-        const published = yield* Effect.either(
-          publishRetrying([...waiting, ...batch.flatMap((pending) => pending.messages)])
-        )
+        const published = yield* Effect.either(publishRetrying(messages, started))
         if (Either.isRight(published)) {
-          alerts = alerts.slice(waiting.length)
           let next = waiting.length
           for (const pending of batch) {
             const offsets = pending.messages.map(() => Offset.make(published.right[next++]?.seq ?? 0))
@@ -579,6 +608,8 @@ export const make = (options: Options) =>
           }
           return
         }
+        // Perhaps stored, perhaps not: they go out again with the next batch (their ids keep them single).
+        alerts = [...waiting, ...alerts].slice(0, 100)
         if (published.left.refusal === undefined || batch.length === 1) {
           for (const pending of batch) yield* fail(pending, errorOf(pending, published.left))
           return
@@ -617,19 +648,28 @@ export const make = (options: Options) =>
             batch.push(more.value)
             count += more.value.messages.length
           }
-          yield* writeBatch(batch).pipe(
-            Effect.catchAllCause((cause) =>
-              Effect.forEach(
-                batch,
-                (pending) =>
-                  Deferred.fail(
-                    pending.done,
-                    new EventLogError({ message: `the event log writer failed: ${Cause.pretty(cause)}` })
-                  ),
-                { discard: true }
-              )
-            ),
-            Effect.onInterrupt(() => answerShutdown(batch))
+          // Up to `maxInFlight` batches await their acks at once; the publishes leave here, in order.
+          yield* inFlight.take(1)
+          const waiting = alerts
+          alerts = []
+          const messages = [...waiting, ...batch.flatMap((pending) => pending.messages)]
+          const started = yield* Effect.sync(() => startPublish(messages))
+          yield* Effect.fork(
+            writeBatch(batch, waiting, messages, started).pipe(
+              Effect.catchAllCause((cause) =>
+                Effect.forEach(
+                  batch,
+                  (pending) =>
+                    Deferred.fail(
+                      pending.done,
+                      new EventLogError({ message: `the event log writer failed: ${Cause.pretty(cause)}` })
+                    ),
+                  { discard: true }
+                )
+              ),
+              Effect.onInterrupt(() => answerShutdown(batch)),
+              Effect.ensuring(inFlight.release(1))
+            )
           )
         })
       )
