@@ -302,6 +302,9 @@ const messageTooLarge = 10054
 
 const messageOf = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
 
+/** What a race against the next buffered message gives when there is none. */
+const emptyBuffer: unique symbol = Symbol("emptyBuffer")
+
 /** How long a quiet scan waits before it asks the server whether anything is left to read. */
 const idleCheckMillis = 1000
 
@@ -789,16 +792,36 @@ export const make = (options: Options) =>
                 Effect.ignore
               )
           )
+          // Whatever is already buffered comes as one chunk: next() is raced against one
+          // macrotask, which only wins once the buffer is empty (the unfinished next() is kept).
+          let carried: Promise<IteratorResult<JsMsg>> | undefined
+          const takeBuffered = async (): Promise<Array<JsMsg> | undefined> => {
+            const first = await (carried ?? messages.next())
+            carried = undefined
+            if (first.done === true) return undefined
+            const out = [first.value]
+            const tick = new Promise<typeof emptyBuffer>((wake) => setImmediate(wake, emptyBuffer))
+            while (out.length < pageSize) {
+              const pending = messages.next()
+              const result = await Promise.race([pending, tick])
+              if (result === emptyBuffer || result.done === true) {
+                carried = pending
+                break
+              }
+              out.push(result.value)
+            }
+            return out
+          }
           const next = Effect.tryPromise({
-            try: () => messages.next(),
+            try: takeBuffered,
             catch: failure("the event subscription failed")
           }).pipe(
             Effect.mapError(Option.some),
-            Effect.flatMap((result) =>
-              result.done === true ? Effect.fail(Option.none()) : Effect.succeed(result.value)
+            Effect.flatMap((batch) =>
+              batch === undefined ? Effect.fail(Option.none()) : Effect.succeed(Chunk.unsafeFromArray(batch))
             )
           )
-          return Stream.repeatEffectOption(next).pipe(
+          return Stream.repeatEffectChunkOption(next).pipe(
             Stream.mapChunksEffect((chunk) => {
               const out: Array<StoredEvent> = []
               for (const message of chunk) {
