@@ -29,9 +29,10 @@ RUN npm run build \
 # ---- runtime ----
 FROM node:22-bookworm-slim AS runtime
 
-# tini reaps the orphaned processes that terminal sessions leave behind and forwards signals to node.
+# tini reaps the orphaned processes that terminal sessions leave behind and forwards signals to node;
+# nats-server is the bundled store of VIBES_EVENT_BACKEND=jetstream when no VIBES_NATS_URL is given.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
+    && apt-get install -y --no-install-recommends tini nats-server \
     && rm -rf /var/lib/apt/lists/*
 
 # Listening on every interface of the container needs the names clients use: the published port on

@@ -19,6 +19,8 @@
             packages = [
               pkgs.nodejs_22
               pkgs.postgresql_16
+              # The bundled store of VIBES_EVENT_BACKEND=jetstream.
+              pkgs.nats-server
               pkgs.openssh
               pkgs.python3
               pkgs.gnumake

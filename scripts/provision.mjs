@@ -61,6 +61,12 @@ export const requirements = [
   { name: "ssh-keygen", command: "ssh-keygen", package: "openssh-client", why: "SSH job tests" },
   { name: "ssh-agent", command: "ssh-agent", package: "openssh-client", why: "SSH job tests" },
   { name: "pgrep", command: "pgrep", package: "procps", why: "process clean-up tests" },
+  {
+    name: "nats-server",
+    file: "/usr/sbin/nats-server",
+    package: "nats-server",
+    why: "the JetStream event log and its supervisor"
+  },
   { name: "curl", command: "curl", package: "curl", why: "the README's curl example" },
   { name: "chromium", file: "/usr/bin/chromium", package: "chromium", why: "web UI browser tests" }
 ]

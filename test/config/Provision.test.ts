@@ -75,7 +75,7 @@ describe("provisioning: the plan", () => {
     expect(plan({ ci: true, present: absent("g++"), canInstall: true, root: true }).packages).toEqual(["g++"])
   })
 
-  it("names every tool the suite starts (sshd, tmux, tput, Chromium, the screen programs)", () => {
+  it("names every tool the suite starts (sshd, tmux, tput, Chromium, the screen programs, nats-server)", () => {
     const names = requirements.map((r) => r.name)
     for (const name of [
       "sshd",
@@ -86,7 +86,8 @@ describe("provisioning: the plan", () => {
       "less",
       "htop",
       "demo_menus",
-      "ssh-agent"
+      "ssh-agent",
+      "nats-server"
     ]) {
       expect(names).toContain(name)
     }

@@ -1,0 +1,361 @@
+/**
+ * Supervises a bundled `nats-server -js`, used by the JetStream event log when no NATS URL is
+ * given: writes a config file into `<dataDir>/nats` (JetStream store, a client port and a
+ * monitoring port on the loopback interface, a random client token so other local users cannot
+ * read the log), starts the server, waits until `/healthz` on the monitoring port answers,
+ * restarts it on the same ports with exponential backoff when it dies, and stops it (SIGTERM,
+ * then SIGKILL after `stopTimeout`) when the scope closes.
+ *
+ * Like the embedded Postgres, the server runs in a process group of its own, with the server's
+ * secrets stripped from its environment, under `setpriv --pdeathsig SIGTERM` where util-linux has
+ * it, and writes a pid file: a server left running by a vibes killed with SIGKILL is stopped at
+ * the next start on the same data dir before a new one takes its store.
+ */
+import * as childProcess from "node:child_process"
+import * as crypto from "node:crypto"
+import * as fs from "node:fs"
+import * as http from "node:http"
+import * as path from "node:path"
+import {
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Fiber,
+  Layer,
+  Option,
+  Redacted,
+  Ref,
+  Schedule,
+  Schema,
+  type Scope,
+  SubscriptionRef
+} from "effect"
+import * as DataDir from "../../infra/datadir/DataDir.js"
+import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
+import * as FreePort from "../../infra/net/FreePort.js"
+
+/** The bundled nats-server could not be found, started or kept running. */
+export class NatsServerError extends Schema.TaggedError<NatsServerError>()("NatsServerError", {
+  message: Schema.String
+}) {}
+
+/** Where the supervised server is in its life. */
+export type Status = "starting" | "running" | "restarting" | "stopping" | "stopped" | "failed"
+
+/** The supervised nats-server. */
+export class NatsSupervisor extends Context.Tag("vibes/NatsSupervisor")<
+  NatsSupervisor,
+  {
+    /** Client URL: `nats://127.0.0.1:<port>`. */
+    readonly url: string
+    /** The token clients must present. */
+    readonly token: Redacted.Redacted<string>
+    readonly port: number
+    readonly monitorPort: number
+    /** The JetStream store directory. */
+    readonly storeDir: string
+    /** Pid of the running server, if one runs. */
+    readonly pid: Effect.Effect<Option.Option<number>>
+    /** The status, with its changes. */
+    readonly status: SubscriptionRef.SubscriptionRef<Status>
+    /** How many times the server was restarted after dying. */
+    readonly restarts: Effect.Effect<number>
+    /** Fails once the supervisor has given up on restarting. */
+    readonly failed: Effect.Effect<never, NatsServerError>
+  }
+>() {}
+
+/** Options of the supervisor. */
+export interface Options {
+  /** The vibes data directory; the server keeps its config, log and store in its `nats/` folder. */
+  readonly dataDir: string
+  /** The server's folder instead of `<dataDir>/nats` (`VIBES_NATS_DATA_DIR`). */
+  readonly natsDir?: string
+  /** Restart attempts after an unexpected exit before giving up. */
+  readonly maxRestarts: number
+  /** A fixed client port (default: a free one). */
+  readonly port?: number
+  /** The nats-server binary (default: found on PATH, /usr/sbin, /usr/local/bin). */
+  readonly binary?: string
+  /** First backoff delay between restart attempts (doubles each time). */
+  readonly restartBackoff?: Duration.DurationInput
+  /** How long start-up may take before it counts as failed. */
+  readonly startTimeout?: Duration.DurationInput
+  /** How long a graceful stop may take before the server is killed. */
+  readonly stopTimeout?: Duration.DurationInput
+}
+
+interface Running {
+  readonly child: childProcess.ChildProcess
+  readonly exited: Deferred.Deferred<string>
+}
+
+const fail = (message: string) => new NatsServerError({ message })
+const messageOf = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
+
+/** What a person runs to get the server. */
+export const installHint =
+  "install it (Debian/Ubuntu: `apt-get install -y nats-server`; elsewhere see https://docs.nats.io/running-a-nats-service/introduction/installation) or set VIBES_NATS_URL to an existing NATS server with JetStream"
+
+/** Finds the nats-server binary. */
+export const findBinary = (explicit?: string): Effect.Effect<string, NatsServerError> =>
+  Effect.suspend(() => {
+    const isExecutable = (file: string) => {
+      try {
+        fs.accessSync(file, fs.constants.X_OK)
+        return fs.statSync(file).isFile()
+      } catch {
+        return false
+      }
+    }
+    if (explicit !== undefined) {
+      return isExecutable(explicit)
+        ? Effect.succeed(explicit)
+        : Effect.fail(fail(`nats-server was not found at ${explicit}: ${installHint}`))
+    }
+    const dirs = [
+      ...(process.env["PATH"] ?? "").split(path.delimiter),
+      "/usr/sbin",
+      "/usr/local/bin",
+      "/usr/bin"
+    ]
+    const found = dirs.filter((dir) => dir !== "").find((dir) => isExecutable(path.join(dir, "nats-server")))
+    return found !== undefined
+      ? Effect.succeed(path.join(found, "nats-server"))
+      : Effect.fail(fail(`nats-server was not found on this machine: ${installHint}`))
+  })
+
+/** The environment of the server: the server's without its own variables and secrets. */
+const serverEnv = () => ChildEnv.childEnv(ChildEnv.secrets({ values: [] }))
+
+/** Runs a program so that the kernel sends it SIGTERM when this process dies (util-linux `setpriv`). */
+const onParentDeath = (bin: string, args: ReadonlyArray<string>): [string, Array<string>] =>
+  childProcess.spawnSync("setpriv", ["--version"], { stdio: "ignore" }).status === 0
+    ? ["setpriv", ["--pdeathsig", "TERM", "--", bin, ...args]]
+    : [bin, [...args]]
+
+const isNatsServer = (pid: number): boolean => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("nats-server")
+  } catch {
+    return false
+  }
+}
+
+const waitGone = (pid: number, within: Duration.DurationInput) =>
+  Effect.suspend(() => (DataDir.isAlive(pid) ? Effect.fail("alive") : Effect.void)).pipe(
+    Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo(within))),
+    Effect.as(true),
+    Effect.orElseSucceed(() => false)
+  )
+
+/** Stops a server left running on this data dir by a vibes that died without stopping it. */
+const stopOrphan = (pidFile: string) =>
+  Effect.gen(function* () {
+    const text = fs.existsSync(pidFile) ? fs.readFileSync(pidFile, "utf8").trim() : ""
+    const pid = Number.parseInt(text, 10)
+    if (!Number.isInteger(pid) || pid <= 0 || !DataDir.isAlive(pid) || !isNatsServer(pid)) return
+    yield* Effect.logWarning(`stopping an orphaned nats-server (pid ${pid}) left by an earlier run`)
+    process.kill(pid, "SIGTERM")
+    if (!(yield* waitGone(pid, "10 seconds"))) {
+      process.kill(pid, "SIGKILL")
+      yield* waitGone(pid, "5 seconds")
+    }
+  })
+
+/** Answers when `/healthz` of the monitoring port says the server (and JetStream) is ready. */
+const healthy = (monitorPort: number) =>
+  Effect.async<void, NatsServerError>((resume) => {
+    const request = http.get(
+      { host: "127.0.0.1", port: monitorPort, path: "/healthz", timeout: 2000 },
+      (response) => {
+        response.resume()
+        resume(
+          response.statusCode === 200
+            ? Effect.void
+            : Effect.fail(fail(`nats-server /healthz answered ${response.statusCode ?? "?"}`))
+        )
+      }
+    )
+    request.once("timeout", () => request.destroy(new Error("timed out")))
+    request.once("error", (error) => resume(Effect.fail(fail(error.message))))
+    return Effect.sync(() => request.destroy())
+  })
+
+/** The server's config file (NATS config syntax; strings JSON-quoted). */
+const configText = (options: {
+  readonly port: number
+  readonly monitorPort: number
+  readonly storeDir: string
+  readonly pidFile: string
+  readonly token: string
+}) =>
+  [
+    `listen: "127.0.0.1:${options.port}"`,
+    `http: "127.0.0.1:${options.monitorPort}"`,
+    `pid_file: ${JSON.stringify(options.pidFile)}`,
+    `authorization { token: ${JSON.stringify(options.token)} }`,
+    `jetstream { store_dir: ${JSON.stringify(options.storeDir)} }`,
+    ""
+  ].join("\n")
+
+/** Builds the supervisor; the layer's scope owns the server. */
+export const make = (options: Options): Effect.Effect<NatsSupervisor["Type"], NatsServerError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const binary = yield* findBinary(options.binary)
+    const home = options.natsDir ?? path.join(options.dataDir, "nats")
+    const storeDir = path.join(home, "store")
+    const pidFile = path.join(home, "nats-server.pid")
+    const configFile = path.join(home, "nats-server.conf")
+    const logFile = path.join(home, "nats-server.log")
+    const tokenFile = path.join(home, "token")
+    yield* DataDir.ensure(home).pipe(Effect.mapError((e) => fail(e.message)))
+    yield* stopOrphan(pidFile)
+
+    const freePort = FreePort.find().pipe(Effect.mapError((e) => fail(`no free port: ${e.message}`)))
+    const port = options.port ?? (yield* freePort)
+    const monitorPort = yield* freePort
+    const token = yield* Effect.try({
+      try: () => {
+        if (!fs.existsSync(tokenFile)) {
+          fs.writeFileSync(tokenFile, crypto.randomBytes(24).toString("base64url") + "\n", { mode: 0o600 })
+        }
+        const value = fs.readFileSync(tokenFile, "utf8").trim()
+        fs.writeFileSync(configFile, configText({ port, monitorPort, storeDir, pidFile, token: value }), {
+          mode: 0o600
+        })
+        return value
+      },
+      catch: (cause) => fail(`cannot write the nats-server config in ${home}: ${messageOf(cause)}`)
+    })
+
+    const status = yield* SubscriptionRef.make<Status>("starting")
+    const current = yield* Ref.make(Option.none<Running>())
+    const restarts = yield* Ref.make(0)
+    const stopping = yield* Ref.make(false)
+    const gaveUp = yield* Deferred.make<never, NatsServerError>()
+
+    const spawnServer = Effect.gen(function* () {
+      const [cmd, args] = onParentDeath(binary, ["-c", configFile, "-l", logFile])
+      const exited = yield* Deferred.make<string>()
+      const child = yield* Effect.try({
+        try: () => childProcess.spawn(cmd, args, { stdio: "ignore", detached: true, env: serverEnv() }),
+        catch: (cause) => fail(`cannot start nats-server: ${messageOf(cause)}`)
+      })
+      child.once("error", (error) =>
+        Deferred.unsafeDone(exited, Effect.succeed(`spawn error: ${error.message}`))
+      )
+      child.once("exit", (code, signal) =>
+        Deferred.unsafeDone(
+          exited,
+          Effect.succeed(signal !== null ? `signal ${signal}` : `exit code ${code}`)
+        )
+      )
+      const running: Running = { child, exited }
+      yield* Ref.set(current, Option.some(running))
+      return running
+    })
+
+    const kill = (running: Running, signal: NodeJS.Signals) =>
+      Effect.sync(() => {
+        if (running.child.exitCode === null && running.child.signalCode === null) running.child.kill(signal)
+      })
+
+    const waitReady = (running: Running) =>
+      healthy(monitorPort).pipe(
+        Effect.retry(Schedule.spaced("25 millis")),
+        Effect.raceFirst(
+          Deferred.await(running.exited).pipe(
+            Effect.flatMap((how) =>
+              Effect.fail(fail(`nats-server exited during start-up (${how}); see ${logFile}`))
+            )
+          )
+        ),
+        Effect.timeoutFail({
+          duration: options.startTimeout ?? "30 seconds",
+          onTimeout: () => fail(`nats-server did not become healthy in time; see ${logFile}`)
+        }),
+        Effect.tapError(() => kill(running, "SIGKILL"))
+      )
+
+    const startOnce = Effect.gen(function* () {
+      const running = yield* spawnServer
+      yield* waitReady(running)
+      yield* SubscriptionRef.set(status, "running")
+      return running
+    })
+
+    const backoff = Schedule.exponential(options.restartBackoff ?? "200 millis").pipe(
+      Schedule.intersect(Schedule.recurs(options.maxRestarts))
+    )
+
+    let running = yield* startOnce.pipe(Effect.retry(backoff))
+
+    const supervise = Effect.gen(function* () {
+      for (;;) {
+        const how = yield* Deferred.await(running.exited)
+        yield* Ref.set(current, Option.none())
+        if (yield* Ref.get(stopping)) return
+        yield* Effect.logWarning(`nats-server died (${how}); restarting`)
+        yield* SubscriptionRef.set(status, "restarting")
+        yield* Ref.update(restarts, (n) => n + 1)
+        yield* stopOrphan(pidFile)
+        const next = yield* startOnce.pipe(
+          Effect.tapError((error) => Effect.logWarning(`nats-server restart failed: ${error.message}`)),
+          Effect.retry(backoff),
+          Effect.either
+        )
+        if (next._tag === "Left") {
+          yield* SubscriptionRef.set(status, "failed")
+          yield* Effect.logError(`gave up restarting nats-server: ${next.left.message}`)
+          yield* Deferred.fail(gaveUp, next.left)
+          return
+        }
+        running = next.right
+      }
+    })
+    const supervisor = yield* Effect.forkDaemon(supervise)
+
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        yield* Ref.set(stopping, true)
+        yield* SubscriptionRef.set(status, "stopping")
+        yield* Fiber.interrupt(supervisor)
+        const live = yield* Ref.get(current)
+        if (Option.isSome(live)) {
+          yield* kill(live.value, "SIGTERM")
+          const stopped = yield* Deferred.await(live.value.exited).pipe(
+            Effect.timeout(options.stopTimeout ?? "10 seconds"),
+            Effect.option
+          )
+          if (Option.isNone(stopped)) {
+            yield* Effect.logWarning("nats-server did not stop in time; killing it")
+            yield* kill(live.value, "SIGKILL")
+            yield* Deferred.await(live.value.exited)
+          }
+        }
+        yield* SubscriptionRef.set(status, "stopped")
+      })
+    )
+
+    return {
+      url: `nats://127.0.0.1:${port}`,
+      token: Redacted.make(token),
+      port,
+      monitorPort,
+      storeDir,
+      pid: Ref.get(current).pipe(
+        Effect.map(
+          Option.flatMap((r) => (r.child.pid === undefined ? Option.none() : Option.some(r.child.pid)))
+        )
+      ),
+      status,
+      restarts: Ref.get(restarts),
+      failed: Deferred.await(gaveUp)
+    }
+  })
+
+/** The supervisor as a layer. */
+export const layer = (options: Options): Layer.Layer<NatsSupervisor, NatsServerError> =>
+  Layer.scoped(NatsSupervisor, make(options))
