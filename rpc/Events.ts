@@ -33,8 +33,11 @@ const Id = StorableText.pipe(Schema.minLength(1), Schema.maxLength(200))
 /** The largest `data` payload accepted, in bytes of its JSON. */
 export const maxDataBytes = 256 * 1024
 
-/** The largest raw `bytes` payload accepted. */
-export const maxEventBytes = 1024 * 1024
+/**
+ * The largest raw `bytes` payload accepted: with the largest `data`, an event still fits in a
+ * NATS message of the default 1 MiB limit.
+ */
+export const maxEventBytes = 512 * 1024
 
 /**
  * An event's raw binary payload (a session's output bytes): stored as bytes, never as text, and

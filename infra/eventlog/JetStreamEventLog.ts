@@ -22,9 +22,9 @@
  * has no atomic batch publish: a batch cut off by a crash may be stored in part until the retry
  * stores the rest; a batch whose retries all fail leaves that part behind.
  *
- * **Messages** are `[1][u32 length][JSON envelope][raw bytes]`: a format byte, then the event's
- * metadata and JSON data as one JSON array, then room for a raw binary payload (terminal output)
- * that needs no JSON escaping.
+ * **Messages** are `[format][u32 length][JSON envelope][raw bytes]`: a format byte, then the
+ * event's metadata and JSON data as one JSON array, then (format 2) the event's raw binary payload
+ * (terminal output) as it is, with no JSON escaping or base64.
  *
  * **Reads and subscriptions** run ordered consumers (ephemeral, in memory, flow-controlled)
  * from their start offset, each deleted when its reader is done. A server restart loses them:
@@ -185,9 +185,14 @@ export const filterSubject = (
   return `${prefix}.${tenant}.${type.tokens}.${session}.${job}`
 }
 
+/** Format 1: the envelope alone; format 2: the envelope, then the event's raw bytes. */
 const format = 1
+const formatWithBytes = 2
 
-/** `[format][u32 length][JSON envelope]`; the envelope is metadata then the data's JSON. */
+/**
+ * `[format][u32 length][JSON envelope][raw bytes]`; the envelope is metadata then the data's JSON,
+ * and the raw bytes (format 2 only) are the rest of the message, as they are.
+ */
 export const encode = (row: Row): Uint8Array => {
   const meta = JSON.stringify([
     row.id,
@@ -203,10 +208,11 @@ export const encode = (row: Row): Uint8Array => {
   ])
   const envelope = `${meta.slice(0, -1)},${row.data}]`
   const length = Buffer.byteLength(envelope, "utf8")
-  const out = Buffer.allocUnsafe(5 + length)
-  out[0] = format
+  const out = Buffer.allocUnsafe(5 + length + (row.bytes?.length ?? 0))
+  out[0] = row.bytes === null ? format : formatWithBytes
   out.writeUInt32BE(length, 1)
   out.write(envelope, 5, "utf8")
+  if (row.bytes !== null) out.set(row.bytes, 5 + length)
   return out
 }
 
@@ -249,7 +255,8 @@ export const decode = (seq: number, body: Uint8Array): Either.Either<StoredEvent
       new EventLogError({ message: `message ${seq} of the event stream is not a vibes event: ${why}` })
     )
   const buffer = Buffer.from(body.buffer, body.byteOffset, body.byteLength)
-  if (buffer.length < 5 || buffer[0] !== format) return bad("unknown format")
+  if (buffer.length < 5 || (buffer[0] !== format && buffer[0] !== formatWithBytes))
+    return bad("unknown format")
   const length = buffer.readUInt32BE(1)
   if (5 + length > buffer.length) return bad("truncated")
   let parsed: unknown
@@ -274,7 +281,8 @@ export const decode = (seq: number, body: Uint8Array): Either.Either<StoredEvent
         tenantId,
         severity,
         ...(correlationId !== null ? { correlationId } : {}),
-        data
+        data,
+        ...(buffer[0] === formatWithBytes ? { bytes: buffer.subarray(5 + length) } : {})
       },
       true
     )

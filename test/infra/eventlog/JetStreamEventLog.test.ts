@@ -50,7 +50,7 @@ describe("JetStream subjects and messages", () => {
     expect(filterSubject("v", { types: ["job.*", "session.*"], tenantId: "t" })).toBe("v.t.>")
   })
 
-  it("a message is the event's envelope, leaves room for raw bytes after it, and only vibes envelopes decode", () => {
+  it("a message is the event's envelope, then its raw bytes, and only vibes envelopes decode", () => {
     const row = rowOf(
       NewEvent.make({
         type: "job.log",
@@ -62,8 +62,12 @@ describe("JetStream subjects and messages", () => {
       })
     )
     const body = JetStreamEventLog.encode(row)
-    const withBytes = new Uint8Array([...body, 0, 255, 10])
-    for (const message of [body, withBytes]) {
+    // Format 1 ignores what follows the envelope; format 2 carries it as the event's raw bytes.
+    const trailing = new Uint8Array([...body, 0, 255, 10])
+    const raw = JetStreamEventLog.encode({ ...row, bytes: new Uint8Array([0, 255, 10]) })
+    expect(Array.from(Either.getOrThrow(JetStreamEventLog.decode(7, raw)).bytes ?? [])).toEqual([0, 255, 10])
+    expect(Either.getOrThrow(JetStreamEventLog.decode(7, trailing)).bytes).toBeUndefined()
+    for (const message of [body, trailing, raw]) {
       const event = Either.getOrThrow(JetStreamEventLog.decode(7, message))
       expect(event.offset).toBe(7)
       expect(event.id).toBe(row.id)
