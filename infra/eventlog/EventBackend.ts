@@ -15,7 +15,7 @@
  * on `NatsSupervisor` or the URL, `MemoryEventLog.layer`).
  */
 import * as path from "node:path"
-import { Config, ConfigError, Effect, Either, type Option, type Redacted } from "effect"
+import { Config, ConfigError, Either, type Option, type Redacted } from "effect"
 
 /** The backend a node runs, with what it needs to start. */
 export type EventBackend =
@@ -65,27 +65,31 @@ const token = (name: string, fallback: string) =>
     /^[A-Za-z0-9_-]{1,64}$/.test(value)
   ).pipe(Config.withDefault(fallback))
 
-/** The backend from `VIBES_EVENT_BACKEND` and its `VIBES_NATS_*` settings. */
-export const config: Effect.Effect<EventBackend, ConfigError.ConfigError> = backendName.pipe(
-  Effect.flatMap((name): Effect.Effect<EventBackend, ConfigError.ConfigError> => {
+/**
+ * The backend from `VIBES_EVENT_BACKEND` and its `VIBES_NATS_*` settings. The NATS settings are
+ * checked whichever backend runs: a bad value is a mistake to report, not to ignore.
+ */
+export const config: Config.Config<EventBackend> = Config.all({
+  name: backendName,
+  url: natsUrl,
+  token: Config.redacted("VIBES_NATS_TOKEN").pipe(Config.option),
+  dataDir: checked(
+    Config.string("VIBES_NATS_DATA_DIR"),
+    "VIBES_NATS_DATA_DIR",
+    "must be an absolute path",
+    (value) => path.isAbsolute(value)
+  ).pipe(Config.option),
+  stream: token("VIBES_NATS_STREAM", "VIBES"),
+  prefix: token("VIBES_NATS_SUBJECT_PREFIX", "vibes")
+}).pipe(
+  Config.map(({ name, ...settings }): EventBackend => {
     switch (name) {
       case "postgres":
-        return Config.succeed({ _tag: "Postgres" })
+        return { _tag: "Postgres" }
       case "memory":
-        return Config.succeed({ _tag: "Memory" })
+        return { _tag: "Memory" }
       default:
-        return Config.all({
-          url: natsUrl,
-          token: Config.redacted("VIBES_NATS_TOKEN").pipe(Config.option),
-          dataDir: checked(
-            Config.string("VIBES_NATS_DATA_DIR"),
-            "VIBES_NATS_DATA_DIR",
-            "must be an absolute path",
-            (value) => path.isAbsolute(value)
-          ).pipe(Config.option),
-          stream: token("VIBES_NATS_STREAM", "VIBES"),
-          prefix: token("VIBES_NATS_SUBJECT_PREFIX", "vibes")
-        }).pipe(Config.map((settings) => ({ _tag: "JetStream" as const, ...settings })))
+        return { _tag: "JetStream", ...settings }
     }
   })
 )

@@ -19,6 +19,7 @@ import {
 } from "effect"
 import { compileGlob } from "../../rpc/Events.js"
 import { RetentionPolicy } from "../../infra/eventlog/EventLog.js"
+import * as EventBackend from "../../infra/eventlog/EventBackend.js"
 import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import type { Limits as RpcLimits } from "../../infra/rpc/RpcSocketServer.js"
@@ -48,6 +49,8 @@ export interface ServerConfig {
   readonly eventsSubscriberBuffer: number
   /** Interval of the SSE heartbeat comment. */
   readonly sseHeartbeat: Duration.Duration
+  /** Where the event log lives (`VIBES_EVENT_BACKEND`, `VIBES_NATS_*`). */
+  readonly eventBackend: EventBackend.EventBackend
   /** Retention policies of the event log. */
   readonly eventsRetention: ReadonlyArray<RetentionPolicy>
   /** How often retention runs. */
@@ -401,6 +404,7 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   otlpEndpoint,
   eventsSubscriberBuffer: positiveInt("VIBES_EVENTS_SUBSCRIBER_BUFFER", 4096, 1_000_000),
   sseHeartbeat: duration("VIBES_SSE_HEARTBEAT", "15 seconds"),
+  eventBackend: EventBackend.config,
   eventsRetention,
   eventsRetentionInterval: duration("VIBES_EVENTS_RETENTION_INTERVAL", "1 hour"),
   sessionScrollback: positiveInt("VIBES_SESSION_SCROLLBACK", 10_000, 1_000_000),

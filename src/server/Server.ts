@@ -58,6 +58,9 @@ import * as Migrations from "../../infra/db/Migrations.js"
 import * as EventBus from "../../infra/eventlog/EventBus.js"
 import * as EventLog from "../../infra/eventlog/EventLog.js"
 import * as PgEventLog from "../../infra/eventlog/PgEventLog.js"
+import * as MemoryEventLog from "../../infra/eventlog/MemoryEventLog.js"
+import * as JetStreamEventLog from "../../infra/eventlog/JetStreamEventLog.js"
+import * as NatsSupervisor from "../../actors/supervisors/NatsSupervisor.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 import * as Sandbox from "../../infra/sandbox/Sandbox.js"
@@ -424,6 +427,44 @@ const resumeSessions = (nodeId: string) =>
       yield* Effect.logWarning(`stopped ${stale.length} sessions the cluster had marked lost`)
   }).pipe(Effect.catchAll((error) => Effect.logWarning(`could not resume sessions: ${error.message}`)))
 
+/**
+ * The event log of `config.eventBackend`: Postgres on the node's database; JetStream on
+ * `VIBES_NATS_URL`, or on a bundled `nats-server` this node supervises; memory only when named.
+ */
+const eventLogLayer = (
+  config: ServerConfig,
+  nodeId: string,
+  sqlContext: Context.Context<SqlClient | Db.Notifications>
+): Layer.Layer<EventLog.EventLog, EventLog.EventLogError | NatsSupervisor.NatsServerError> => {
+  const backend = config.eventBackend
+  switch (backend._tag) {
+    case "Postgres":
+      return PgEventLog.layer({ nodeId }).pipe(Layer.provide(Layer.succeedContext(sqlContext)))
+    case "Memory":
+      return MemoryEventLog.layer
+    case "JetStream": {
+      const options = { stream: backend.stream, prefix: backend.prefix, nodeId }
+      if (Option.isSome(backend.url)) {
+        return JetStreamEventLog.layer({
+          ...options,
+          url: backend.url.value,
+          ...(Option.isSome(backend.token) ? { token: backend.token.value } : {})
+        })
+      }
+      return Layer.unwrapScoped(
+        Effect.map(
+          NatsSupervisor.make({
+            dataDir: config.dataDir,
+            maxRestarts: 5,
+            ...(Option.isSome(backend.dataDir) ? { natsDir: backend.dataDir.value } : {})
+          }),
+          (nats) => JetStreamEventLog.layer({ ...options, url: nats.url, token: nats.token })
+        )
+      )
+    }
+  }
+}
+
 /** The whole node as a layer; building it starts the node, releasing it stops the node. */
 export const layer = (config: ServerConfig, hooks: Hooks) =>
   Layer.unwrapScoped(
@@ -465,10 +506,8 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       )
       const nodeInfo = Layer.succeed(NodeInfo, { nodeId, version, startedAt, database: db.kind })
       // Every event this node writes goes through `closing`, so `system.stopped` can be its last.
-      const pgLog = yield* Layer.build(
-        PgEventLog.layer({ nodeId }).pipe(Layer.provide(Layer.succeedContext(sqlContext)))
-      )
-      const closing = yield* EventLog.closable(Context.get(pgLog, EventLog.EventLog))
+      const backendLog = yield* Layer.build(eventLogLayer(config, nodeId, sqlContext))
+      const closing = yield* EventLog.closable(Context.get(backendLog, EventLog.EventLog))
       const events = yield* Layer.build(
         Emitter.layer(nodeId).pipe(
           Layer.provideMerge(EventBus.layer({ bufferSize: config.eventsSubscriberBuffer })),

@@ -54,6 +54,7 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       embeddedPgMaxRestarts: 1,
       otlpEndpoint: Option.none(),
       eventsSubscriberBuffer: 4096,
+      eventBackend: { _tag: "Postgres" },
       sseHeartbeat: Duration.seconds(15),
       eventsRetention: [],
       eventsRetentionInterval: Duration.hours(1),
