@@ -16,8 +16,9 @@
  *
  * Reported: received MB/s, the checks above, echo p50/p99/max, the CPU of the server, its PTY
  * host, Postgres and this process over the window, and the memory of the server and PTY host.
- * Env: those, BENCH_SOAK_CREATE_CONCURRENCY (8), BENCH_CPU_PROF (a directory for the server's CPU
- * profile), DATABASE_URL.
+ * Env: those, BENCH_SOAK_CREATE_CONCURRENCY (8), BENCH_SOAK_SCROLLBACK (1000), BENCH_SOAK_ATTACH,
+ * BENCH_SOAK_PERIOD (seconds between a session's lines, 0.1), BENCH_CPU_PROF (a directory for
+ * the server's CPU profile), DATABASE_URL.
  */
 import { Deferred, Effect, Stream } from "effect"
 import { CreateSession } from "../../rpc/Sessions.js"
@@ -29,6 +30,12 @@ const seconds = Harness.envInt("BENCH_SOAK_SECONDS", 60)
 const keys = Harness.envInt("BENCH_SOAK_KEYS", 1000)
 const createConcurrency = Harness.envInt("BENCH_SOAK_CREATE_CONCURRENCY", 8)
 const cpuProfDir = process.env["BENCH_CPU_PROF"]
+/**
+ * Scrollback lines of each session's screen model (`VIBES_SESSION_SCROLLBACK` of the server):
+ * 1000 here rather than the default 10,000, so 1000 sessions' models fit in memory (a full
+ * scrollback of 120 columns is about 1.4 KiB a line).
+ */
+const scrollback = Harness.envInt("BENCH_SOAK_SCROLLBACK", 1000)
 /** `BENCH_SOAK_ATTACH=0`: the sessions print with no client attached (to tell the clients' cost apart). */
 const attachAll = process.env["BENCH_SOAK_ATTACH"] !== "0"
 const size = { cols: 120, rows: 24 }
@@ -90,7 +97,10 @@ const main = Effect.gen(function* () {
   const loadAtStart = Sessions.runLines()
   const db = yield* Harness.database
   const machine = yield* Harness.machine(db)
-  const server = yield* Sessions.serve(db, { cpuProfDir })
+  const server = yield* Sessions.serve(db, {
+    cpuProfDir,
+    env: { VIBES_SESSION_SCROLLBACK: String(scrollback) }
+  })
   yield* Harness.progress(`vibes serve (pid ${server.pid}) listens on ${server.url}`)
   const client = yield* Sessions.connect(server)
 
@@ -272,7 +282,7 @@ const main = Effect.gen(function* () {
   yield* Harness.print(Harness.machineMarkdown(machine))
   yield* Harness.print(loadAtStart)
   yield* Harness.print(
-    `- creating and attaching the ${sessionCount} sessions took ${createSeconds.toFixed(0)} s; the window ${windowSeconds.toFixed(0)} s`
+    `- creating and attaching the ${sessionCount} sessions took ${createSeconds.toFixed(0)} s; the window ${windowSeconds.toFixed(0)} s; scrollback ${scrollback} lines; clients attached: ${attachAll ? "yes" : "no"}`
   )
   yield* Harness.print("")
   yield* Harness.print(Harness.header(["measure", "value"]))
