@@ -97,9 +97,13 @@ const main = Effect.gen(function* () {
   const loadAtStart = Sessions.runLines()
   const db = yield* Harness.database
   const machine = yield* Harness.machine(db)
+  // One client holds every attachment: the per-client stream limit (128 by default) is raised.
   const server = yield* Sessions.serve(db, {
     cpuProfDir,
-    env: { VIBES_SESSION_SCROLLBACK: String(scrollback) }
+    env: {
+      VIBES_SESSION_SCROLLBACK: String(scrollback),
+      VIBES_MAX_STREAMS_PER_CLIENT: String(sessionCount * 2 + 16)
+    }
   })
   yield* Harness.progress(`vibes serve (pid ${server.pid}) listens on ${server.url}`)
   const client = yield* Sessions.connect(server)
