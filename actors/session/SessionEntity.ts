@@ -306,6 +306,11 @@ interface Live {
   readonly recorder: Recorder.Recorder
   /** Serializes the screen model: output, resizes, snapshots and new subscribers. */
   readonly lock: Effect.Semaphore
+  /**
+   * Effects holding or waiting for `lock` (`locked` keeps the count). At 0, the output pump may
+   * handle a chunk synchronously, as it arrives, without taking the lock: nothing can run between.
+   */
+  lockUsers: number
   /** Session sequence number of the next byte. */
   seq: number
   /** PTY sequence number of the next byte. */
@@ -472,37 +477,83 @@ export const layer = Session.toLayer(
         }
       })
 
-    const onData = (state: Live, ptySeq: number, data: Uint8Array) =>
+    /**
+     * Handles a chunk of output: clients, replay buffer, query scan, recorder, screen model. Plain
+     * code, run under the lock or when no one holds or awaits it (`lockUsers` 0); what must wait
+     * (the parser's backlog, a snapshot) is left to `afterData`.
+     */
+    const onDataSync = (state: Live, ptySeq: number, data: Uint8Array): void => {
+      // A resumed reader may repeat bytes the entity already has.
+      const skip = state.ptySeq - ptySeq
+      if (skip >= data.length) return
+      const fresh = skip > 0 ? data.subarray(skip) : data
+      const seq = state.seq
+      state.ptySeq += fresh.length
+      state.seq += fresh.length
+      state.lastOutput = Date.now()
+      publish(Output.make({ seq, data: fresh }, true))
+      outputBytes.unsafeUpdate(fresh.length, [])
+      remember(state, seq, fresh, replayBytes)
+      for (const query of state.queryScanner.scan(fresh)) {
+        state.queries.push({ end: seq + query.end, replies: query.replies })
+        if (state.queries.length > 256) state.queries.shift()
+      }
+      state.recorder.output(seq, fresh)
+      // Parsing runs behind the byte path; waiting for it now and then bounds its backlog.
+      state.model.feed(fresh)
+      state.unparsed += fresh.length
+      state.sinceSnapshot += fresh.length
+      if (state.idle) {
+        state.idle = false
+        state.recorder.event("session.active", {})
+      }
+    }
+
+    /** Whether handling `bytes` more would leave work for `afterData`. */
+    const dueAfter = (state: Live, bytes: number) =>
+      state.unparsed + bytes >= unparsedLimit ||
+      state.sinceSnapshot + bytes >= settings.snapshotEvery ||
+      state.recorder.backlog() + bytes > recorderBacklog
+
+    /** What output leaves to do: wait for the parser's backlog, take a snapshot. */
+    const afterData = (state: Live) =>
       Effect.gen(function* () {
-        // A resumed reader may repeat bytes the entity already has.
-        const skip = state.ptySeq - ptySeq
-        if (skip >= data.length) return
-        const fresh = skip > 0 ? data.subarray(skip) : data
-        const seq = state.seq
-        state.ptySeq += fresh.length
-        state.seq += fresh.length
-        state.lastOutput = Date.now()
-        publish(Output.make({ seq, data: fresh }, true))
-        outputBytes.unsafeUpdate(fresh.length, [])
-        remember(state, seq, fresh, replayBytes)
-        for (const query of state.queryScanner.scan(fresh)) {
-          state.queries.push({ end: seq + query.end, replies: query.replies })
-          if (state.queries.length > 256) state.queries.shift()
-        }
-        state.recorder.output(seq, fresh)
-        // Parsing runs behind the byte path; waiting for it now and then bounds its backlog.
-        state.model.feed(fresh)
-        state.unparsed += fresh.length
         if (state.unparsed >= unparsedLimit) {
           state.unparsed = 0
           yield* state.model.write(empty)
         }
-        state.sinceSnapshot += fresh.length
-        if (state.idle) {
-          state.idle = false
-          state.recorder.event("session.active", {})
-        }
         if (state.sinceSnapshot >= settings.snapshotEvery) yield* snapshotEvent(state)
+      })
+
+    const onData = (state: Live, ptySeq: number, data: Uint8Array) =>
+      Effect.suspend(() => {
+        onDataSync(state, ptySeq, data)
+        return afterData(state)
+      })
+
+    /**
+     * The output pump's fast path: a chunk handled as it comes off the socket, when no effect
+     * holds or awaits the lock and it leaves nothing to wait for. Otherwise the stream takes it.
+     */
+    const direct = (state: Live) => (element: PtyData) => {
+      if (state.lockUsers > 0 || dueAfter(state, element.data.length)) return false
+      onDataSync(state, element.seq, element.data)
+      return true
+    }
+
+    /** `effect` under the session's lock, counted in `lockUsers` while it holds or awaits it. */
+    const locked = <A, E, R>(state: Live, effect: Effect.Effect<A, E, R>) =>
+      Effect.suspend(() => {
+        state.lockUsers++
+        return state.lock
+          .withPermits(1)(effect)
+          .pipe(
+            Effect.ensuring(
+              Effect.sync(() => {
+                state.lockUsers--
+              })
+            )
+          )
       })
 
     const onGap = (state: Live, from: number, to: number) =>
@@ -520,7 +571,8 @@ export const layer = Session.toLayer(
       })
 
     const handleOutput = (state: Live, element: PtyOutput) =>
-      state.lock.withPermits(1)(
+      locked(
+        state,
         element._tag === "Data"
           ? onData(state, element.seq, element.data)
           : element._tag === "Gap"
@@ -531,7 +583,7 @@ export const layer = Session.toLayer(
     /** Reads the PTY until it exits (or is lost); survives host restarts by resuming at `ptySeq`. */
     const pump = (state: Live, ptyId: string): Effect.Effect<void> =>
       Effect.gen(function* () {
-        const outcome = yield* host.output(ptyId, state.ptySeq).pipe(
+        const outcome = yield* host.output(ptyId, state.ptySeq, direct(state)).pipe(
           Stream.mapEffect((element) =>
             Effect.gen(function* () {
               if (state.recorder.backlog() > recorderBacklog) yield* state.recorder.flush
@@ -663,6 +715,7 @@ export const layer = Session.toLayer(
           model,
           recorder,
           lock: yield* Effect.makeSemaphore(1),
+          lockUsers: 0,
           seq,
           ptySeq: options.ptySeq,
           replay,
@@ -726,7 +779,8 @@ export const layer = Session.toLayer(
     const idleWatch = (state: Live) =>
       Effect.gen(function* () {
         if (state.idle || Date.now() - state.lastOutput < Duration.toMillis(settings.idleAfter)) return
-        yield* state.lock.withPermits(1)(
+        yield* locked(
+          state,
           Effect.gen(function* () {
             state.idle = true
             state.recorder.event("session.idle", { seq: state.seq })
@@ -778,7 +832,7 @@ export const layer = Session.toLayer(
     ) =>
       Effect.gen(function* () {
         const current = yield* Effect.orDie(currentRow)
-        yield* state.lock.withPermits(1)(snapshotEvent(state))
+        yield* locked(state, snapshotEvent(state))
         state.recorder.event(
           how === "exited" ? "session.exited" : "session.lost",
           { exitCode, signal },
@@ -821,7 +875,7 @@ export const layer = Session.toLayer(
         const banner = new TextEncoder().encode(
           `${screenText.trimEnd().replace(/\n/g, "\r\n")}\r\n\x1b[0m[vibes: restarting ${current.command} (restart ${restarts})]\r\n`
         )
-        yield* previous.lock.withPermits(1)(onData(previous, previous.ptySeq, banner))
+        yield* locked(previous, onData(previous, previous.ptySeq, banner))
         const seqBase = previous.seq
         const spawned = yield* host
           .spawn(
@@ -1079,7 +1133,8 @@ export const layer = Session.toLayer(
         const { row: current, live: state } = yield* running
         if (current.cols === cols && current.rows === rows) return
         yield* host.resize(current.ptyId, cols, rows).pipe(Effect.mapError(ptyError))
-        yield* state.lock.withPermits(1)(
+        yield* locked(
+          state,
           Effect.gen(function* () {
             yield* state.model.resize(cols, rows)
             state.recorder.event("session.resized", { cols, rows })
@@ -1164,7 +1219,8 @@ export const layer = Session.toLayer(
           const queue = yield* Queue.bounded<AttachEvent>(subscriberChunks)
           let skipUntil = 0
           const subscriber: Subscriber = { queue, overflowed: false }
-          const first = yield* state.lock.withPermits(1)(
+          const first = yield* locked(
+            state,
             Effect.gen(function* () {
               subscribers.add(subscriber)
               const from = request.from
@@ -1217,7 +1273,8 @@ export const layer = Session.toLayer(
           const rest = Stream.repeatEffectChunk(
             Effect.gen(function* () {
               if (subscriber.overflowed) {
-                const reset = yield* state.lock.withPermits(1)(
+                const reset = yield* locked(
+                  state,
                   Effect.gen(function* () {
                     yield* Queue.takeAll(queue)
                     subscriber.overflowed = false
@@ -1270,7 +1327,7 @@ export const layer = Session.toLayer(
       if (Option.isNone(live)) return toInfo(yield* currentRow)
       const current = yield* currentRow
       yield* host.release(current.ptyId).pipe(Effect.mapError(unavailable(sessionId)))
-      yield* state.lock.withPermits(1)(snapshotEvent(state))
+      yield* locked(state, snapshotEvent(state))
       state.recorder.event("session.closed", {})
       yield* state.recorder.flush
       const updated = yield* change({
@@ -1291,7 +1348,8 @@ export const layer = Session.toLayer(
       yield* currentRow
       if (Option.isNone(live)) return yield* endedScreen
       const state = live.value
-      return yield* state.lock.withPermits(1)(
+      return yield* locked(
+        state,
         Effect.map(state.model.snapshot({ scrollbackLines: 0 }), (s) => toScreen(s, state.seq))
       )
     })
@@ -1343,7 +1401,8 @@ export const layer = Session.toLayer(
           onSome: (state) =>
             state.seq === since && state.idle === idle
               ? Effect.succeed(null)
-              : state.lock.withPermits(1)(
+              : locked(
+                  state,
                   Effect.map(state.model.snapshot({ scrollbackLines: 0 }), (screen) =>
                     SessionPreview.make({
                       sessionId,

@@ -16,7 +16,11 @@ import * as Protocol from "./PtyDataProtocol.js"
 
 /** Output and input of the host's PTYs. */
 export interface DataChannel {
-  readonly output: (id: string, from: number) => Stream.Stream<PtyOutput, PtyNotFound | PtyHostUnavailable>
+  readonly output: (
+    id: string,
+    from: number,
+    direct?: (data: PtyData) => boolean
+  ) => Stream.Stream<PtyOutput, PtyNotFound | PtyHostUnavailable>
   readonly write: (
     id: string,
     data: Uint8Array
@@ -144,7 +148,11 @@ export const make = (file: string): Effect.Effect<DataChannel, never, Scope.Scop
       if (!connection.closed) connection.socket.write(Protocol.encodeClientFrame(message))
     }
 
-    const output = (id: string, from: number): Stream.Stream<PtyOutput, PtyNotFound | PtyHostUnavailable> =>
+    const output = (
+      id: string,
+      from: number,
+      direct?: (data: PtyData) => boolean
+    ): Stream.Stream<PtyOutput, PtyNotFound | PtyHostUnavailable> =>
       Stream.unwrapScoped(
         Effect.gen(function* () {
           const conn = yield* connection
@@ -154,9 +162,28 @@ export const make = (file: string): Effect.Effect<DataChannel, never, Scope.Scop
           const stream = allocate()
           let taken = 0
           let ended = false
+          /** The reader has an element it has not finished with (it asks for the next when done). */
+          let holding = false
+          const credit = (bytes: number) => {
+            taken += bytes
+            if (taken >= creditStep) {
+              send(conn, { _tag: "Credit", stream, bytes: taken })
+              taken = 0
+            }
+          }
           yield* Effect.acquireRelease(
             Effect.sync(() => {
               conn.streams.set(stream, (item) => {
+                if (
+                  direct !== undefined &&
+                  item._tag === "Data" &&
+                  !holding &&
+                  pending.length === 0 &&
+                  direct(item)
+                ) {
+                  credit(item.data.length)
+                  return
+                }
                 pending.push(item)
                 const waiting = wake
                 wake = undefined
@@ -205,19 +232,17 @@ export const make = (file: string): Effect.Effect<DataChannel, never, Scope.Scop
                     },
                     { disableValidation: true }
                   )
-            taken += size
-            if (taken >= creditStep) {
-              send(conn, { _tag: "Credit", stream, bytes: taken })
-              taken = 0
-            }
+            credit(size)
             return joined
           }
           const next: Effect.Effect<
             PtyOutput,
             Option.Option<PtyNotFound | PtyHostUnavailable>
           > = Effect.suspend(() => {
+            holding = false
             if (ended) return Effect.fail(Option.none())
             if (pending.length === 0) return Effect.zipRight(arrival, next)
+            holding = true
             const item = take()
             switch (item._tag) {
               case "PtyNotFound":

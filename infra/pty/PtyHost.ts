@@ -123,8 +123,17 @@ export class PtyHost extends Context.Tag("vibes/PtyHost")<
     /**
      * Output from byte `from` on: what the ring still holds (a `Gap` first when `from` is older
      * than the ring), then live output, then `Exited` as the last element.
+     *
+     * `direct`, when given, is offered each `Data` that arrives while the stream's reader has
+     * nothing waiting and holds no element: it runs synchronously, as the bytes come off the
+     * socket, and returns whether it took them. What it does not take goes to the stream, in
+     * order; so a reader whose common case needs no effect skips a fiber wake-up per chunk.
      */
-    readonly output: (id: string, from: number) => Stream.Stream<PtyOutput, PtyNotFound | PtyHostUnavailable>
+    readonly output: (
+      id: string,
+      from: number,
+      direct?: (data: PtyData) => boolean
+    ) => Stream.Stream<PtyOutput, PtyNotFound | PtyHostUnavailable>
     /** One PTY. */
     readonly get: (id: string) => Effect.Effect<PtyInfo, PtyNotFound | PtyHostUnavailable>
     /** Every PTY the host holds, running or exited and not yet released. */

@@ -199,6 +199,53 @@ describe("PTY host", () => {
     })
   )
 
+  it.scopedLive(
+    "a direct handler takes the chunks it wants as they arrive; the stream gets the rest, in order, none twice",
+    () =>
+      Effect.gen(function* () {
+        const { host } = yield* startHost()
+        const lines = 20000
+        const s = sh(`seq 1 ${lines}`)
+        yield* host.spawn(s)
+        // Every third chunk offered is refused, and while the stream's reader is busy with one
+        // the handler is not offered any: the two parts together are the output, in order.
+        const received: Array<{ readonly seq: number; readonly data: Uint8Array }> = []
+        let offered = 0
+        let taken = 0
+        const elements = yield* host
+          .output(s.id, 0, (data) => {
+            offered++
+            if (offered % 3 === 0) return false
+            taken++
+            received.push({ seq: data.seq, data: new Uint8Array(data.data) })
+            return true
+          })
+          .pipe(
+            Stream.tap((element) =>
+              Effect.sync(() => {
+                if (element._tag === "Data")
+                  received.push({ seq: element.seq, data: new Uint8Array(element.data) })
+              })
+            ),
+            Stream.runCollect,
+            Effect.map(Chunk.toReadonlyArray),
+            Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error("no exit") })
+          )
+        let next = 0
+        for (const chunk of received) {
+          expect(chunk.seq).toBe(next)
+          next += chunk.data.length
+        }
+        expectSameText(
+          Buffer.concat(received.map((chunk) => chunk.data)).toString("latin1"),
+          seqOutput(lines)
+        )
+        expect(exitedOf(elements).exit.exitCode).toBe(0)
+        expect(taken).toBeGreaterThan(0)
+        expect(received.length).toBeGreaterThan(taken)
+      })
+  )
+
   it.scopedLive("input written to the PTY reaches the program", () =>
     Effect.gen(function* () {
       const { host } = yield* startHost()
