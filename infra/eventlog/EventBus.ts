@@ -6,6 +6,11 @@
  *
  * A subscription from a past offset reads history from the log up to the point where it joined
  * the bus, then continues with the bus: offsets decide, so there is no gap and no duplicate.
+ *
+ * `fanOut: "direct"` (`makeDirect`, what a node on JetStream runs) has no tailer: each
+ * subscription reads the log itself with its own filter, which JetStream turns into subjects, so
+ * the node receives only what its clients follow. Same contract: a buffer per subscriber, the
+ * same cut-off, the same shutdown.
  */
 import {
   Chunk,
@@ -13,6 +18,7 @@ import {
   type Duration,
   Effect,
   Either,
+  Fiber,
   Layer,
   Metric,
   Option,
@@ -24,7 +30,7 @@ import {
 import {
   compileFilter,
   EventFilter,
-  type EventLogError,
+  EventLogError,
   type InvalidGlob,
   type StoredEvent,
   SubscriberLagged
@@ -37,6 +43,13 @@ export interface Options {
   readonly bufferSize?: number
   /** Page size of history reads. */
   readonly pageSize?: number
+  /**
+   * `tail` (the default): one tailer follows the whole log and fans out to every subscriber.
+   * `direct`: no tailer; each subscription reads the log itself with its own filter, so a backend
+   * that filters at the source (JetStream's subjects) sends this node only what its clients
+   * asked for. The contract is the same.
+   */
+  readonly fanOut?: "tail" | "direct"
 }
 
 /** What the bus is doing, for metrics and tests. */
@@ -408,6 +421,258 @@ export const make = (options: Options = {}) =>
     })
   })
 
-/** The bus as a layer on the current log. */
+/** A subscription of the direct bus: stops reading live, delivers the rest up to `upTo`, ends. */
+interface Feed {
+  readonly finish: (upTo: number) => Effect.Effect<void>
+}
+
+/** A failure of a direct subscription's reader, queued behind the events it read. */
+interface Failed {
+  readonly _tag: "Failed"
+  readonly error: EventLogError
+}
+
+const isFailed = (item: unknown): item is Failed =>
+  typeof item === "object" && item !== null && "_tag" in item && item._tag === "Failed"
+
+/**
+ * The bus with no tailer (`fanOut: "direct"`): each subscription runs its own `log.subscribe` with
+ * its filter, into a buffer of `bufferSize` events; a subscriber that lets it fill is cut off
+ * with `SubscriberLagged`, as on the tailing bus. `close(upTo)` stops every reader, delivers the
+ * matching events up to `upTo` from the log, then ends each subscription.
+ */
+export const makeDirect = (options: Options = {}) =>
+  Effect.gen(function* () {
+    const log = yield* EventLog
+    const defaultBuffer = options.bufferSize ?? 4096
+    const pageSize = options.pageSize ?? 1000
+    const feeds = new Set<Feed>()
+    let laggedTotal = 0
+    /** Set by `close`: the offset up to which later subscriptions get history, and nothing live. */
+    let closedAt: number | undefined
+    let open = 0
+
+    const history = (start: number, upTo: number, filter: EventFilter) =>
+      Stream.paginateChunkEffect(start, (next) =>
+        Effect.map(log.read(next, filter, pageSize), (rows) => {
+          const page = rows.filter((event) => event.offset <= upTo)
+          const last = rows[rows.length - 1]
+          const more = rows.length === pageSize && last !== undefined && last.offset < upTo
+          return [Chunk.unsafeFromArray(page), more && last ? Option.some(last.offset + 1) : Option.none()]
+        })
+      )
+
+    const compile = (filter: EventFilter) =>
+      Either.match(compileFilter(filter), { onLeft: Effect.fail, onRight: Effect.succeed })
+
+    const lagged = (lastOffset: number, bufferSize: number) =>
+      new SubscriberLagged({
+        lastOffset,
+        message: `the subscriber fell more than ${bufferSize} events behind; resume after offset ${lastOffset}`
+      })
+
+    /**
+     * Reads the log from `start` into `take` (which returns false to stop), in a fiber of the
+     * scope; the returned feed stops it and hands over what is left up to an offset.
+     */
+    const feed = (
+      start: number,
+      filter: EventFilter,
+      take: (event: StoredEvent) => boolean,
+      failed: (error: EventLogError) => void,
+      ended: () => void
+    ) =>
+      Effect.gen(function* () {
+        let fed = start - 1
+        let stopped = false
+        const offer = (event: StoredEvent) => {
+          if (stopped || event.offset <= fed) return !stopped
+          fed = event.offset
+          if (!take(event)) stopped = true
+          return !stopped
+        }
+        const reader = yield* log.subscribe({ _tag: "Offset", offset: start }, filter).pipe(
+          Stream.runForEachWhile((event) => Effect.sync(() => offer(event))),
+          Effect.catchAll((error) =>
+            Effect.sync(() => {
+              if (stopped) return
+              stopped = true
+              failed(error._tag === "InvalidGlob" ? new EventLogError({ message: error.message }) : error)
+            })
+          ),
+          Effect.forkScoped
+        )
+        const self: Feed = {
+          finish: (upTo) =>
+            Effect.gen(function* () {
+              yield* Fiber.interrupt(reader)
+              if (stopped) return
+              yield* history(fed + 1, upTo, filter).pipe(
+                Stream.runForEachWhile((event) => Effect.sync(() => offer(event))),
+                Effect.catchAll((error) =>
+                  Effect.sync(() => {
+                    stopped = true
+                    failed(
+                      error._tag === "InvalidGlob" ? new EventLogError({ message: error.message }) : error
+                    )
+                  })
+                )
+              )
+              if (stopped) return
+              stopped = true
+              ended()
+            })
+        }
+        feeds.add(self)
+        yield* Metric.set(subscribersGauge, feeds.size)
+        yield* Effect.addFinalizer(() =>
+          Effect.suspend(() => {
+            feeds.delete(self)
+            return Metric.set(subscribersGauge, feeds.size)
+          })
+        )
+      })
+
+    const subscribe = (
+      from: From,
+      filter: EventFilter,
+      subscribeOptions?: { readonly bufferSize?: number }
+    ) =>
+      Stream.unwrapScoped(
+        Effect.gen(function* () {
+          yield* compile(filter)
+          const start = yield* log.resolve(from)
+          const bufferSize = Math.max(1, subscribeOptions?.bufferSize ?? defaultBuffer)
+          open++
+          yield* Effect.addFinalizer(() =>
+            Effect.sync(() => {
+              open--
+            })
+          )
+          if (closedAt !== undefined) {
+            const past: Stream.Stream<StoredEvent, EventLogError | InvalidGlob | SubscriberLagged> = history(
+              start,
+              closedAt,
+              filter
+            )
+            return past
+          }
+          // Room for the buffer and the one marker that ends it.
+          const queue = yield* Queue.bounded<StoredEvent | Failed | typeof lagged | typeof end>(
+            bufferSize + 2
+          )
+          yield* Effect.addFinalizer(() => Queue.shutdown(queue))
+          yield* feed(
+            start,
+            filter,
+            (event) => {
+              if (Option.getOrElse(queue.unsafeSize(), () => 0) >= bufferSize) {
+                queue.unsafeOffer(lagged)
+                laggedTotal++
+                return false
+              }
+              queue.unsafeOffer(event)
+              return true
+            },
+            (error) => queue.unsafeOffer({ _tag: "Failed", error }),
+            () => queue.unsafeOffer(end)
+          )
+          let last = start - 1
+          let stop: "lagged" | "end" | undefined
+          return Stream.fromQueue(queue).pipe(
+            Stream.mapEffect((item) => (isFailed(item) ? Effect.fail(item.error) : Effect.succeed(item))),
+            Stream.takeWhile((item): item is StoredEvent => {
+              if (item === lagged || item === end) {
+                stop = item === lagged ? "lagged" : "end"
+                return false
+              }
+              return true
+            }),
+            Stream.tap((event) =>
+              Effect.sync(() => {
+                last = event.offset
+              })
+            ),
+            Stream.concat(
+              Stream.suspend(() =>
+                stop === "lagged" ? Stream.fail(lagged(Math.max(0, last), bufferSize)) : Stream.empty
+              )
+            )
+          )
+        })
+      )
+
+    const attach = (
+      from: From,
+      filter: EventFilter,
+      sink: Sink,
+      attachOptions?: { readonly bufferSize?: number }
+    ) =>
+      Effect.gen(function* () {
+        yield* compile(filter)
+        const start = yield* log.resolve(from)
+        if (closedAt !== undefined) {
+          sink.end({ _tag: "Closed" })
+          return
+        }
+        const bufferSize = Math.max(1, attachOptions?.bufferSize ?? defaultBuffer)
+        let last = start - 1
+        yield* feed(
+          start,
+          filter,
+          (event) => {
+            if (sink.backlog() >= bufferSize) {
+              laggedTotal++
+              sink.end({ _tag: "Lagged", error: lagged(Math.max(0, last), bufferSize) })
+              return false
+            }
+            last = event.offset
+            sink.offer(event)
+            return true
+          },
+          (error) => sink.end({ _tag: "Failed", error }),
+          () => sink.end({ _tag: "Closed" })
+        )
+      })
+
+    const close = (upTo: number, timeout: Duration.DurationInput = "2 seconds") =>
+      Effect.suspend(() => {
+        closedAt = upTo
+        const all = [...feeds]
+        feeds.clear()
+        return Effect.forEach(all, (each) => each.finish(upTo), { concurrency: "unbounded", discard: true })
+      }).pipe(
+        Effect.timeout(timeout),
+        Effect.ignore,
+        Effect.zipRight(Metric.set(subscribersGauge, 0)),
+        // Until each stream has ended, its transport may still be delivering the last events.
+        Effect.zipRight(
+          Effect.sync(() => open).pipe(
+            Effect.repeat({ until: (count) => count === 0, schedule: Schedule.spaced("5 millis") }),
+            Effect.timeout(timeout),
+            Effect.ignore
+          )
+        )
+      )
+
+    return EventBus.of({
+      subscribe,
+      attach,
+      stats: Effect.map(
+        Effect.orElseSucceed(log.head, () => 0),
+        (position) => ({
+          subscribers: feeds.size,
+          lagged: laggedTotal,
+          position
+        })
+      ),
+      close
+    })
+  })
+
+/** The bus as a layer on the current log: tailing (the default) or direct (`fanOut`). */
 export const layer = (options?: Options): Layer.Layer<EventBus, never, EventLog> =>
-  Layer.scoped(EventBus, make(options).pipe(Effect.orDie))
+  Layer.scoped(
+    EventBus,
+    (options?.fanOut === "direct" ? makeDirect(options) : make(options)).pipe(Effect.orDie)
+  )

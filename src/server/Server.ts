@@ -510,7 +510,14 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       const closing = yield* EventLog.closable(Context.get(backendLog, EventLog.EventLog))
       const events = yield* Layer.build(
         Emitter.layer(nodeId).pipe(
-          Layer.provideMerge(EventBus.layer({ bufferSize: config.eventsSubscriberBuffer })),
+          // On JetStream each subscription asks for its own subjects; on Postgres one tailer
+          // reads for the node.
+          Layer.provideMerge(
+            EventBus.layer({
+              bufferSize: config.eventsSubscriberBuffer,
+              fanOut: config.eventBackend._tag === "JetStream" ? "direct" : "tail"
+            })
+          ),
           Layer.provideMerge(Layer.succeed(EventLog.EventLog, closing.log))
         )
       )
