@@ -140,6 +140,25 @@ const laggedCounter = Metric.counter("vibes_event_subscribers_lagged_total", {
   incremental: true
 })
 
+/** Why a subscriber was cut off, and where it resumes. */
+const laggedError = (lastOffset: number, bufferSize: number) =>
+  new SubscriberLagged({
+    lastOffset,
+    message: `the subscriber fell more than ${bufferSize} events behind; resume after offset ${lastOffset}`
+  })
+
+/** The log's matching events from `start` up to `upTo`, read page by page. */
+const historyOf =
+  (log: EventLog["Type"], pageSize: number) => (start: number, upTo: number, filter: EventFilter) =>
+    Stream.paginateChunkEffect(start, (next) =>
+      Effect.map(log.read(next, filter, pageSize), (rows) => {
+        const page = rows.filter((event) => event.offset <= upTo)
+        const last = rows[rows.length - 1]
+        const more = rows.length === pageSize && last !== undefined && last.offset < upTo
+        return [Chunk.unsafeFromArray(page), more && last ? Option.some(last.offset + 1) : Option.none()]
+      })
+    )
+
 /** Builds the bus on the current log; the scope owns its tailer. */
 export const make = (options: Options = {}) =>
   Effect.gen(function* () {
@@ -157,10 +176,7 @@ export const make = (options: Options = {}) =>
       const lastOffset = Math.max(0, subscriber.last)
       subscriber.sink.end({
         _tag: "Lagged",
-        error: new SubscriberLagged({
-          lastOffset,
-          message: `the subscriber fell more than ${subscriber.bufferSize} events behind; resume after offset ${lastOffset}`
-        })
+        error: laggedError(lastOffset, subscriber.bufferSize)
       })
     }
 
@@ -229,15 +245,7 @@ export const make = (options: Options = {}) =>
       )
     )
 
-    const history = (start: number, upTo: number, filter: EventFilter) =>
-      Stream.paginateChunkEffect(start, (next) =>
-        Effect.map(log.read(next, filter, pageSize), (rows) => {
-          const page = rows.filter((event) => event.offset <= upTo)
-          const last = rows[rows.length - 1]
-          const more = rows.length === pageSize && last !== undefined && last.offset < upTo
-          return [Chunk.unsafeFromArray(page), more && last ? Option.some(last.offset + 1) : Option.none()]
-        })
-      )
+    const history = historyOf(log, pageSize)
 
     const subscribe = (
       from: From,
@@ -283,12 +291,7 @@ export const make = (options: Options = {}) =>
           const cut = Stream.suspend(() => {
             if (stop !== "lagged") return Stream.empty
             const lastOffset = Math.max(0, last)
-            return Stream.fail(
-              new SubscriberLagged({
-                lastOffset,
-                message: `the subscriber fell more than ${bufferSize} events behind; resume after offset ${lastOffset}`
-              })
-            )
+            return Stream.fail(laggedError(lastOffset, bufferSize))
           })
           const past = start <= joinedAt ? history(start, joinedAt, filter) : Stream.empty
           return Stream.concat(past, live).pipe(
@@ -452,24 +455,10 @@ export const makeDirect = (options: Options = {}) =>
     let closedAt: number | undefined
     let open = 0
 
-    const history = (start: number, upTo: number, filter: EventFilter) =>
-      Stream.paginateChunkEffect(start, (next) =>
-        Effect.map(log.read(next, filter, pageSize), (rows) => {
-          const page = rows.filter((event) => event.offset <= upTo)
-          const last = rows[rows.length - 1]
-          const more = rows.length === pageSize && last !== undefined && last.offset < upTo
-          return [Chunk.unsafeFromArray(page), more && last ? Option.some(last.offset + 1) : Option.none()]
-        })
-      )
+    const history = historyOf(log, pageSize)
 
     const compile = (filter: EventFilter) =>
       Either.match(compileFilter(filter), { onLeft: Effect.fail, onRight: Effect.succeed })
-
-    const lagged = (lastOffset: number, bufferSize: number) =>
-      new SubscriberLagged({
-        lastOffset,
-        message: `the subscriber fell more than ${bufferSize} events behind; resume after offset ${lastOffset}`
-      })
 
     /**
      * Reads the log from `start` into `take` (which returns false to stop), in a fiber of the
@@ -595,7 +584,7 @@ export const makeDirect = (options: Options = {}) =>
             ),
             Stream.concat(
               Stream.suspend(() =>
-                stop === "lagged" ? Stream.fail(lagged(Math.max(0, last), bufferSize)) : Stream.empty
+                stop === "lagged" ? Stream.fail(laggedError(Math.max(0, last), bufferSize)) : Stream.empty
               )
             )
           )
@@ -623,7 +612,7 @@ export const makeDirect = (options: Options = {}) =>
           (event) => {
             if (sink.backlog() >= bufferSize) {
               laggedTotal++
-              sink.end({ _tag: "Lagged", error: lagged(Math.max(0, last), bufferSize) })
+              sink.end({ _tag: "Lagged", error: laggedError(Math.max(0, last), bufferSize) })
               return false
             }
             last = event.offset
