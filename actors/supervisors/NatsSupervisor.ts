@@ -18,20 +18,18 @@ import * as http from "node:http"
 import * as path from "node:path"
 import {
   Context,
-  Deferred,
   Duration,
   Effect,
-  Fiber,
   Layer,
   Option,
   Redacted,
-  Ref,
   Schedule,
   Schema,
   type Scope,
   SubscriptionRef
 } from "effect"
 import * as DataDir from "../../infra/datadir/DataDir.js"
+import * as ChildSupervisor from "./ChildSupervisor.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 import * as FreePort from "../../infra/net/FreePort.js"
 
@@ -41,7 +39,7 @@ export class NatsServerError extends Schema.TaggedError<NatsServerError>()("Nats
 }) {}
 
 /** Where the supervised server is in its life. */
-export type Status = "starting" | "running" | "restarting" | "stopping" | "stopped" | "failed"
+export type Status = ChildSupervisor.Status
 
 /** The supervised nats-server. */
 export class NatsSupervisor extends Context.Tag("vibes/NatsSupervisor")<
@@ -84,11 +82,6 @@ export interface Options {
   readonly startTimeout?: Duration.DurationInput
   /** How long a graceful stop may take before the server is killed. */
   readonly stopTimeout?: Duration.DurationInput
-}
-
-interface Running {
-  readonly child: childProcess.ChildProcess
-  readonly exited: Deferred.Deferred<string>
 }
 
 const fail = (message: string) => new NatsServerError({ message })
@@ -230,114 +223,26 @@ export const make = (options: Options): Effect.Effect<NatsSupervisor["Type"], Na
       catch: (cause) => fail(`cannot write the nats-server config in ${home}: ${messageOf(cause)}`)
     })
 
-    const status = yield* SubscriptionRef.make<Status>("starting")
-    const current = yield* Ref.make(Option.none<Running>())
-    const restarts = yield* Ref.make(0)
-    const stopping = yield* Ref.make(false)
-    const gaveUp = yield* Deferred.make<never, NatsServerError>()
-
-    const spawnServer = Effect.gen(function* () {
-      const [cmd, args] = onParentDeath(binary, ["-c", configFile, "-l", logFile])
-      const exited = yield* Deferred.make<string>()
-      const child = yield* Effect.try({
-        try: () => childProcess.spawn(cmd, args, { stdio: "ignore", detached: true, env: serverEnv() }),
+    const supervised = yield* ChildSupervisor.supervise({
+      name: "nats-server",
+      spawn: Effect.try({
+        try: () => {
+          const [cmd, args] = onParentDeath(binary, ["-c", configFile, "-l", logFile])
+          return childProcess.spawn(cmd, args, { stdio: "ignore", detached: true, env: serverEnv() })
+        },
         catch: (cause) => fail(`cannot start nats-server: ${messageOf(cause)}`)
-      })
-      child.once("error", (error) =>
-        Deferred.unsafeDone(exited, Effect.succeed(`spawn error: ${error.message}`))
-      )
-      child.once("exit", (code, signal) =>
-        Deferred.unsafeDone(
-          exited,
-          Effect.succeed(signal !== null ? `signal ${signal}` : `exit code ${code}`)
-        )
-      )
-      const running: Running = { child, exited }
-      yield* Ref.set(current, Option.some(running))
-      return running
+      }),
+      probe: healthy(monitorPort),
+      probeEvery: "25 millis",
+      fail,
+      logFile,
+      beforeRestart: stopOrphan(pidFile),
+      stopSignal: "SIGTERM",
+      startTimeout: options.startTimeout ?? "30 seconds",
+      stopTimeout: options.stopTimeout ?? "10 seconds",
+      restartBackoff: options.restartBackoff ?? "200 millis",
+      maxRestarts: options.maxRestarts
     })
-
-    const kill = (running: Running, signal: NodeJS.Signals) =>
-      Effect.sync(() => {
-        if (running.child.exitCode === null && running.child.signalCode === null) running.child.kill(signal)
-      })
-
-    const waitReady = (running: Running) =>
-      healthy(monitorPort).pipe(
-        Effect.retry(Schedule.spaced("25 millis")),
-        Effect.raceFirst(
-          Deferred.await(running.exited).pipe(
-            Effect.flatMap((how) =>
-              Effect.fail(fail(`nats-server exited during start-up (${how}); see ${logFile}`))
-            )
-          )
-        ),
-        Effect.timeoutFail({
-          duration: options.startTimeout ?? "30 seconds",
-          onTimeout: () => fail(`nats-server did not become healthy in time; see ${logFile}`)
-        }),
-        Effect.tapError(() => kill(running, "SIGKILL"))
-      )
-
-    const startOnce = Effect.gen(function* () {
-      const running = yield* spawnServer
-      yield* waitReady(running)
-      yield* SubscriptionRef.set(status, "running")
-      return running
-    })
-
-    const backoff = Schedule.exponential(options.restartBackoff ?? "200 millis").pipe(
-      Schedule.intersect(Schedule.recurs(options.maxRestarts))
-    )
-
-    let running = yield* startOnce.pipe(Effect.retry(backoff))
-
-    const supervise = Effect.gen(function* () {
-      for (;;) {
-        const how = yield* Deferred.await(running.exited)
-        yield* Ref.set(current, Option.none())
-        if (yield* Ref.get(stopping)) return
-        yield* Effect.logWarning(`nats-server died (${how}); restarting`)
-        yield* SubscriptionRef.set(status, "restarting")
-        yield* Ref.update(restarts, (n) => n + 1)
-        yield* stopOrphan(pidFile)
-        const next = yield* startOnce.pipe(
-          Effect.tapError((error) => Effect.logWarning(`nats-server restart failed: ${error.message}`)),
-          Effect.retry(backoff),
-          Effect.either
-        )
-        if (next._tag === "Left") {
-          yield* SubscriptionRef.set(status, "failed")
-          yield* Effect.logError(`gave up restarting nats-server: ${next.left.message}`)
-          yield* Deferred.fail(gaveUp, next.left)
-          return
-        }
-        running = next.right
-      }
-    })
-    const supervisor = yield* Effect.forkDaemon(supervise)
-
-    yield* Effect.addFinalizer(() =>
-      Effect.gen(function* () {
-        yield* Ref.set(stopping, true)
-        yield* SubscriptionRef.set(status, "stopping")
-        yield* Fiber.interrupt(supervisor)
-        const live = yield* Ref.get(current)
-        if (Option.isSome(live)) {
-          yield* kill(live.value, "SIGTERM")
-          const stopped = yield* Deferred.await(live.value.exited).pipe(
-            Effect.timeout(options.stopTimeout ?? "10 seconds"),
-            Effect.option
-          )
-          if (Option.isNone(stopped)) {
-            yield* Effect.logWarning("nats-server did not stop in time; killing it")
-            yield* kill(live.value, "SIGKILL")
-            yield* Deferred.await(live.value.exited)
-          }
-        }
-        yield* SubscriptionRef.set(status, "stopped")
-      })
-    )
 
     return {
       url: `nats://127.0.0.1:${port}`,
@@ -345,14 +250,7 @@ export const make = (options: Options): Effect.Effect<NatsSupervisor["Type"], Na
       port,
       monitorPort,
       storeDir,
-      pid: Ref.get(current).pipe(
-        Effect.map(
-          Option.flatMap((r) => (r.child.pid === undefined ? Option.none() : Option.some(r.child.pid)))
-        )
-      ),
-      status,
-      restarts: Ref.get(restarts),
-      failed: Deferred.await(gaveUp)
+      ...supervised
     }
   })
 

@@ -21,20 +21,18 @@ import * as path from "node:path"
 import pg from "pg"
 import {
   Context,
-  Deferred,
   Duration,
   Effect,
-  Fiber,
   Layer,
   Option,
   Redacted,
-  Ref,
   Schedule,
   Schema,
   type Scope,
   SubscriptionRef
 } from "effect"
 import * as DataDir from "../../infra/datadir/DataDir.js"
+import * as ChildSupervisor from "./ChildSupervisor.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 import * as FreePort from "../../infra/net/FreePort.js"
 
@@ -44,7 +42,7 @@ export class EmbeddedPgError extends Schema.TaggedError<EmbeddedPgError>()("Embe
 }) {}
 
 /** Where the supervised server is in its life. */
-export type Status = "starting" | "running" | "restarting" | "stopping" | "stopped" | "failed"
+export type Status = ChildSupervisor.Status
 
 /** The supervised embedded Postgres. */
 export class PgSupervisor extends Context.Tag("vibes/PgSupervisor")<
@@ -87,11 +85,6 @@ interface Binaries {
 }
 
 const BinariesSchema = Schema.Struct({ postgres: Schema.String, initdb: Schema.String })
-
-interface Running {
-  readonly child: childProcess.ChildProcess
-  readonly exited: Deferred.Deferred<string>
-}
 
 const databaseName = "vibes"
 const superuser = "postgres"
@@ -276,30 +269,24 @@ export const make = (options: Options): Effect.Effect<PgSupervisor["Type"], Embe
       `postgres://${superuser}:${encodeURIComponent(password)}@127.0.0.1:${port}/${database}`
     const adminUrl = urlFor("postgres")
 
-    const status = yield* SubscriptionRef.make<Status>("starting")
-    const current = yield* Ref.make(Option.none<Running>())
-    const restarts = yield* Ref.make(0)
-    const stopping = yield* Ref.make(false)
-    const gaveUp = yield* Deferred.make<never, EmbeddedPgError>()
-
-    const spawnServer = Effect.gen(function* () {
-      const [cmd, args] = commandFor(
-        ...guard(bins.postgres, [
-          "-D",
-          pgData,
-          "-p",
-          String(port),
-          "-c",
-          "listen_addresses=127.0.0.1",
-          "-c",
-          "unix_socket_directories=",
-          "-c",
-          "max_connections=200"
-        ])
-      )
-      const exited = yield* Deferred.make<string>()
-      const child = yield* Effect.try({
+    const supervised = yield* ChildSupervisor.supervise({
+      name: "the embedded Postgres",
+      spawn: Effect.try({
         try: () => {
+          const [cmd, args] = commandFor(
+            ...guard(bins.postgres, [
+              "-D",
+              pgData,
+              "-p",
+              String(port),
+              "-c",
+              "listen_addresses=127.0.0.1",
+              "-c",
+              "unix_socket_directories=",
+              "-c",
+              "max_connections=200"
+            ])
+          )
           const fd = fs.openSync(logFile, "a", 0o600)
           try {
             return childProcess.spawn(cmd, args, {
@@ -312,120 +299,29 @@ export const make = (options: Options): Effect.Effect<PgSupervisor["Type"], Embe
           }
         },
         catch: (cause) => fail(`cannot start postgres: ${messageOf(cause)}`)
-      })
-      child.once("error", (error) =>
-        Deferred.unsafeDone(exited, Effect.succeed(`spawn error: ${error.message}`))
-      )
-      child.once("exit", (code, signal) =>
-        Deferred.unsafeDone(
-          exited,
-          Effect.succeed(signal !== null ? `signal ${signal}` : `exit code ${code}`)
-        )
-      )
-      const running: Running = { child, exited }
-      yield* Ref.set(current, Option.some(running))
-      return running
+      }),
+      probe: query(adminUrl, "SELECT 1"),
+      probeEvery: "50 millis",
+      fail,
+      logFile,
+      beforeRestart: stopOrphan(pgData),
+      // A fast shutdown.
+      stopSignal: "SIGINT",
+      startTimeout: options.startTimeout ?? "60 seconds",
+      stopTimeout: options.stopTimeout ?? "15 seconds",
+      restartBackoff: options.restartBackoff ?? "200 millis",
+      maxRestarts: options.maxRestarts
     })
-
-    const waitReady = (running: Running) =>
-      query(adminUrl, "SELECT 1").pipe(
-        Effect.retry(Schedule.spaced("50 millis")),
-        Effect.raceFirst(
-          Deferred.await(running.exited).pipe(
-            Effect.flatMap((how) =>
-              Effect.fail(fail(`postgres exited during start-up (${how}); see ${logFile}`))
-            )
-          )
-        ),
-        Effect.timeoutFail({
-          duration: options.startTimeout ?? "60 seconds",
-          onTimeout: () => fail(`postgres did not accept connections in time; see ${logFile}`)
-        }),
-        Effect.tapError(() => kill(running, "SIGKILL"))
-      )
-
-    const kill = (running: Running, signal: NodeJS.Signals) =>
-      Effect.sync(() => {
-        if (running.child.exitCode === null && running.child.signalCode === null) running.child.kill(signal)
-      })
-
-    const startOnce = Effect.gen(function* () {
-      const running = yield* spawnServer
-      yield* waitReady(running)
-      yield* SubscriptionRef.set(status, "running")
-      return running
-    })
-
-    const backoff = Schedule.exponential(options.restartBackoff ?? "200 millis").pipe(
-      Schedule.intersect(Schedule.recurs(options.maxRestarts))
-    )
-
-    // The first start gets the same bounded retries as a restart.
-    let running = yield* startOnce.pipe(Effect.retry(backoff))
     if (created) {
       yield* query(adminUrl, `CREATE DATABASE ${databaseName}`)
     }
-
-    const supervise = Effect.gen(function* () {
-      for (;;) {
-        const how = yield* Deferred.await(running.exited)
-        yield* Ref.set(current, Option.none())
-        if (yield* Ref.get(stopping)) return
-        yield* Effect.logWarning(`embedded Postgres died (${how}); restarting`)
-        yield* SubscriptionRef.set(status, "restarting")
-        yield* Ref.update(restarts, (n) => n + 1)
-        yield* stopOrphan(pgData)
-        const next = yield* startOnce.pipe(
-          Effect.tapError((error) => Effect.logWarning(`embedded Postgres restart failed: ${error.message}`)),
-          Effect.retry(backoff),
-          Effect.either
-        )
-        if (next._tag === "Left") {
-          yield* SubscriptionRef.set(status, "failed")
-          yield* Effect.logError(`gave up restarting the embedded Postgres: ${next.left.message}`)
-          yield* Deferred.fail(gaveUp, next.left)
-          return
-        }
-        running = next.right
-      }
-    })
-    const supervisor = yield* Effect.forkDaemon(supervise)
-
-    yield* Effect.addFinalizer(() =>
-      Effect.gen(function* () {
-        yield* Ref.set(stopping, true)
-        yield* SubscriptionRef.set(status, "stopping")
-        yield* Fiber.interrupt(supervisor)
-        const live = yield* Ref.get(current)
-        if (Option.isSome(live)) {
-          yield* kill(live.value, "SIGINT")
-          const stopped = yield* Deferred.await(live.value.exited).pipe(
-            Effect.timeout(options.stopTimeout ?? "15 seconds"),
-            Effect.option
-          )
-          if (Option.isNone(stopped)) {
-            yield* Effect.logWarning("embedded Postgres did not stop in time; killing it")
-            yield* kill(live.value, "SIGKILL")
-            yield* Deferred.await(live.value.exited)
-          }
-        }
-        yield* SubscriptionRef.set(status, "stopped")
-      })
-    )
 
     return {
       url: Redacted.make(urlFor(databaseName)),
       adminUrl: Redacted.make(adminUrl),
       port,
       pgData,
-      pid: Ref.get(current).pipe(
-        Effect.map(
-          Option.flatMap((r) => (r.child.pid === undefined ? Option.none() : Option.some(r.child.pid)))
-        )
-      ),
-      status,
-      restarts: Ref.get(restarts),
-      failed: Deferred.await(gaveUp)
+      ...supervised
     }
   })
 

@@ -140,6 +140,18 @@ const laggedCounter = Metric.counter("vibes_event_subscribers_lagged_total", {
   incremental: true
 })
 
+/**
+ * Waits (at most `timeout`) until no subscription stream is open: until then its transport may
+ * still be delivering the last events, and a server torn down before would cut the stream (an
+ * interruption, not an end).
+ */
+const untilEnded = (open: () => number, timeout: Duration.DurationInput) =>
+  Effect.sync(open).pipe(
+    Effect.repeat({ until: (count) => count === 0, schedule: Schedule.spaced("5 millis") }),
+    Effect.timeout(timeout),
+    Effect.ignore
+  )
+
 /** Why a subscriber was cut off, and where it resumes. */
 const laggedError = (lastOffset: number, bufferSize: number) =>
   new SubscriberLagged({
@@ -405,15 +417,7 @@ export const make = (options: Options = {}) =>
           })
         ),
         Effect.zipRight(Metric.set(subscribersGauge, 0)),
-        // Until each stream has ended, its transport may still be delivering the last events; a
-        // server torn down before then would cut the stream (an interruption, not an end).
-        Effect.zipRight(
-          Effect.sync(() => open).pipe(
-            Effect.repeat({ until: (count) => count === 0, schedule: Schedule.spaced("5 millis") }),
-            Effect.timeout(timeout),
-            Effect.ignore
-          )
-        )
+        Effect.zipRight(untilEnded(() => open, timeout))
       )
 
     return EventBus.of({
@@ -634,14 +638,7 @@ export const makeDirect = (options: Options = {}) =>
         Effect.timeout(timeout),
         Effect.ignore,
         Effect.zipRight(Metric.set(subscribersGauge, 0)),
-        // Until each stream has ended, its transport may still be delivering the last events.
-        Effect.zipRight(
-          Effect.sync(() => open).pipe(
-            Effect.repeat({ until: (count) => count === 0, schedule: Schedule.spaced("5 millis") }),
-            Effect.timeout(timeout),
-            Effect.ignore
-          )
-        )
+        Effect.zipRight(untilEnded(() => open, timeout))
       )
 
     return EventBus.of({
