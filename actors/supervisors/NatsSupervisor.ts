@@ -1,10 +1,11 @@
 /**
  * Supervises a bundled `nats-server -js`, used by the JetStream event log when no NATS URL is
- * given: writes a config file into `<dataDir>/nats` (JetStream store, a client port and a
- * monitoring port on the loopback interface, a random client token so other local users cannot
- * read the log), starts the server, waits until `/healthz` on the monitoring port answers,
- * restarts it on the same ports with exponential backoff when it dies, and stops it (SIGTERM,
- * then SIGKILL after `stopTimeout`) when the scope closes.
+ * given: writes a config file into `<dataDir>/nats` (JetStream store, a client port on the
+ * loopback interface, a random client token so other local users cannot read the log), starts
+ * the server, waits until a client with the token connects and JetStream answers, restarts it on
+ * the same port with exponential backoff when it dies, and stops it (SIGTERM, then SIGKILL after
+ * `stopTimeout`) when the scope closes. There is no monitoring port: its HTTP endpoints answer
+ * anyone on the machine (connections, subjects, streams), so health is checked as a client.
  *
  * Like the embedded Postgres, the server runs in a process group of its own, with the server's
  * secrets stripped from its environment, under `setpriv --pdeathsig SIGTERM` where util-linux has
@@ -14,7 +15,8 @@
 import * as childProcess from "node:child_process"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
-import * as http from "node:http"
+import { jetstreamManager } from "@nats-io/jetstream"
+import { connect } from "@nats-io/transport-node"
 import * as path from "node:path"
 import {
   Context,
@@ -50,7 +52,6 @@ export class NatsSupervisor extends Context.Tag("vibes/NatsSupervisor")<
     /** The token clients must present. */
     readonly token: Redacted.Redacted<string>
     readonly port: number
-    readonly monitorPort: number
     /** The JetStream store directory. */
     readonly storeDir: string
     /** Pid of the running server, if one runs. */
@@ -157,36 +158,29 @@ const stopOrphan = (pidFile: string) =>
     }
   })
 
-/** Answers when `/healthz` of the monitoring port says the server (and JetStream) is ready. */
-const healthy = (monitorPort: number) =>
-  Effect.async<void, NatsServerError>((resume) => {
-    const request = http.get(
-      { host: "127.0.0.1", port: monitorPort, path: "/healthz", timeout: 2000 },
-      (response) => {
-        response.resume()
-        resume(
-          response.statusCode === 200
-            ? Effect.void
-            : Effect.fail(fail(`nats-server /healthz answered ${response.statusCode ?? "?"}`))
-        )
+/** Passes when a client with the token connects and JetStream answers it. */
+const healthy = (url: string, token: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      const nc = await connect({ servers: url, token, timeout: 2000, reconnect: false })
+      try {
+        await (await jetstreamManager(nc)).getAccountInfo()
+      } finally {
+        await nc.close()
       }
-    )
-    request.once("timeout", () => request.destroy(new Error("timed out")))
-    request.once("error", (error) => resume(Effect.fail(fail(error.message))))
-    return Effect.sync(() => request.destroy())
+    },
+    catch: (cause) => fail(`nats-server does not answer yet: ${messageOf(cause)}`)
   })
 
 /** The server's config file (NATS config syntax; strings JSON-quoted). */
 const configText = (options: {
   readonly port: number
-  readonly monitorPort: number
   readonly storeDir: string
   readonly pidFile: string
   readonly token: string
 }) =>
   [
     `listen: "127.0.0.1:${options.port}"`,
-    `http: "127.0.0.1:${options.monitorPort}"`,
     `pid_file: ${JSON.stringify(options.pidFile)}`,
     `authorization { token: ${JSON.stringify(options.token)} }`,
     `jetstream { store_dir: ${JSON.stringify(options.storeDir)} }`,
@@ -208,14 +202,13 @@ export const make = (options: Options): Effect.Effect<NatsSupervisor["Type"], Na
 
     const freePort = FreePort.find().pipe(Effect.mapError((e) => fail(`no free port: ${e.message}`)))
     const port = options.port ?? (yield* freePort)
-    const monitorPort = yield* freePort
     const token = yield* Effect.try({
       try: () => {
         if (!fs.existsSync(tokenFile)) {
           fs.writeFileSync(tokenFile, crypto.randomBytes(24).toString("base64url") + "\n", { mode: 0o600 })
         }
         const value = fs.readFileSync(tokenFile, "utf8").trim()
-        fs.writeFileSync(configFile, configText({ port, monitorPort, storeDir, pidFile, token: value }), {
+        fs.writeFileSync(configFile, configText({ port, storeDir, pidFile, token: value }), {
           mode: 0o600
         })
         return value
@@ -232,7 +225,7 @@ export const make = (options: Options): Effect.Effect<NatsSupervisor["Type"], Na
         },
         catch: (cause) => fail(`cannot start nats-server: ${messageOf(cause)}`)
       }),
-      probe: healthy(monitorPort),
+      probe: healthy(`nats://127.0.0.1:${port}`, token),
       probeEvery: "25 millis",
       fail,
       logFile,
@@ -248,7 +241,6 @@ export const make = (options: Options): Effect.Effect<NatsSupervisor["Type"], Na
       url: `nats://127.0.0.1:${port}`,
       token: Redacted.make(token),
       port,
-      monitorPort,
       storeDir,
       ...supervised
     }
