@@ -7,7 +7,7 @@ import { expect, layer } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import * as zlib from "node:zlib"
-import { Context, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
+import { Context, Effect, Exit, Layer, Option, Redacted, Schedule, Scope } from "effect"
 import type { Browser, BrowserContext, BrowserContextOptions, Page } from "playwright-core"
 import WebSocket from "ws"
 import * as Client from "../../rpc/Client.js"
@@ -60,6 +60,11 @@ const EnvLive = Layer.scoped(
       yield* Scope.close(serverScope, Exit.void)
       serverScope = yield* Scope.make()
       current = yield* Vibes.serve(dataDir, env, port).pipe(Scope.extend(serverScope))
+      // The shared client reconnects in the background, with backoff; a call made before it has
+      // would fail. The restart is done once the client answers again.
+      yield* rpc.System.Info().pipe(
+        Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.upTo("30 seconds")))
+      )
     }).pipe(Effect.orDie)
     const serverLines = () => current.lines
     return {
