@@ -4,7 +4,7 @@
  * A job is a command run to completion, locally (`stream`: stdout and stderr kept apart),
  * in a pseudo-terminal (`terminal`) or on another machine over SSH (`ssh`). It is queued, waits
  * for a worker slot in priority order, may be delayed (`runAt`), retried with exponential backoff
- * and timed out; its output is kept line-for-line in `job_events` and streamed to followers.
+ * and timed out; its output is kept chunk by chunk as `job.log` events and streamed to followers.
  */
 import { Effect, Option, Schema } from "effect"
 import * as Rpc from "@effect/rpc/Rpc"

@@ -1,38 +1,44 @@
 /**
- * Job output: one writer for the whole node turns chunks into `job_events` rows and `job.log`
- * events, in batches, and hands them to the node's followers once stored.
+ * Job output: one writer for the whole node turns chunks into `job.log` events, in batches, and
+ * hands them to the node's followers once they are durable. The event is the only record of a
+ * chunk: the job log API, followers and event subscribers all read it, on either event backend.
  *
  * Every running job hands its chunks to `write` (which waits when the writer is 64 Ki chunks
  * behind, so a flood slows the job's pipe instead of growing memory). The writer takes whatever is
- * waiting, inserts it in one statement and appends the events in one batch, so latency under light
- * load is one round trip and throughput under heavy load grows with the batch. An insert that fails
- * for now (a lost connection) is retried 3 times; one the database refuses for good is not
- * retried: its chunks are inserted one by one, so only the refused ones are lost. Each chunk that
- * could not be stored becomes an error-severity `job.log` event instead (and a log line), so output
- * is never dropped silently. Chunks are stored as text: NUL and unpaired surrogates become U+FFFD.
+ * waiting and appends it as one batch, so latency under light load is one append and throughput
+ * under heavy load grows with the batch. A batch that fails for now (a lost connection) is retried
+ * 3 times; one the log refuses for good is appended event by event, and each refused event is
+ * replaced by an `event.dropped` marker (as `appendOrMark` does), so output is never dropped silently.
+ * Chunks are stored as text: NUL and unpaired surrogates become U+FFFD.
  *
- * Followers read stored rows first and then live items; a sequence gap (a follower that fell
- * behind has its oldest live items dropped) is filled from the table.
+ * Followers read stored events first and then live items; a sequence gap (a follower that fell
+ * behind has its oldest live items dropped) is filled from the log. A chunk's place is its `seq`
+ * within the job; a chunk appended twice (an append retried after its reply was lost) is read once.
  */
 import {
   Chunk,
   Context,
   DateTime,
   Deferred,
+  Duration,
   Effect,
-  Exit,
+  Either,
   Layer,
   Metric,
   Option,
   Queue,
   Schedule,
-  Scope,
+  Schema,
   Stream
 } from "effect"
-import { SqlClient } from "@effect/sql/SqlClient"
-import type { Connection } from "@effect/sql/SqlConnection"
-import type { Statement } from "@effect/sql/Statement"
-import { NewEvent } from "../../rpc/Events.js"
+import {
+  compileGlob,
+  EventFilter,
+  NewEvent,
+  type Offset,
+  payloads,
+  type StoredEvent
+} from "../../rpc/Events.js"
 import {
   JobDone,
   JobLog,
@@ -43,8 +49,15 @@ import {
   type LogStream,
   type JobNotFound
 } from "../../rpc/Jobs.js"
-import { isPermanentSqlError } from "../../infra/db/Db.js"
-import { appendOrMark, EventLog } from "../../infra/eventlog/EventLog.js"
+import {
+  type AppendError,
+  droppedMarker,
+  EventLog,
+  type EventRejected,
+  type EventTooLarge,
+  isPermanent,
+  RetentionPolicy
+} from "../../infra/eventlog/EventLog.js"
 import { isStorable, toStorable } from "../../rpc/Text.js"
 import { JobStore } from "./JobStore.js"
 
@@ -57,9 +70,6 @@ export interface Entry {
   readonly ts: Date
 }
 
-/** What a follower's inbox holds: output, progress, and the end (with the last sequence number). */
-type Live = JobOutput | { readonly _tag: "End"; readonly done: JobDone; readonly lastSeq: number }
-
 /** The longest chunk stored in one row (and one event), in UTF-16 code units. */
 export const maxChunkChars = 32 * 1024
 
@@ -69,11 +79,11 @@ const followerBuffer = 4096
 const pageSize = 1000
 
 const chunksWritten = Metric.counter("vibes_job_log_chunks_total", {
-  description: "Job output chunks stored in job_events",
+  description: "Job output chunks stored as job.log events",
   incremental: true
 })
 const chunksFailed = Metric.counter("vibes_job_log_write_failures_total", {
-  description: "Job output chunks that could not be stored after 3 retries (kept as error events)",
+  description: "Job output chunks that could not be stored (after 3 retries, or refused by the log)",
   incremental: true
 })
 
@@ -100,19 +110,55 @@ type Item =
   | { readonly _tag: "Entry"; readonly entry: Entry }
   | { readonly _tag: "Flush"; readonly done: Deferred.Deferred<void> }
 
-interface Row {
-  readonly seq: string | number
-  readonly stream: LogStream
-  readonly chunk: string
-  readonly ts: Date
+/** A stored chunk and, when known, the offset of its event (where a follower may read on from). */
+interface Stored {
+  readonly log: JobLog
+  readonly offset: number | undefined
 }
 
-// Rows and entries are typed already (the table's CHECK constraints guard `stream`): no revalidation.
-const toLog = (row: Row) =>
+/** What a follower's inbox holds: output, progress, and the end (with the last sequence number). */
+type Live =
+  | { readonly _tag: "Stored"; readonly stored: Stored }
+  | JobProgress
+  | JobDone
+  | { readonly _tag: "End"; readonly done: JobDone; readonly lastSeq: number }
+
+// Entries are typed already: no revalidation.
+const toLog = (entry: Entry) =>
   new JobLog(
-    { seq: Number(row.seq), stream: row.stream, chunk: row.chunk, ts: DateTime.unsafeMake(row.ts) },
+    { seq: entry.seq, stream: entry.stream, chunk: entry.chunk, ts: DateTime.unsafeMake(entry.ts) },
     true
   )
+
+const decodeLogData = Schema.decodeUnknownOption(payloads["job.log"])
+
+/** A `job.log` event as the chunk it holds (`None` for a payload that is not one). */
+const fromEvent = (event: StoredEvent): Option.Option<Stored> =>
+  Option.flatMap(decodeLogData(event.data), (data) =>
+    Option.map(DateTime.make(data.ts), (ts) => ({
+      log: new JobLog({ seq: data.seq, stream: data.stream, chunk: data.chunk, ts }, true),
+      offset: event.offset
+    }))
+  )
+
+/** The events of one job's output. */
+export const logFilter = (jobId: string) => EventFilter.make({ types: ["job.log"], jobId })
+
+/**
+ * Job output is kept as long as finished jobs are: the event retention policy that deletes
+ * `job.log` events older than `maxAge`, added to `policies` unless one of them names `job.log`
+ * already (an operator's own policy for it wins).
+ */
+export const withRetention = (
+  policies: ReadonlyArray<RetentionPolicy>,
+  maxAge: Duration.Duration
+): ReadonlyArray<RetentionPolicy> =>
+  policies.some((policy) => policy.types.some((glob) => globMatches(glob, "job.log")))
+    ? policies
+    : [...policies, RetentionPolicy.make({ types: ["job.log"], maxAgeMillis: Duration.toMillis(maxAge) })]
+
+const globMatches = (glob: string, type: string) =>
+  Either.match(compileGlob(glob), { onLeft: () => false, onRight: (regex) => regex.test(type) })
 
 /** The node's job output writer and follower hub. */
 export class JobLogs extends Context.Tag("vibes/JobLogs")<
@@ -141,12 +187,11 @@ export class JobLogs extends Context.Tag("vibes/JobLogs")<
   }
 >() {}
 
-/** The writer on the node's SQL client and event log; `nodeId` is the events' source. */
+/** The writer on the node's event log; `nodeId` is the events' source. */
 export const layer = (nodeId: string) =>
   Layer.scoped(
     JobLogs,
     Effect.gen(function* () {
-      const sql = yield* SqlClient
       const log = yield* EventLog
       const store = yield* JobStore
       const queue = yield* Queue.bounded<Item>(writerBacklog)
@@ -162,20 +207,18 @@ export const layer = (nodeId: string) =>
             : Effect.forEach(set, (follower) => Queue.offerAll(follower, items), { discard: true })
         })
 
-      const toEvent = (entry: Entry, stored: boolean) =>
+      const toEvent = (entry: Entry) =>
         NewEvent.make(
           {
             type: "job.log",
             source: { nodeId, component: "job" },
             jobId: entry.jobId,
-            ...(stored ? {} : { severity: "error" as const }),
             data: {
               jobId: entry.jobId,
               seq: entry.seq,
               stream: entry.stream,
               chunk: entry.chunk,
-              ts: entry.ts.toISOString(),
-              ...(stored ? {} : { stored: false })
+              ts: entry.ts.toISOString()
             }
           },
           // Built from a typed entry: no revalidation.
@@ -184,97 +227,68 @@ export const layer = (nodeId: string) =>
 
       const retry3 = Schedule.intersect(Schedule.exponential("50 millis"), Schedule.recurs(3))
 
-      // The writer keeps a connection of its own, so that output is stored (and reaches its
-      // followers) without queueing behind the pool when many jobs start or end at once. A
-      // connection that fails is given back and another one taken for the next try.
-      let held: { readonly connection: Connection; readonly scope: Scope.CloseableScope } | undefined
-      const release = Effect.suspend(() => {
-        const current = held
-        held = undefined
-        return current === undefined ? Effect.void : Scope.close(current.scope, Exit.void)
-      })
-      yield* Effect.addFinalizer(() => release)
-      const onWriterConnection = (statement: Statement<unknown>) =>
-        Effect.gen(function* () {
-          if (held === undefined) {
-            const scope = yield* Scope.make()
-            const connection = yield* Scope.extend(sql.reserve, scope).pipe(
-              Effect.tapError(() => Scope.close(scope, Exit.void))
-            )
-            held = { connection, scope }
-          }
-          const [text, params] = statement.compile()
-          return yield* held.connection.execute(text, params, undefined).pipe(Effect.tapError(() => release))
-        })
+      const attempt = (events: ReadonlyArray<NewEvent>) =>
+        log
+          .append(events)
+          .pipe(Effect.retry({ schedule: retry3, while: (error: AppendError) => !isPermanent(error) }))
 
-      const insert = (entries: ReadonlyArray<Entry>) =>
-        onWriterConnection(sql`
-          INSERT INTO job_events ${sql.insert(
-            entries.map((e) => ({
-              job_id: e.jobId,
-              seq: e.seq,
-              ts: e.ts,
-              stream: e.stream,
-              chunk: e.chunk
-            }))
-          )}
-          ON CONFLICT (job_id, seq) DO NOTHING
-        `).pipe(
-          // Only what may pass on a later try is tried again; a refused row never will.
-          Effect.retry({ schedule: retry3, while: (error) => !isPermanentSqlError(error) })
+      /**
+       * Appends the batch; the offset each entry got, or `undefined` where it has none (refused
+       * for good, so an `event.dropped` marker took its place; or not stored at all).
+       */
+      const append = (entries: ReadonlyArray<Entry>): Effect.Effect<ReadonlyArray<Offset | undefined>> =>
+        attempt(entries.map(toEvent)).pipe(
+          Effect.tap(() => Metric.incrementBy(chunksWritten, entries.length)),
+          Effect.catchAll((error) =>
+            isPermanent(error) && entries.length > 1
+              ? // Each on its own, so that only what is refused is left out.
+                Effect.map(
+                  Effect.forEach(entries, (entry) => append([entry])),
+                  (offsets) => offsets.flat()
+                )
+              : isPermanent(error)
+                ? Effect.as(
+                    dropped(entries, error),
+                    entries.map(() => undefined)
+                  )
+                : Effect.as(
+                    failed(entries, error.message),
+                    entries.map(() => undefined)
+                  )
+          )
         )
 
-      /** Which entries were stored: all, or (when the batch was refused for good) those that go alone. */
-      const insertOrSplit = (entries: ReadonlyArray<Entry>): Effect.Effect<ReadonlyArray<boolean>> =>
-        insert(entries).pipe(
-          Effect.as(entries.map(() => true)),
-          Effect.catchAll((error) =>
-            isPermanentSqlError(error) && entries.length > 1
-              ? Effect.forEach(entries, (entry) =>
-                  Effect.map(insertOrSplit([entry]), (stored) => stored[0] ?? false)
-                )
-              : Effect.as(
-                  Effect.logError(
-                    isPermanentSqlError(error)
-                      ? `the database refused a job output chunk: ${error.message}`
-                      : `could not store ${entries.length} job output chunks after 3 retries: ${error.message}`
-                  ).pipe(
-                    Effect.annotateLogs({
-                      jobIds: [...new Set(entries.map((e) => e.jobId))].join(","),
-                      chunks: JSON.stringify(
-                        entries.map((e) => ({ jobId: e.jobId, seq: e.seq, chunk: e.chunk }))
-                      )
-                    })
-                  ),
-                  entries.map(() => false)
-                )
+      /** A refused chunk: an `event.dropped` marker in its place, a log line, the failure counted. */
+      const dropped = (entries: ReadonlyArray<Entry>, error: EventTooLarge | EventRejected) =>
+        Effect.forEach(entries, (entry) =>
+          Effect.logError(`the event log refused a job output chunk for good: ${error.message}`).pipe(
+            Effect.annotateLogs({ jobId: entry.jobId, seq: entry.seq }),
+            Effect.zipRight(Metric.increment(chunksFailed)),
+            Effect.zipRight(attempt([droppedMarker(toEvent(entry), error)])),
+            Effect.catchAll((again) =>
+              Effect.logError(`could not record the event.dropped marker either: ${again.message}`)
+            )
           )
+        )
+
+      const failed = (entries: ReadonlyArray<Entry>, why: string) =>
+        Effect.logError(`could not store ${entries.length} job output chunks after 3 retries: ${why}`).pipe(
+          Effect.annotateLogs({ jobIds: [...new Set(entries.map((e) => e.jobId))].join(",") }),
+          Effect.zipRight(Metric.incrementBy(chunksFailed, entries.length))
         )
 
       const store_ = (entries: ReadonlyArray<Entry>) =>
         Effect.gen(function* () {
-          const stored = yield* insertOrSplit(entries)
-          const written = stored.filter((ok) => ok).length
-          yield* Metric.incrementBy(chunksWritten, written)
-          yield* Metric.incrementBy(chunksFailed, entries.length - written)
-          // Followers get the output once it is stored, before the events are appended.
+          const offsets = yield* append(entries)
+          // Followers get the output once it is durable (or known lost: they still see it live).
           const byJob = new Map<string, Array<Live>>()
-          for (const entry of entries) {
+          entries.forEach((entry, i) => {
+            const item: Live = { _tag: "Stored", stored: { log: toLog(entry), offset: offsets[i] } }
             const list = byJob.get(entry.jobId)
-            if (list === undefined) byJob.set(entry.jobId, [toLog(entry)])
-            else list.push(toLog(entry))
-          }
+            if (list === undefined) byJob.set(entry.jobId, [item])
+            else list.push(item)
+          })
           for (const [jobId, items] of byJob) yield* deliver(jobId, items)
-          // An event the log refuses for good is replaced by an `event.dropped` marker; the rest go in.
-          yield* appendOrMark(
-            log,
-            entries.map((entry, i) => toEvent(entry, stored[i] ?? false)),
-            retry3
-          ).pipe(
-            Effect.catchAll((error) =>
-              Effect.logWarning(`could not record ${entries.length} job.log events: ${error.message}`)
-            )
-          )
         })
 
       const writer = Effect.gen(function* () {
@@ -299,27 +313,57 @@ export const layer = (nodeId: string) =>
       // Whatever is queued at shutdown is still written.
       yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), handle))
 
-      const readAfter = (jobId: string, after: number, limit: number) =>
-        sql<Row>`
-          SELECT seq, stream, chunk, ts FROM job_events WHERE job_id = ${jobId} AND seq > ${after}
-          ORDER BY seq LIMIT ${limit}
-        `.pipe(
-          Effect.map((rows) => rows.map(toLog)),
-          Effect.mapError(
-            (error) => new JobsUnavailable({ message: `could not read job output: ${error.message}` })
-          )
+      const unavailable = (error: { readonly message: string }) =>
+        new JobsUnavailable({ message: `could not read job output: ${error.message}` })
+
+      /**
+       * A page of the job's stored chunks: those after sequence number `after` among the next
+       * `limit` events from offset `from`, and the offset to read on from (`None` at the end).
+       */
+      const page = (jobId: string, after: number, from: number, limit: number) =>
+        log.read(from, logFilter(jobId), limit).pipe(
+          Effect.map((events) => {
+            const logs: Array<JobLog> = []
+            let seq = after
+            for (const event of events) {
+              const stored = fromEvent(event)
+              // Each chunk once, in order: a repeat (a retried append) is skipped.
+              if (Option.isSome(stored) && stored.value.log.seq > seq) {
+                seq = stored.value.log.seq
+                logs.push(stored.value.log)
+              }
+            }
+            const last = events[events.length - 1]
+            return {
+              logs,
+              next:
+                events.length < limit || last === undefined
+                  ? Option.none<number>()
+                  : Option.some(last.offset + 1)
+            }
+          }),
+          Effect.mapError(unavailable)
         )
 
-      /** Every stored chunk after `after`, page by page. */
-      const stored = (jobId: string, after: number): Stream.Stream<JobLog, JobsUnavailable> =>
-        Stream.paginateChunkEffect(after, (from) =>
-          Effect.map(readAfter(jobId, from, pageSize), (logs) => {
+      /** Every stored chunk after sequence number `after`, reading the log from offset `from`. */
+      const stored = (jobId: string, after: number, from = 1): Stream.Stream<JobLog, JobsUnavailable> =>
+        Stream.paginateChunkEffect({ after, from }, (cursor) =>
+          Effect.map(page(jobId, cursor.after, cursor.from, pageSize), ({ logs, next }) => {
             const last = logs[logs.length - 1]
+            const after_ = last === undefined ? cursor.after : last.seq
             return [
               Chunk.unsafeFromArray(logs),
-              logs.length < pageSize || last === undefined ? Option.none<number>() : Option.some(last.seq)
+              Option.map(next, (from_) => ({ after: after_, from: from_ }))
             ] as const
           })
+        )
+
+      /** Reads stored chunks after `after` up to and including sequence number `upTo` (or all, without). */
+      const readUpTo = (jobId: string, after: number, from: number, upTo: number | undefined) =>
+        stored(jobId, after, from).pipe(
+          upTo === undefined ? (s) => s : Stream.takeUntil((l: JobLog) => l.seq >= upTo),
+          Stream.runCollect,
+          Effect.map(Chunk.toReadonlyArray)
         )
 
       const follow = (
@@ -344,7 +388,9 @@ export const layer = (nodeId: string) =>
                 })
             )
             const job = yield* store.getOrFail(jobId)
+            // The last chunk handed on, and the offset from which the log holds what comes after it.
             let last = after
+            let from = 1
             const track = (logs: ReadonlyArray<JobLog>) => {
               const fresh = logs.filter((l) => l.seq > last)
               const tail = fresh[fresh.length - 1]
@@ -367,24 +413,24 @@ export const layer = (nodeId: string) =>
                 Effect.gen(function* () {
                   const out: Array<JobOutput> = []
                   for (const item of items) {
-                    if (item._tag === "JobLog") {
-                      if (item.seq <= last) continue
-                      if (item.seq === last + 1) {
-                        last = item.seq
-                        out.push(item)
+                    if (item._tag === "Stored") {
+                      const { log: chunk, offset } = item.stored
+                      if (chunk.seq <= last) continue
+                      if (chunk.seq === last + 1) {
+                        last = chunk.seq
+                        out.push(chunk)
                       } else {
-                        // A gap: this follower fell behind and lost live items; the table has them.
-                        out.push(...track(yield* readAfter(jobId, last, item.seq - last)))
+                        // A gap: this follower fell behind and lost live items; the log has them.
+                        out.push(...track(yield* readUpTo(jobId, last, from, chunk.seq)))
                       }
+                      if (offset !== undefined && chunk.seq <= last) from = offset + 1
                     } else if (item._tag === "JobProgress") {
                       out.push(item)
                     } else {
                       // The end: whatever was stored after the last item seen, then the status.
                       const lastSeq = item._tag === "End" ? item.lastSeq : undefined
-                      while (lastSeq === undefined || last < lastSeq) {
-                        const page = track(yield* readAfter(jobId, last, pageSize))
-                        out.push(...page)
-                        if (page.length < pageSize) break
+                      if (lastSeq === undefined || last < lastSeq) {
+                        out.push(...track(yield* readUpTo(jobId, last, from, lastSeq)))
                       }
                       out.push(item._tag === "End" ? item.done : item)
                       break
@@ -413,13 +459,14 @@ export const layer = (nodeId: string) =>
             item._tag === "JobDone" && lastSeq !== undefined ? { _tag: "End", done: item, lastSeq } : item
           ]),
         lastSeq: (jobId) =>
-          sql<{ readonly seq: string | number | null }>`
-            SELECT max(seq) AS seq FROM job_events WHERE job_id = ${jobId}
-          `.pipe(
-            Effect.map((rows) => Number(rows[0]?.seq ?? 0)),
-            Effect.mapError(
-              (error) => new JobsUnavailable({ message: `could not read job output: ${error.message}` })
-            )
+          log.readBackward(Number.MAX_SAFE_INTEGER, logFilter(jobId), 1).pipe(
+            Effect.map((events) => {
+              const newest = events[0]
+              return newest === undefined
+                ? 0
+                : Option.match(fromEvent(newest), { onNone: () => 0, onSome: (s) => s.log.seq })
+            }),
+            Effect.mapError(unavailable)
           ),
         stream: (jobId, after, follow_) =>
           follow_

@@ -102,10 +102,11 @@ export class JobStore extends Context.Tag("vibes/JobStore")<
     readonly update: (id: string, patch: Patch) => Effect.Effect<StoredJob, JobsUnavailable | JobNotFound>
     /** Ids of jobs that are not final, oldest first: to resume after a restart. */
     readonly unfinished: Effect.Effect<ReadonlyArray<string>, JobsUnavailable>
-    /** Deletes finished jobs (and their output) finished before `cutoff`, and older output; returns rows deleted. */
-    readonly prune: (
-      cutoff: Date
-    ) => Effect.Effect<{ readonly jobs: number; readonly events: number }, JobsUnavailable>
+    /**
+     * Deletes jobs finished before `cutoff`; returns how many. (Their output is `job.log` events,
+     * which event retention deletes: see `JobLogs.withRetention`.)
+     */
+    readonly prune: (cutoff: Date) => Effect.Effect<number, JobsUnavailable>
   }
 >() {}
 
@@ -188,18 +189,15 @@ export const layer = Layer.effect(
         Effect.mapError(unavailable)
       ),
       prune: (cutoff) =>
-        Effect.gen(function* () {
-          const jobs = yield* sql<{ readonly n: number }>`
-            WITH d AS (
-              DELETE FROM jobs WHERE finished_at < ${cutoff} AND status NOT IN ('queued', 'running', 'retrying')
-              RETURNING 1
-            ) SELECT count(*)::int AS n FROM d
-          `
-          const events = yield* sql<{ readonly n: number }>`
-            WITH d AS (DELETE FROM job_events WHERE ts < ${cutoff} RETURNING 1) SELECT count(*)::int AS n FROM d
-          `
-          return { jobs: jobs[0]?.n ?? 0, events: events[0]?.n ?? 0 }
-        }).pipe(Effect.mapError(unavailable))
+        sql<{ readonly n: number }>`
+          WITH d AS (
+            DELETE FROM jobs WHERE finished_at < ${cutoff} AND status NOT IN ('queued', 'running', 'retrying')
+            RETURNING 1
+          ) SELECT count(*)::int AS n FROM d
+        `.pipe(
+          Effect.map((rows) => rows[0]?.n ?? 0),
+          Effect.mapError(unavailable)
+        )
     })
   })
 )

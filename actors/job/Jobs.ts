@@ -5,7 +5,7 @@
  *
  * At start it re-sends `Submit` for every unfinished job (duplicates of a stored message are
  * ignored), which covers a node that stopped between recording a job and sending its message, and
- * it prunes finished jobs and output older than the retention.
+ * it prunes jobs finished longer ago than the retention (their output goes by event retention).
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -220,9 +220,7 @@ export const layer = (options: {
       yield* Effect.forkScoped(
         Effect.suspend(() => store.prune(new Date(Date.now() - Duration.toMillis(options.retention)))).pipe(
           Effect.tap((pruned) =>
-            pruned.jobs + pruned.events > 0
-              ? Effect.logInfo(`job retention deleted ${pruned.jobs} jobs and ${pruned.events} output chunks`)
-              : Effect.void
+            pruned > 0 ? Effect.logInfo(`job retention deleted ${pruned} finished jobs`) : Effect.void
           ),
           Effect.catchAll((error) => Effect.logWarning(`job retention failed: ${error.message}`)),
           Effect.repeat(Schedule.spaced(options.pruneEvery))

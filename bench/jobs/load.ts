@@ -22,14 +22,16 @@
  *   INSERTs into a plain table of the same database; its latency is print to pipe read (and print
  *   to INSERT committed), its memory its own RSS.
  *
- * Afterwards the output stored (`job_events` ORDER BY seq; the baseline's table) and what each
- * follower received are compared byte for byte with what the jobs printed. Memory counts the RSS
+ * Afterwards the output stored (read back with `Jobs.Logs`, without following: the `job.log`
+ * events; the baseline's table ORDER BY seq) and what each follower received are compared byte for
+ * byte with what the jobs printed. Memory counts the RSS
  * samples taken while every job was running (from the last job's first line to the first job's
  * last line), minus the RSS before the jobs started, over the job count.
  *
  * Env (or `--jobs=N`, `--seconds=S`, `--follow=F`): BENCH_JOBS (JOBS, 1000), BENCH_SECONDS
  * (SECONDS, 60), BENCH_FOLLOW (FOLLOW, all), BENCH_SUBMIT_CONCURRENCY (16), BENCH_GATE (1),
- * BENCH_SYSTEMS (vibes,baseline), DATABASE_URL, BENCH_CPU_PROF (a directory for the server's CPU
+ * BENCH_SYSTEMS (vibes,baseline), BENCH_EVENT_BACKEND (postgres, or jetstream: vibes on its bundled,
+ * supervised nats-server, started in the server's data dir), DATABASE_URL, BENCH_CPU_PROF (a directory for the server's CPU
  * profile), BENCH_DUMP (a file for every vibes line's print time and latencies, as JSON).
  */
 import * as childProcess from "node:child_process"
@@ -64,6 +66,7 @@ const systems = Harness.envList("BENCH_SYSTEMS", ["vibes", "baseline"])
 const cpuProfDir = process.env["BENCH_CPU_PROF"]
 const gated = process.env["BENCH_GATE"] !== "0"
 const warmupJobs = 5
+const eventBackend = process.env["BENCH_EVENT_BACKEND"] === "jetstream" ? "jetstream" : "postgres"
 /** How long the jobs may take beyond their own duration before the run counts as failed. */
 const graceSeconds = 300
 const baselineTable = "baseline_job_events"
@@ -97,10 +100,10 @@ const sampler = (pid: number, otherPid: () => number | undefined) =>
             at: Workload.wallMillis(),
             rss: Sessions.rssKiB(pid),
             other: Sessions.rssKiB(otherPid()),
-            jobs: Workload.childrenNamed(pid, Workload.programName).length
+            jobs: Workload.descendants(pid, Workload.programName).length
           })
           if (tick % 5 === 2) {
-            const tree = Workload.childrenNamed(pid, Workload.programName)
+            const tree = Workload.descendants(pid, Workload.programName)
             const rss = tree.reduce(
               (sum, p) => sum + (Number.isNaN(Sessions.rssKiB(p)) ? 0 : Sessions.rssKiB(p)),
               0
@@ -114,11 +117,14 @@ const sampler = (pid: number, otherPid: () => number | undefined) =>
     return { samples, shells, stop: Fiber.interrupt(fiber) }
   })
 
-/** Opens the gate once `count` jobs run as children of `pid` (at most 300 s); when it opened. */
+/**
+ * Opens the gate once `count` jobs run below `pid` (at most 300 s); when it opened. (Under the
+ * sandbox a job's shell is a grandchild: the namespaces' init sits between.)
+ */
 const openGate = (pid: number, gate: string, count: number) =>
   Effect.gen(function* () {
     const deadline = Harness.now() + 300_000
-    while (Workload.childrenNamed(pid, Workload.programName).length < count) {
+    while (Workload.descendants(pid, Workload.programName).length < count) {
       if (Harness.now() > deadline) {
         return yield* new Harness.BenchError({ message: `${count} jobs never ran at once` })
       }
@@ -259,6 +265,35 @@ const checkStored = (db: pg.Client, table: string, jobIds: ReadonlyArray<string>
     return { checks, seqProblems, otherChunks, rows }
   })
 
+/** What vibes kept of each job, read back through its API (`Jobs.Logs` without following). */
+const checkLogs = (client: Client.Client, jobIds: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    let seqProblems = 0
+    let otherChunks = 0
+    let rows = 0
+    const checks = yield* Effect.forEach(
+      jobIds,
+      (id) =>
+        Sessions.orBench(Stream.runCollect(client.Jobs.Logs({ jobId: id }))).pipe(
+          Effect.map((outputs) => {
+            let text = ""
+            let expected = 1
+            for (const output of outputs) {
+              if (output._tag !== "JobLog") continue
+              rows++
+              if (output.seq !== expected) seqProblems++
+              expected = output.seq + 1
+              if (output.stream === "stdout") text += output.chunk
+              else otherChunks++
+            }
+            return Workload.check(id, text, seconds)
+          })
+        ),
+      { concurrency: 16 }
+    )
+    return { checks, seqProblems, otherChunks, rows }
+  })
+
 // vibes -------------------------------------------------------------------------------------
 
 /** A followed job: what arrived, and when. */
@@ -287,10 +322,16 @@ const vibes = (db: Harness.BenchDatabase, admin: pg.Client, fifo: string, dir: s
   Effect.scoped(
     Effect.gen(function* () {
       const server = yield* Sessions.serve(db, {
-        env: { VIBES_JOB_SLOTS: String(Math.max(2000, jobCount)), VIBES_HOST: "127.0.0.1" },
+        env: {
+          VIBES_JOB_SLOTS: String(Math.max(2000, jobCount)),
+          VIBES_HOST: "127.0.0.1",
+          VIBES_EVENT_BACKEND: eventBackend
+        },
         cpuProfDir
       })
-      yield* Harness.progress(`vibes serve (pid ${server.pid}) listens on ${server.url}`)
+      yield* Harness.progress(
+        `vibes serve (pid ${server.pid}, events on ${eventBackend}) listens on ${server.url}`
+      )
       const client = yield* Sessions.connect(server)
 
       // Warm-up: the code paths of submitting, running, storing and following a job.
@@ -437,7 +478,7 @@ const vibes = (db: Harness.BenchDatabase, admin: pg.Client, fifo: string, dir: s
         "SELECT status, count(*)::text AS n FROM jobs WHERE id = ANY($1::uuid[]) GROUP BY status",
         [accepted]
       )
-      const stored = yield* checkStored(admin, "job_events", accepted)
+      const stored = yield* checkLogs(client, accepted)
       const window = Workload.allRunning(stored.checks)
       const followed = followers
         .filter((f) => f.jobId !== "")
@@ -445,7 +486,8 @@ const vibes = (db: Harness.BenchDatabase, admin: pg.Client, fifo: string, dir: s
       const notes = [
         `${accepted.length} of ${jobCount} jobs accepted${rejected.length > 0 ? ` (refused or failed: ${rejected.length}, first: ${rejected[0]})` : ""}; started with Jobs.Execute (${followCount} followed on that stream, ${jobCount - followCount} only submitted), ${submitConcurrency} calls at a time, in ${(submitted[1] / 1000).toFixed(1)} s`,
         `job statuses: ${statuses.rows.map((r) => `${r.status} ${r.n}`).join(", ")}`,
-        `job_events rows of these jobs: ${Harness.count(stored.rows)} for ${Harness.count(jobCount * seconds)} lines (${stored.otherChunks} not stdout); sequence numbers not 1, 2, 3, …: ${stored.seqProblems}`,
+        `event backend: ${eventBackend}`,
+        `job.log chunks of these jobs: ${Harness.count(stored.rows)} for ${Harness.count(jobCount * seconds)} lines (${stored.otherChunks} not stdout); sequence numbers not 1, 2, 3, …: ${stored.seqProblems}`,
         `followers that failed: ${followers.filter((f) => f.error !== undefined).length}${followers.find((f) => f.error !== undefined)?.error !== undefined ? ` (first: ${followers.find((f) => f.error !== undefined)?.error})` : ""}`
       ]
       const inWindow = samples.filter((s) => window !== undefined && s.at >= window.from && s.at <= window.to)
@@ -665,7 +707,7 @@ const report = (outcomes: ReadonlyArray<Outcome>) =>
     if (v !== undefined) {
       yield* Harness.print(
         Harness.row([
-          "no byte lost, duplicated or reordered (job_events ORDER BY seq, and each follower)",
+          "no byte lost, duplicated or reordered (the stored log, and each follower)",
           `stored: ${lossText(v.stored)}; followers: ${v.followed === undefined ? "n/a" : lossText(v.followed)}`,
           b === undefined ? "" : `stored: ${lossText(b.stored)}`,
           "",
@@ -791,6 +833,9 @@ const main = Effect.gen(function* () {
       (killed) => (killed > 0 ? Harness.progress(`killed ${killed} job processes left behind`) : Effect.void)
     )
   )
+  // Jobs may run as another user (the sandbox's run-as user when the server is root): they read
+  // the FIFO and look for the gates here.
+  yield* Effect.sync(() => fs.chmodSync(dir, 0o755))
   const fifo = path.join(dir, "pause")
   yield* Effect.sync(() => Workload.makeFifo(fifo))
   yield* Harness.progress(`${jobCount} jobs × ${seconds} s (${followCount} followed) on ${db.where}`)
@@ -808,7 +853,7 @@ const main = Effect.gen(function* () {
       .map((a) => path.relative(process.cwd(), a) || a)
       .join(
         " "
-      )}\` with BENCH_JOBS=${jobCount} BENCH_SECONDS=${seconds} BENCH_FOLLOW=${followCount} BENCH_GATE=${gated ? 1 : 0} BENCH_SUBMIT_CONCURRENCY=${submitConcurrency}`
+      )}\` with BENCH_JOBS=${jobCount} BENCH_SECONDS=${seconds} BENCH_FOLLOW=${followCount} BENCH_GATE=${gated ? 1 : 0} BENCH_SUBMIT_CONCURRENCY=${submitConcurrency} BENCH_EVENT_BACKEND=${eventBackend}`
   )
   yield* Harness.print("")
   yield* report(outcomes)

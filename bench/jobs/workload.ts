@@ -76,9 +76,9 @@ export const args = (setup: Setup, lines: number, k: number, jobs: number): Read
   (k / Math.max(1, jobs)).toFixed(3)
 ]
 
-/** Creates the FIFO the jobs pause on (nobody ever writes to it). */
+/** Creates the FIFO the jobs pause on (nobody ever writes to it; each job opens it read-write, as whatever user it runs as). */
 export const makeFifo = (file: string): void => {
-  childProcess.execFileSync("mkfifo", ["-m", "600", file])
+  childProcess.execFileSync("mkfifo", ["-m", "666", file])
   if (!fs.statSync(file).isFIFO()) throw new Error(`${file} is not a FIFO`)
 }
 

@@ -224,11 +224,15 @@ const announceStop = (nodeId: string, stopWork: Effect.Effect<void>, log: EventL
     )
   })
 
-/** Applies the retention policies now and then on every interval; failures are logged and retried. */
+/**
+ * Applies the retention policies now and then on every interval; failures are logged and retried.
+ * Job output (`job.log` events) is kept as long as its jobs unless a policy says otherwise.
+ */
 const retention = (config: ServerConfig) =>
   Effect.gen(function* () {
     const log = yield* EventLog.EventLog
-    const report = yield* log.applyRetention(config.eventsRetention, Date.now())
+    const policies = JobLogs.withRetention(config.eventsRetention, config.jobRetention)
+    const report = yield* log.applyRetention(policies, Date.now())
     if (report.deleted > 0) {
       yield* Effect.logInfo(`event retention deleted ${report.deleted} events`).pipe(
         Effect.annotateLogs({ safeOffset: report.safeOffset ?? "none" })
@@ -524,9 +528,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       yield* Effect.flatMap(Emitter.Emitter, (emitter) =>
         emitter.emit("system.started", { version, database: db.kind })
       ).pipe(Effect.provide(events))
-      if (config.eventsRetention.length > 0) {
-        yield* Effect.forkScoped(retention(config).pipe(Effect.provide(events)))
-      }
+      yield* Effect.forkScoped(retention(config).pipe(Effect.provide(events)))
       const authContext = yield* Layer.build(
         Credentials.layer({ nodeId }).pipe(
           Layer.provideMerge(Logins.layer({ ...Logins.defaults, ttl: config.loginTtl })),

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Context, Effect, Exit, Layer, Option, Redacted, Scope, Stream } from "effect"
+import { Chunk, Context, Effect, Exit, Layer, Option, Redacted, Scope, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
 import { JobSpec, RetryPolicy } from "../../rpc/Jobs.js"
@@ -69,6 +69,17 @@ describe("a node on the JetStream backend", () => {
         expect(Option.map(done, (event) => (event.data as { status: string }).status)).toEqual(
           Option.some("succeeded")
         )
+        // Its output is stored once, in the stream: the job log reads it there.
+        const logged = (rpc: Client.Client) =>
+          rpc.Jobs.Logs({ jobId: job.id }).pipe(
+            Stream.runCollect,
+            Effect.map((outputs) =>
+              Chunk.toReadonlyArray(outputs).flatMap((o) =>
+                o._tag === "JobLog" && o.stream === "stdout" ? [o.chunk] : []
+              )
+            )
+          )
+        expect(yield* logged(rpc1)).toEqual(["job-on-jetstream\n"])
 
         const session = yield* rpc1.Sessions.Create(
           CreateSession.make({
@@ -126,6 +137,7 @@ describe("a node on the JetStream backend", () => {
           limit: 10
         })
         expect(created).toHaveLength(1)
+        expect(yield* logged(rpc2)).toEqual(["job-on-jetstream\n"])
         yield* rpc2.Sessions.Close({ sessionId: session.id })
       }),
     240_000

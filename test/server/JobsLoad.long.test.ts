@@ -25,7 +25,7 @@ const expected = (k: number) =>
 
 layer(NodeLive, { timeout: 180_000, excludeTestServices: true })("jobs under load", (it) => {
   it.scoped(
-    `${jobs} concurrent jobs writing 1 kB/s for ${seconds} s: every byte lands in job_events, in order`,
+    `${jobs} concurrent jobs writing 1 kB/s for ${seconds} s: every byte is stored once, in order, and read back`,
     () =>
       Effect.gen(function* () {
         const rpc = yield* client

@@ -1,11 +1,11 @@
 import { expect, layer } from "@effect/vitest"
-import { Chunk, Deferred, Effect, Fiber, Layer, Option, Stream } from "effect"
+import { Chunk, Deferred, Duration, Effect, Fiber, Layer, Option, Stream } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
-import { EventFilter } from "../../../rpc/Events.js"
+import { EventFilter, NewEvent } from "../../../rpc/Events.js"
 import { JobDone, JobSpec } from "../../../rpc/Jobs.js"
 import * as JobLogs from "../../../actors/job/JobLogs.js"
 import * as JobStore from "../../../actors/job/JobStore.js"
-import { EventLog, uuidv7 } from "../../../infra/eventlog/EventLog.js"
+import { EventLog, RetentionPolicy, uuidv7 } from "../../../infra/eventlog/EventLog.js"
 import * as PgEventLog from "../../../infra/eventlog/PgEventLog.js"
 import * as Migrations from "../../../infra/db/Migrations.js"
 import * as TestDatabase from "../../support/TestDatabase.js"
@@ -33,7 +33,7 @@ const entry = (jobId: string, seq: number, chunk: string): JobLogs.Entry => ({
 })
 
 layer(Live, { timeout: 60_000, excludeTestServices: true })("job output writer", (it) => {
-  it.effect("stores chunks in order, as rows and as job.log events", () =>
+  it.effect("stores chunks in order, once: as job.log events, which the job log reads", () =>
     Effect.gen(function* () {
       const logs = yield* JobLogs.JobLogs
       const log = yield* EventLog
@@ -48,13 +48,19 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("job output writer",
       const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 1000)
       expect(events.length).toBe(100)
       expect(events[0]?.data).toMatchObject({ jobId, seq: 1, stream: "stdout", chunk: "line 1\n" })
+      // No second copy: the job_events table is gone.
+      const sql = yield* SqlClient
+      const tables = yield* sql<{
+        n: number
+      }>`SELECT count(*)::int AS n FROM pg_tables WHERE tablename = 'job_events'`
+      expect(tables[0]?.n).toBe(0)
       // NUL cannot go into Postgres text; it is kept visible instead of failing the write.
       expect(JobLogs.sanitize("a\u0000b")).toBe("a\uFFFDb")
     })
   )
 
   it.effect(
-    "a chunk the database refuses for good is not retried, is kept as an error-severity job.log event, and the rest is stored",
+    "a chunk the log refuses for good is not retried: an event.dropped marker takes its place, and the rest is stored",
     () =>
       Effect.gen(function* () {
         const logs = yield* JobLogs.JobLogs
@@ -65,58 +71,80 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("job output writer",
         yield* sql.unsafe(`
           CREATE FUNCTION refuse_poison_chunk() RETURNS trigger AS $$
           BEGIN
-            IF NEW.chunk = 'poison' THEN
+            IF NEW.data->>'chunk' = 'poison' THEN
               PERFORM nextval('poison_chunk_tries');
               RAISE EXCEPTION 'no_poison' USING ERRCODE = 'check_violation';
             END IF;
             RETURN NEW;
           END $$ LANGUAGE plpgsql`)
-        yield* sql`CREATE TRIGGER no_poison BEFORE INSERT ON job_events FOR EACH ROW EXECUTE FUNCTION refuse_poison_chunk()`
+        yield* sql`CREATE TRIGGER no_poison BEFORE INSERT ON vibes_events FOR EACH ROW EXECUTE FUNCTION refuse_poison_chunk()`
         yield* logs.write(entry(jobId, 1, "before"))
         yield* logs.write(entry(jobId, 2, "poison"))
         yield* logs.write(entry(jobId, 3, "after"))
         yield* logs.flush
-        yield* sql`DROP TRIGGER no_poison ON job_events`
+        yield* sql`DROP TRIGGER no_poison ON vibes_events`
         yield* logs.write(entry(jobId, 4, "fine"))
         yield* logs.flush
         const [tries] = yield* sql<{ n: string }>`SELECT last_value AS n FROM poison_chunk_tries`
         // In the batch it came in, then alone: never retried.
         expect(Number(tries?.n)).toBeLessThanOrEqual(2)
-        const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 10)
-        expect(events.map((e) => [e.severity, e.data])).toEqual([
-          ["info", expect.objectContaining({ chunk: "before" })],
-          ["error", expect.objectContaining({ chunk: "poison", stored: false })],
-          ["info", expect.objectContaining({ chunk: "after" })],
-          ["info", expect.objectContaining({ chunk: "fine" })]
+        const events = yield* log.read(
+          1,
+          EventFilter.make({ jobId, types: ["job.log", "event.dropped"] }),
+          10
+        )
+        expect(events.map((e) => [e.type, e.severity, e.data])).toEqual([
+          ["job.log", "info", expect.objectContaining({ chunk: "before" })],
+          ["event.dropped", "error", expect.objectContaining({ type: "job.log", reason: "EventRejected" })],
+          ["job.log", "info", expect.objectContaining({ chunk: "after" })],
+          ["job.log", "info", expect.objectContaining({ chunk: "fine" })]
         ])
-        const rows = yield* sql<{
-          seq: string
-        }>`SELECT seq FROM job_events WHERE job_id = ${jobId} ORDER BY seq`
-        expect(rows.map((row) => Number(row.seq))).toEqual([1, 3, 4])
+        const stored = Chunk.toReadonlyArray(yield* Stream.runCollect(logs.stream(jobId, 0, false)))
+        expect(stored.map((o) => (o._tag === "JobLog" ? o.seq : o._tag))).toEqual([1, 3, 4])
+        expect(yield* logs.lastSeq(jobId)).toBe(4)
       })
   )
 
-  it.effect(
-    "output with NUL or half a surrogate pair is stored as U+FFFD, as a row and as a job.log event",
-    () =>
-      Effect.gen(function* () {
-        const logs = yield* JobLogs.JobLogs
-        const log = yield* EventLog
-        const jobId = yield* newJob
-        yield* logs.write(entry(jobId, 1, "nul\u0000 high\uD83D"))
-        yield* logs.write(entry(jobId, 2, "\uDE00low"))
-        yield* logs.flush
-        const stored = Chunk.toReadonlyArray(yield* Stream.runCollect(logs.stream(jobId, 0, false)))
-        expect(stored.map((o) => (o._tag === "JobLog" ? o.chunk : ""))).toEqual([
-          "nul\uFFFD high\uFFFD",
-          "\uFFFDlow"
-        ])
-        const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 10)
-        expect(events.map((e) => (e.data as { chunk: string }).chunk)).toEqual([
-          "nul\uFFFD high\uFFFD",
-          "\uFFFDlow"
-        ])
-      })
+  it.effect("a chunk appended twice (a retried append) is read once", () =>
+    Effect.gen(function* () {
+      const logs = yield* JobLogs.JobLogs
+      const log = yield* EventLog
+      const jobId = yield* newJob
+      yield* logs.write(entry(jobId, 1, "one\n"))
+      yield* logs.write(entry(jobId, 2, "two\n"))
+      yield* logs.flush
+      const [first] = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 1)
+      // The same chunk again, as an append whose reply was lost and which was sent again would be.
+      if (first === undefined) return yield* Effect.die("no job.log event")
+      yield* log.append([NewEvent.make({ type: "job.log", source: first.source, jobId, data: first.data })])
+      yield* logs.write(entry(jobId, 3, "three\n"))
+      yield* logs.flush
+      const stored = Chunk.toReadonlyArray(yield* Stream.runCollect(logs.stream(jobId, 0, false)))
+      expect(stored.map((o) => (o._tag === "JobLog" ? o.chunk : o._tag)).join("")).toBe("one\ntwo\nthree\n")
+      const after = Chunk.toReadonlyArray(yield* Stream.runCollect(logs.stream(jobId, 1, false)))
+      expect(after.map((o) => (o._tag === "JobLog" ? o.seq : o._tag))).toEqual([2, 3])
+    })
+  )
+
+  it.effect("output with NUL or half a surrogate pair is stored as U+FFFD", () =>
+    Effect.gen(function* () {
+      const logs = yield* JobLogs.JobLogs
+      const log = yield* EventLog
+      const jobId = yield* newJob
+      yield* logs.write(entry(jobId, 1, "nul\u0000 high\uD83D"))
+      yield* logs.write(entry(jobId, 2, "\uDE00low"))
+      yield* logs.flush
+      const stored = Chunk.toReadonlyArray(yield* Stream.runCollect(logs.stream(jobId, 0, false)))
+      expect(stored.map((o) => (o._tag === "JobLog" ? o.chunk : ""))).toEqual([
+        "nul\uFFFD high\uFFFD",
+        "\uFFFDlow"
+      ])
+      const events = yield* log.read(1, EventFilter.make({ jobId, types: ["job.log"] }), 10)
+      expect(events.map((e) => (e.data as { chunk: string }).chunk)).toEqual([
+        "nul\uFFFD high\uFFFD",
+        "\uFFFDlow"
+      ])
+    })
   )
 
   it.effect("output is cut into chunks between characters, never inside a surrogate pair", () =>
@@ -153,7 +181,7 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("job output writer",
     })
   )
 
-  it.effect("a follower that falls behind loses nothing: the gaps and the tail come from the table", () =>
+  it.effect("a follower that falls behind loses nothing: the gaps and the tail come from the log", () =>
     Effect.gen(function* () {
       const logs = yield* JobLogs.JobLogs
       const store = yield* JobStore.JobStore
@@ -187,25 +215,33 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("job output writer",
     })
   )
 
-  it.effect("retention deletes finished jobs and output older than the cutoff", () =>
+  it.effect("retention deletes finished jobs, and their output goes by the job.log event policy", () =>
     Effect.gen(function* () {
       const logs = yield* JobLogs.JobLogs
       const store = yield* JobStore.JobStore
-      const sql = yield* SqlClient
+      const log = yield* EventLog
       const old = yield* newJob
       const recent = yield* newJob
       const longAgo = new Date(Date.now() - 40 * 86_400_000)
       yield* store.update(old, { status: "succeeded", finishedAt: longAgo })
-      yield* logs.write({ ...entry(old, 1, "old\n"), ts: longAgo })
+      yield* logs.write(entry(old, 1, "old\n"))
       yield* logs.write(entry(recent, 1, "recent\n"))
       yield* logs.flush
       const pruned = yield* store.prune(new Date(Date.now() - 30 * 86_400_000))
-      expect(pruned.jobs).toBeGreaterThanOrEqual(1)
+      expect(pruned).toBeGreaterThanOrEqual(1)
       expect(Option.isNone(yield* store.get(old))).toBe(true)
       expect(Option.isSome(yield* store.get(recent))).toBe(true)
-      const rows = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM job_events WHERE job_id = ${old}`
-      expect(rows[0]?.n).toBe(0)
+      // The job retention becomes an event policy for job.log, beside the operator's own policies.
+      const policies = JobLogs.withRetention([], Duration.days(30))
+      expect(policies.map((p) => [p.types, p.maxAgeMillis])).toEqual([[["job.log"], 30 * 86_400_000]])
+      const own = RetentionPolicy.make({ types: ["job.*"], maxAgeMillis: 1000 })
+      expect(JobLogs.withRetention([own], Duration.days(30))).toEqual([own])
+      // 20 days on, the output is kept; 40 days on, it is gone.
+      yield* log.applyRetention(policies, Date.now() + 20 * 86_400_000)
       expect(yield* logs.lastSeq(recent)).toBe(1)
+      yield* log.applyRetention(policies, Date.now() + 40 * 86_400_000)
+      expect(yield* logs.lastSeq(recent)).toBe(0)
+      expect(yield* log.read(1, EventFilter.make({ jobId: old, types: ["job.log"] }), 10)).toEqual([])
     })
   )
 })

@@ -17,18 +17,20 @@ layer(TestDatabase.layerSql, { timeout: 120_000, excludeTestServices: true })("m
         "5:jobs",
         "6:cluster",
         "7:logins",
-        "8:event_bytes"
+        "8:event_bytes",
+        "9:job_output_once"
       ])
       const second = yield* Migrations.run
       expect(second).toEqual([])
       const recorded = yield* sql<{
         migrationId: number
       }>`SELECT migration_id AS "migrationId" FROM vibes_migrations`
-      expect(recorded.map((row) => row.migrationId)).toEqual([1, 2, 3, 4, 5, 6, 7, 8])
+      expect(recorded.map((row) => row.migrationId)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9])
       const tables = yield* sql<{ name: string }>`
           SELECT table_name AS name FROM information_schema.tables
           WHERE table_name IN ('vibes_nodes', 'jobs', 'job_events') ORDER BY table_name`
-      expect(tables.map((t) => t.name)).toEqual(["job_events", "jobs", "vibes_nodes"])
+      // Job output is stored once, as job.log events: no job_events table.
+      expect(tables.map((t) => t.name)).toEqual(["jobs", "vibes_nodes"])
       // Raw event payloads are bytes, not text.
       const [bytes] = yield* sql<{ type: string }>`
           SELECT data_type AS type FROM information_schema.columns
