@@ -40,7 +40,7 @@
  * which is the event's `ts` up to the writer's clock skew.
  */
 import * as crypto from "node:crypto"
-import { connect, type NatsConnection } from "@nats-io/transport-node"
+import { connect, createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node"
 import {
   type Consumer,
   type ConsumerMessages,
@@ -50,9 +50,7 @@ import {
   jetstreamManager,
   type JetStreamClient,
   type JetStreamManager,
-  JetStreamApiError,
   type JsMsg,
-  type PubAck,
   RetentionPolicy as JsRetention,
   StorageType
 } from "@nats-io/jetstream"
@@ -69,6 +67,7 @@ import {
   Queue,
   Redacted,
   Schedule,
+  Schema,
   Stream
 } from "effect"
 import {
@@ -308,6 +307,47 @@ interface Pending {
 /** JetStream's error code for a message larger than the stream's `max_msg_size`. */
 const messageTooLarge = 10054
 
+/** A publish's answer: the sequence the message got, or JetStream's refusal. */
+type Ack =
+  | { readonly _tag: "Stored"; readonly seq: number }
+  | { readonly _tag: "Refused"; readonly code: number; readonly description: string }
+
+const PubAckJson = Schema.parseJson(
+  Schema.Struct({
+    seq: Schema.optional(Schema.Number),
+    error: Schema.optional(
+      Schema.Struct({
+        code: Schema.optional(Schema.Number),
+        err_code: Schema.optional(Schema.Number),
+        description: Schema.optional(Schema.String)
+      })
+    )
+  })
+)
+const decodePubAck = Schema.decodeUnknownEither(PubAckJson)
+const utf8 = new TextDecoder()
+
+/** Reads a publish's answer (`{"stream":…,"seq":…}` or `{"error":{…}}`). */
+export const parseAck = (data: Uint8Array): Ack => {
+  const decoded = decodePubAck(utf8.decode(data))
+  if (Either.isLeft(decoded))
+    return { _tag: "Refused", code: 0, description: "an answer that is not a JetStream ack" }
+  const { seq, error } = decoded.right
+  if (error !== undefined || seq === undefined) {
+    return {
+      _tag: "Refused",
+      code: error?.err_code ?? error?.code ?? 0,
+      description: error?.description ?? "an ack without a sequence"
+    }
+  }
+  return { _tag: "Stored", seq }
+}
+
+const isPublishFailure = (
+  value: unknown
+): value is { readonly refusal: { readonly code: number } | undefined; readonly message: string } =>
+  typeof value === "object" && value !== null && "refusal" in value && "message" in value
+
 const messageOf = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
 
 /** What a race against the next buffered message gives when there is none. */
@@ -515,33 +555,112 @@ export const make = (options: Options) =>
       Schedule.upTo(options.writeTimeout ?? "30 seconds")
     )
 
-    /** Why a publish failed: the server's refusal (its answer), or no answer at all. */
+    /** Why a publish failed: the server's refusal (its answer, with JetStream's error code), or no answer at all. */
     interface PublishFailure {
-      readonly refusal: JetStreamApiError | undefined
+      readonly refusal: { readonly code: number } | undefined
       readonly message: string
     }
 
-    /** Why a publish failed, from what it threw. */
-    const publishFailure = (cause: unknown): PublishFailure => ({
-      refusal: cause instanceof JetStreamApiError ? cause : undefined,
-      message: `cannot append to the event stream (JetStream at ${options.url}): ${messageOf(cause)}`
+    const publishFailure = (refusal: PublishFailure["refusal"], why: string): PublishFailure => ({
+      refusal,
+      message: `cannot append to the event stream (JetStream at ${options.url}): ${why}`
     })
 
-    // Published in order without waiting in between, so JetStream stores them in this order.
-    const startPublish = (messages: ReadonlyArray<Outgoing>) => {
-      const acks = Promise.all(
-        messages.map((message) => js.publish(message.subject, message.body, { msgID: message.id }))
-      )
+    /** The stream sequences a batch's messages got, in order, or why not. */
+    interface Acks {
+      readonly seqs: Array<number>
+      remaining: number
+      readonly resolve: (seqs: ReadonlyArray<number>) => void
+      readonly reject: (failure: PublishFailure) => void
+      readonly timer: ReturnType<typeof setTimeout>
+    }
+
+    // A publish is a request to the stream's subject whose answer (the ack) comes to a reply
+    // subject. All of them share one reply subscription, with a token a message and one timer a
+    // batch: the client's `js.publish` makes a subscription entry, a timer and two stack-capturing
+    // errors for every message, which was most of this writer's CPU.
+    const replyPrefix = createInbox()
+    const awaiting = new Map<string, { readonly acks: Acks; readonly index: number }>()
+    let nextToken = 0
+    const settle = (acks: Acks, failure?: PublishFailure) => {
+      clearTimeout(acks.timer)
+      if (failure === undefined) acks.resolve(acks.seqs)
+      else acks.reject(failure)
+    }
+    const onAck = (msg: Msg) => {
+      const token = msg.subject.slice(replyPrefix.length + 1)
+      const entry = awaiting.get(token)
+      if (entry === undefined) return
+      awaiting.delete(token)
+      const { acks, index } = entry
+      if (acks.remaining <= 0) return
+      // A status instead of an ack (503: no stream listens on the subject): no answer, try again.
+      if (msg.headers?.hasError === true) {
+        acks.remaining = 0
+        return settle(acks, publishFailure(undefined, `${msg.headers.code} ${msg.headers.description}`))
+      }
+      const answer = parseAck(msg.data)
+      if (answer._tag === "Refused") {
+        acks.remaining = 0
+        return settle(acks, publishFailure({ code: answer.code }, answer.description))
+      }
+      acks.seqs[index] = answer.seq
+      if (--acks.remaining === 0) settle(acks)
+    }
+    const ackSubscription = nc.subscribe(`${replyPrefix}.*`, {
+      callback: (error, msg) => {
+        if (error === null) onAck(msg)
+      }
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(() => ackSubscription.unsubscribe()))
+
+    // Published in order without waiting in between, so JetStream stores them in this order; a
+    // duplicate id (a batch sent again after its answer was lost) is stored once.
+    const startPublish = (messages: ReadonlyArray<Outgoing>): Promise<ReadonlyArray<number>> => {
+      const acks = new Promise<ReadonlyArray<number>>((resolve, reject) => {
+        const tokens: Array<string> = []
+        const batch: Acks = {
+          seqs: new Array<number>(messages.length),
+          remaining: messages.length,
+          resolve,
+          reject,
+          timer: setTimeout(() => {
+            for (const token of tokens) awaiting.delete(token)
+            if (batch.remaining > 0) {
+              batch.remaining = 0
+              settle(batch, publishFailure(undefined, `no answer within ${ackTimeout} ms`))
+            }
+          }, ackTimeout)
+        }
+        if (messages.length === 0) return settle(batch)
+        try {
+          messages.forEach((message, index) => {
+            const token = (nextToken++).toString(36)
+            tokens.push(token)
+            awaiting.set(token, { acks: batch, index })
+            const h = headers()
+            h.set("Nats-Msg-Id", message.id)
+            nc.publish(message.subject, message.body, { reply: `${replyPrefix}.${token}`, headers: h })
+          })
+        } catch (cause) {
+          for (const token of tokens) awaiting.delete(token)
+          batch.remaining = 0
+          settle(batch, publishFailure(undefined, messageOf(cause)))
+        }
+      })
       // Whoever awaits the acks handles a failure; this keeps an early one from counting as unhandled.
       acks.catch(() => undefined)
       return acks
     }
 
-    const awaitAcks = (acks: Promise<ReadonlyArray<PubAck>>) =>
-      Effect.tryPromise({ try: () => acks, catch: publishFailure })
+    const awaitAcks = (acks: Promise<ReadonlyArray<number>>) =>
+      Effect.tryPromise({
+        try: () => acks,
+        catch: (cause) => (isPublishFailure(cause) ? cause : publishFailure(undefined, messageOf(cause)))
+      })
 
     // A lost answer is retried (the ids make it safe); the server's refusal would only come again.
-    const publishRetrying = (messages: ReadonlyArray<Outgoing>, started?: Promise<ReadonlyArray<PubAck>>) => {
+    const publishRetrying = (messages: ReadonlyArray<Outgoing>, started?: Promise<ReadonlyArray<number>>) => {
       const again = Effect.suspend(() => awaitAcks(startPublish(messages))).pipe(
         Effect.tapError((failed) =>
           failed.refusal === undefined
@@ -567,7 +686,7 @@ export const make = (options: Options) =>
     const errorOf = (pending: Pending, failed: PublishFailure): WriteError => {
       if (failed.refusal?.code === messageTooLarge) {
         const type = pending.messages.length === 1 ? pending.type : `${pending.messages.length} events`
-        return new EventRejected({ type, message: `JetStream refused ${type}: ${failed.refusal.message}` })
+        return new EventRejected({ type, message: `JetStream refused ${type}: ${failed.message}` })
       }
       return new EventLogError({ message: failed.message })
     }
@@ -607,14 +726,14 @@ export const make = (options: Options) =>
       batch: ReadonlyArray<Pending>,
       waiting: ReadonlyArray<Outgoing>,
       messages: ReadonlyArray<Outgoing>,
-      started: Promise<ReadonlyArray<PubAck>>
+      started: Promise<ReadonlyArray<number>>
     ) =>
       Effect.gen(function* () {
         const published = yield* Effect.either(publishRetrying(messages, started))
         if (Either.isRight(published)) {
           let next = waiting.length
           for (const pending of batch) {
-            const offsets = pending.messages.map(() => Offset.make(published.right[next++]?.seq ?? 0))
+            const offsets = pending.messages.map(() => Offset.make(published.right[next++] ?? 0))
             yield* Deferred.succeed(pending.done, offsets)
           }
           return
@@ -631,7 +750,7 @@ export const make = (options: Options) =>
           else
             yield* Deferred.succeed(
               pending.done,
-              alone.right.map((ack) => Offset.make(ack.seq))
+              alone.right.map((seq) => Offset.make(seq))
             )
         }
       })

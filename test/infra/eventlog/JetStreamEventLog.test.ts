@@ -16,6 +16,23 @@ const source = { nodeId: "test", component: "test" }
 const rowOf = (event: NewEvent) => Either.getOrThrow(toRow(event, Date.UTC(2026, 0, 1)))
 
 describe("JetStream subjects and messages", () => {
+  it("a publish's answer is the sequence it got, or JetStream's refusal with its error code", () => {
+    const { parseAck } = JetStreamEventLog
+    const bytes = (text: string) => new TextEncoder().encode(text)
+    expect(parseAck(bytes('{"stream":"VIBES","seq":42}'))).toEqual({ _tag: "Stored", seq: 42 })
+    expect(parseAck(bytes('{"stream":"VIBES","seq":42,"duplicate":true}'))).toEqual({
+      _tag: "Stored",
+      seq: 42
+    })
+    expect(
+      parseAck(
+        bytes('{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}')
+      )
+    ).toEqual({ _tag: "Refused", code: 10054, description: "message size exceeds maximum allowed" })
+    expect(parseAck(bytes("not json"))._tag).toBe("Refused")
+    expect(parseAck(bytes('{"stream":"VIBES"}'))._tag).toBe("Refused")
+  })
+
   it("ids become subject tokens that cannot split, widen or collide", () => {
     const { subjectToken } = JetStreamEventLog
     expect(subjectToken("acme")).toBe("acme")
