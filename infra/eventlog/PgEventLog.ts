@@ -265,35 +265,36 @@ export const make = (options: Options = {}) =>
         ([found]) => (found !== undefined ? Effect.succeed(Number(found.offset)) : insert(rows))
       )
 
-    const insert = (rows: ReadonlyArray<Row>) =>
-      sql.withTransaction(
-        Effect.gen(function* () {
-          const [counter] = yield* sql<{ head: string }>`
-            UPDATE vibes_event_head SET head = head + ${rows.length} RETURNING head`
-          const last = Number(counter?.head ?? 0)
-          const first = last - rows.length + 1
-          // The raw payloads go as one binary parameter, cut into rows by the database: an array
-          // of bytea would travel as hex text.
-          const blob = payloads(rows)
-          yield* sql`
-            INSERT INTO vibes_events ("offset", id, type, ts, source_node, source_component, session_id, job_id,
-                                      tenant_id, severity, correlation_id, data, bytes)
-            SELECT o, i, ty, t, sn, sc, se, jo, te, sv, co, d::jsonb,
-                   CASE WHEN bl IS NULL THEN NULL ELSE substring(${blob.bytes}::bytea FROM bs FOR bl) END
-            FROM unnest(
-              ${rows.map((_, k) => first + k)}::bigint[], ${rows.map((r) => r.id)}::uuid[],
-              ${rows.map((r) => r.type)}::text[], ${rows.map((r) => r.ts)}::timestamptz[],
-              ${rows.map((r) => r.sourceNode)}::text[], ${rows.map((r) => r.sourceComponent)}::text[],
-              ${rows.map((r) => r.sessionId)}::text[], ${rows.map((r) => r.jobId)}::text[],
-              ${rows.map((r) => r.tenantId)}::text[], ${rows.map((r) => r.severity)}::text[],
-              ${rows.map((r) => r.correlationId)}::text[], ${rows.map((r) => r.data)}::text[],
-              ${blob.starts}::int[], ${blob.lengths}::int[]
-            ) AS t(o, i, ty, t, sn, sc, se, jo, te, sv, co, d, bs, bl)`
-          // Delivered on commit only, to every node listening.
-          yield* sql`SELECT pg_notify(${channel}, ${String(last)})`
-          return first
-        })
+    // One statement, so one round trip: it takes the offsets (the head row's lock orders writers
+    // on every node until the statement commits), inserts the rows and notifies the listeners
+    // (delivered on commit only, to every node listening). Data-modifying CTEs run exactly once.
+    const insert = (rows: ReadonlyArray<Row>) => {
+      const count = rows.length
+      // The raw payloads go as one binary parameter, cut into rows by the database: an array of
+      // bytea would travel as hex text.
+      const blob = payloads(rows)
+      return sql<{ head: string }>`
+        WITH h AS (UPDATE vibes_event_head SET head = head + ${count} RETURNING head),
+        ins AS (
+          INSERT INTO vibes_events ("offset", id, type, ts, source_node, source_component, session_id, job_id,
+                                    tenant_id, severity, correlation_id, data, bytes)
+          SELECT (SELECT head FROM h) - ${count} + k, i, ty, t, sn, sc, se, jo, te, sv, co, d::jsonb,
+                 CASE WHEN bl IS NULL THEN NULL ELSE substring(${blob.bytes}::bytea FROM bs FOR bl) END
+          FROM unnest(
+            ${rows.map((r) => r.id)}::uuid[],
+            ${rows.map((r) => r.type)}::text[], ${rows.map((r) => r.ts)}::timestamptz[],
+            ${rows.map((r) => r.sourceNode)}::text[], ${rows.map((r) => r.sourceComponent)}::text[],
+            ${rows.map((r) => r.sessionId)}::text[], ${rows.map((r) => r.jobId)}::text[],
+            ${rows.map((r) => r.tenantId)}::text[], ${rows.map((r) => r.severity)}::text[],
+            ${rows.map((r) => r.correlationId)}::text[], ${rows.map((r) => r.data)}::text[],
+            ${blob.starts}::int[], ${blob.lengths}::int[]
+          ) WITH ORDINALITY AS t(i, ty, t, sn, sc, se, jo, te, sv, co, d, bs, bl, k)
+          RETURNING 1
+        )
+        SELECT head, pg_notify(${channel}, head::text) FROM h`.pipe(
+        Effect.map(([counter]) => Number(counter?.head ?? 0) - count + 1)
       )
+    }
 
     // Alerts about failed writes, written ahead of the next batch that goes through.
     let alerts: Array<Row> = []
