@@ -131,7 +131,9 @@ export const payloads = {
   "session.resized": Schema.Struct({ cols: Schema.Int, rows: Schema.Int }),
   "session.exited": Schema.Struct({
     exitCode: Schema.NullOr(Schema.Int),
-    signal: Schema.NullOr(Schema.String)
+    signal: Schema.NullOr(Schema.String),
+    /** Why the program could not be started again (a restart that failed). */
+    error: Schema.optional(Schema.String)
   }),
   "session.started": Schema.Struct({ pid: Schema.Int, ptyId: Schema.String, restarts: Schema.Int }),
   "session.attached": Schema.Struct({ attachmentId: Schema.String, readOnly: Schema.Boolean }),
@@ -142,7 +144,9 @@ export const payloads = {
   "session.closed": Schema.Struct({}),
   "session.lost": Schema.Struct({
     exitCode: Schema.NullOr(Schema.Int),
-    signal: Schema.NullOr(Schema.String)
+    signal: Schema.NullOr(Schema.String),
+    /** Why, when it was not the program's own end (its node was lost). */
+    reason: Schema.optional(Schema.String)
   }),
   "session.gap": Schema.Struct({ from: Schema.Int, to: Schema.Int, bytes: Schema.Int }),
   /** The session's machine was lost; it was started again as `replacedBy` on `machine`. */
@@ -199,6 +203,20 @@ export const payloads = {
 
 /** An event type vibes knows the payload of. */
 export type KnownType = keyof typeof payloads
+
+/** The payload of known event type `T`. */
+export type PayloadOf<T extends KnownType> = (typeof payloads)[T]["Type"]
+
+/** The envelope of a new event: all but its type and payload. */
+export type Envelope = Omit<ConstructorParameters<typeof NewEvent>[0], "type" | "data">
+
+/**
+ * A new event of known type `T`: the payload must match the type's schema, or this does not
+ * compile. Every writer builds its events with this, so none drifts from `payloads`. (Built from
+ * typed values: not validated again at run time.)
+ */
+export const newEvent = <T extends KnownType>(type: T, data: PayloadOf<T>, envelope: Envelope): NewEvent =>
+  NewEvent.make({ ...envelope, type, data }, true)
 
 /** A decoded payload: typed for a known type, the raw JSON value otherwise. */
 export type Payload =

@@ -44,7 +44,8 @@ import {
 } from "../../rpc/Jobs.js"
 import { truncate } from "../../rpc/Text.js"
 import { PtyHost } from "../../infra/pty/PtyHost.js"
-import { Emitter } from "../../src/server/Emitter.js"
+import type { KnownType, PayloadOf } from "../../rpc/Events.js"
+import { Emitter } from "../../infra/eventlog/Emitter.js"
 import { JobLogs, maxChunkChars, sanitize, split } from "./JobLogs.js"
 import { JobSettings } from "./JobSettings.js"
 import { JobStore, type StoredJob } from "./JobStore.js"
@@ -130,8 +131,9 @@ export const layer = Job.toLayer(
     /** Completed with the final info when the run ends. */
     let run: Option.Option<Deferred.Deferred<JobInfo>> = Option.none()
 
-    const emit = (type: string, data: Record<string, unknown>, severity?: "info" | "warn" | "error") =>
-      emitter.emit(type, { jobId, ...data }, { component: "job", jobId, ...(severity ? { severity } : {}) })
+    /** Emits an event of this job (its payload names the job too). */
+    const emit = <T extends KnownType>(type: T, data: PayloadOf<T>, severity?: "info" | "warn" | "error") =>
+      emitter.emit(type, data, { component: "job", jobId, ...(severity ? { severity } : {}) })
 
     const execute = (spec: JobSpec): Effect.Effect<JobInfo, JobError> =>
       Effect.gen(function* () {
@@ -156,7 +158,7 @@ export const layer = Job.toLayer(
             job = yield* store.update(jobId, { status, ...patch, finishedAt: new Date(), pid: null })
             yield* emit(
               "job.done",
-              { status, exitCode: patch.exitCode, signal: patch.signal, attempts: job.info.attempts },
+              { jobId, status, exitCode: patch.exitCode, signal: patch.signal, attempts: job.info.attempts },
               status === "succeeded" || status === "canceled" ? "info" : "warn"
             )
             yield* logs.publish(
@@ -252,7 +254,7 @@ export const layer = Job.toLayer(
                     const match = progressLine.exec(line.replace(/\r$/, ""))
                     if (match?.[1] === undefined) continue
                     const percent = Math.min(100, Math.max(0, Number(match[1])))
-                    yield* emit("job.progress", { percent })
+                    yield* emit("job.progress", { jobId, percent })
                     yield* logs.publish(jobId, new JobProgress({ percent }))
                     yield* Effect.ignore(store.update(jobId, { progress: percent }))
                   }
@@ -310,7 +312,7 @@ export const layer = Job.toLayer(
               if (running.pid !== null || running.ptyId !== null) {
                 job = yield* store.update(jobId, { pid: running.pid, ptyId: running.ptyId })
               }
-              yield* emit("job.started", { attempt, pid: running.pid })
+              yield* emit("job.started", { jobId, attempt, pid: running.pid })
               const exitFiber = yield* Effect.fork(running.exit)
 
               /** SIGTERM to the tree, SIGKILL once `grace` has passed with any of it left. */
@@ -440,7 +442,7 @@ export const layer = Job.toLayer(
           yield* emit(
             "job.retrying",
             // The reason may quote the command (up to 64 Ki characters): cut to keep the event small.
-            { attempt: job.info.attempts, delayMillis: delay, reason: truncate(reason, 4096) },
+            { jobId, attempt: job.info.attempts, delayMillis: delay, reason: truncate(reason, 4096) },
             "warn"
           )
           yield* logs.flush
@@ -514,6 +516,7 @@ export const layer = Job.toLayer(
                 }),
                 (updated) =>
                   emit("job.done", {
+                    jobId,
                     status: "canceled",
                     exitCode: null,
                     signal: null,

@@ -37,7 +37,8 @@ import {
   NewEvent,
   type Offset,
   payloads,
-  type StoredEvent
+  type StoredEvent,
+  newEvent
 } from "../../rpc/Events.js"
 import {
   JobDone,
@@ -208,21 +209,16 @@ export const layer = (nodeId: string) =>
         })
 
       const toEvent = (entry: Entry) =>
-        NewEvent.make(
+        newEvent(
+          "job.log",
           {
-            type: "job.log",
-            source: { nodeId, component: "job" },
             jobId: entry.jobId,
-            data: {
-              jobId: entry.jobId,
-              seq: entry.seq,
-              stream: entry.stream,
-              chunk: entry.chunk,
-              ts: entry.ts.toISOString()
-            }
+            seq: entry.seq,
+            stream: entry.stream,
+            chunk: entry.chunk,
+            ts: entry.ts.toISOString()
           },
-          // Built from a typed entry: no revalidation.
-          true
+          { source: { nodeId, component: "job" }, jobId: entry.jobId }
         )
 
       const retry3 = Schedule.intersect(Schedule.exponential("50 millis"), Schedule.recurs(3))

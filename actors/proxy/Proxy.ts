@@ -28,9 +28,9 @@ import {
   Runtime,
   Schedule
 } from "effect"
-import { NewEvent } from "../../rpc/Events.js"
+import { type NewEvent, newEvent } from "../../rpc/Events.js"
 import { toStorable, truncate } from "../../rpc/Text.js"
-import { securityHeaders, sseHeaders } from "../../src/server/Headers.js"
+import { securityHeaders, sseHeaders } from "../../infra/net/Headers.js"
 import {
   ProviderInfo,
   ProxyStats,
@@ -612,9 +612,27 @@ export const layer = (
         const sessionId = outcome.client.kind === "session" ? outcome.client.sessionId : undefined
         const jobId = outcome.client.kind === "job" ? outcome.client.jobId : undefined
         // Built by this code from checked values: no validation on the request path.
-        const event = new NewEvent(
+        const event = newEvent(
+          "proxy.request",
           {
-            type: "proxy.request",
+            // These come from the client or the upstream: made storable and bounded, so that
+            // one request cannot make the log refuse the batch it is in.
+            provider: truncate(toStorable(outcome.provider), 100),
+            model: outcome.model === null ? null : truncate(toStorable(outcome.model), 200),
+            method: truncate(toStorable(outcome.method), 20),
+            path: truncate(toStorable(outcome.path), 2048),
+            status: outcome.status,
+            latencyMillis: round(outcome.latencyMillis),
+            ttfbMillis: outcome.ttfbMillis === null ? null : round(outcome.ttfbMillis),
+            inputTokens: outcome.inputTokens,
+            outputTokens: outcome.outputTokens,
+            attempts: outcome.attempts,
+            streamed: outcome.streamed,
+            client: outcome.client.kind,
+            errorKind: outcome.errorKind,
+            bytes: outcome.bytes
+          },
+          {
             source: { nodeId: settings.nodeId, component: "proxy" },
             tenantId: "default",
             severity:
@@ -624,27 +642,8 @@ export const layer = (
                   ? "warn"
                   : "info",
             ...(sessionId !== undefined ? { sessionId } : {}),
-            ...(jobId !== undefined ? { jobId } : {}),
-            data: {
-              // These come from the client or the upstream: made storable and bounded, so that
-              // one request cannot make the log refuse the batch it is in.
-              provider: truncate(toStorable(outcome.provider), 100),
-              model: outcome.model === null ? null : truncate(toStorable(outcome.model), 200),
-              method: truncate(toStorable(outcome.method), 20),
-              path: truncate(toStorable(outcome.path), 2048),
-              status: outcome.status,
-              latencyMillis: round(outcome.latencyMillis),
-              ttfbMillis: outcome.ttfbMillis === null ? null : round(outcome.ttfbMillis),
-              inputTokens: outcome.inputTokens,
-              outputTokens: outcome.outputTokens,
-              attempts: outcome.attempts,
-              streamed: outcome.streamed,
-              client: outcome.client.kind,
-              errorKind: outcome.errorKind,
-              bytes: outcome.bytes
-            }
-          },
-          true
+            ...(jobId !== undefined ? { jobId } : {})
+          }
         )
         const provider = outcome.provider
         tagged(requestsTotal, { provider, model, status: String(outcome.status) }).unsafeUpdate(1, [])

@@ -15,15 +15,15 @@
  * A caller that must know its events are durable awaits `flush`.
  */
 import { Context, Deferred, Duration, Effect, Layer, Option, Queue, Schedule, type Scope } from "effect"
-import { NewEvent, type Severity } from "../../rpc/Events.js"
+import { type KnownType, type NewEvent, newEvent, type PayloadOf, type Severity } from "../../rpc/Events.js"
 import { type AppendError, appendOrMark, EventLog } from "../../infra/eventlog/EventLog.js"
 
 /** One session's history writer. */
 export interface Recorder {
   /** Records output bytes that start at session sequence number `seq`. */
   readonly output: (seq: number, data: Uint8Array) => void
-  /** Records an event after everything recorded so far. */
-  readonly event: (type: string, data: unknown, severity?: Severity) => void
+  /** Records an event of a known type after everything recorded so far. */
+  readonly event: <T extends KnownType>(type: T, data: PayloadOf<T>, severity?: Severity) => void
   /** Resolves once everything recorded so far is durable. */
   readonly flush: Effect.Effect<void>
   /** Bytes of output waiting to be written (for backpressure on the producer). */
@@ -34,7 +34,7 @@ export interface Recorder {
 
 type Item =
   | { readonly _tag: "Output"; readonly seq: number; readonly data: Uint8Array }
-  | { readonly _tag: "Event"; readonly type: string; readonly data: unknown; readonly severity: Severity }
+  | { readonly _tag: "Event"; readonly event: NewEvent }
 
 /** What a session's recorder is given. */
 export interface Options {
@@ -98,17 +98,16 @@ export const makeRecorders = (writerOptions: WriterOptions = {}) =>
         for (let at = 0; at < bytes.length; at += maxChunk) {
           // Built here, so not validated again.
           events.push(
-            NewEvent.make(
+            newEvent(
+              "session.output",
+              { seq: run.seq + at },
               {
-                type: "session.output",
                 source: pending.source,
                 sessionId,
                 tenantId: "default",
                 severity: "info",
-                data: { seq: run.seq + at },
                 bytes: bytes.subarray(at, at + maxChunk)
-              },
-              true
+              }
             )
           )
         }
@@ -125,15 +124,7 @@ export const makeRecorders = (writerOptions: WriterOptions = {}) =>
           }
         } else {
           endRun()
-          events.push(
-            NewEvent.make({
-              type: item.type,
-              source: pending.source,
-              sessionId,
-              severity: item.severity,
-              data: item.data
-            })
-          )
+          events.push(item.event)
         }
       }
       endRun()
@@ -236,7 +227,18 @@ export const makeRecorders = (writerOptions: WriterOptions = {}) =>
         yield* Effect.addFinalizer(() => flushOf(pending).pipe(Effect.timeout("5 seconds"), Effect.ignore))
         return {
           output: (seq, data) => push({ _tag: "Output", seq, data }, data.length),
-          event: (type, data, severity = "info") => push({ _tag: "Event", type, data, severity }, 0),
+          event: (type, data, severity = "info") =>
+            push(
+              {
+                _tag: "Event",
+                event: newEvent(type, data, {
+                  source: pending.source,
+                  sessionId: options.sessionId,
+                  severity
+                })
+              },
+              0
+            ),
           flush: flushOf(pending),
           backlog: () => pending.bytes,
           recordedSeq: () => pending.recorded

@@ -34,7 +34,14 @@ import {
 import * as ClusterSchema from "@effect/cluster/ClusterSchema"
 import * as Entity from "@effect/cluster/Entity"
 import * as Rpc from "@effect/rpc/Rpc"
-import { EventFilter, maxDataBytes, type StoredEvent } from "../../rpc/Events.js"
+import {
+  EventFilter,
+  type KnownType,
+  maxDataBytes,
+  newEvent,
+  type PayloadOf,
+  type StoredEvent
+} from "../../rpc/Events.js"
 import { jsonBytes } from "../../rpc/Text.js"
 import {
   Attached,
@@ -637,21 +644,19 @@ export const layer = Session.toLayer(
 
     // Lifecycle -------------------------------------------------------------------------------
 
-    const emit = (type: string, data: unknown) =>
+    const emit = <T extends KnownType>(type: T, data: PayloadOf<T>) =>
       Option.match(live, {
         onSome: (state) => Effect.sync(() => state.recorder.event(type, data)),
         onNone: () =>
           Effect.asVoid(
             log
               .append([
-                {
-                  type,
+                newEvent(type, data, {
                   source: { nodeId: settings.nodeId, component: "session" },
                   sessionId,
                   tenantId: "default",
-                  severity: "info",
-                  data
-                }
+                  severity: "info"
+                })
               ])
               .pipe(
                 Effect.catchAll((error) => Effect.logWarning(`could not record ${type}: ${error.message}`))

@@ -176,7 +176,11 @@ const main = Effect.gen(function* () {
     Effect.sync(() => new pg.Pool({ connectionString: Redacted.value(db.url), max: concurrency })),
     (p) => Effect.promise(() => p.end())
   )
-  const server = yield* Sessions.serve(db, { env: { VIBES_HOST: "127.0.0.1" } })
+  const cpuProfDir = process.env["BENCH_CPU_PROF"]
+  const server = yield* Sessions.serve(db, {
+    env: { VIBES_HOST: "127.0.0.1" },
+    ...(cpuProfDir !== undefined && cpuProfDir !== "" ? { cpuProfDir } : {})
+  })
   yield* Harness.progress(`vibes serve (pid ${server.pid}) listens on ${server.url}`)
   const client = yield* Sessions.connect(server)
 

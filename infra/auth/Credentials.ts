@@ -14,7 +14,7 @@ import {
   tokenProtocolPrefix,
   Unauthorized
 } from "../../rpc/Auth.js"
-import { NewEvent } from "../../rpc/Events.js"
+import { newEvent } from "../../rpc/Events.js"
 import { EventLog } from "../eventlog/EventLog.js"
 import * as ClientAddress from "../net/ClientAddress.js"
 import { AdminToken } from "./AdminToken.js"
@@ -135,7 +135,7 @@ export const make = (options: Options) =>
         Effect.zipRight(
           Effect.logWarning("refused credentials").pipe(Effect.annotateLogs(data)),
           log
-            .append([NewEvent.make({ type: "auth.login_failed", source, severity: "warn", data })])
+            .append([newEvent("auth.login_failed", data, { source, severity: "warn" })])
             .pipe(
               Effect.catchAll((error) =>
                 Effect.logWarning(`could not record auth.login_failed: ${error.message}`)

@@ -13,7 +13,7 @@
  *   because the PTYs live there. A session id starts with its machine (`<machine>_<uuid>`).
  */
 import * as crypto from "node:crypto"
-import { Duration, Effect, Layer, Option, type Scope } from "effect"
+import { Duration, Effect, Layer, Option, type Redacted, type Scope } from "effect"
 import type * as MessageStorage from "@effect/cluster/MessageStorage"
 import * as RunnerAddress from "@effect/cluster/RunnerAddress"
 import * as RunnerHealth from "@effect/cluster/RunnerHealth"
@@ -28,11 +28,30 @@ import * as SqlRunnerStorage from "@effect/cluster/SqlRunnerStorage"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import type { ClusterConfig } from "../../src/config/Config.js"
 import { uuidv7 } from "../eventlog/EventLog.js"
 import * as RunnerTls from "./RunnerTls.js"
 
 /** The group every node serves: jobs. */
+
+/** How a node takes part in a cluster of nodes on one Postgres. */
+export interface ClusterConfig {
+  /** The address other nodes reach this node's runner at. */
+  readonly runnerHost: string
+  readonly runnerPort: number
+  /** Where the runner listens; by default the runner host. */
+  readonly runnerListenHost: string
+  /** A shard lock not refreshed for this long may be taken by another node (the failover time). */
+  readonly shardLockExpiration: Duration.Duration
+  readonly shardLockRefresh: Duration.Duration
+  /** How often a node looks for shards to take or give back. */
+  readonly shardRefresh: Duration.Duration
+  /**
+   * What runners prove to each other (TLS with a key derived from it): `VIBES_CLUSTER_SECRET`,
+   * else the admin token. Every node of a cluster has the same one.
+   */
+  readonly secret: Redacted.Redacted<string>
+}
+
 export const sharedGroup = "default"
 
 /** Shards per group; every node of a cluster must agree on it. */

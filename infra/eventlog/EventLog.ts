@@ -13,7 +13,8 @@ import {
   InvalidGlob,
   NewEvent,
   type Offset,
-  type StoredEvent
+  type StoredEvent,
+  newEvent
 } from "../../rpc/Events.js"
 import { toStorable, truncate } from "../../rpc/Text.js"
 import { consumerPattern } from "../../rpc/EventsRpcs.js"
@@ -172,22 +173,17 @@ export const isPermanent = (error: AppendError): error is EventTooLarge | EventR
 
 /** The marker recorded in place of an event the log refused for good, with the refused event's ids. */
 export const droppedMarker = (event: NewEvent, error: EventTooLarge | EventRejected): NewEvent =>
-  NewEvent.make(
+  newEvent(
+    "event.dropped",
+    { type: event.type, reason: error._tag, message: truncate(toStorable(error.message), 1000) },
     {
-      type: "event.dropped",
       source: event.source,
       ...(event.sessionId !== undefined ? { sessionId: event.sessionId } : {}),
       ...(event.jobId !== undefined ? { jobId: event.jobId } : {}),
       tenantId: event.tenantId,
       ...(event.correlationId !== undefined ? { correlationId: event.correlationId } : {}),
-      severity: "error",
-      data: {
-        type: event.type,
-        reason: error._tag,
-        message: truncate(toStorable(error.message), 1000)
-      }
-    },
-    true
+      severity: "error"
+    }
   )
 
 /**

@@ -76,7 +76,8 @@ import {
   type EventFilter,
   NewEvent,
   Offset,
-  StoredEvent
+  StoredEvent,
+  newEvent
 } from "../../rpc/Events.js"
 import {
   checkCommit,
@@ -697,12 +698,11 @@ export const make = (options: Options) =>
     const alertOf = (message: string): Outgoing => {
       const row = Either.getOrThrow(
         toRow(
-          NewEvent.make({
-            type: "system.alert",
-            source: { nodeId: options.nodeId ?? "unknown", component: "eventlog" },
-            severity: "critical",
-            data: { component: "eventlog", message: message.slice(0, 2000) }
-          }),
+          newEvent(
+            "system.alert",
+            { component: "eventlog", message: message.slice(0, 2000) },
+            { source: { nodeId: options.nodeId ?? "unknown", component: "eventlog" }, severity: "critical" }
+          ),
           Date.now()
         )
       )

@@ -19,6 +19,8 @@ import {
 } from "effect"
 import { compileGlob } from "../../rpc/Events.js"
 import { RetentionPolicy } from "../../infra/eventlog/EventLog.js"
+import type { ClusterConfig } from "../../infra/cluster/Cluster.js"
+export type { ClusterConfig }
 import * as EventBackend from "../../infra/eventlog/EventBackend.js"
 import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
@@ -105,25 +107,6 @@ export interface ServerConfig {
   readonly heartbeat: Duration.Duration
   /** Silence after which a node that did not stop cleanly counts as gone: its sessions are lost. */
   readonly nodeLostAfter: Duration.Duration
-}
-
-/** How a node takes part in a cluster of nodes on one Postgres. */
-export interface ClusterConfig {
-  /** The address other nodes reach this node's runner at. */
-  readonly runnerHost: string
-  readonly runnerPort: number
-  /** Where the runner listens; by default the runner host. */
-  readonly runnerListenHost: string
-  /** A shard lock not refreshed for this long may be taken by another node (the failover time). */
-  readonly shardLockExpiration: Duration.Duration
-  readonly shardLockRefresh: Duration.Duration
-  /** How often a node looks for shards to take or give back. */
-  readonly shardRefresh: Duration.Duration
-  /**
-   * What runners prove to each other (TLS with a key derived from it): `VIBES_CLUSTER_SECRET`,
-   * else the admin token. Every node of a cluster has the same one.
-   */
-  readonly secret: Redacted.Redacted<string>
 }
 
 /** The default retention: terminal output goes once a later snapshot of its session covers it. */

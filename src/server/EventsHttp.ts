@@ -19,7 +19,7 @@ import { hasControl, isStorable } from "../../rpc/Text.js"
 import { EventBus } from "../../infra/eventlog/EventBus.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
 import { resolveStart } from "./EventsHandlers.js"
-import { sseHeaders } from "./Headers.js"
+import { sseHeaders } from "../../infra/net/Headers.js"
 
 /** A request the endpoint refuses, with the reason. */
 export interface BadRequest {

@@ -41,7 +41,7 @@ import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import type { StreamSlots } from "../../infra/net/StreamSlots.js"
 import * as RpcSocketServer from "../../infra/rpc/RpcSocketServer.js"
 import { PrometheusMetrics } from "../../infra/telemetry/Telemetry.js"
-import { Emitter } from "./Emitter.js"
+import { Emitter } from "../../infra/eventlog/Emitter.js"
 import { NodeInfo } from "./NodeInfo.js"
 import * as EventsHandlers from "./EventsHandlers.js"
 import * as EventsHttp from "./EventsHttp.js"
@@ -55,7 +55,7 @@ import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 import type { Proxy } from "../../actors/proxy/Proxy.js"
 import * as WebUi from "./WebUi.js"
-import { securityHeaders } from "./Headers.js"
+import { securityHeaders } from "../../infra/net/Headers.js"
 
 /** Extra readiness checks beyond the database (e.g. the embedded Postgres supervisor). */
 export type ReadinessCheck = Effect.Effect<Option.Option<string>>

@@ -19,7 +19,7 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { JobId, JobInfo, type JobError, JobOutput, JobSpec, JobStatus, maxListLimit } from "../../rpc/Jobs.js"
 import { Jobs } from "../../actors/job/Jobs.js"
-import { sseHeaders } from "./Headers.js"
+import { sseHeaders } from "../../infra/net/Headers.js"
 import { badRequest, formatIssue, json, jsonBody, refuse } from "./JsonApi.js"
 
 /** The largest request body accepted, in bytes. */

@@ -7,7 +7,7 @@ import { Effect, Either, Option, ParseResult, Schema } from "effect"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { firstIssue } from "../../rpc/Text.js"
-import { securityHeaders } from "./Headers.js"
+import { securityHeaders } from "../../infra/net/Headers.js"
 
 /** A JSON answer. */
 export const json = (status: number, body: unknown) =>

@@ -19,7 +19,7 @@ import * as Cluster from "../../infra/cluster/Cluster.js"
 import { Session } from "../../actors/session/SessionEntity.js"
 import { type Row, SessionRegistry } from "../../actors/session/SessionRegistry.js"
 import type { ClusterConfig } from "../config/Config.js"
-import { Emitter } from "./Emitter.js"
+import { Emitter } from "../../infra/eventlog/Emitter.js"
 
 /** What the membership needs to know. */
 export interface Options {

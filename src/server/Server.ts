@@ -69,8 +69,8 @@ import type { ServerConfig } from "../config/Config.js"
 import { version } from "../Version.js"
 import { PtyHost } from "../../infra/pty/PtyHost.js"
 import * as PtyExitRecords from "../../infra/pty/PtyExitRecords.js"
-import { NewEvent } from "../../rpc/Events.js"
-import * as Emitter from "./Emitter.js"
+import { newEvent } from "../../rpc/Events.js"
+import * as Emitter from "../../infra/eventlog/Emitter.js"
 import * as Http from "./Http.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as Membership from "./Membership.js"
@@ -208,11 +208,7 @@ const announceStop = (nodeId: string, stopWork: Effect.Effect<void>, log: EventL
         yield* stopWork
         const offset = yield* log
           .close(
-            NewEvent.make({
-              type: "system.stopped",
-              source: { nodeId, component: "server" },
-              data: { reason: "shutdown" }
-            })
+            newEvent("system.stopped", { reason: "shutdown" }, { source: { nodeId, component: "server" } })
           )
           .pipe(
             Effect.catchAll((error) =>

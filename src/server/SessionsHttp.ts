@@ -30,7 +30,7 @@ import {
   SessionSignal,
   SessionState
 } from "../../rpc/Sessions.js"
-import { securityHeaders } from "./Headers.js"
+import { securityHeaders } from "../../infra/net/Headers.js"
 import { badRequest, json, jsonBody, rawBody, refuse } from "./JsonApi.js"
 import { SessionsApi } from "./SessionsHandlers.js"
 

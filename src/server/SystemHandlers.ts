@@ -4,7 +4,7 @@
 import { Clock, DateTime, Effect } from "effect"
 import { SystemInfo, SystemRpcs } from "../../rpc/System.js"
 import { Membership } from "./Membership.js"
-import { Emitter } from "./Emitter.js"
+import { Emitter } from "../../infra/eventlog/Emitter.js"
 import { NodeInfo } from "./NodeInfo.js"
 
 /**

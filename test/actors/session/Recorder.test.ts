@@ -35,9 +35,15 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("session recorder", 
         const recorders = yield* Recorder.makeRecorders()
         const recorder = yield* recorders.make({ sessionId, nodeId: "test-node", startSeq: 0 })
         recorder.output(0, encode("hello"))
-        recorder.event("session.created", { command: "sh", args: ["x".repeat(300 * 1024)] })
+        recorder.event("session.created", {
+          command: "sh",
+          args: ["x".repeat(300 * 1024)],
+          cwd: "/",
+          cols: 80,
+          rows: 24
+        })
         recorder.output(5, encode(" world"))
-        recorder.event("session.resized", { cols: 80, rows: 24, note: "half a pair \uD800" })
+        recorder.event("session.replaced", { replacedBy: "half a pair \uD800", machine: "elsewhere" })
         recorder.output(11, encode("!"))
         recorder.event("session.bell", {})
         // Before, this waited forever: the recorder retried the refused event without end.
@@ -53,13 +59,13 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("session recorder", 
           ["session.bell", "info"]
         ])
         expect(events[1]?.data).toMatchObject({ type: "session.created", reason: "EventTooLarge" })
-        expect(events[3]?.data).toMatchObject({ type: "session.resized", reason: "EventRejected" })
+        expect(events[3]?.data).toMatchObject({ type: "session.replaced", reason: "EventRejected" })
         const output = events
           .filter((e) => e.type === "session.output")
           .map((e) => Buffer.from(e.bytes ?? []).toString())
         expect(output.join("")).toBe("hello world!")
         expect(lines.filter((line) => line.includes("dropped a session.created event"))).toHaveLength(1)
-        expect(lines.filter((line) => line.includes("dropped a session.resized event"))).toHaveLength(1)
+        expect(lines.filter((line) => line.includes("dropped a session.replaced event"))).toHaveLength(1)
       }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))
     }
   )

@@ -3,8 +3,8 @@
  * A failed write is logged, not raised: the operation it describes has already happened.
  */
 import { Context, Effect, Layer } from "effect"
-import { NewEvent, type Severity } from "../../rpc/Events.js"
-import { EventLog } from "../../infra/eventlog/EventLog.js"
+import { type KnownType, newEvent, type PayloadOf, type Severity } from "../../rpc/Events.js"
+import { EventLog } from "./EventLog.js"
 
 /** Extra envelope fields of an emitted event. */
 export interface EmitOptions {
@@ -19,8 +19,15 @@ export interface EmitOptions {
 export class Emitter extends Context.Tag("vibes/Emitter")<
   Emitter,
   {
-    /** Appends one event; resolves with its offset (0 when the write failed and was logged). */
-    readonly emit: (type: string, data: unknown, options?: EmitOptions) => Effect.Effect<number>
+    /**
+     * Appends one event of a known type, whose payload must match its schema in `payloads`;
+     * resolves with its offset (0 when the write failed and was logged).
+     */
+    readonly emit: <T extends KnownType>(
+      type: T,
+      data: PayloadOf<T>,
+      options?: EmitOptions
+    ) => Effect.Effect<number>
   }
 >() {}
 
@@ -33,14 +40,12 @@ export const layer = (nodeId: string): Layer.Layer<Emitter, never, EventLog> =>
         emit: (type, data, options = {}) =>
           log
             .append([
-              NewEvent.make({
-                type,
+              newEvent(type, data, {
                 source: { nodeId, component: options.component ?? "server" },
                 ...(options.severity !== undefined ? { severity: options.severity } : {}),
                 ...(options.sessionId !== undefined ? { sessionId: options.sessionId } : {}),
                 ...(options.jobId !== undefined ? { jobId: options.jobId } : {}),
-                ...(options.correlationId !== undefined ? { correlationId: options.correlationId } : {}),
-                data
+                ...(options.correlationId !== undefined ? { correlationId: options.correlationId } : {})
               })
             ])
             .pipe(
