@@ -13,7 +13,6 @@
  *
  * `Cancel`, `Status` and `Logs` are volatile and run beside a running `Submit`.
  */
-import * as fs from "node:fs"
 import {
   DateTime,
   Deferred,
@@ -52,6 +51,7 @@ import { JobStore, type StoredJob } from "./JobStore.js"
 import { Scheduler } from "./Scheduler.js"
 import * as Strategies from "./Strategies.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
+import * as Proc from "../../infra/proc/Proc.js"
 
 /** The entity's protocol; the public `Jobs` RPCs route here by job id. */
 export const Job = Entity.make("Job", [
@@ -94,25 +94,11 @@ export const backoff = (spec: JobSpec, next: number): number =>
   Math.min(spec.retry.maxDelayMs, spec.retry.initialDelayMs * spec.retry.factor ** Math.max(0, next - 2))
 
 /** Processes of process group `pgid` that carry `VIBES_JOB_ID=jobId`: left behind by a crash. */
-const orphans = (pgid: number, jobId: string): boolean => {
-  const marker = `VIBES_JOB_ID=${jobId}\u0000`
-  try {
-    for (const entry of fs.readdirSync("/proc")) {
-      if (!/^\d+$/.test(entry)) continue
-      try {
-        const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
-        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-        if (Number(fields[2]) !== pgid) continue
-        if (fs.readFileSync(`/proc/${entry}/environ`, "utf8").includes(marker)) return true
-      } catch {
-        // Gone meanwhile, or not ours to read.
-      }
-    }
-  } catch {
-    return false
-  }
-  return false
-}
+const orphans = (pgid: number, jobId: string): boolean =>
+  Proc.pids().some(
+    (pid) =>
+      Option.exists(Proc.stat(pid), (stat) => stat.pgrp === pgid) && Proc.hasEnv(pid, "VIBES_JOB_ID", jobId)
+  )
 
 /** The entity's handlers. */
 export const layer = Job.toLayer(

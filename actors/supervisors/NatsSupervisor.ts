@@ -34,6 +34,7 @@ import * as DataDir from "../../infra/datadir/DataDir.js"
 import * as ChildSupervisor from "./ChildSupervisor.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 import * as FreePort from "../../infra/net/FreePort.js"
+import * as Proc from "../../infra/proc/Proc.js"
 
 /** The bundled nats-server could not be found, started or kept running. */
 export class NatsServerError extends Schema.TaggedError<NatsServerError>()("NatsServerError", {
@@ -129,13 +130,8 @@ const onParentDeath = (bin: string, args: ReadonlyArray<string>): [string, Array
     ? ["setpriv", ["--pdeathsig", "TERM", "--", bin, ...args]]
     : [bin, [...args]]
 
-const isNatsServer = (pid: number): boolean => {
-  try {
-    return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("nats-server")
-  } catch {
-    return false
-  }
-}
+const isNatsServer = (pid: number): boolean =>
+  Option.exists(Proc.cmdline(pid), (line) => line.includes("nats-server"))
 
 const waitGone = (pid: number, within: Duration.DurationInput) =>
   Effect.suspend(() => (DataDir.isAlive(pid) ? Effect.fail("alive") : Effect.void)).pipe(

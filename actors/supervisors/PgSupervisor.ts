@@ -35,6 +35,7 @@ import * as DataDir from "../../infra/datadir/DataDir.js"
 import * as ChildSupervisor from "./ChildSupervisor.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 import * as FreePort from "../../infra/net/FreePort.js"
+import * as Proc from "../../infra/proc/Proc.js"
 
 /** The embedded Postgres could not be prepared, started or kept running. */
 export class EmbeddedPgError extends Schema.TaggedError<EmbeddedPgError>()("EmbeddedPgError", {
@@ -226,13 +227,9 @@ const stopOrphan = (pgData: string) =>
     if (!gone) process.kill(pid, "SIGKILL")
   })
 
-const isPostgres = (pid: number): boolean => {
-  try {
-    return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("postgres")
-  } catch {
-    return true
-  }
-}
+/** Whether `pid` is a postgres (unreadable counts as one: better a stale pid file than a stray server). */
+const isPostgres = (pid: number): boolean =>
+  Option.match(Proc.cmdline(pid), { onNone: () => true, onSome: (line) => line.includes("postgres") })
 
 const query = (url: string, text: string) =>
   Effect.acquireUseRelease(

@@ -34,7 +34,7 @@ import * as path from "node:path"
 import { performance } from "node:perf_hooks"
 import * as readline from "node:readline"
 import { fileURLToPath } from "node:url"
-import { Context, Deferred, Duration, Effect, Fiber, Layer, Redacted, type Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Fiber, Layer, Option, Redacted, type Scope } from "effect"
 import * as Db from "../../infra/db/Db.js"
 import * as Migrations from "../../infra/db/Migrations.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
@@ -43,6 +43,7 @@ import { NewEvent } from "../../rpc/Events.js"
 import * as Harness from "./harness.js"
 import * as SseClients from "./sse-clients.js"
 import * as SseVibes from "./sse-vibes.js"
+import * as Proc from "../../infra/proc/Proc.js"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const eventType = "bench.latency"
@@ -79,28 +80,17 @@ const clockTicks = (() => {
 })()
 
 /** Resident memory of `pid` in MiB (VmRSS), NaN when unknown. */
-const rssMiB = (pid: number | undefined): number => {
-  try {
-    const line = fs
-      .readFileSync(`/proc/${pid}/status`, "utf8")
-      .split("\n")
-      .find((l) => l.startsWith("VmRSS:"))
-    return line === undefined ? Number.NaN : Number.parseInt(line.slice(6), 10) / 1024
-  } catch {
-    return Number.NaN
-  }
-}
+const rssMiB = (pid: number | undefined): number =>
+  pid === undefined ? Number.NaN : Proc.kib(pid, "status", "VmRSS") / 1024
 
 /** User plus system CPU time of `pid` so far, in milliseconds; NaN when unknown. */
-const cpuMillis = (pid: number | undefined): number => {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks
-  } catch {
-    return Number.NaN
-  }
-}
+const cpuMillis = (pid: number | undefined): number =>
+  pid === undefined
+    ? Number.NaN
+    : Option.match(Proc.stat(pid), {
+        onNone: () => Number.NaN,
+        onSome: (stat) => ((stat.utime + stat.stime) * 1000) / clockTicks
+      })
 
 /** CPU time of this process so far, in milliseconds. */
 const ownCpuMillis = (): number => {

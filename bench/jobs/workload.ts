@@ -19,6 +19,8 @@
  */
 import * as childProcess from "node:child_process"
 import * as fs from "node:fs"
+import { Option } from "effect"
+import * as Proc from "../../infra/proc/Proc.js"
 
 /** Bytes of one line, its newline included. */
 export const lineBytes = 1000
@@ -220,70 +222,17 @@ export const allRunning = (
 
 // Processes -------------------------------------------------------------------------------------
 
-/** Every process's parent, from /proc. */
-const parents = (): Map<number, number> => {
-  const out = new Map<number, number>()
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
-      out.set(Number(entry), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]))
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out
-}
-
-const commandName = (pid: number): string => {
-  try {
-    return fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim()
-  } catch {
-    return ""
-  }
-}
-
 /** The processes below `pid` (children, their children, …), only those named `name` if given. */
-export const descendants = (pid: number, name?: string): Array<number> => {
-  const children = new Map<number, Array<number>>()
-  for (const [child, parent] of parents()) {
-    const list = children.get(parent) ?? []
-    list.push(child)
-    children.set(parent, list)
-  }
-  const out: Array<number> = []
-  const stack = [...(children.get(pid) ?? [])]
-  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
-    out.push(next)
-    stack.push(...(children.get(next) ?? []))
-  }
-  return name === undefined ? out : out.filter((p) => commandName(p) === name)
-}
-
-/** The direct children of `pid` named `name` (from each thread's `children` list). */
-export const childrenNamed = (pid: number, name: string): Array<number> => {
-  const out: Array<number> = []
-  try {
-    for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
-      const text = fs.readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim()
-      for (const child of text === "" ? [] : text.split(" ")) {
-        if (commandName(Number(child)) === name) out.push(Number(child))
-      }
-    }
-  } catch {
-    // gone meanwhile
-  }
-  return out
-}
+export const descendants = Proc.descendants
 
 /** SIGKILLs every job process left whose command line names `dir` (the benchmark's own directory). */
 export const killLeftovers = (dir: string): number => {
   let killed = 0
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry) || commandName(Number(entry)) !== programName) continue
+  for (const pid of Proc.pids()) {
+    if (Option.getOrUndefined(Proc.comm(pid)) !== programName) continue
+    if (!Option.exists(Proc.cmdline(pid), (line) => line.includes(dir))) continue
     try {
-      if (!fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").includes(dir)) continue
-      process.kill(Number(entry), "SIGKILL")
+      process.kill(pid, "SIGKILL")
       killed++
     } catch {
       // gone meanwhile

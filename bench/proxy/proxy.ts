@@ -56,6 +56,7 @@ import { fileURLToPath } from "node:url"
 import { Deferred, Effect, type Scope } from "effect"
 import * as Harness from "../events/harness.js"
 import * as Sessions from "../sessions/harness.js"
+import * as Proc from "../../infra/proc/Proc.js"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 
@@ -119,20 +120,7 @@ const isAlive = (pid: number): boolean => {
 }
 
 /** Pids of the direct children of `pid` (nginx workers). */
-const childrenOf = (pid: number): Array<number> => {
-  const out: Array<number> = []
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
-      if (ppid === pid) out.push(Number(entry))
-    } catch {
-      // gone
-    }
-  }
-  return out
-}
+const childrenOf = Proc.childrenOf
 
 /** CPU milliseconds of `pids` so far (processes that are gone count 0). */
 const cpuOf = (pids: ReadonlyArray<number>): number =>

@@ -22,6 +22,7 @@ import * as Client from "../../rpc/Client.js"
 import type { AttachEvent, SessionInfo } from "../../rpc/Sessions.js"
 import { readableTempDir, tempDir } from "../../test/support/TempDir.js"
 import * as Harness from "../events/harness.js"
+import * as Proc from "../../infra/proc/Proc.js"
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 // `BENCH_UNBUNDLED=1` runs the server from tsc's output (dist/src) rather than the bundle, so a
@@ -41,38 +42,25 @@ const clockTicks = (() => {
   }
 })()
 
-/** The KiB figure of the line `field:` of a /proc file of `pid`, NaN when unknown. */
-const procKiB = (pid: number | undefined, file: string, field: string): number => {
-  try {
-    const line = fs
-      .readFileSync(`/proc/${pid}/${file}`, "utf8")
-      .split("\n")
-      .find((l) => l.startsWith(`${field}:`))
-    return line === undefined ? Number.NaN : Number.parseInt(line.slice(field.length + 1), 10)
-  } catch {
-    return Number.NaN
-  }
-}
-
 /** Resident memory of `pid` in KiB (VmRSS), NaN when unknown. */
-export const rssKiB = (pid: number | undefined): number => procKiB(pid, "status", "VmRSS")
+export const rssKiB = (pid: number | undefined): number =>
+  pid === undefined ? Number.NaN : Proc.kib(pid, "status", "VmRSS")
 
 /**
  * Proportional set size of `pid` in KiB (`Pss` of smaps_rollup): its private pages plus its share
  * of pages mapped by several processes, so the figures of processes add up. NaN when unknown.
  */
-export const pssKiB = (pid: number | undefined): number => procKiB(pid, "smaps_rollup", "Pss")
+export const pssKiB = (pid: number | undefined): number =>
+  pid === undefined ? Number.NaN : Proc.kib(pid, "smaps_rollup", "Pss")
 
 /** User plus system CPU time of `pid` so far, in milliseconds; NaN when unknown. */
-export const cpuMillis = (pid: number | undefined): number => {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks
-  } catch {
-    return Number.NaN
-  }
-}
+export const cpuMillis = (pid: number | undefined): number =>
+  pid === undefined
+    ? Number.NaN
+    : Option.match(Proc.stat(pid), {
+        onNone: () => Number.NaN,
+        onSome: (stat) => ((stat.utime + stat.stime) * 1000) / clockTicks
+      })
 
 /**
  * Waits (at most `maxSeconds`) until every process in `pids` uses less than a tenth of a core
@@ -94,21 +82,14 @@ export const settle = (pids: ReadonlyArray<number | undefined>, maxSeconds: numb
  * Pids of the Postgres processes that work for `database`: its backends, and the shared
  * background processes (WAL writer, checkpointer, …), not other databases' backends.
  */
-export const postgresPids = (database: string): Array<number> => {
-  const out: Array<number> = []
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      if (fs.readFileSync(`/proc/${entry}/comm`, "utf8").trim() !== "postgres") continue
-      const title = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8")
+export const postgresPids = (database: string): Array<number> =>
+  Proc.pids().filter((pid) => {
+    if (Option.getOrUndefined(Proc.comm(pid)) !== "postgres") return false
+    return Option.exists(Proc.cmdline(pid), (title) => {
       const isBackend = /\d+\.\d+\.\d+\.\d+\(\d+\)|\[local\]/.test(title)
-      if (!isBackend || title.includes(` ${database} `)) out.push(Number(entry))
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out
-}
+      return !isBackend || title.includes(` ${database} `)
+    })
+  })
 
 /** CPU milliseconds of the Postgres processes of `database` now (backends come and go: sample around a run). */
 export const postgresCpuMillis = (database: string): number =>

@@ -20,6 +20,7 @@ import {
   PtySpawnFailed,
   PtySpec
 } from "./PtyHost.js"
+import * as Proc from "../proc/Proc.js"
 
 /** Name of the host's Unix socket in the data dir. */
 export const socketFileName = "pty-host.sock"
@@ -36,20 +37,8 @@ export const pidFilePath = (dataDir: string): string => path.join(dataDir, pidFi
 /** The content of `pty-host.json`. */
 export const PidFile = Schema.Struct({ pid: Schema.Int, startedAt: Schema.String })
 
-/** Alive, and not a zombie waiting to be reaped (zombies still take signal 0). */
-export const isRunning = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "EPERM") return false
-  }
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-    return stat.charAt(stat.lastIndexOf(")") + 2) !== "Z"
-  } catch {
-    return true
-  }
-}
+/** Whether `pid` runs (exists and is not a zombie). */
+export const isRunning = Proc.isRunning
 
 /** The pid in `pty-host.json` when it names a running `vibes pty-host` process. */
 export const runningHostPid = (dataDir: string): Option.Option<number> => {
@@ -59,7 +48,7 @@ export const runningHostPid = (dataDir: string): Option.Option<number> => {
     )
     return Option.filter(
       Option.map(file, ({ pid }) => pid),
-      (pid) => isRunning(pid) && fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("pty-host")
+      (pid) => isRunning(pid) && Option.exists(Proc.cmdline(pid), (line) => line.includes("pty-host"))
     )
   } catch {
     return Option.none()

@@ -65,6 +65,7 @@ import {
   socketPath
 } from "./PtyHostRpcs.js"
 import { defaultIdleExit, defaultRingBytes } from "./PtyHostDefaults.js"
+import * as Proc from "../proc/Proc.js"
 
 /** The host could not start (data dir, socket). */
 export class PtyHostServerError extends Schema.TaggedError<PtyHostServerError>()("PtyHostServerError", {
@@ -180,17 +181,8 @@ const send = (target: number, signal: NodeJS.Signals | 0): boolean => {
 }
 
 /** The terminal's foreground process group (field 8, `tpgid`, of /proc/<pid>/stat), Linux only. */
-const foregroundGroup = (pid: number): Option.Option<number> => {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-    // The command name (field 2) may hold spaces and parentheses; fields after it are plain.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    const tpgid = Number.parseInt(fields[5] ?? "", 10)
-    return Number.isInteger(tpgid) && tpgid > 0 ? Option.some(tpgid) : Option.none()
-  } catch {
-    return Option.none()
-  }
-}
+const foregroundGroup = (pid: number): Option.Option<number> =>
+  Option.flatMap(Proc.stat(pid), (stat) => (stat.tpgid > 0 ? Option.some(stat.tpgid) : Option.none()))
 
 /** node-pty's `destroy` (closes the master fd) is on the Unix terminal but not in its typings. */
 const destroyPty = (terminal: NodePty.IPty): void => {

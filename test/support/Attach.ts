@@ -7,6 +7,7 @@ import { Effect, type Fiber, Layer, Option, Redacted, type Scope, Stream } from 
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as Client from "../../rpc/Client.js"
 import type { AttachEvent, Screen } from "../../rpc/Sessions.js"
+import * as Proc from "../../infra/proc/Proc.js"
 
 /** A client of `url` with `token`. */
 export const clientLayer = (url: string, token: string) =>
@@ -134,20 +135,7 @@ export const ptyHostPid = (dataDir: string): number | undefined => {
 }
 
 /** Children of `pid` (from /proc). */
-export const childrenOf = (pid: number): Array<number> => {
-  const out: Array<number> = []
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8")
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-      if (Number(fields[1]) === pid) out.push(Number(entry))
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out
-}
+export const childrenOf = (pid: number): Array<number> => Proc.childrenOf(pid)
 
 /** Open file descriptors of `pid`. */
 export const fdCount = (pid: number): number => fs.readdirSync(`/proc/${pid}/fd`).length

@@ -18,6 +18,7 @@ import * as Protocol from "../../../infra/pty/PtyDataProtocol.js"
 import { dataSocketPathOf } from "../../../infra/pty/PtyDataProtocol.js"
 import * as PtyHostServer from "../../../infra/pty/PtyHostServer.js"
 import { tempDir } from "../../support/TempDir.js"
+import * as Proc from "../../../infra/proc/Proc.js"
 
 type HostOptions = Omit<PtyHostServer.Options, "dataDir">
 
@@ -149,17 +150,7 @@ const expectSameText = (actual: string, expected: string) => {
 const fdCount = (): number => fs.readdirSync("/proc/self/fd").length
 
 /** Pids of this process's children. */
-const children = (): ReadonlyArray<number> =>
-  fs.readdirSync("/proc").flatMap((name) => {
-    if (!/^\d+$/.test(name)) return []
-    try {
-      const stat = fs.readFileSync(`/proc/${name}/stat`, "utf8")
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
-      return ppid === process.pid ? [Number(name)] : []
-    } catch {
-      return []
-    }
-  })
+const children = (): ReadonlyArray<number> => Proc.childrenOf(process.pid)
 
 /** Polls `measure` until it returns `expected` (bounded), then returns what it last measured. */
 const settlesTo = <A>(measure: () => A, expected: A) =>
@@ -717,10 +708,7 @@ describe("PTY host", () => {
 })
 
 /** The foreground process group of the terminal of `pid`. */
-const foregroundOf = (pid: number): number => {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[5])
-}
+const foregroundOf = (pid: number): number => Option.getOrThrow(Proc.stat(pid)).tpgid
 
 const isAlive = (pid: number): boolean => {
   try {
