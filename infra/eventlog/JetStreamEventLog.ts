@@ -848,6 +848,19 @@ export const make = (options: Options) =>
         const out: Array<StoredEvent> = []
         const state = yield* streamState
         const subject = filterSubject(prefix, filter)
+        // The newest match (a job's last output chunk, say): the server finds the last message on
+        // the subject at once, where a scan would go back through the stream window by window.
+        if (max === 1 && upTo >= state.last_seq) {
+          const last = yield* Effect.tryPromise({
+            try: () => jsm.streams.getMessage(stream, { last_by_subj: subject }),
+            catch: failure("cannot read the event stream")
+          })
+          if (last === null) return out
+          const decoded = decode(last.seq, last.data)
+          if (Either.isLeft(decoded)) return yield* decoded.left
+          if (compiled.matches(decoded.right)) return [decoded.right]
+          // The subject holds more than the filter matches: scan.
+        }
         let high = Math.min(upTo, state.last_seq)
         let window = 256
         while (out.length < max && high >= state.first_seq && high >= 1) {

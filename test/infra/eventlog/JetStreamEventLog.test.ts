@@ -137,6 +137,30 @@ describe("JetStream subjects and messages", () => {
     }).pipe(Effect.scoped)
   )
 
+  it.live(
+    "the newest match comes from the subject's last message, and from a scan where the subject says less than the filter",
+    () =>
+      Effect.gen(function* () {
+        const at = yield* server
+        const log = yield* Effect.map(Layer.build(logOn(at)), Context.get(EventLog))
+        const job = (jobId: string, n: number, type = "job.log") =>
+          NewEvent.make({ type, source, jobId, data: { n } })
+        yield* log.append([job("j1", 1), job("j2", 2), job("j1", 3), job("j1", 4, "job.done"), job("j2", 5)])
+        const newest = (filter: EventFilter) =>
+          Effect.map(log.readBackward(Number.MAX_SAFE_INTEGER, filter, 1), (events) =>
+            events.map((e) => e.data)
+          )
+        expect(yield* newest(EventFilter.make({ jobId: "j1", types: ["job.log"] }))).toEqual([{ n: 3 }])
+        expect(yield* newest(EventFilter.make({ jobId: "j1" }))).toEqual([{ n: 4 }])
+        expect(yield* newest(EventFilter.make({ jobId: "j3", types: ["job.log"] }))).toEqual([])
+        // Two globs cannot be one subject: the subject is wider, the filter is applied in process.
+        expect(yield* newest(EventFilter.make({ jobId: "j1", types: ["job.log", "session.*"] }))).toEqual([
+          { n: 3 }
+        ])
+        expect(yield* newest(EventFilter.make({ types: ["job.log"], tenantId: "nobody" }))).toEqual([])
+      }).pipe(Effect.scoped)
+  )
+
   it.live("reads and subscriptions leave no consumer behind on the server", () =>
     Effect.gen(function* () {
       const at = yield* server
