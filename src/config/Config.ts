@@ -22,6 +22,7 @@ import { RetentionPolicy } from "../../infra/eventlog/EventLog.js"
 import type { ClusterConfig } from "../../infra/cluster/Cluster.js"
 export type { ClusterConfig }
 import * as EventBackend from "../../infra/eventlog/EventBackend.js"
+import * as StorageBackend from "../../infra/storage/StorageBackend.js"
 import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import type { Limits as RpcLimits } from "../../infra/rpc/RpcSocketServer.js"
@@ -53,6 +54,8 @@ export interface ServerConfig {
   readonly sseHeartbeat: Duration.Duration
   /** Where the event log lives (`VIBES_EVENT_BACKEND`, `VIBES_NATS_*`). */
   readonly eventBackend: EventBackend.EventBackend
+  /** Where artifacts and recordings are kept (`VIBES_STORAGE`, `VIBES_STORAGE_DIR`, `VIBES_S3_*`). */
+  readonly storage: StorageBackend.StorageBackend
   /** Retention policies of the event log. */
   readonly eventsRetention: ReadonlyArray<RetentionPolicy>
   /** How often retention runs. */
@@ -388,6 +391,7 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   eventsSubscriberBuffer: positiveInt("VIBES_EVENTS_SUBSCRIBER_BUFFER", 4096, 1_000_000),
   sseHeartbeat: duration("VIBES_SSE_HEARTBEAT", "15 seconds"),
   eventBackend: EventBackend.config,
+  storage: StorageBackend.config,
   eventsRetention,
   eventsRetentionInterval: duration("VIBES_EVENTS_RETENTION_INTERVAL", "1 hour"),
   sessionScrollback: positiveInt("VIBES_SESSION_SCROLLBACK", 10_000, 1_000_000),

@@ -224,3 +224,54 @@ describe("cluster configuration", () => {
     })
   )
 })
+
+describe("storage configuration", () => {
+  it.effect("is local under the data dir unless VIBES_STORAGE says s3", () =>
+    Effect.gen(function* () {
+      expect((yield* load({})).storage).toEqual({ _tag: "Local", dir: Option.none() })
+      expect((yield* load({ VIBES_STORAGE_DIR: "/srv/blobs" })).storage).toEqual({
+        _tag: "Local",
+        dir: Option.some("/srv/blobs")
+      })
+    })
+  )
+
+  it.effect("reads the S3 settings, with the credentials redacted", () =>
+    Effect.gen(function* () {
+      const { storage } = yield* load({
+        VIBES_STORAGE: "s3",
+        VIBES_S3_ENDPOINT: "http://127.0.0.1:9000",
+        VIBES_S3_REGION: "eu-west-1",
+        VIBES_S3_BUCKET: "builds",
+        VIBES_S3_FORCE_PATH_STYLE: "true",
+        VIBES_S3_ACCESS_KEY_ID: "AKIAEXAMPLE",
+        VIBES_S3_SECRET_ACCESS_KEY: "very-secret"
+      })
+      if (storage._tag !== "S3") throw new Error("expected the S3 backend")
+      expect(storage).toMatchObject({
+        endpoint: Option.some("http://127.0.0.1:9000"),
+        region: "eu-west-1",
+        bucket: "builds",
+        forcePathStyle: true
+      })
+      expect(Option.map(storage.secretAccessKey, Redacted.value)).toEqual(Option.some("very-secret"))
+      expect(String(storage.secretAccessKey)).not.toContain("very-secret")
+    })
+  )
+
+  it.effect("refuses a bad backend, a missing bucket, and half a credential, naming the variable", () =>
+    Effect.gen(function* () {
+      expect(yield* failureOf({ VIBES_STORAGE: "ftp" })).toContain("VIBES_STORAGE must be local or s3")
+      expect(yield* failureOf({ VIBES_STORAGE: "s3" })).toContain("VIBES_S3_BUCKET must be set")
+      expect(yield* failureOf({ VIBES_STORAGE: "s3", VIBES_S3_BUCKET: "Bad_Bucket" })).toContain(
+        "VIBES_S3_BUCKET must be a bucket name"
+      )
+      expect(
+        yield* failureOf({ VIBES_STORAGE: "s3", VIBES_S3_BUCKET: "builds", VIBES_S3_ACCESS_KEY_ID: "AKIA" })
+      ).toContain("must be set together")
+      expect(yield* failureOf({ VIBES_STORAGE_DIR: "relative/dir" })).toContain(
+        "VIBES_STORAGE_DIR must be an absolute path"
+      )
+    })
+  )
+})

@@ -11,6 +11,7 @@ import * as Server from "../../src/server/Server.js"
 import { entry } from "./CliEntry.js"
 import * as TestDatabase from "./TestDatabase.js"
 import { tempDir } from "./TempDir.js"
+import * as StorageBackend from "../../infra/storage/StorageBackend.js"
 
 /** A running node: where it listens and its admin token. */
 export interface Running {
@@ -55,6 +56,7 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       otlpEndpoint: Option.none(),
       eventsSubscriberBuffer: 4096,
       eventBackend: { _tag: "Postgres" },
+      storage: StorageBackend.local,
       sseHeartbeat: Duration.seconds(15),
       eventsRetention: [],
       eventsRetentionInterval: Duration.hours(1),
