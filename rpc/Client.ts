@@ -14,6 +14,7 @@ import type { RpcClientError } from "@effect/rpc/RpcClientError"
 import type * as RpcGroup from "@effect/rpc/RpcGroup"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import { rpcProtocols } from "./Auth.js"
+import { ArtifactsRpcs } from "./Artifacts.js"
 import { EventsRpcs } from "./EventsRpcs.js"
 import { JobsRpcs } from "./Jobs.js"
 import { ProxyRpcs } from "./Proxy.js"
@@ -21,7 +22,13 @@ import { SessionsRpcs } from "./Sessions.js"
 import { SystemRpcs } from "./System.js"
 
 /** Every RPC a vibes server answers at `/rpc`. */
-export class VibesRpcs extends SystemRpcs.merge(EventsRpcs, SessionsRpcs, JobsRpcs, ProxyRpcs) {}
+export class VibesRpcs extends SystemRpcs.merge(
+  EventsRpcs,
+  SessionsRpcs,
+  JobsRpcs,
+  ArtifactsRpcs,
+  ProxyRpcs
+) {}
 
 /** What the client can call: `client.System.Info()`, … */
 export type Client = RpcClient.RpcClient<RpcGroup.Rpcs<typeof VibesRpcs>, RpcClientError>

@@ -172,6 +172,13 @@ export const payloads = {
     delayMillis: Schema.Number,
     reason: Schema.String
   }),
+  /** A file the job left was kept as an artifact (`name`: its path under the job's directory). */
+  "job.artifact": Schema.Struct({
+    jobId: Schema.String,
+    name: Schema.String,
+    size: Schema.Number,
+    sha256: Schema.String
+  }),
   "job.done": Schema.Struct({
     jobId: Schema.String,
     status: Schema.String,

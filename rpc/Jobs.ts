@@ -132,6 +132,23 @@ export const parseSshTarget = (
   return { user, host, port }
 }
 
+/** When a job's artifacts are collected. */
+export const ArtifactsWhen = Schema.Literal("always", "success", "failure")
+export type ArtifactsWhen = typeof ArtifactsWhen.Type
+
+/** The most artifact globs one job may name. */
+export const maxArtifactGlobs = 100
+
+/** An artifact glob: relative to the job's directory, never out of it. */
+const ArtifactGlob = BoundedText(1024).pipe(
+  Schema.filter((glob) => glob.trim() !== "" || "is empty"),
+  Schema.filter((glob) => !glob.startsWith("/") || "must be relative to the job's working directory"),
+  Schema.filter(
+    (glob) => !glob.split("/").includes("..") || "must not climb out of the job's working directory ('..')"
+  ),
+  Schema.filter((glob) => !hasControl(glob) || "must not contain control characters")
+)
+
 /** Retries: up to `maxAttempts` runs in all, waiting `initialDelayMs * factor^(n-1)` (capped) between. */
 export class RetryPolicy extends Schema.Class<RetryPolicy>("RetryPolicy")({
   maxAttempts: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 100)), { default: () => 1 }),
@@ -183,6 +200,13 @@ export class JobSpec extends Schema.Class<JobSpec>("JobSpec")({
   }),
   /** Required for (and only for) the `ssh` strategy. */
   ssh: Schema.optional(SshTarget),
+  /**
+   * Files to keep once the job ends: globs relative to its working directory (`dist/**`,
+   * `report.xml`), matched after the last attempt; see `Artifacts`.
+   */
+  artifacts: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** When artifacts are collected: `always` (the default), on `success` only, or on `failure` only. */
+  artifactsWhen: Schema.optionalWith(ArtifactsWhen, { default: () => "always" as const }),
   /** Terminal size for the `terminal` strategy. */
   cols: Schema.optionalWith(Schema.Int.pipe(Schema.between(2, 1000)), { default: () => 120 }),
   rows: Schema.optionalWith(Schema.Int.pipe(Schema.between(2, 1000)), { default: () => 40 })
@@ -308,6 +332,9 @@ const JobSpecRules = Schema.Struct({
   cwd: Schema.optional(PathText),
   env: Schema.Record({ key: Schema.String, value: ExecString }),
   labels: Schema.Record({ key: Schema.String, value: BoundedText(maxLabelValueLength) }),
+  artifacts: Schema.Array(ArtifactGlob).pipe(
+    Schema.filter((globs) => globs.length <= maxArtifactGlobs || `names more than ${maxArtifactGlobs} globs`)
+  ),
   ssh: Schema.optional(SshRules)
 })
 

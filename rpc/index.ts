@@ -1,6 +1,7 @@
 /**
  * The public contracts of vibes: schemas, errors, RPC groups and the client constructor.
  */
+export * as Artifacts from "./Artifacts.js"
 export * as AttachClient from "./AttachClient.js"
 export * as AttachProtocol from "./AttachProtocol.js"
 export * as Auth from "./Auth.js"

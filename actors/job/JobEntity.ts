@@ -45,6 +45,7 @@ import { truncate } from "../../rpc/Text.js"
 import { PtyHost } from "../../infra/pty/PtyHost.js"
 import type { KnownType, PayloadOf } from "../../rpc/Events.js"
 import { Emitter } from "../../infra/eventlog/Emitter.js"
+import * as Artifacts from "./Artifacts.js"
 import { JobLogs, maxChunkChars, sanitize, split } from "./JobLogs.js"
 import { JobSettings } from "./JobSettings.js"
 import { JobStore, type StoredJob } from "./JobStore.js"
@@ -110,6 +111,7 @@ export const layer = Job.toLayer(
     const scheduler = yield* Scheduler
     const settings = yield* JobSettings
     const emitter = yield* Emitter
+    const artifacts = yield* Artifacts.Artifacts
     const context = yield* Effect.context<CommandExecutor | PtyHost>()
 
     /** Completed by `Cancel`; every wait of the run races it. */
@@ -135,28 +137,53 @@ export const layer = Job.toLayer(
           })
         const system = (line: string) => write("system", ChildEnv.redact(settings.secrets, `${line}\n`))
 
+        /** Keeps the files the spec names, before the job is seen to end (so they are there when it is). */
+        const collectArtifacts = (status: JobStatus) =>
+          Effect.gen(function* () {
+            if (!Artifacts.wanted(spec, status) || job.info.attempts === 0) return
+            if (spec.strategy === "ssh") {
+              return yield* system("artifacts are not collected from ssh jobs yet; none were kept")
+            }
+            yield* artifacts.collect(jobId, spec.cwd ?? settings.home, spec.artifacts, {
+              kept: (info) =>
+                Effect.asVoid(
+                  emit("job.artifact", { jobId, name: info.name, size: info.size, sha256: info.sha256 })
+                ),
+              line: system
+            })
+          })
+
         const finish = (
           status: JobStatus,
           patch: { exitCode: number | null; signal: string | null; error: string | null }
         ) =>
-          Effect.gen(function* () {
-            yield* logs.flush
-            job = yield* store.update(jobId, { status, ...patch, finishedAt: new Date(), pid: null })
-            yield* emit(
-              "job.done",
-              { jobId, status, exitCode: patch.exitCode, signal: patch.signal, attempts: job.info.attempts },
-              status === "succeeded" || status === "canceled" ? "info" : "warn"
-            )
-            yield* logs.publish(
-              jobId,
-              new JobDone({ status, exitCode: patch.exitCode, signal: patch.signal }),
-              seq
-            )
-            yield* Metric.increment(Metric.tagged(finished, "status", status))
-            return job.info
-            // The row and its `job.done` go together: a node stopping in between would leave a
-            // finished job without its event.
-          }).pipe(Effect.uninterruptible)
+          Effect.zipRight(
+            collectArtifacts(status),
+            Effect.gen(function* () {
+              yield* logs.flush
+              job = yield* store.update(jobId, { status, ...patch, finishedAt: new Date(), pid: null })
+              yield* emit(
+                "job.done",
+                {
+                  jobId,
+                  status,
+                  exitCode: patch.exitCode,
+                  signal: patch.signal,
+                  attempts: job.info.attempts
+                },
+                status === "succeeded" || status === "canceled" ? "info" : "warn"
+              )
+              yield* logs.publish(
+                jobId,
+                new JobDone({ status, exitCode: patch.exitCode, signal: patch.signal }),
+                seq
+              )
+              yield* Metric.increment(Metric.tagged(finished, "status", status))
+              return job.info
+              // The row and its `job.done` go together: a node stopping in between would leave a
+              // finished job without its event.
+            }).pipe(Effect.uninterruptible)
+          )
 
         /** Waits for `effect` unless the job is canceled first (then `None`). */
         const unlessCanceled = <A, E, R>(effect: Effect.Effect<A, E, R>) =>

@@ -28,6 +28,7 @@ import {
   toCliFailure,
   withClient
 } from "./Connection.js"
+import * as ArtifactCommands from "./ArtifactCommands.js"
 import * as JobCommands from "./JobCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
 import * as ProxyCommands from "./ProxyCommands.js"
@@ -406,6 +407,7 @@ export const command = Command.make("vibes").pipe(
     events,
     ...SessionCommands.commands,
     ...JobCommands.commands,
+    ...ArtifactCommands.commands,
     ProxyCommands.command,
     PtyHostCommand.command
   ])

@@ -27,6 +27,7 @@ import * as Options from "@effect/cli/Options"
 import * as ParseResult from "effect/ParseResult"
 import * as Client from "../../rpc/Client.js"
 import {
+  ArtifactsWhen,
   commandLine,
   type JobDone,
   JobId,
@@ -77,13 +78,20 @@ export const exitCodeOf = (done: Pick<JobDone, "status" | "exitCode" | "signal">
 // Errors --------------------------------------------------------------------------------------
 
 /** Job errors as CLI failures: a refused request is bad usage (2), an unknown job a refusal (1). */
-const jobFailure =
+export const jobFailure =
   (connection: Connection) =>
   (error: unknown): CliFailure => {
     if (typeof error === "object" && error !== null && "_tag" in error && "message" in error) {
       const message = String(error.message)
-      if (error._tag === "InvalidJobRequest") return new CliFailure({ message, exitCode: 2 })
-      if (error._tag === "JobNotFound" || error._tag === "JobsUnavailable") {
+      if (error._tag === "InvalidJobRequest" || error._tag === "InvalidArtifactRequest") {
+        return new CliFailure({ message, exitCode: 2 })
+      }
+      if (
+        error._tag === "JobNotFound" ||
+        error._tag === "JobsUnavailable" ||
+        error._tag === "ArtifactNotFound" ||
+        error._tag === "StorageUnavailable"
+      ) {
         return new CliFailure({ message, exitCode: 1 })
       }
     }
@@ -102,13 +110,14 @@ const withJobsClient = <A, E, R>(
     Effect.mapError(jobFailure(connection))
   )
 
-const usage = (message: string) => new CliFailure({ message, exitCode: 2 })
+export const usage = (message: string) => new CliFailure({ message, exitCode: 2 })
 
-const jobIdArg = Args.text({ name: "job-id" }).pipe(
+export const jobIdArg = Args.text({ name: "job-id" }).pipe(
   Args.withDescription("The job's id (printed by `vibes run`, listed by `vibes jobs`)")
 )
 
-const checkJobId = (text: string) =>
+/** A job id from the command line, or a usage failure. */
+export const checkJobId = (text: string) =>
   Schema.decodeUnknown(JobId)(text).pipe(
     Effect.mapError((error) =>
       usage(`'${text}' is not a job id: ${ParseResult.TreeFormatter.formatErrorSync(error)}`)
@@ -133,7 +142,8 @@ const watchPipes = () => {
   }
 }
 
-const write = (target: NodeJS.WriteStream, text: string) =>
+/** Writes `text`, waiting until it is handed to the OS; a reader gone away acts like Ctrl-C. */
+export const write = (target: NodeJS.WriteStream, text: string) =>
   Effect.async<void>((resume) => {
     watchPipes()
     target.write(text, () => resume(Effect.void))
@@ -285,6 +295,16 @@ const runOptions = {
     Options.withDescription("Attach a label to the job: KEY=VALUE (repeatable)"),
     Options.repeated
   ),
+  artifact: Options.text("artifact").pipe(
+    Options.withDescription(
+      "Keep the files matching this glob (relative to the job's directory, e.g. 'dist/**') once the job ends; list them with `vibes artifacts JOB` (repeatable)"
+    ),
+    Options.repeated
+  ),
+  artifactsWhen: Options.choice("artifacts-when", ArtifactsWhen.literals).pipe(
+    Options.withDescription("When to keep the --artifact files: always (the default), success or failure"),
+    Options.withDefault("always" as const)
+  ),
   detach: Options.boolean("detach").pipe(
     Options.withAlias("d"),
     Options.withDescription(
@@ -390,6 +410,8 @@ const specOf = (flags: RunFlags) =>
       strategy: ssh !== undefined ? "ssh" : flags.pty ? "terminal" : "stream",
       env,
       labels,
+      artifacts: flags.artifact,
+      artifactsWhen: flags.artifactsWhen,
       ...(cwd !== undefined ? { cwd } : {}),
       ...(ssh !== undefined ? { ssh } : {}),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),

@@ -46,6 +46,8 @@ import { NodeInfo } from "./NodeInfo.js"
 import * as EventsHandlers from "./EventsHandlers.js"
 import * as EventsHttp from "./EventsHttp.js"
 import * as JobsHandlers from "./JobsHandlers.js"
+import * as ArtifactsHandlers from "./ArtifactsHandlers.js"
+import * as ArtifactsHttp from "./ArtifactsHttp.js"
 import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as SessionsHttp from "./SessionsHttp.js"
@@ -471,6 +473,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(EventsHandlers.layer),
     Layer.provide(SessionsHandlers.layer),
     Layer.provide(JobsHandlers.layer),
+    Layer.provide(ArtifactsHandlers.layer),
     Layer.provide(ProxyHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
     Layer.provideMerge(RpcSocketServer.layer(limits))
@@ -504,6 +507,9 @@ export const routes = (options: RouteOptions) =>
     assets(options.web),
     events(options.sseHeartbeat),
     ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler, long]) =>
+      HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
+    ),
+    ...ArtifactsHttp.handlers.map(([method, path, handler, long]) =>
       HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
     ),
     ...SessionsHttp.handlers.map(([method, path, handler]) =>

@@ -30,6 +30,7 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { SqlClient } from "@effect/sql/SqlClient"
 import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as Artifacts from "../../actors/job/Artifacts.js"
 import * as JobEntity from "../../actors/job/JobEntity.js"
 import * as Proxy from "../../actors/proxy/Proxy.js"
 import * as JobLogs from "../../actors/job/JobLogs.js"
@@ -61,6 +62,7 @@ import * as PgEventLog from "../../infra/eventlog/PgEventLog.js"
 import * as MemoryEventLog from "../../infra/eventlog/MemoryEventLog.js"
 import * as JetStreamEventLog from "../../infra/eventlog/JetStreamEventLog.js"
 import * as NatsSupervisor from "../../actors/supervisors/NatsSupervisor.js"
+import * as StorageBackend from "../../infra/storage/StorageBackend.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 import * as Sandbox from "../../infra/sandbox/Sandbox.js"
@@ -366,6 +368,8 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
 const jobServices = (config: ServerConfig, nodeId: string, children: Children) =>
   JobLogs.layer(nodeId).pipe(
     Layer.provideMerge(JobStore.layer),
+    Layer.provideMerge(Artifacts.layer),
+    Layer.provideMerge(StorageBackend.layer(config.storage, config.dataDir)),
     Layer.provideMerge(Scheduler.layer(config.jobSlots)),
     Layer.provideMerge(
       JobSettings.layer({

@@ -229,6 +229,8 @@ const routes = [
   ["GET", "/api/jobs/:id/logs"],
   ["POST", "/api/jobs"],
   ["POST", "/api/jobs/cancel"],
+  ["GET", "/api/jobs/:id/artifacts"],
+  ["GET", "/api/jobs/:id/artifact"],
   ["GET", "/api/events"],
   ["GET", "/api/whoami"],
   ["GET", "/readyz"],
@@ -269,7 +271,8 @@ const restRequest = fc.record({
         "consumer",
         "token",
         "state",
-        "format"
+        "format",
+        "name"
       ),
       text
     ),
