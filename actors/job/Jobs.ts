@@ -30,6 +30,7 @@ import { truncate } from "../../rpc/Text.js"
 import { uuidv7 } from "../../infra/eventlog/EventLog.js"
 import * as Ssh from "../../infra/ssh/Ssh.js"
 import { Emitter } from "../../infra/eventlog/Emitter.js"
+import { Artifacts } from "./Artifacts.js"
 import { Job } from "./JobEntity.js"
 import { JobLogs } from "./JobLogs.js"
 import { JobSettings } from "./JobSettings.js"
@@ -146,6 +147,7 @@ export const layer = (options: {
       const store = yield* JobStore
       const emitter = yield* Emitter
       const settings = yield* JobSettings
+      const artifacts = yield* Artifacts
 
       const send = (jobId: string, spec: JobSpec) =>
         makeClient(jobId).Submit({ jobId, spec }, { discard: true }).pipe(Effect.mapError(toJobError))
@@ -218,9 +220,15 @@ export const layer = (options: {
 
       // Retention.
       yield* Effect.forkScoped(
-        Effect.suspend(() => store.prune(new Date(Date.now() - Duration.toMillis(options.retention)))).pipe(
-          Effect.tap((pruned) =>
-            pruned > 0 ? Effect.logInfo(`job retention deleted ${pruned} finished jobs`) : Effect.void
+        Effect.suspend(() => {
+          const cutoff = new Date(Date.now() - Duration.toMillis(options.retention))
+          // The stored artifacts first: their rows go with the jobs.
+          return Effect.zip(artifacts.prune(cutoff), store.prune(cutoff))
+        }).pipe(
+          Effect.tap(([kept, pruned]) =>
+            pruned + kept > 0
+              ? Effect.logInfo(`job retention deleted ${pruned} finished jobs and ${kept} artifacts`)
+              : Effect.void
           ),
           Effect.catchAll((error) => Effect.logWarning(`job retention failed: ${error.message}`)),
           Effect.repeat(Schedule.spaced(options.pruneEvery))

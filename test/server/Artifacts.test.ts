@@ -2,7 +2,7 @@ import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { expect, layer } from "@effect/vitest"
-import { Chunk, Context, Duration, Effect, Layer, Stream } from "effect"
+import { Chunk, Context, Duration, Effect, Layer, Schedule, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { EventFilter } from "../../rpc/Events.js"
 import { JobSpec } from "../../rpc/Jobs.js"
@@ -169,6 +169,31 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("job artifacts"
       expect(
         (yield* HttpClient.request(`${server.url}/api/jobs/not-a-job/artifacts`, { headers: auth })).status
       ).toBe(400)
+    })
+  )
+})
+
+layer(
+  Layer.scoped(
+    Node,
+    TestServer.startWith({ jobRetention: Duration.seconds(1), eventsRetentionInterval: Duration.millis(200) })
+  ),
+  { timeout: 60_000, excludeTestServices: true }
+)("artifact retention", (it) => {
+  it.scoped("a pruned job's stored artifacts are deleted with it", () =>
+    Effect.gen(function* () {
+      const server = yield* Node
+      const rpc = yield* client
+      const cwd = yield* writableTempDir("vibes-artifacts-")
+      const { jobId, system } = yield* runJob(rpc, cwd, "echo a > a.txt", ["a.txt"])
+      expect(system).toContain("kept artifact a.txt")
+      const stored = path.join(server.dataDir, "storage", "objects", "default", "jobs", jobId)
+      expect(fs.existsSync(path.join(server.dataDir, "storage", "objects", "default", "jobs"))).toBe(true)
+      yield* Effect.flip(rpc.Jobs.Get({ jobId })).pipe(
+        Effect.retry({ while: () => true, schedule: Schedule.spaced("100 millis") }),
+        Effect.timeout("20 seconds")
+      )
+      expect(fs.existsSync(stored)).toBe(false)
     })
   )
 })
