@@ -18,6 +18,7 @@ import { ArtifactsRpcs } from "./Artifacts.js"
 import { EventsRpcs } from "./EventsRpcs.js"
 import { JobsRpcs } from "./Jobs.js"
 import { ProxyRpcs } from "./Proxy.js"
+import { RecordingsRpcs } from "./Recordings.js"
 import { SessionsRpcs } from "./Sessions.js"
 import { SystemRpcs } from "./System.js"
 
@@ -27,6 +28,7 @@ export class VibesRpcs extends SystemRpcs.merge(
   SessionsRpcs,
   JobsRpcs,
   ArtifactsRpcs,
+  RecordingsRpcs,
   ProxyRpcs
 ) {}
 

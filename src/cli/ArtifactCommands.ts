@@ -46,6 +46,83 @@ const connected = (flags: Parameters<typeof resolveConnection>[0]) =>
     return { connection, client }
   })
 
+/**
+ * Writes `bytes` to `target` ('-': stdout) through `target.part`, renamed once all of it came and
+ * matched `size` and `sha256`; a progress bar on stderr when it is a terminal.
+ */
+export const save = <E>(
+  bytes: Stream.Stream<Uint8Array, E>,
+  expected: {
+    readonly label: string
+    readonly target: string
+    readonly size: number
+    readonly sha256: string
+  }
+): Effect.Effect<void, E | CliFailure> =>
+  Effect.gen(function* () {
+    const { label: name, target } = expected
+    const info = expected
+    const hash = createHash("sha256")
+    let received = 0
+    const showProgress = process.stderr.isTTY === true
+    let shownAt = 0
+    const progress = (final: boolean) =>
+      showProgress && (final || Date.now() - shownAt >= 100)
+        ? Effect.suspend(() => {
+            shownAt = Date.now()
+            return write(process.stderr, `\r${progressLine(received, info.size)}${final ? "\n" : ""}`)
+          })
+        : Effect.void
+    const counted = bytes.pipe(
+      Stream.tap((chunk) =>
+        Effect.zipRight(
+          Effect.sync(() => {
+            hash.update(chunk)
+            received += chunk.length
+          }),
+          progress(false)
+        )
+      )
+    )
+    const checked = Effect.suspend(() => {
+      const sha256 = hash.digest("hex")
+      return received === info.size && sha256 === info.sha256
+        ? progress(true)
+        : Effect.fail(
+            new CliFailure({
+              message: `the download of ${printable(name)} does not match: got ${received} bytes with sha256 ${sha256}, expected ${info.size} bytes with sha256 ${info.sha256}`,
+              exitCode: 1
+            })
+          )
+    })
+    if (target === "-") {
+      yield* Stream.runForEach(counted, (chunk) =>
+        Effect.async<void>((resume) => {
+          process.stdout.write(chunk, () => resume(Effect.void))
+        })
+      )
+      return yield* checked
+    }
+    const part = `${target}.part`
+    const cannot = (cause: unknown) =>
+      new CliFailure({ message: `cannot write ${printable(target)}: ${String(cause)}`, exitCode: 1 })
+    yield* Effect.acquireUseRelease(
+      Effect.tryPromise({ try: () => fsp.open(part, "w", 0o644), catch: cannot }),
+      (file) =>
+        Stream.runForEach(counted, (chunk) =>
+          Effect.tryPromise({ try: () => file.write(chunk).then(() => undefined), catch: cannot })
+        ).pipe(Effect.zipRight(checked)),
+      (file) => Effect.promise(() => file.close().catch(() => undefined))
+    ).pipe(
+      Effect.zipRight(Effect.tryPromise({ try: () => fsp.rename(part, target), catch: cannot })),
+      Effect.onError(() => Effect.promise(() => fsp.rm(part, { force: true })))
+    )
+    yield* write(
+      process.stderr,
+      `saved ${printable(name)} to ${printable(target)} (${formatBytes(info.size)})\n`
+    )
+  })
+
 const list = Command.make(
   "artifacts",
   {
@@ -110,66 +187,12 @@ const get = Command.make(
         answerWithin(connection, flags.timeout),
         Effect.mapError(failure)
       )
-      const hash = createHash("sha256")
-      let received = 0
-      const showProgress = process.stderr.isTTY === true
-      let shownAt = 0
-      const progress = (final: boolean) =>
-        showProgress && (final || Date.now() - shownAt >= 100)
-          ? Effect.suspend(() => {
-              shownAt = Date.now()
-              return write(process.stderr, `\r${progressLine(received, info.size)}${final ? "\n" : ""}`)
-            })
-          : Effect.void
-      const bytes = client.Artifacts.Download({ jobId, name }).pipe(
-        Stream.mapError(failure),
-        Stream.tap((chunk) =>
-          Effect.zipRight(
-            Effect.sync(() => {
-              hash.update(chunk)
-              received += chunk.length
-            }),
-            progress(false)
-          )
-        )
-      )
-      const checked = Effect.suspend(() => {
-        const sha256 = hash.digest("hex")
-        return received === info.size && sha256 === info.sha256
-          ? progress(true)
-          : Effect.fail(
-              new CliFailure({
-                message: `the download of ${printable(name)} does not match: got ${received} bytes with sha256 ${sha256}, expected ${info.size} bytes with sha256 ${info.sha256}`,
-                exitCode: 1
-              })
-            )
+      yield* save(client.Artifacts.Download({ jobId, name }).pipe(Stream.mapError(failure)), {
+        label: name,
+        target,
+        size: info.size,
+        sha256: info.sha256
       })
-      if (target === "-") {
-        yield* Stream.runForEach(bytes, (chunk) =>
-          Effect.async<void>((resume) => {
-            process.stdout.write(chunk, () => resume(Effect.void))
-          })
-        )
-        return yield* checked
-      }
-      const part = `${target}.part`
-      const cannot = (cause: unknown) =>
-        new CliFailure({ message: `cannot write ${printable(target)}: ${String(cause)}`, exitCode: 1 })
-      yield* Effect.acquireUseRelease(
-        Effect.tryPromise({ try: () => fsp.open(part, "w", 0o644), catch: cannot }),
-        (file) =>
-          Stream.runForEach(bytes, (chunk) =>
-            Effect.tryPromise({ try: () => file.write(chunk).then(() => undefined), catch: cannot })
-          ).pipe(Effect.zipRight(checked)),
-        (file) => Effect.promise(() => file.close().catch(() => undefined))
-      ).pipe(
-        Effect.zipRight(Effect.tryPromise({ try: () => fsp.rename(part, target), catch: cannot })),
-        Effect.onError(() => Effect.promise(() => fsp.rm(part, { force: true })))
-      )
-      yield* write(
-        process.stderr,
-        `saved ${printable(name)} to ${printable(target)} (${formatBytes(info.size)})\n`
-      )
     }).pipe(Effect.scoped)
 ).pipe(
   Command.withDescription(

@@ -30,6 +30,7 @@ import {
 } from "./Connection.js"
 import * as ArtifactCommands from "./ArtifactCommands.js"
 import * as JobCommands from "./JobCommands.js"
+import * as RecordingCommands from "./RecordingCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
 import * as ProxyCommands from "./ProxyCommands.js"
 import { json, printable } from "./Display.js"
@@ -408,6 +409,7 @@ export const command = Command.make("vibes").pipe(
     ...SessionCommands.commands,
     ...JobCommands.commands,
     ...ArtifactCommands.commands,
+    ...RecordingCommands.commands,
     ProxyCommands.command,
     PtyHostCommand.command
   ])

@@ -122,7 +122,14 @@ export type Connection = {
 /** Errors about what the user asked for: exit code 2. */
 const usageErrors = new Set(["InvalidSessionRequest", "SpawnFailed", "InvalidGlob", "InvalidConsumer"])
 /** Errors about the state of things on the server: exit code 1 with the server's message. */
-const refusals = new Set(["SessionNotFound", "SessionNotRunning", "ReadOnlyAttachment", "SessionUnavailable"])
+const refusals = new Set([
+  "SessionNotFound",
+  "SessionNotRunning",
+  "ReadOnlyAttachment",
+  "SessionUnavailable",
+  "RecordingNotFound",
+  "StorageUnavailable"
+])
 
 const isTagged = (error: unknown): error is { readonly _tag: string; readonly message: string } =>
   typeof error === "object" &&

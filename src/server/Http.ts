@@ -48,6 +48,8 @@ import * as EventsHttp from "./EventsHttp.js"
 import * as JobsHandlers from "./JobsHandlers.js"
 import * as ArtifactsHandlers from "./ArtifactsHandlers.js"
 import * as ArtifactsHttp from "./ArtifactsHttp.js"
+import * as RecordingsHandlers from "./RecordingsHandlers.js"
+import * as RecordingsHttp from "./RecordingsHttp.js"
 import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as SessionsHttp from "./SessionsHttp.js"
@@ -474,6 +476,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(SessionsHandlers.layer),
     Layer.provide(JobsHandlers.layer),
     Layer.provide(ArtifactsHandlers.layer),
+    Layer.provide(RecordingsHandlers.layer),
     Layer.provide(ProxyHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
     Layer.provideMerge(RpcSocketServer.layer(limits))
@@ -510,6 +513,9 @@ export const routes = (options: RouteOptions) =>
       HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
     ),
     ...ArtifactsHttp.handlers.map(([method, path, handler, long]) =>
+      HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
+    ),
+    ...RecordingsHttp.handlers.map(([method, path, handler, long]) =>
       HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
     ),
     ...SessionsHttp.handlers.map(([method, path, handler]) =>

@@ -41,6 +41,7 @@ import * as Scheduler from "../../actors/job/Scheduler.js"
 import * as LocalSessions from "../../actors/session/LocalSessions.js"
 import * as ScreenWorkers from "../../infra/terminal/ScreenWorkers.js"
 import * as Recorder from "../../actors/session/Recorder.js"
+import * as Recordings from "../../actors/session/Recordings.js"
 import * as SessionEntity from "../../actors/session/SessionEntity.js"
 import * as SessionRegistry from "../../actors/session/SessionRegistry.js"
 import * as SessionSettings from "../../actors/session/SessionSettings.js"
@@ -327,6 +328,7 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
         ),
         // Below the runner, so they outlive the entities that use them while it stops.
         Layer.provideMerge(jobServices(config, nodeId, children)),
+        Layer.provideMerge(Recordings.layer),
         Layer.provideMerge(SessionRegistry.layer),
         Layer.provideMerge(LocalSessions.layer),
         Layer.provideMerge(Recorder.layer()),
@@ -356,7 +358,9 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
             env: ptyHostEnv(children.secrets)
           })
         ),
-        Layer.provideMerge(PtyExitRecords.layer({ dataDir: config.dataDir }))
+        Layer.provideMerge(PtyExitRecords.layer({ dataDir: config.dataDir })),
+        // Artifacts and recordings share it.
+        Layer.provideMerge(StorageBackend.layer(config.storage, config.dataDir))
       )
     )
   )
@@ -369,7 +373,6 @@ const jobServices = (config: ServerConfig, nodeId: string, children: Children) =
   JobLogs.layer(nodeId).pipe(
     Layer.provideMerge(JobStore.layer),
     Layer.provideMerge(Artifacts.layer),
-    Layer.provideMerge(StorageBackend.layer(config.storage, config.dataDir)),
     Layer.provideMerge(Scheduler.layer(config.jobSlots)),
     Layer.provideMerge(
       JobSettings.layer({

@@ -250,6 +250,8 @@ const routes = [
   ["POST", "/api/sessions/:id/resize"],
   ["POST", "/api/sessions/:id/signal"],
   ["GET", "/api/sessions/:id/screen"],
+  ["POST", "/api/sessions/:id/export"],
+  ["GET", "/api/sessions/:id/recordings/:id"],
   ["PUT", "/api/sessions/:id"]
 ] as const
 
@@ -405,7 +407,7 @@ layer(EnvLive, { timeout: 600_000, excludeTestServices: true })("hostile input a
         yield* property(restRequest, 250, (input) =>
           Effect.gen(function* () {
             const [method, template] = input.route
-            const path = template.replace(":id", input.raw ?? encode(input.id))
+            const path = template.replaceAll(":id", input.raw ?? encode(input.id))
             const query = Object.entries(input.query)
               .map(([key, value]) => `${encode(key)}=${input.raw ?? encode(value)}`)
               .join("&")

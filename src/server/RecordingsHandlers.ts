@@ -1,0 +1,20 @@
+/**
+ * Handlers of the `Recordings` RPC group, on the session recordings service.
+ */
+import { Effect, Stream } from "effect"
+import { RecordingsRpcs } from "../../rpc/Recordings.js"
+import { Recordings } from "../../actors/session/Recordings.js"
+
+/** The handlers. */
+export const layer = RecordingsRpcs.toLayer(
+  Effect.gen(function* () {
+    const recordings = yield* Recordings
+    return {
+      "Recordings.Export": (request) => recordings.export(request.sessionId),
+      "Recordings.Download": (request) =>
+        Stream.unwrap(
+          Effect.map(recordings.download(request.sessionId, request.name), (download) => download.body)
+        )
+    }
+  })
+)
