@@ -7,10 +7,11 @@ import { expect, layer } from "@effect/vitest"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import * as zlib from "node:zlib"
-import { Context, Effect, Exit, Layer, Option, Redacted, Schedule, Scope } from "effect"
+import { Chunk, Context, Effect, Exit, Layer, Option, Redacted, Schedule, Scope, Stream } from "effect"
 import type { Browser, BrowserContext, BrowserContextOptions, Page } from "playwright-core"
 import WebSocket from "ws"
 import * as Client from "../../rpc/Client.js"
+import { JobSpec } from "../../rpc/Jobs.js"
 import * as FreePort from "../../infra/net/FreePort.js"
 import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
 import * as Web from "../support/Browser.js"
@@ -515,6 +516,34 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
         0
       )
       expect(gzipped).toBeLessThanOrEqual(300 * 1024)
+    })
+  )
+
+  it.scoped("the job cockpit lists a job's artifacts with links that download them", () =>
+    Effect.gen(function* () {
+      const { rpc, url, workDir } = yield* WebEnv
+      const dir = path.join(workDir, "artifacts-job")
+      fs.mkdirSync(dir, { mode: 0o777 })
+      fs.chmodSync(dir, 0o777)
+      const outputs = yield* rpc.Jobs.Execute(
+        JobSpec.make({
+          command: "mkdir -p out && printf 'hello artifact' > out/hello.txt",
+          shell: true,
+          cwd: dir,
+          artifacts: ["out/**"]
+        })
+      ).pipe(Stream.runCollect)
+      const accepted = Chunk.toReadonlyArray(outputs)[0]
+      if (accepted?._tag !== "JobAccepted") throw new Error("the job was not accepted")
+      const ctx = yield* context({ acceptDownloads: true })
+      const page = yield* loggedIn(ctx)
+      yield* promise(() => page.goto(`${url}/#/jobs/${accepted.job.id}`))
+      const link = page.getByTestId("artifacts").getByRole("link", { name: "out/hello.txt" })
+      yield* promise(() => link.waitFor())
+      const [download] = yield* promise(() => Promise.all([page.waitForEvent("download"), link.click()]))
+      expect(download.suggestedFilename()).toBe("hello.txt")
+      const saved = yield* promise(() => download.path())
+      expect(fs.readFileSync(saved, "utf8")).toBe("hello artifact")
     })
   )
 })
