@@ -224,14 +224,20 @@ export const make = (root: string): Effect.Effect<Storage["Type"], StorageError>
           .filter((key) => key.startsWith(prefix) && (after === undefined || compareKeys(key, after) > 0))
           .sort(compareKeys)
         const page = matching.slice(0, limit) as Array<ObjectKey>
+        // Sizes and times only, as S3 lists them: `head` has the sha256.
         const infos = yield* Effect.forEach(
           page,
           (key) =>
             Effect.tryPromise({ try: () => fsp.stat(under(objects, key)), catch: fail(key, "list") }).pipe(
-              Effect.flatMap((stat) => info(key, stat)),
+              Effect.map((stat): ObjectInfo => ({
+                key,
+                size: stat.size,
+                lastModified: stat.mtime,
+                sha256: Option.none()
+              })),
               Effect.option
             ),
-          { concurrency: 16 }
+          { concurrency: 64 }
         )
         const last = page[page.length - 1]
         return {

@@ -45,7 +45,7 @@ export interface ObjectInfo {
   readonly key: ObjectKey
   readonly size: number
   readonly lastModified: Date
-  /** Hex SHA-256 of the content, where the backend keeps it (local: always; S3: not in listings). */
+  /** Hex SHA-256 of the content, from `head` where the backend keeps it (local: yes; S3: no); never in listings. */
   readonly sha256: Option.Option<string>
 }
 
