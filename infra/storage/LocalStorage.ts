@@ -52,8 +52,6 @@ const writeAll = async (handle: fsp.FileHandle, chunk: Uint8Array) => {
   }
 }
 
-const compareKeys = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b))
-
 /** A `Storage` on files under `root` (created when missing, private to this user). */
 export const make = (root: string): Effect.Effect<Storage["Type"], StorageError> =>
   Effect.gen(function* () {
@@ -219,10 +217,14 @@ export const make = (root: string): Effect.Effect<Storage["Type"], StorageError>
           },
           catch: fail(prefix, "list")
         })
-        const after = options.after
+        // In UTF-8 byte order, as S3 lists: each key encoded once, not once a comparison.
+        const after = options.after === undefined ? undefined : Buffer.from(options.after)
         const matching = keys
-          .filter((key) => key.startsWith(prefix) && (after === undefined || compareKeys(key, after) > 0))
-          .sort(compareKeys)
+          .filter((key) => key.startsWith(prefix))
+          .map((key) => ({ key, bytes: Buffer.from(key) }))
+          .filter((entry) => after === undefined || Buffer.compare(entry.bytes, after) > 0)
+          .sort((a, b) => Buffer.compare(a.bytes, b.bytes))
+          .map((entry) => entry.key)
         const page = matching.slice(0, limit) as Array<ObjectKey>
         // Sizes and times only, as S3 lists them: `head` has the sha256.
         const infos = yield* Effect.forEach(
