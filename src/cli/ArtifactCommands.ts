@@ -70,7 +70,8 @@ export const save = <E>(
       showProgress && (final || Date.now() - shownAt >= 100)
         ? Effect.suspend(() => {
             shownAt = Date.now()
-            return write(process.stderr, `\r${progressLine(received, info.size)}${final ? "\n" : ""}`)
+            // `ESC [ K` clears what a longer line before left.
+            return write(process.stderr, `\r${progressLine(received, info.size)}\u001b[K${final ? "\n" : ""}`)
           })
         : Effect.void
     const counted = bytes.pipe(
