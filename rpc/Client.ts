@@ -19,9 +19,16 @@ import { JobsRpcs } from "./Jobs.js"
 import { ProxyRpcs } from "./Proxy.js"
 import { SessionsRpcs } from "./Sessions.js"
 import { SystemRpcs } from "./System.js"
+import { WorkspacesRpcs } from "./Workspaces.js"
 
 /** Every RPC a vibes server answers at `/rpc`. */
-export class VibesRpcs extends SystemRpcs.merge(EventsRpcs, SessionsRpcs, JobsRpcs, ProxyRpcs) {}
+export class VibesRpcs extends SystemRpcs.merge(
+  EventsRpcs,
+  SessionsRpcs,
+  JobsRpcs,
+  ProxyRpcs,
+  WorkspacesRpcs
+) {}
 
 /** What the client can call: `client.System.Info()`, … */
 export type Client = RpcClient.RpcClient<RpcGroup.Rpcs<typeof VibesRpcs>, RpcClientError>

@@ -14,6 +14,7 @@ import m0006 from "./migrations/0006_cluster.js"
 import m0007 from "./migrations/0007_logins.js"
 import m0008 from "./migrations/0008_event_bytes.js"
 import m0009 from "./migrations/0009_job_output_once.js"
+import m0011 from "./migrations/0011_workspaces.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -33,7 +34,8 @@ export const loader = Migrator.fromRecord({
   "0006_cluster": m0006,
   "0007_logins": m0007,
   "0008_event_bytes": m0008,
-  "0009_job_output_once": m0009
+  "0009_job_output_once": m0009,
+  "0011_workspaces": m0011
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

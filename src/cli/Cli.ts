@@ -30,6 +30,7 @@ import {
 } from "./Connection.js"
 import * as JobCommands from "./JobCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
+import * as WorkspaceCommands from "./WorkspaceCommands.js"
 import * as ProxyCommands from "./ProxyCommands.js"
 import { json, printable } from "./Display.js"
 import * as SessionCommands from "./SessionCommands.js"
@@ -407,6 +408,7 @@ export const command = Command.make("vibes").pipe(
     ...SessionCommands.commands,
     ...JobCommands.commands,
     ProxyCommands.command,
+    WorkspaceCommands.command,
     PtyHostCommand.command
   ])
 )

@@ -120,9 +120,28 @@ export type Connection = {
 }
 
 /** Errors about what the user asked for: exit code 2. */
-const usageErrors = new Set(["InvalidSessionRequest", "SpawnFailed", "InvalidGlob", "InvalidConsumer"])
+const usageErrors = new Set([
+  "InvalidSessionRequest",
+  "SpawnFailed",
+  "InvalidGlob",
+  "InvalidConsumer",
+  "InvalidWorkspaceRequest",
+  "InvalidBranchName",
+  "NotARepository"
+])
 /** Errors about the state of things on the server: exit code 1 with the server's message. */
-const refusals = new Set(["SessionNotFound", "SessionNotRunning", "ReadOnlyAttachment", "SessionUnavailable"])
+const refusals = new Set([
+  "SessionNotFound",
+  "SessionNotRunning",
+  "ReadOnlyAttachment",
+  "SessionUnavailable",
+  "WorkspaceNotFound",
+  "WorkspaceExists",
+  "PathInUse",
+  "WorktreeDirty",
+  "GitRefused",
+  "WorkspacesUnavailable"
+])
 
 const isTagged = (error: unknown): error is { readonly _tag: string; readonly message: string } =>
   typeof error === "object" &&

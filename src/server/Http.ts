@@ -53,6 +53,7 @@ import * as AttachSocket from "./AttachSocket.js"
 import { formatIssue } from "./JsonApi.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
+import * as WorkspacesHandlers from "./WorkspacesHandlers.js"
 import type { Proxy } from "../../actors/proxy/Proxy.js"
 import * as WebUi from "./WebUi.js"
 import { securityHeaders } from "../../infra/net/Headers.js"
@@ -472,6 +473,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(SessionsHandlers.layer),
     Layer.provide(JobsHandlers.layer),
     Layer.provide(ProxyHandlers.layer),
+    Layer.provide(WorkspacesHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
     Layer.provideMerge(RpcSocketServer.layer(limits))
   )

@@ -43,6 +43,8 @@ import * as Recorder from "../../actors/session/Recorder.js"
 import * as SessionEntity from "../../actors/session/SessionEntity.js"
 import * as SessionRegistry from "../../actors/session/SessionRegistry.js"
 import * as SessionSettings from "../../actors/session/SessionSettings.js"
+import * as Workspaces from "../../actors/workspace/Workspaces.js"
+import * as Git from "../../infra/git/Git.js"
 import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
 import * as PtyHostSupervisor from "../../actors/supervisors/PtyHostSupervisor.js"
 import * as AdminToken from "../../infra/auth/AdminToken.js"
@@ -326,6 +328,7 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
         // Below the runner, so they outlive the entities that use them while it stops.
         Layer.provideMerge(jobServices(config, nodeId, children)),
         Layer.provideMerge(SessionRegistry.layer),
+        Layer.provideMerge(workspaces(children)),
         Layer.provideMerge(LocalSessions.layer),
         Layer.provideMerge(Recorder.layer()),
         Layer.provideMerge(ScreenWorkers.layer),
@@ -355,6 +358,26 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
           })
         ),
         Layer.provideMerge(PtyExitRecords.layer({ dataDir: config.dataDir }))
+      )
+    )
+  )
+
+/**
+ * The workspaces and their git, run as the user programs run as, so that what git writes in a
+ * repository belongs to the programs working in it.
+ */
+const workspaces = (children: Children) =>
+  Workspaces.layer.pipe(
+    Layer.provideMerge(Workspaces.repoLockLayer),
+    Layer.provideMerge(
+      Git.layer(
+        children.sandbox._tag === "RunAs"
+          ? {
+              uid: children.sandbox.user.uid,
+              gid: children.sandbox.user.gid,
+              home: children.sandbox.user.home
+            }
+          : {}
       )
     )
   )
