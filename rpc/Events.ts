@@ -179,6 +179,24 @@ export const payloads = {
     signal: Schema.NullOr(Schema.String),
     attempts: Schema.Int
   }),
+  /** vibes made a worktree for a session or job (the envelope names it). */
+  "workspace.worktree_created": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    path: Schema.String,
+    newBranch: Schema.Boolean
+  }),
+  /**
+   * A session's or job's worktree was closed by its workspace's policy (or by hand): `kept` or
+   * `removed`; `stashed` when its uncommitted changes were saved with `git stash` first.
+   */
+  "workspace.worktree_closed": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    path: Schema.String,
+    state: Schema.Literal("kept", "removed"),
+    stashed: Schema.Boolean
+  }),
   /** One request through the AI-provider proxy; the envelope's sessionId names the session it came from. */
   "proxy.request": Schema.Struct({
     provider: Schema.String,

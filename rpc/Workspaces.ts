@@ -60,6 +60,35 @@ export class RemoveWorkspace extends Schema.Class<RemoveWorkspace>("RemoveWorksp
   force: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {}
 
+/** Where a worktree is in its life: in use by its session or job, kept after it, or removed. */
+export const WorktreeState = Schema.Literal("active", "kept", "removed")
+export type WorktreeState = typeof WorktreeState.Type
+
+/** A worktree vibes made for a session or a job. */
+export class WorktreeInfo extends Schema.Class<WorktreeInfo>("WorktreeInfo")({
+  id: Schema.String,
+  workspace: Schema.String,
+  branch: Schema.String,
+  path: Schema.String,
+  sessionId: Schema.NullOr(Schema.String),
+  jobId: Schema.NullOr(Schema.String),
+  state: WorktreeState,
+  createdAt: Schema.DateTimeUtc,
+  closedAt: Schema.NullOr(Schema.DateTimeUtc)
+}) {}
+
+/** `RemoveWorktree`: removes the worktree vibes made for `branch` (the branch stays). */
+export class RemoveWorktree extends Schema.Class<RemoveWorktree>("RemoveWorktree")({
+  workspace: Schema.String,
+  branch: Schema.String,
+  /** Removes it even in use or with uncommitted changes (those changes are lost). */
+  force: Schema.optionalWith(Schema.Boolean, { default: () => false })
+}) {}
+
+/** The slug of a branch: its worktree's directory name under the workspace's worktrees dir. */
+export const branchSlug = (branch: string): string =>
+  branch.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+/, "") || "branch"
+
 // Errors ------------------------------------------------------------------------------------
 
 /** No workspace of that name. */
@@ -149,7 +178,14 @@ export class WorkspacesRpcs extends RpcGroup.make(
   Rpc.make("Add", { payload: AddWorkspace, success: WorkspaceInfo, error: WorkspaceError }),
   Rpc.make("List", { success: Schema.Array(WorkspaceInfo), error: WorkspaceError }),
   Rpc.make("Get", { payload: { workspace: Schema.String }, success: WorkspaceInfo, error: WorkspaceError }),
-  Rpc.make("Remove", { payload: RemoveWorkspace, success: WorkspaceInfo, error: WorkspaceError })
+  Rpc.make("Remove", { payload: RemoveWorkspace, success: WorkspaceInfo, error: WorkspaceError }),
+  /** The worktrees vibes made in a workspace, newest first (removed ones included). */
+  Rpc.make("Worktrees", {
+    payload: { workspace: Schema.String },
+    success: Schema.Array(WorktreeInfo),
+    error: WorkspaceError
+  }),
+  Rpc.make("RemoveWorktree", { payload: RemoveWorktree, success: WorktreeInfo, error: WorkspaceError })
 )
   .prefix("Workspaces.")
   .middleware(AuthMiddleware) {}

@@ -367,7 +367,8 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
  * repository belongs to the programs working in it.
  */
 const workspaces = (children: Children) =>
-  Workspaces.layer.pipe(
+  Workspaces.closerLayer.pipe(
+    Layer.provideMerge(Workspaces.layer),
     Layer.provideMerge(Workspaces.repoLockLayer),
     Layer.provideMerge(
       Git.layer(

@@ -13,7 +13,10 @@ export const layer = WorkspacesRpcs.toLayer(
       "Workspaces.Add": (request) => workspaces.add(request),
       "Workspaces.List": () => workspaces.list,
       "Workspaces.Get": ({ workspace }) => workspaces.get(workspace),
-      "Workspaces.Remove": ({ workspace, force }) => workspaces.remove(workspace, force)
+      "Workspaces.Remove": ({ workspace, force }) => workspaces.remove(workspace, force),
+      "Workspaces.Worktrees": ({ workspace }) => workspaces.worktrees(workspace),
+      "Workspaces.RemoveWorktree": ({ workspace, branch, force }) =>
+        workspaces.removeWorktree(workspace, branch, force)
     }
   })
 )
