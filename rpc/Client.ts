@@ -20,6 +20,7 @@ import { ProxyRpcs } from "./Proxy.js"
 import { SessionsRpcs } from "./Sessions.js"
 import { SystemRpcs } from "./System.js"
 import { WorkspacesRpcs } from "./Workspaces.js"
+import { GitRpcs } from "./Git.js"
 
 /** Every RPC a vibes server answers at `/rpc`. */
 export class VibesRpcs extends SystemRpcs.merge(
@@ -27,7 +28,8 @@ export class VibesRpcs extends SystemRpcs.merge(
   SessionsRpcs,
   JobsRpcs,
   ProxyRpcs,
-  WorkspacesRpcs
+  WorkspacesRpcs,
+  GitRpcs
 ) {}
 
 /** What the client can call: `client.System.Info()`, … */

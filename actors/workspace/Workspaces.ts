@@ -33,6 +33,7 @@ import {
 import { EventFilter } from "../../rpc/Events.js"
 import { EventBus } from "../../infra/eventlog/EventBus.js"
 import { Emitter } from "../../infra/eventlog/Emitter.js"
+import { GitWatcher, parseWorktreeList } from "./GitWatcher.js"
 import { uuidv7 } from "../../infra/eventlog/EventLog.js"
 import { Git, type GitFailed, isValidBranch } from "../../infra/git/Git.js"
 
@@ -222,27 +223,7 @@ const toWorktree = (row: WorktreeRow): WorktreeInfo =>
     closedAt: row.closed_at === null ? null : DateTime.unsafeFromDate(row.closed_at)
   })
 
-/** One entry of `git worktree list --porcelain -z`. */
-export interface ListedWorktree {
-  readonly path: string
-  /** `refs/heads/…`, or none when detached. */
-  readonly branch: string | undefined
-}
-
-/** Parses `git worktree list --porcelain -z`. */
-export const parseWorktreeList = (output: string): ReadonlyArray<ListedWorktree> => {
-  const entries: Array<ListedWorktree> = []
-  let current: { path?: string; branch?: string } = {}
-  for (const field of output.split("\0")) {
-    if (field === "") {
-      if (current.path !== undefined) entries.push({ path: current.path, branch: current.branch })
-      current = {}
-    } else if (field.startsWith("worktree ")) current.path = field.slice("worktree ".length)
-    else if (field.startsWith("branch ")) current.branch = field.slice("branch ".length)
-  }
-  if (current.path !== undefined) entries.push({ path: current.path, branch: current.branch })
-  return entries
-}
+export { parseWorktreeList } from "./GitWatcher.js"
 
 const isName = Schema.is(WorkspaceName)
 
@@ -256,6 +237,7 @@ export const layer = Layer.effect(
     const git = yield* Git
     const lock = yield* RepoLock
     const emitter = yield* Emitter
+    const watcher = yield* GitWatcher
 
     const byName = (name: string) =>
       Effect.flatMap(
@@ -391,7 +373,14 @@ export const layer = Layer.effect(
             message: `a workspace named ${name} or at ${topReal} was added at the same time; list them and retry`
           })
         }
-        return toInfo(row)
+        const info = toInfo(row)
+        yield* watcher.ensure(info)
+        yield* emitter.emit(
+          "workspace.added",
+          { workspace: info.name, path: info.path, defaultBranch: info.defaultBranch },
+          { component: "workspace" }
+        )
+        return info
       }).pipe(Effect.withSpan("Workspaces.add"))
 
     const worktreeRows = (where: ReturnType<typeof sql.and>) =>
@@ -494,6 +483,12 @@ export const layer = Layer.effect(
             yield* sql`DELETE FROM vibes_workspaces WHERE id = ${workspace.id}`.pipe(
               Effect.mapError(unavailable)
             )
+            yield* watcher.forget(workspace.id)
+            yield* emitter.emit(
+              "workspace.removed",
+              { workspace: workspace.name, path: workspace.path },
+              { component: "workspace" }
+            )
             return workspace
           })
         )
@@ -513,6 +508,8 @@ export const layer = Layer.effect(
     }) =>
       Effect.gen(function* () {
         const workspace = yield* get(request.workspace)
+        // A workspace added on another node, or before a restart: its git events start now.
+        yield* watcher.ensure(workspace)
         const { branch, owner } = request
         if (!(yield* isValidBranch(git, branch))) {
           return yield* new InvalidBranchName({

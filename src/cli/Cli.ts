@@ -30,6 +30,7 @@ import {
 } from "./Connection.js"
 import * as JobCommands from "./JobCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
+import * as GitCommands from "./GitCommands.js"
 import * as WorkspaceCommands from "./WorkspaceCommands.js"
 import * as ProxyCommands from "./ProxyCommands.js"
 import { json, printable } from "./Display.js"
@@ -409,6 +410,7 @@ export const command = Command.make("vibes").pipe(
     ...JobCommands.commands,
     ProxyCommands.command,
     WorkspaceCommands.command,
+    GitCommands.command,
     PtyHostCommand.command
   ])
 )

@@ -49,11 +49,13 @@ import * as JobsHandlers from "./JobsHandlers.js"
 import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as SessionsHttp from "./SessionsHttp.js"
+import * as WorkspacesHttp from "./WorkspacesHttp.js"
 import * as AttachSocket from "./AttachSocket.js"
 import { formatIssue } from "./JsonApi.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 import * as WorkspacesHandlers from "./WorkspacesHandlers.js"
+import * as GitHandlers from "./GitHandlers.js"
 import type { Proxy } from "../../actors/proxy/Proxy.js"
 import * as WebUi from "./WebUi.js"
 import { securityHeaders } from "../../infra/net/Headers.js"
@@ -474,6 +476,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(JobsHandlers.layer),
     Layer.provide(ProxyHandlers.layer),
     Layer.provide(WorkspacesHandlers.layer),
+    Layer.provide(GitHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
     Layer.provideMerge(RpcSocketServer.layer(limits))
   )
@@ -509,6 +512,9 @@ export const routes = (options: RouteOptions) =>
       HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
     ),
     ...SessionsHttp.handlers.map(([method, path, handler]) =>
+      HttpLayerRouter.add(method, path, authenticated(handler))
+    ),
+    ...WorkspacesHttp.handlers.map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     )
   )

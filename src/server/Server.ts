@@ -44,6 +44,8 @@ import * as SessionEntity from "../../actors/session/SessionEntity.js"
 import * as SessionRegistry from "../../actors/session/SessionRegistry.js"
 import * as SessionSettings from "../../actors/session/SessionSettings.js"
 import * as Workspaces from "../../actors/workspace/Workspaces.js"
+import * as GitService from "../../actors/workspace/GitService.js"
+import * as GitWatcher from "../../actors/workspace/GitWatcher.js"
 import * as Git from "../../infra/git/Git.js"
 import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
 import * as PtyHostSupervisor from "../../actors/supervisors/PtyHostSupervisor.js"
@@ -367,8 +369,9 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
  * repository belongs to the programs working in it.
  */
 const workspaces = (children: Children) =>
-  Workspaces.closerLayer.pipe(
+  Layer.mergeAll(Workspaces.closerLayer, GitService.layer).pipe(
     Layer.provideMerge(Workspaces.layer),
+    Layer.provideMerge(GitWatcher.layer({ pollInterval: Duration.seconds(5) })),
     Layer.provideMerge(Workspaces.repoLockLayer),
     Layer.provideMerge(
       Git.layer(
