@@ -21,6 +21,7 @@ import { SessionsRpcs } from "./Sessions.js"
 import { SystemRpcs } from "./System.js"
 import { WorkspacesRpcs } from "./Workspaces.js"
 import { GitRpcs } from "./Git.js"
+import { FilesRpcs } from "./Files.js"
 
 /** Every RPC a vibes server answers at `/rpc`. */
 export class VibesRpcs extends SystemRpcs.merge(
@@ -29,7 +30,8 @@ export class VibesRpcs extends SystemRpcs.merge(
   JobsRpcs,
   ProxyRpcs,
   WorkspacesRpcs,
-  GitRpcs
+  GitRpcs,
+  FilesRpcs
 ) {}
 
 /** What the client can call: `client.System.Info()`, … */

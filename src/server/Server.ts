@@ -46,6 +46,7 @@ import * as SessionSettings from "../../actors/session/SessionSettings.js"
 import * as Workspaces from "../../actors/workspace/Workspaces.js"
 import * as GitService from "../../actors/workspace/GitService.js"
 import * as GitWatcher from "../../actors/workspace/GitWatcher.js"
+import * as Files from "../../actors/workspace/Files.js"
 import * as Git from "../../infra/git/Git.js"
 import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
 import * as PtyHostSupervisor from "../../actors/supervisors/PtyHostSupervisor.js"
@@ -368,23 +369,19 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
  * The workspaces and their git, run as the user programs run as, so that what git writes in a
  * repository belongs to the programs working in it.
  */
-const workspaces = (children: Children) =>
-  Layer.mergeAll(Workspaces.closerLayer, GitService.layer).pipe(
+const workspaces = (children: Children) => {
+  const programs =
+    children.sandbox._tag === "RunAs"
+      ? { uid: children.sandbox.user.uid, gid: children.sandbox.user.gid, home: children.sandbox.user.home }
+      : {}
+  return Layer.mergeAll(Workspaces.closerLayer, Files.layer(programs)).pipe(
+    Layer.provideMerge(GitService.layer),
     Layer.provideMerge(Workspaces.layer),
     Layer.provideMerge(GitWatcher.layer({ pollInterval: Duration.seconds(5) })),
     Layer.provideMerge(Workspaces.repoLockLayer),
-    Layer.provideMerge(
-      Git.layer(
-        children.sandbox._tag === "RunAs"
-          ? {
-              uid: children.sandbox.user.uid,
-              gid: children.sandbox.user.gid,
-              home: children.sandbox.user.home
-            }
-          : {}
-      )
-    )
+    Layer.provideMerge(Git.layer(programs))
   )
+}
 
 /**
  * What job entities use: worker slots, the output writer, the job table and settings. (The
