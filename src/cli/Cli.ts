@@ -30,6 +30,7 @@ import {
 } from "./Connection.js"
 import * as JobCommands from "./JobCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
+import * as FileCommands from "./FileCommands.js"
 import * as GitCommands from "./GitCommands.js"
 import * as WorkspaceCommands from "./WorkspaceCommands.js"
 import * as ProxyCommands from "./ProxyCommands.js"
@@ -411,6 +412,7 @@ export const command = Command.make("vibes").pipe(
     ProxyCommands.command,
     WorkspaceCommands.command,
     GitCommands.command,
+    FileCommands.command,
     PtyHostCommand.command
   ])
 )

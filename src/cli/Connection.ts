@@ -127,7 +127,9 @@ const usageErrors = new Set([
   "InvalidConsumer",
   "InvalidWorkspaceRequest",
   "InvalidBranchName",
-  "NotARepository"
+  "NotARepository",
+  "PathRefused",
+  "InvalidFileRequest"
 ])
 /** Errors about the state of things on the server: exit code 1 with the server's message. */
 const refusals = new Set([
@@ -140,7 +142,11 @@ const refusals = new Set([
   "PathInUse",
   "WorktreeDirty",
   "GitRefused",
-  "WorkspacesUnavailable"
+  "WorkspacesUnavailable",
+  "FileNotFound",
+  "FileExists",
+  "FileTooLarge",
+  "FilesUnavailable"
 ])
 
 const isTagged = (error: unknown): error is { readonly _tag: string; readonly message: string } =>

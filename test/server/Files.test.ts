@@ -11,6 +11,8 @@ import { AddWorkspace } from "../../rpc/Workspaces.js"
 import { clientLayer } from "../support/Attach.js"
 import { giveToPrograms, makeRepo } from "../support/GitRepo.js"
 import * as TestServer from "../support/TestServer.js"
+import { tempDir } from "../support/TempDir.js"
+import * as Vibes from "../support/VibesProcess.js"
 
 class Node extends Context.Tag("test/Node")<Node, TestServer.Running>() {}
 
@@ -263,5 +265,53 @@ layer(NodeLive, { timeout: 180_000, excludeTestServices: true })("files", (it) =
         const userFile = fs.statSync(path.join(session.cwd, "from-user.txt"))
         expect([userFile.uid, userFile.gid]).toEqual([agentFile.uid, agentFile.gid])
       })
+  )
+
+  it.scoped("vibes files put, ls, cat, get, mv and rm; a path that escapes exits 2", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const server = yield* Node
+      const { info } = yield* workspace(rpc)
+      const vibes = (args: ReadonlyArray<string>) =>
+        Vibes.run(args, Vibes.childEnv({ VIBES_URL: server.url, VIBES_TOKEN: server.token }))
+      const local = yield* tempDir("vibes-files-cli-")
+      const data = crypto.randomBytes(300_000)
+      fs.writeFileSync(path.join(local, "in.bin"), data)
+      const put = yield* vibes([
+        "files",
+        "put",
+        "--workspace",
+        info.name,
+        path.join(local, "in.bin"),
+        "data.bin"
+      ])
+      expect(put.stderr).toBe("")
+      expect(put.stdout).toBe(`${sha256(data)}  data.bin\n`)
+      const ls = yield* vibes(["files", "ls", "--workspace", info.name])
+      expect(ls.stdout).toMatch(/^file\s+300000\s+\S+\s+data\.bin$/m)
+      const cat = yield* vibes(["files", "cat", "--workspace", info.name, "README.md"])
+      expect(cat.stdout).toBe("hello\n")
+      const out = path.join(local, "out.bin")
+      const get = yield* vibes(["files", "get", "--workspace", info.name, "-o", out, "data.bin"])
+      expect(get.code).toBe(0)
+      expect(sha256(fs.readFileSync(out))).toBe(sha256(data))
+      expect((yield* vibes(["files", "mv", "--workspace", info.name, "data.bin", "moved.bin"])).code).toBe(0)
+      expect((yield* vibes(["files", "rm", "--workspace", info.name, "moved.bin"])).code).toBe(0)
+      expect(fs.existsSync(path.join(info.path, "moved.bin"))).toBe(false)
+      const escape = yield* vibes(["files", "cat", "--workspace", info.name, "../outside"])
+      expect(escape.code).toBe(2)
+      expect(escape.stderr).toContain("'..' segment")
+      const missing = yield* vibes([
+        "files",
+        "get",
+        "--workspace",
+        info.name,
+        "-o",
+        path.join(local, "x"),
+        "nope"
+      ])
+      expect(missing.code).toBe(1)
+      expect(missing.stderr).toContain('nothing at "nope"')
+    })
   )
 })
