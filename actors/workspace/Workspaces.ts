@@ -9,7 +9,7 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Context, DateTime, Effect, Layer, Option, Schema, Stream } from "effect"
+import { Context, DateTime, Effect, Layer, Option, Schedule, Schema, Stream } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import {
@@ -745,7 +745,7 @@ export const closerLayer = Layer.scopedDiscard(
           ended.value.signal === null
         )
       }).pipe(Effect.orElseSucceed(() => false))
-    yield* bus
+    const follow = bus
       .subscribe(
         { _tag: "Latest" },
         EventFilter.make({ types: ["session.closed", "session.exited", "session.lost", "job.done"] })
@@ -764,11 +764,10 @@ export const closerLayer = Layer.scopedDiscard(
             }
           })
         ),
-        Effect.catchAll((error) => Effect.logWarning(`worktree closer stopped: ${error.message}`)),
-        Effect.forkScoped
+        Effect.catchAll((error) => Effect.logWarning(`worktree closer resubscribes: ${error.message}`))
       )
-    // What ended while no node was watching.
-    yield* Effect.gen(function* () {
+    // What ended while no node was watching (or while this one was resubscribing).
+    const sweep = Effect.gen(function* () {
       const rows = yield* sql<{ readonly session_id: string | null; readonly job_id: string | null }>`
         SELECT w.session_id, w.job_id FROM vibes_worktrees w
         LEFT JOIN vibes_sessions s ON s.id = w.session_id
@@ -783,7 +782,11 @@ export const closerLayer = Layer.scopedDiscard(
     }).pipe(
       Effect.catchAll((error) =>
         Effect.logWarning(`could not close the worktrees of ended work: ${error.message}`)
-      ),
+      )
+    )
+    // A subscriber that fell behind is cut off: it follows again, and sweeps what it missed.
+    yield* Effect.zipRight(Effect.fork(sweep), follow).pipe(
+      Effect.repeat(Schedule.spaced("1 second")),
       Effect.forkScoped
     )
   })
