@@ -21,6 +21,9 @@ import { ProxyRpcs } from "./Proxy.js"
 import { RecordingsRpcs } from "./Recordings.js"
 import { SessionsRpcs } from "./Sessions.js"
 import { SystemRpcs } from "./System.js"
+import { WorkspacesRpcs } from "./Workspaces.js"
+import { GitRpcs } from "./Git.js"
+import { FilesRpcs } from "./Files.js"
 
 /** Every RPC a vibes server answers at `/rpc`. */
 export class VibesRpcs extends SystemRpcs.merge(
@@ -29,7 +32,10 @@ export class VibesRpcs extends SystemRpcs.merge(
   JobsRpcs,
   ArtifactsRpcs,
   RecordingsRpcs,
-  ProxyRpcs
+  ProxyRpcs,
+  WorkspacesRpcs,
+  GitRpcs,
+  FilesRpcs
 ) {}
 
 /** What the client can call: `client.System.Info()`, … */

@@ -186,6 +186,78 @@ export const payloads = {
     signal: Schema.NullOr(Schema.String),
     attempts: Schema.Int
   }),
+  "workspace.added": Schema.Struct({
+    workspace: Schema.String,
+    path: Schema.String,
+    defaultBranch: Schema.String
+  }),
+  "workspace.removed": Schema.Struct({ workspace: Schema.String, path: Schema.String }),
+  /**
+   * A commit appeared on a branch of a workspace's repository, whoever made it (one event a commit,
+   * oldest first, at most 100 an update). The envelope names the session or job whose worktree has
+   * the branch, when vibes made it.
+   */
+  "git.commit": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    commit: Schema.String,
+    parents: Schema.Array(Schema.String),
+    author: Schema.String,
+    email: Schema.String,
+    subject: Schema.String
+  }),
+  "git.branch_created": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    commit: Schema.String
+  }),
+  "git.branch_deleted": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    commit: Schema.String
+  }),
+  /** A branch moved to a commit that does not descend from where it was (a reset, a rebase). */
+  "git.branch_moved": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    from: Schema.String,
+    to: Schema.String
+  }),
+  /** A worktree (or the main checkout) switched branches; null is a detached HEAD. */
+  "git.branch_switched": Schema.Struct({
+    workspace: Schema.String,
+    path: Schema.String,
+    from: Schema.NullOr(Schema.String),
+    to: Schema.NullOr(Schema.String)
+  }),
+  "git.worktree_added": Schema.Struct({
+    workspace: Schema.String,
+    path: Schema.String,
+    branch: Schema.NullOr(Schema.String)
+  }),
+  "git.worktree_removed": Schema.Struct({
+    workspace: Schema.String,
+    path: Schema.String,
+    branch: Schema.NullOr(Schema.String)
+  }),
+  /** vibes made a worktree for a session or job (the envelope names it). */
+  "workspace.worktree_created": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    path: Schema.String,
+    newBranch: Schema.Boolean
+  }),
+  /**
+   * A session's or job's worktree was closed by its workspace's policy (or by hand): `kept` or
+   * `removed`; `stashed` when its uncommitted changes were saved with `git stash` first.
+   */
+  "workspace.worktree_closed": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    path: Schema.String,
+    state: Schema.Literal("kept", "removed"),
+    stashed: Schema.Boolean
+  }),
   /** One request through the AI-provider proxy; the envelope's sessionId names the session it came from. */
   "proxy.request": Schema.Struct({
     provider: Schema.String,

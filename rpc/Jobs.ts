@@ -21,6 +21,7 @@ import {
   toStorable,
   truncate
 } from "./Text.js"
+import { WorkspaceError } from "./Workspaces.js"
 
 /** A job's id (a UUIDv7). */
 export const JobId = Schema.String.pipe(
@@ -209,7 +210,13 @@ export class JobSpec extends Schema.Class<JobSpec>("JobSpec")({
   artifactsWhen: Schema.optionalWith(ArtifactsWhen, { default: () => "always" as const }),
   /** Terminal size for the `terminal` strategy. */
   cols: Schema.optionalWith(Schema.Int.pipe(Schema.between(2, 1000)), { default: () => 120 }),
-  rows: Schema.optionalWith(Schema.Int.pipe(Schema.between(2, 1000)), { default: () => 40 })
+  rows: Schema.optionalWith(Schema.Int.pipe(Schema.between(2, 1000)), { default: () => 40 }),
+  /** A workspace: the job runs in a worktree of its own on `branch` (`cwd` is then refused). */
+  workspace: Schema.optional(Schema.String),
+  /** With `workspace`: the branch; made from `from` (default: the workspace's default branch) when new. */
+  branch: Schema.optional(Schema.String),
+  /** With `workspace`: what a new branch starts from (a branch, tag or commit). */
+  from: Schema.optional(Schema.String)
 }) {}
 
 /** The command line of a spec as one string, for the `command` column and listings. */
@@ -335,7 +342,10 @@ const JobSpecRules = Schema.Struct({
   artifacts: Schema.Array(ArtifactGlob).pipe(
     Schema.filter((globs) => globs.length <= maxArtifactGlobs || `names more than ${maxArtifactGlobs} globs`)
   ),
-  ssh: Schema.optional(SshRules)
+  ssh: Schema.optional(SshRules),
+  workspace: Schema.optional(BoundedText(200)),
+  branch: Schema.optional(BoundedText(250)),
+  from: Schema.optional(BoundedText(250))
 })
 
 const checkLabels = (labels: Readonly<Record<string, string>>): Option.Option<FieldIssue> => {
@@ -398,8 +408,13 @@ export class JobLogsRequest extends Schema.Class<JobLogsRequest>("JobLogsRequest
 
 /** Everything a client can ask of jobs. */
 export class JobsRpcs extends RpcGroup.make(
-  Rpc.make("Submit", { payload: JobSpec, success: JobInfo, error: JobError }),
-  Rpc.make("Execute", { payload: JobSpec, success: ExecuteOutput, error: JobError, stream: true }),
+  Rpc.make("Submit", { payload: JobSpec, success: JobInfo, error: Schema.Union(JobError, WorkspaceError) }),
+  Rpc.make("Execute", {
+    payload: JobSpec,
+    success: ExecuteOutput,
+    error: Schema.Union(JobError, WorkspaceError),
+    stream: true
+  }),
   Rpc.make("Cancel", { payload: ById, success: JobInfo, error: JobError }),
   Rpc.make("Get", { payload: ById, success: JobInfo, error: JobError }),
   Rpc.make("List", {

@@ -11,6 +11,7 @@ import * as Rpc from "@effect/rpc/Rpc"
 import * as RpcGroup from "@effect/rpc/RpcGroup"
 import { AuthMiddleware } from "./Auth.js"
 import { BoundedText, check, checkExec, ExecString, PathText } from "./Text.js"
+import { WorkspaceError } from "./Workspaces.js"
 
 /**
  * A session's id: the machine that holds its PTY, `_`, and a UUIDv7, like
@@ -69,7 +70,16 @@ export class CreateSession extends Schema.Class<CreateSession>("CreateSession")(
   name: Schema.optional(Schema.String),
   restartPolicy: Schema.optionalWith(RestartPolicy, { default: () => "never" as const }),
   /** In a cluster: the node whose machine runs it. Omitted: the node with the fewest sessions. */
-  node: Schema.optional(Schema.String)
+  node: Schema.optional(Schema.String),
+  /**
+   * A workspace: the session runs in a worktree of its own on `branch` (`cwd` is then refused),
+   * made by the node that answers the call, whose machine runs the session.
+   */
+  workspace: Schema.optional(Schema.String),
+  /** With `workspace`: the branch; made from `from` (default: the workspace's default branch) when new. */
+  branch: Schema.optional(Schema.String),
+  /** With `workspace`: what a new branch starts from (a branch, tag or commit). */
+  from: Schema.optional(Schema.String)
 }) {}
 
 /** A session as the registry knows it. */
@@ -235,7 +245,10 @@ const CreateSessionRules = Schema.Struct({
   name: Schema.optional(BoundedText(maxNameLength)),
   node: Schema.optional(
     BoundedText(200).pipe(Schema.filter((node) => node !== "" || "must not be empty when given"))
-  )
+  ),
+  workspace: Schema.optional(BoundedText(200)),
+  branch: Schema.optional(BoundedText(250)),
+  from: Schema.optional(BoundedText(250))
 })
 
 /**
@@ -278,7 +291,11 @@ export class AttachSession extends Schema.Class<AttachSession>("AttachSession")(
 
 /** The `Sessions` RPC group, at `/rpc`. */
 export class SessionsRpcs extends RpcGroup.make(
-  Rpc.make("Create", { payload: CreateSession, success: SessionInfo, error: SessionError }),
+  Rpc.make("Create", {
+    payload: CreateSession,
+    success: SessionInfo,
+    error: Schema.Union(SessionError, WorkspaceError)
+  }),
   Rpc.make("Input", {
     payload: { ...ById, data: Schema.Uint8ArrayFromSelf, attachmentId: Schema.optional(Schema.String) },
     error: SessionError

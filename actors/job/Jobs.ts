@@ -22,7 +22,7 @@ import {
   type JobInfo,
   type JobNotFound,
   type JobOutput,
-  type JobSpec,
+  JobSpec,
   type JobStatus,
   JobsUnavailable
 } from "../../rpc/Jobs.js"
@@ -36,6 +36,7 @@ import { JobLogs } from "./JobLogs.js"
 import { JobSettings } from "./JobSettings.js"
 import { JobStore } from "./JobStore.js"
 import { readSecret } from "./Strategies.js"
+import { Workspaces, type WorkspaceError } from "../workspace/Workspaces.js"
 
 const jobErrorTags = new Set(["JobNotFound", "InvalidJobRequest", "JobsUnavailable"])
 
@@ -51,9 +52,10 @@ const toJobError = <E extends { readonly _tag: string; readonly message?: string
 export class Jobs extends Context.Tag("vibes/Jobs")<
   Jobs,
   {
-    readonly submit: (spec: JobSpec) => Effect.Effect<JobInfo, JobError>
+    /** Records and queues a job; in a worktree of its own when the spec names a workspace. */
+    readonly submit: (spec: JobSpec) => Effect.Effect<JobInfo, JobError | WorkspaceError>
     /** Submits, then streams the accepted job, its output and its end. */
-    readonly execute: (spec: JobSpec) => Stream.Stream<ExecuteOutput, JobError>
+    readonly execute: (spec: JobSpec) => Stream.Stream<ExecuteOutput, JobError | WorkspaceError>
     readonly cancel: (jobId: string) => Effect.Effect<JobInfo, JobError>
     readonly get: (jobId: string) => Effect.Effect<JobInfo, JobError>
     readonly list: (
@@ -148,15 +150,53 @@ export const layer = (options: {
       const emitter = yield* Emitter
       const settings = yield* JobSettings
       const artifacts = yield* Artifacts
+      const workspaces = yield* Workspaces
 
       const send = (jobId: string, spec: JobSpec) =>
         makeClient(jobId).Submit({ jobId, spec }, { discard: true }).pipe(Effect.mapError(toJobError))
 
-      const submit = (spec: JobSpec) =>
+      /** The spec to run: in its own worktree when it names a workspace (made here, for `jobId`). */
+      const inWorktree = (jobId: string, spec: JobSpec) =>
         Effect.gen(function* () {
-          yield* validate(spec, settings.dataDir)
+          const refuse = (field: string, message: string) => new InvalidJobRequest({ field, message })
+          if (spec.workspace === undefined) {
+            if (spec.branch !== undefined || spec.from !== undefined) {
+              return yield* refuse(
+                spec.branch !== undefined ? "branch" : "from",
+                "branch and from choose a worktree of a workspace: name the workspace too"
+              )
+            }
+            return spec
+          }
+          if (spec.strategy === "ssh")
+            return yield* refuse("workspace", "a job in a workspace runs locally, not over ssh")
+          if (spec.cwd !== undefined)
+            return yield* refuse("cwd", "a job in a workspace runs in its worktree: drop cwd")
+          if (spec.branch === undefined)
+            return yield* refuse("branch", "a job in a workspace needs the branch to work on")
+          const worktree = yield* workspaces.prepare({
+            workspace: spec.workspace,
+            branch: spec.branch,
+            from: spec.from,
+            owner: { kind: "job", id: jobId }
+          })
+          return new JobSpec({ ...spec, cwd: worktree.path })
+        })
+
+      const submit = (requested: JobSpec) =>
+        Effect.gen(function* () {
+          yield* validate(requested, settings.dataDir)
           const jobId = uuidv7()
-          const job = yield* store.insert(jobId, spec, new Date())
+          const spec = yield* inWorktree(jobId, requested)
+          const job = yield* store
+            .insert(jobId, spec, new Date())
+            .pipe(
+              Effect.tapError(() =>
+                spec === requested
+                  ? Effect.void
+                  : Effect.ignore(workspaces.abandon({ kind: "job", id: jobId }))
+              )
+            )
           yield* emitter.emit(
             "job.submitted",
             // A summary (the spec is in the jobs table): quoting can make it 4 times the size of
@@ -253,5 +293,5 @@ export const layer = (options: {
   )
 
 /** The sharding requirement, for callers wiring the layer. */
-export type Requires = Sharding | JobStore | JobLogs | Emitter | JobSettings
+export type Requires = Sharding | JobStore | JobLogs | Emitter | JobSettings | Workspaces
 export type { JobNotFound }

@@ -15,6 +15,7 @@ import m0007 from "./migrations/0007_logins.js"
 import m0008 from "./migrations/0008_event_bytes.js"
 import m0009 from "./migrations/0009_job_output_once.js"
 import m0010 from "./migrations/0010_job_artifacts.js"
+import m0011 from "./migrations/0011_workspaces.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -35,7 +36,8 @@ export const loader = Migrator.fromRecord({
   "0007_logins": m0007,
   "0008_event_bytes": m0008,
   "0009_job_output_once": m0009,
-  "0010_job_artifacts": m0010
+  "0010_job_artifacts": m0010,
+  "0011_workspaces": m0011
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

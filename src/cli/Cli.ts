@@ -32,6 +32,9 @@ import * as ArtifactCommands from "./ArtifactCommands.js"
 import * as JobCommands from "./JobCommands.js"
 import * as RecordingCommands from "./RecordingCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
+import * as FileCommands from "./FileCommands.js"
+import * as GitCommands from "./GitCommands.js"
+import * as WorkspaceCommands from "./WorkspaceCommands.js"
 import * as ProxyCommands from "./ProxyCommands.js"
 import { json, printable } from "./Display.js"
 import * as SessionCommands from "./SessionCommands.js"
@@ -411,6 +414,9 @@ export const command = Command.make("vibes").pipe(
     ...ArtifactCommands.commands,
     ...RecordingCommands.commands,
     ProxyCommands.command,
+    WorkspaceCommands.command,
+    GitCommands.command,
+    FileCommands.command,
     PtyHostCommand.command
   ])
 )

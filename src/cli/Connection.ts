@@ -120,7 +120,17 @@ export type Connection = {
 }
 
 /** Errors about what the user asked for: exit code 2. */
-const usageErrors = new Set(["InvalidSessionRequest", "SpawnFailed", "InvalidGlob", "InvalidConsumer"])
+const usageErrors = new Set([
+  "InvalidSessionRequest",
+  "SpawnFailed",
+  "InvalidGlob",
+  "InvalidConsumer",
+  "InvalidWorkspaceRequest",
+  "InvalidBranchName",
+  "NotARepository",
+  "PathRefused",
+  "InvalidFileRequest"
+])
 /** Errors about the state of things on the server: exit code 1 with the server's message. */
 const refusals = new Set([
   "SessionNotFound",
@@ -128,7 +138,17 @@ const refusals = new Set([
   "ReadOnlyAttachment",
   "SessionUnavailable",
   "RecordingNotFound",
-  "StorageUnavailable"
+  "StorageUnavailable",
+  "WorkspaceNotFound",
+  "WorkspaceExists",
+  "PathInUse",
+  "WorktreeDirty",
+  "GitRefused",
+  "WorkspacesUnavailable",
+  "FileNotFound",
+  "FileExists",
+  "FileTooLarge",
+  "FilesUnavailable"
 ])
 
 const isTagged = (error: unknown): error is { readonly _tag: string; readonly message: string } =>

@@ -287,6 +287,20 @@ const runOptions = {
     ),
     Options.optional
   ),
+  workspace: Options.text("workspace").pipe(
+    Options.withDescription("Run in a worktree of this workspace (with --branch), instead of a directory"),
+    Options.optional
+  ),
+  branch: Options.text("branch").pipe(
+    Options.withDescription("With --workspace: the branch of the job's worktree, new or existing"),
+    Options.optional
+  ),
+  from: Options.text("from").pipe(
+    Options.withDescription(
+      "With --workspace: where a new branch starts. Default: the workspace's default branch"
+    ),
+    Options.optional
+  ),
   env: Options.text("env").pipe(
     Options.withDescription("Set an environment variable for the job: NAME=VALUE (repeatable)"),
     Options.repeated
@@ -400,7 +414,7 @@ const specOf = (flags: RunFlags) =>
 
     const shell = args.length === 0 && shellSyntax.test(program)
     const cwd = Option.match(flags.cwd, {
-      onNone: () => (ssh === undefined ? process.cwd() : undefined),
+      onNone: () => (ssh === undefined && Option.isNone(flags.workspace) ? process.cwd() : undefined),
       onSome: (dir) => (ssh === undefined ? path.resolve(dir) : dir)
     })
     const encoded: typeof JobSpec.Encoded = {
@@ -413,6 +427,9 @@ const specOf = (flags: RunFlags) =>
       artifacts: flags.artifact,
       artifactsWhen: flags.artifactsWhen,
       ...(cwd !== undefined ? { cwd } : {}),
+      ...(Option.isSome(flags.workspace) ? { workspace: flags.workspace.value } : {}),
+      ...(Option.isSome(flags.branch) ? { branch: flags.branch.value } : {}),
+      ...(Option.isSome(flags.from) ? { from: flags.from.value } : {}),
       ...(ssh !== undefined ? { ssh } : {}),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       ...(Option.isSome(flags.priority) ? { priority: flags.priority.value } : {}),

@@ -91,6 +91,20 @@ const create = Command.make(
       ),
       Options.optional
     ),
+    workspace: Options.text("workspace").pipe(
+      Options.withDescription("Start in a worktree of this workspace (with --branch), instead of --cwd"),
+      Options.optional
+    ),
+    branch: Options.text("branch").pipe(
+      Options.withDescription("With --workspace: the branch of the session's worktree, new or existing"),
+      Options.optional
+    ),
+    from: Options.text("from").pipe(
+      Options.withDescription(
+        "With --workspace: where a new branch starts. Default: the workspace's default branch"
+      ),
+      Options.optional
+    ),
     json: Options.boolean("json").pipe(Options.withDescription("Print the new session as JSON")),
     command: Args.text({ name: "command" }).pipe(
       Args.withDescription("The program and its arguments, after `--`. Default: the server user's shell"),
@@ -110,6 +124,9 @@ const create = Command.make(
             ...(Option.isSome(flags.cwd) ? { cwd: flags.cwd.value } : {}),
             ...(Option.isSome(flags.name) ? { name: flags.name.value } : {}),
             ...(Option.isSome(flags.node) ? { node: flags.node.value } : {}),
+            ...(Option.isSome(flags.workspace) ? { workspace: flags.workspace.value } : {}),
+            ...(Option.isSome(flags.branch) ? { branch: flags.branch.value } : {}),
+            ...(Option.isSome(flags.from) ? { from: flags.from.value } : {}),
             cols: size.cols,
             rows: size.rows,
             restartPolicy: flags.restart
@@ -118,13 +135,13 @@ const create = Command.make(
       ).pipe(Effect.mapError(sessionFailure(connection)))
       console.log(
         flags.json
-          ? json({ id: info.id, pid: info.pid, command: info.command, nodeId: info.nodeId })
+          ? json({ id: info.id, pid: info.pid, command: info.command, nodeId: info.nodeId, cwd: info.cwd })
           : printable(info.id)
       )
     })
 ).pipe(
   Command.withDescription(
-    "Start a session: `vibes new [--name N] [--cwd D] [-- cmd args…]`. Prints its id; attach with `vibes attach ID`."
+    "Start a session: `vibes new [--name N] [--cwd D | --workspace W --branch B [--from REF]] [-- cmd args…]`. Prints its id; attach with `vibes attach ID`."
   )
 )
 

@@ -53,10 +53,15 @@ import * as RecordingsHttp from "./RecordingsHttp.js"
 import * as JobsHttp from "./JobsHttp.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
 import * as SessionsHttp from "./SessionsHttp.js"
+import * as WorkspacesHttp from "./WorkspacesHttp.js"
+import * as FilesHttp from "./FilesHttp.js"
 import * as AttachSocket from "./AttachSocket.js"
 import { formatIssue } from "./JsonApi.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
+import * as WorkspacesHandlers from "./WorkspacesHandlers.js"
+import * as GitHandlers from "./GitHandlers.js"
+import * as FilesHandlers from "./FilesHandlers.js"
 import type { Proxy } from "../../actors/proxy/Proxy.js"
 import * as WebUi from "./WebUi.js"
 import { securityHeaders } from "../../infra/net/Headers.js"
@@ -478,6 +483,9 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(ArtifactsHandlers.layer),
     Layer.provide(RecordingsHandlers.layer),
     Layer.provide(ProxyHandlers.layer),
+    Layer.provide(WorkspacesHandlers.layer),
+    Layer.provide(GitHandlers.layer),
+    Layer.provide(FilesHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
     Layer.provideMerge(RpcSocketServer.layer(limits))
   )
@@ -519,6 +527,12 @@ export const routes = (options: RouteOptions) =>
       HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
     ),
     ...SessionsHttp.handlers.map(([method, path, handler]) =>
+      HttpLayerRouter.add(method, path, authenticated(handler))
+    ),
+    ...WorkspacesHttp.handlers.map(([method, path, handler]) =>
+      HttpLayerRouter.add(method, path, authenticated(handler))
+    ),
+    ...FilesHttp.handlers.map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     )
   )

@@ -20,19 +20,30 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { JobId, JobInfo, type JobError, JobOutput, JobSpec, JobStatus, maxListLimit } from "../../rpc/Jobs.js"
 import { Jobs } from "../../actors/job/Jobs.js"
 import { sseHeaders } from "../../infra/net/Headers.js"
+import type { WorkspaceError } from "../../rpc/Workspaces.js"
+import * as WorkspacesHttp from "./WorkspacesHttp.js"
 import { badRequest, formatIssue, json, jsonBody, refuse } from "./JsonApi.js"
 
 /** The largest request body accepted, in bytes. */
 export const maxBodyBytes = 1024 * 1024
 
-const statusOf = (error: JobError) =>
-  error._tag === "JobNotFound" ? 404 : error._tag === "InvalidJobRequest" ? 400 : 503
+const statusOf = (error: JobError | WorkspaceError) =>
+  error._tag === "JobNotFound"
+    ? 404
+    : error._tag === "InvalidJobRequest"
+      ? 400
+      : error._tag === "JobsUnavailable"
+        ? 503
+        : WorkspacesHttp.statusOf(error)
 
-const failure = (error: JobError) =>
+const failure = (error: JobError | WorkspaceError) =>
   json(statusOf(error), {
     error: error._tag,
     message: error.message,
-    ...(error._tag === "InvalidJobRequest" && error.field !== undefined ? { field: error.field } : {})
+    ...((error._tag === "InvalidJobRequest" || error._tag === "InvalidWorkspaceRequest") &&
+    error.field !== undefined
+      ? { field: error.field }
+      : {})
   })
 
 const encodeInfo = Schema.encodeSync(JobInfo)

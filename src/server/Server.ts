@@ -45,6 +45,11 @@ import * as Recordings from "../../actors/session/Recordings.js"
 import * as SessionEntity from "../../actors/session/SessionEntity.js"
 import * as SessionRegistry from "../../actors/session/SessionRegistry.js"
 import * as SessionSettings from "../../actors/session/SessionSettings.js"
+import * as Workspaces from "../../actors/workspace/Workspaces.js"
+import * as GitService from "../../actors/workspace/GitService.js"
+import * as GitWatcher from "../../actors/workspace/GitWatcher.js"
+import * as Files from "../../actors/workspace/Files.js"
+import * as Git from "../../infra/git/Git.js"
 import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
 import * as PtyHostSupervisor from "../../actors/supervisors/PtyHostSupervisor.js"
 import * as AdminToken from "../../infra/auth/AdminToken.js"
@@ -330,6 +335,7 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
         Layer.provideMerge(jobServices(config, nodeId, children)),
         Layer.provideMerge(Recordings.layer),
         Layer.provideMerge(SessionRegistry.layer),
+        Layer.provideMerge(workspaces(children)),
         Layer.provideMerge(LocalSessions.layer),
         Layer.provideMerge(Recorder.layer()),
         Layer.provideMerge(ScreenWorkers.layer),
@@ -364,6 +370,24 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
       )
     )
   )
+
+/**
+ * The workspaces and their git, run as the user programs run as, so that what git writes in a
+ * repository belongs to the programs working in it.
+ */
+const workspaces = (children: Children) => {
+  const programs =
+    children.sandbox._tag === "RunAs"
+      ? { uid: children.sandbox.user.uid, gid: children.sandbox.user.gid, home: children.sandbox.user.home }
+      : {}
+  return Layer.mergeAll(Workspaces.closerLayer, Files.layer(programs)).pipe(
+    Layer.provideMerge(GitService.layer),
+    Layer.provideMerge(Workspaces.layer),
+    Layer.provideMerge(GitWatcher.layer({ pollInterval: Duration.seconds(5) })),
+    Layer.provideMerge(Workspaces.repoLockLayer),
+    Layer.provideMerge(Git.layer(programs))
+  )
+}
 
 /**
  * What job entities use: worker slots, the output writer, the job table and settings. (The

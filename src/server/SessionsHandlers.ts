@@ -11,6 +11,7 @@ import {
   type AttachEvent,
   type AttachSession,
   checkCreateSession,
+  CreateSession,
   type PreviewsRequest,
   type SessionPreview,
   InvalidSessionRequest,
@@ -30,6 +31,7 @@ import { SessionRegistry, toInfo } from "../../actors/session/SessionRegistry.js
 import { SessionSettings } from "../../actors/session/SessionSettings.js"
 import { Screen } from "../../rpc/Sessions.js"
 import { Membership } from "./Membership.js"
+import { Workspaces, type WorkspaceError } from "../../actors/workspace/Workspaces.js"
 
 const sessionErrorTags = new Set([
   "SessionNotFound",
@@ -81,8 +83,14 @@ type Call<Tag extends string> = (
 
 /** Every session call, by its RPC tag. */
 export type SessionsApiShape = {
-  readonly [Tag in Exclude<Rpc.Tag<Rpcs>, "Sessions.Attach" | "Sessions.Previews">]: Call<Tag>
+  readonly [
+    Tag in Exclude<Rpc.Tag<Rpcs>, "Sessions.Attach" | "Sessions.Previews" | "Sessions.Create">
+  ]: Call<Tag>
 } & {
+  /** Starts a session; in a worktree of its own when the request names a workspace. */
+  readonly "Sessions.Create": (
+    request: CreateSession
+  ) => Effect.Effect<Rpc.Success<Rpc.ExtractTag<Rpcs, "Sessions.Create">>, SessionError | WorkspaceError>
   readonly "Sessions.Attach": (request: AttachSession) => Stream.Stream<AttachEvent, SessionError>
   readonly "Sessions.Previews": (request: PreviewsRequest) => Stream.Stream<SessionPreview, SessionError>
   /** Succeeds when a session of that id exists (or existed): what the attach socket's gate checks. */
@@ -102,6 +110,7 @@ export const apiLayer = Layer.effect(
     const settings = yield* SessionSettings
     const log = yield* EventLog
     const local = yield* LocalSessions
+    const workspaces = yield* Workspaces
     // Session ids are never reused, so one that existed once is known for good.
     const known = new Set<string>()
 
@@ -189,18 +198,50 @@ export const apiLayer = Layer.effect(
       exists: (sessionId) =>
         Option.isSome(local.get(sessionId)) ? Effect.void : Effect.asVoid(entity(sessionId)),
       "Sessions.Create": (request) =>
-        Effect.zipRight(
-          checkCreateSession(request),
-          membership.pickMachine(Option.fromNullable(request.node))
-        ).pipe(
-          Effect.flatMap((machine) => {
-            const sessionId = Cluster.newSessionId(machine)
-            return withinReach(sessionId)(makeClient(sessionId).Create(request)).pipe(
+        Effect.gen(function* () {
+          yield* checkCreateSession(request)
+          const refuse = (field: string, message: string) => new InvalidSessionRequest({ field, message })
+          const start = (sessionId: string, spec: CreateSession) =>
+            withinReach(sessionId)(makeClient(sessionId).Create(spec)).pipe(
               Effect.tap(() => Effect.sync(() => known.add(sessionId))),
               Effect.mapError(toSessionError(sessionId))
             )
+          if (request.workspace === undefined) {
+            if (request.branch !== undefined || request.from !== undefined) {
+              return yield* refuse(
+                request.branch !== undefined ? "branch" : "from",
+                "branch and from choose a worktree of a workspace: name the workspace too"
+              )
+            }
+            const machine = yield* membership.pickMachine(Option.fromNullable(request.node))
+            return yield* start(Cluster.newSessionId(machine), request)
+          }
+          if (request.cwd !== undefined) {
+            return yield* refuse("cwd", "a session in a workspace runs in its worktree: drop cwd")
+          }
+          if (request.branch === undefined) {
+            return yield* refuse("branch", "a session in a workspace needs the branch to work on")
+          }
+          // The worktree is made here, so the session runs on this node's machine.
+          if (request.node !== undefined && request.node !== settings.nodeId) {
+            return yield* refuse(
+              "node",
+              `a session in a workspace runs on the node that makes its worktree (${settings.nodeId}): ask node ${request.node} itself, or drop node`
+            )
+          }
+          const machine = yield* membership.pickMachine(Option.some(settings.nodeId))
+          const sessionId = Cluster.newSessionId(machine)
+          const owner = { kind: "session", id: sessionId } as const
+          const worktree = yield* workspaces.prepare({
+            workspace: request.workspace,
+            branch: request.branch,
+            from: request.from,
+            owner
           })
-        ),
+          return yield* start(sessionId, new CreateSession({ ...request, cwd: worktree.path })).pipe(
+            Effect.tapError(() => Effect.ignore(workspaces.abandon(owner)))
+          )
+        }),
       "Sessions.Input": ({ sessionId, data, attachmentId }) =>
         Option.match(local.get(sessionId), {
           onSome: (session) => session.input(data, attachmentId),

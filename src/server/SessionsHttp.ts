@@ -33,6 +33,8 @@ import {
 import { securityHeaders } from "../../infra/net/Headers.js"
 import { badRequest, json, jsonBody, rawBody, refuse } from "./JsonApi.js"
 import { SessionsApi } from "./SessionsHandlers.js"
+import type { WorkspaceError } from "../../rpc/Workspaces.js"
+import * as WorkspacesHttp from "./WorkspacesHttp.js"
 
 /** The largest JSON body accepted: a session spec, or input as base64 or escaped text. */
 const maxJsonBytes = 4 * maxInputBytes
@@ -40,7 +42,7 @@ const maxJsonBytes = 4 * maxInputBytes
 /** The largest body of a resize or a signal, a few fields. */
 const maxSmallJsonBytes = 4096
 
-const statusOf = (error: SessionError): number => {
+const statusOf = (error: SessionError | WorkspaceError): number => {
   switch (error._tag) {
     case "SessionNotFound":
       return 404
@@ -54,14 +56,18 @@ const statusOf = (error: SessionError): number => {
       return 403
     case "SessionUnavailable":
       return 503
+    default:
+      return WorkspacesHttp.statusOf(error)
   }
 }
 
-const failure = (error: SessionError) =>
+const failure = (error: SessionError | WorkspaceError) =>
   json(statusOf(error), {
     error: error._tag,
     message: error.message,
-    ...(error._tag === "InvalidSessionRequest" ? { field: error.field } : {})
+    ...(error._tag === "InvalidSessionRequest" || error._tag === "InvalidWorkspaceRequest"
+      ? { field: error.field }
+      : {})
   })
 
 const noContent = HttpServerResponse.empty({ status: 204, headers: securityHeaders })
@@ -72,7 +78,7 @@ const encodeScreen = Schema.encodeSync(Screen)
 
 /** Answers `call`'s success with `ok`, its session error with the matching status. */
 const answer = <A, R>(
-  call: Effect.Effect<A, SessionError, R>,
+  call: Effect.Effect<A, SessionError | WorkspaceError, R>,
   ok: (value: A) => HttpServerResponse.HttpServerResponse
 ) => Effect.match(call, { onFailure: failure, onSuccess: ok })
 
