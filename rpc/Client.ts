@@ -18,10 +18,13 @@ import { EventsRpcs } from "./EventsRpcs.js"
 import { JobsRpcs } from "./Jobs.js"
 import { ProxyRpcs } from "./Proxy.js"
 import { SessionsRpcs } from "./Sessions.js"
+import { RequestMetrics } from "./RequestMetrics.js"
 import { SystemRpcs } from "./System.js"
 
 /** Every RPC a vibes server answers at `/rpc`. */
-export class VibesRpcs extends SystemRpcs.merge(EventsRpcs, SessionsRpcs, JobsRpcs, ProxyRpcs) {}
+export class VibesRpcs extends SystemRpcs.merge(EventsRpcs, SessionsRpcs, JobsRpcs, ProxyRpcs).middleware(
+  RequestMetrics
+) {}
 
 /** What the client can call: `client.System.Info()`, … */
 export type Client = RpcClient.RpcClient<RpcGroup.Rpcs<typeof VibesRpcs>, RpcClientError>

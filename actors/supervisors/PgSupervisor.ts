@@ -268,6 +268,7 @@ export const make = (options: Options): Effect.Effect<PgSupervisor["Type"], Embe
 
     const supervised = yield* ChildSupervisor.supervise({
       name: "the embedded Postgres",
+      metricLabel: "postgres",
       spawn: Effect.try({
         try: () => {
           const [cmd, args] = commandFor(

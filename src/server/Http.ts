@@ -40,6 +40,7 @@ import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import type { StreamSlots } from "../../infra/net/StreamSlots.js"
 import * as RpcSocketServer from "../../infra/rpc/RpcSocketServer.js"
+import * as RequestMetrics from "../../infra/telemetry/RequestMetrics.js"
 import { PrometheusMetrics } from "../../infra/telemetry/Telemetry.js"
 import { Emitter } from "../../infra/eventlog/Emitter.js"
 import { NodeInfo } from "./NodeInfo.js"
@@ -473,6 +474,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(JobsHandlers.layer),
     Layer.provide(ProxyHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
+    Layer.provide(RequestMetrics.layerRpc),
     Layer.provideMerge(RpcSocketServer.layer(limits))
   )
 
@@ -509,7 +511,7 @@ export const routes = (options: RouteOptions) =>
     ...SessionsHttp.handlers.map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     )
-  )
+  ).pipe(Layer.provide(RequestMetrics.httpMiddleware.layer))
 
 // The front door ---------------------------------------------------------------------------------
 
