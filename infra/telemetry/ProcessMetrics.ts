@@ -75,8 +75,12 @@ export const make: Effect.Effect<Effect.Effect<void>, never, Scope.Scope> = Effe
     const nextCpu = process.cpuUsage()
     const usedMicros = nextCpu.user - cpu.user + (nextCpu.system - cpu.system)
     cpu = nextCpu
-    const stats = { p50: delay.percentile(50), p99: delay.percentile(99), max: delay.max, mean: delay.mean }
-    delay.reset()
+    // A window without a sample (two scrapes within the resolution) keeps the previous values.
+    const stats =
+      delay.count === 0
+        ? {}
+        : { p50: delay.percentile(50), p99: delay.percentile(99), max: delay.max, mean: delay.mean }
+    if (delay.count > 0) delay.reset()
     return Effect.all(
       [
         Metric.incrementBy(cpuSeconds, usedMicros / 1e6),
