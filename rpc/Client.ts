@@ -20,6 +20,7 @@ import { JobsRpcs } from "./Jobs.js"
 import { ProxyRpcs } from "./Proxy.js"
 import { RecordingsRpcs } from "./Recordings.js"
 import { SessionsRpcs } from "./Sessions.js"
+import { RequestMetrics } from "./RequestMetrics.js"
 import { SystemRpcs } from "./System.js"
 import { WorkspacesRpcs } from "./Workspaces.js"
 import { GitRpcs } from "./Git.js"
@@ -36,7 +37,7 @@ export class VibesRpcs extends SystemRpcs.merge(
   WorkspacesRpcs,
   GitRpcs,
   FilesRpcs
-) {}
+).middleware(RequestMetrics) {}
 
 /** What the client can call: `client.System.Info()`, … */
 export type Client = RpcClient.RpcClient<RpcGroup.Rpcs<typeof VibesRpcs>, RpcClientError>

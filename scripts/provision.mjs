@@ -68,6 +68,13 @@ export const requirements = [
     why: "the JetStream event log and its supervisor"
   },
   { name: "curl", command: "curl", package: "curl", why: "the README's curl example" },
+  {
+    name: "prometheus",
+    command: "prometheus",
+    package: "prometheus",
+    why: "scrapes a node in the monitoring test"
+  },
+  { name: "promtool", command: "promtool", package: "prometheus", why: "checks the alerting rules" },
   { name: "chromium", file: "/usr/bin/chromium", package: "chromium", why: "web UI browser tests" }
 ]
 

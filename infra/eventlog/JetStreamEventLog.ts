@@ -82,6 +82,7 @@ import {
 import {
   checkCommit,
   checkConsumer,
+  type ConsumerOffset,
   EventLog,
   EventLogError,
   EventRejected,
@@ -144,6 +145,16 @@ export const subjectToken = (value: string | null | undefined): string => {
   return out.length <= maxTokenLength
     ? out
     : `~~${crypto.createHash("sha256").update(value, "utf8").digest("hex").slice(0, 32)}`
+}
+
+/** The value a `subjectToken` stands for (a hashed token stays as it is). */
+export const tokenValue = (token: string): string => {
+  if (token.startsWith("~~") || !/^(?:[A-Za-z0-9_-]|~[0-9A-F]{2})+$/.test(token)) return token
+  try {
+    return decodeURIComponent(token.replace(/~/g, "%"))
+  } catch {
+    return token
+  }
 }
 
 /** The subject of an event. */
@@ -520,12 +531,12 @@ export const make = (options: Options) =>
       name: string,
       subject: string,
       from: number,
-      each: (seq: number, data: Uint8Array) => boolean
+      each: (seq: number, data: Uint8Array, subject: string) => boolean
     ): Effect.Effect<void, EventLogError> =>
       Effect.tryPromise({
         try: async (signal) => {
           for await (const message of follow(name, subject, from, { untilCaughtUp: true, signal })) {
-            if (!each(message.seq, message.data)) return
+            if (!each(message.seq, message.data, message.subject)) return
           }
         },
         catch: failure("cannot read the event stream")
@@ -1010,6 +1021,15 @@ export const make = (options: Options) =>
       }).pipe(Effect.map(() => slowest))
     })
 
+    /** Every consumer's offset; a name too long for a subject shows as its hashed token. */
+    const consumers = Effect.suspend(() => {
+      const found: Array<ConsumerOffset> = []
+      return scan(offsetsStream, `${offsetsPrefix}.>`, 1, (_, data, subject) => {
+        found.push({ name: tokenValue(subject.slice(offsetsPrefix.length + 1)), offset: parseOffset(data) })
+        return true
+      }).pipe(Effect.map(() => found.sort((a, b) => (a.name < b.name ? -1 : 1))))
+    })
+
     // Retention -------------------------------------------------------------------------------
 
     /** Purges what matches `subject` below sequence `below`; how many went. */
@@ -1115,6 +1135,7 @@ export const make = (options: Options) =>
       resolve,
       commit,
       committed,
+      consumers,
       applyRetention
     })
   })

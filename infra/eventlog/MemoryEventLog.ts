@@ -19,7 +19,7 @@ import { type Row, toRow } from "./PgEventLog.js"
 export const make = Effect.gen(function* () {
   // Events by offset; retention leaves holes, so the array is kept sorted rather than indexed.
   let events: Array<StoredEvent> = []
-  const consumers = yield* Ref.make(new Map<string, number>())
+  const consumers_ = yield* Ref.make(new Map<string, number>())
   const head = yield* SubscriptionRef.make(0)
 
   const append = (batch: ReadonlyArray<NewEvent>) =>
@@ -133,18 +133,22 @@ export const make = Effect.gen(function* () {
   const commit = (consumer: string, offset: number) =>
     Effect.gen(function* () {
       yield* checkCommit(consumer, offset, yield* SubscriptionRef.get(head))
-      yield* Ref.update(consumers, (map) => new Map(map).set(consumer, offset))
+      yield* Ref.update(consumers_, (map) => new Map(map).set(consumer, offset))
     })
 
   const committed = (consumer: string) =>
     Effect.zipRight(
       checkConsumer(consumer),
-      Effect.map(Ref.get(consumers), (map) => Option.fromNullable(map.get(consumer)))
+      Effect.map(Ref.get(consumers_), (map) => Option.fromNullable(map.get(consumer)))
     )
+
+  const consumers = Effect.map(Ref.get(consumers_), (map) =>
+    [...map].map(([name, offset]) => ({ name, offset })).sort((a, b) => (a.name < b.name ? -1 : 1))
+  )
 
   const applyRetention = (policies: ReadonlyArray<RetentionPolicy>, now: number) =>
     Effect.gen(function* () {
-      const map = yield* Ref.get(consumers)
+      const map = yield* Ref.get(consumers_)
       const safeOffset = map.size > 0 ? Math.min(...map.values()) : null
       let deleted = 0
       for (const policy of policies) {
@@ -203,6 +207,7 @@ export const make = Effect.gen(function* () {
     resolve,
     commit,
     committed,
+    consumers,
     applyRetention
   })
 })

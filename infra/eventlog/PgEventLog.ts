@@ -537,6 +537,14 @@ export const make = (options: Options = {}) =>
         return Option.map(Option.fromNullable(rows[0]), (row) => Number(row.offset))
       })
 
+    const consumers = sql<{ name: string; offset: string }>`
+      SELECT name, "offset" FROM vibes_event_consumers ORDER BY name`.pipe(
+      Effect.map((rows) => rows.map((row) => ({ name: row.name, offset: Number(row.offset) }))),
+      Effect.mapError(
+        (error) => new EventLogError({ message: `cannot read the consumer offsets: ${describe(error)}` })
+      )
+    )
+
     const applyRetention = (policies: ReadonlyArray<RetentionPolicy>, now: number) =>
       Effect.gen(function* () {
         for (const policy of policies) {
@@ -628,6 +636,7 @@ export const make = (options: Options = {}) =>
       resolve: startOffset,
       commit,
       committed,
+      consumers,
       applyRetention
     })
   })

@@ -51,8 +51,19 @@ export class PrometheusMetrics extends Context.Tag("vibes/PrometheusMetrics")<
   { readonly render: Effect.Effect<string> }
 >() {}
 
-/** Bridges Effect metrics to an OpenTelemetry reader that is scraped on demand (no own port). */
-export const layerPrometheus = (identity: ServiceIdentity): Layer.Layer<PrometheusMetrics> =>
+/** How long the samplers of one scrape may take before the scrape goes on without them. */
+const sampleTimeout = "2 seconds"
+
+/**
+ * Bridges Effect metrics to an OpenTelemetry reader that is scraped on demand (no own port).
+ * The `samplers` run before each scrape, side by side, and set the gauges that are read rather
+ * than counted (process, pool, event log, disk); one that fails or is slow is left out of that
+ * scrape (and logged at debug level), the others are not.
+ */
+export const layerPrometheus = (
+  identity: ServiceIdentity,
+  samplers: ReadonlyArray<Effect.Effect<void, unknown>> = []
+): Layer.Layer<PrometheusMetrics> =>
   Layer.scoped(
     PrometheusMetrics,
     Effect.gen(function* () {
@@ -61,7 +72,16 @@ export const layerPrometheus = (identity: ServiceIdentity): Layer.Layer<Promethe
       yield* Metrics.registerProducer(producer, () => exporter)
       const serializer = new PrometheusSerializer()
       return {
-        render: Effect.promise(() => exporter.collect()).pipe(
+        render: Effect.forEach(
+          samplers,
+          (sampler) =>
+            sampler.pipe(
+              Effect.timeout(sampleTimeout),
+              Effect.catchAllCause((cause) => Effect.logDebug("a metrics sampler failed", cause))
+            ),
+          { concurrency: "unbounded", discard: true }
+        ).pipe(
+          Effect.zipRight(Effect.promise(() => exporter.collect())),
           Effect.map(({ resourceMetrics }) => serializer.serialize(resourceMetrics))
         )
       }

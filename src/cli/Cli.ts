@@ -25,6 +25,7 @@ import {
   resolveConnection,
   serverFile,
   ServerFile,
+  timeoutOption,
   toCliFailure,
   withClient
 } from "./Connection.js"
@@ -397,6 +398,61 @@ const events = Command.make(
   )
 )
 
+// doctor ----------------------------------------------------------------------------------
+
+const doctor = Command.make(
+  "doctor",
+  {
+    host: Options.text("host").pipe(
+      Options.withDescription("Address the node listens on. Default: $VIBES_HOST or 127.0.0.1"),
+      Options.optional
+    ),
+    port: Options.integer("port").pipe(
+      Options.withDescription("Port the node listens on. Default: $VIBES_PORT or 7432"),
+      Options.optional
+    ),
+    dataDir: dataDirOption,
+    timeout: timeoutOption,
+    json: Options.boolean("json").pipe(
+      Options.withDescription("Print the checks as JSON: { ok, checks: [{ name, status, detail, fix? }] }")
+    )
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      if (Option.isSome(flags.port) && (flags.port.value < 0 || flags.port.value > 65535)) {
+        return yield* new CliFailure({ message: "--port must be between 0 and 65535", exitCode: 2 })
+      }
+      const env = yield* Config.serverConfig.pipe(Effect.mapError(configFailure))
+      const config: Config.ServerConfig = {
+        ...env,
+        host: Option.getOrElse(flags.host, () => env.host),
+        port: Option.getOrElse(flags.port, () => env.port),
+        dataDir: Option.match(flags.dataDir, {
+          onNone: () => env.dataDir,
+          onSome: (dir) => path.resolve(dir)
+        })
+      }
+      const Doctor = yield* Effect.promise(() => import("./Doctor.js"))
+      const checks = yield* Doctor.run(config, flags.timeout)
+      const failed = checks.filter((check) => check.status === "FAIL")
+      console.log(
+        flags.json
+          ? json({ ok: failed.length === 0, checks })
+          : `vibes ${version} doctor (data dir ${config.dataDir})\n${Doctor.format(checks)}`
+      )
+      if (failed.length > 0) {
+        return yield* new CliFailure({
+          message: `${failed.length} of ${checks.length} checks failed: ${failed.map((check) => check.name).join(", ")}`,
+          exitCode: 1
+        })
+      }
+    })
+).pipe(
+  Command.withDescription(
+    "Check what a node needs on this machine (Node.js, the terminal module, the database, the data dir, free disk, the port, the PTY host, nats-server, chromium) and print a fix for each problem. Exit 0 when nothing failed (warnings allowed), 1 when a check failed."
+  )
+)
+
 // root ------------------------------------------------------------------------------------
 
 /** The `vibes` command and its subcommands. */
@@ -409,6 +465,7 @@ export const command = Command.make("vibes").pipe(
     status,
     cluster,
     events,
+    doctor,
     ...SessionCommands.commands,
     ...JobCommands.commands,
     ...ArtifactCommands.commands,

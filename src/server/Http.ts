@@ -40,6 +40,7 @@ import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import type { StreamSlots } from "../../infra/net/StreamSlots.js"
 import * as RpcSocketServer from "../../infra/rpc/RpcSocketServer.js"
+import * as RequestMetrics from "../../infra/telemetry/RequestMetrics.js"
 import { PrometheusMetrics } from "../../infra/telemetry/Telemetry.js"
 import { Emitter } from "../../infra/eventlog/Emitter.js"
 import { NodeInfo } from "./NodeInfo.js"
@@ -487,6 +488,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(GitHandlers.layer),
     Layer.provide(FilesHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
+    Layer.provide(RequestMetrics.layerRpc),
     Layer.provideMerge(RpcSocketServer.layer(limits))
   )
 
@@ -535,7 +537,7 @@ export const routes = (options: RouteOptions) =>
     ...FilesHttp.handlers.map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     )
-  )
+  ).pipe(Layer.provide(RequestMetrics.httpMiddleware.layer))
 
 // The front door ---------------------------------------------------------------------------------
 

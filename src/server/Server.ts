@@ -70,6 +70,9 @@ import * as JetStreamEventLog from "../../infra/eventlog/JetStreamEventLog.js"
 import * as NatsSupervisor from "../../actors/supervisors/NatsSupervisor.js"
 import * as StorageBackend from "../../infra/storage/StorageBackend.js"
 import * as Telemetry from "../../infra/telemetry/Telemetry.js"
+import * as DiskMetrics from "../../infra/telemetry/DiskMetrics.js"
+import * as ProcessMetrics from "../../infra/telemetry/ProcessMetrics.js"
+import * as EventLogMetrics from "../../infra/eventlog/EventLogMetrics.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
 import * as Sandbox from "../../infra/sandbox/Sandbox.js"
 import type * as ProxyTokens from "../../actors/proxy/ProxyTokens.js"
@@ -620,6 +623,12 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         streams
       })
       const identity = { serviceVersion: version, nodeId }
+      const metricSamplers = [
+        yield* ProcessMetrics.make,
+        DiskMetrics.sample(config.dataDir),
+        Effect.provide(Db.samplePool, sqlContext),
+        Effect.provide(EventLogMetrics.sample, events)
+      ]
 
       const routes = HttpLayerRouter.serve(
         Http.routes({
@@ -653,7 +662,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Layer.provide(nodeInfo),
         Layer.provide(edge),
         Layer.provide(Layer.succeedContext(authContext)),
-        Layer.provide(Telemetry.layerPrometheus(identity)),
+        Layer.provide(Telemetry.layerPrometheus(identity, metricSamplers)),
         Layer.provide(Layer.succeedContext(adminToken)),
         Layer.provide(Layer.succeedContext(sessionsContext)),
         Layer.provide(Layer.succeedContext(proxyContext)),

@@ -79,11 +79,23 @@ export interface Serving {
   readonly exited: Deferred.Deferred<{ readonly code: number | null; readonly signal: NodeJS.Signals | null }>
 }
 
+/** Which `vibes` to run, and where: this run's bundle in the package's root by default. */
+export interface Launch {
+  /** The executable and its first arguments (e.g. an installed `bin/vibes`). */
+  readonly command: readonly [string, ...Array<string>]
+  readonly cwd: string
+}
+
 /**
  * Starts `vibes serve --port <port>` (0: a free one) on `dataDir` and waits for its "listening" log line. When the
  * scope closes, a process still running is stopped (TERM, then KILL), and so is a Postgres it left.
  */
-export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv(), port = 0) =>
+export const serve = (
+  dataDir: string,
+  env: NodeJS.ProcessEnv = childEnv(),
+  port = 0,
+  launch: Launch = { command: [process.execPath, entry], cwd: root }
+) =>
   Effect.gen(function* () {
     const listening = yield* Deferred.make<{ url: string }, Error>()
     const exited = yield* Deferred.make<{ code: number | null; signal: NodeJS.Signals | null }>()
@@ -91,10 +103,10 @@ export const serve = (dataDir: string, env: NodeJS.ProcessEnv = childEnv(), port
     const child = yield* Effect.acquireRelease(
       Effect.sync(() =>
         childProcess.spawn(
-          process.execPath,
-          [entry, "serve", "--port", String(port), "--data-dir", dataDir],
+          launch.command[0],
+          [...launch.command.slice(1), "serve", "--port", String(port), "--data-dir", dataDir],
           {
-            cwd: root,
+            cwd: launch.cwd,
             env,
             stdio: ["ignore", "pipe", "pipe"]
           }

@@ -256,6 +256,21 @@ export const eventLogContract = <E>(
       }).pipe(Effect.provide(fresh()))
     )
 
+    it.effect("lists every named consumer with its offset, by name", () =>
+      Effect.gen(function* () {
+        const log = yield* EventLog
+        expect(yield* log.consumers).toEqual([])
+        yield* log.append(Array.from({ length: 4 }, (_, n) => event(1, n)))
+        yield* log.commit("search.indexer", 4)
+        yield* log.commit("audit:export", 2)
+        yield* log.commit("search.indexer", 3)
+        expect(yield* log.consumers).toEqual([
+          { name: "audit:export", offset: 2 },
+          { name: "search.indexer", offset: 3 }
+        ])
+      }).pipe(Effect.provide(fresh()))
+    )
+
     it.effect("retention deletes by age, size and snapshot, but never what a consumer has not passed", () =>
       Effect.gen(function* () {
         const log = yield* EventLog
