@@ -20,20 +20,8 @@ import {
   withClient
 } from "./Connection.js"
 import { printable } from "./Display.js"
+import { target } from "./GitCommands.js"
 import { formatTable } from "./SessionCommands.js"
-
-const target = {
-  workspace: Options.text("workspace").pipe(Options.withDescription("The workspace"), Options.optional),
-  branch: Options.text("branch").pipe(
-    Options.withDescription("With --workspace: the worktree that has this branch checked out"),
-    Options.optional
-  ),
-  session: Options.text("session").pipe(
-    Options.withDescription("The worktree (or directory) of this session"),
-    Options.optional
-  ),
-  job: Options.text("job").pipe(Options.withDescription("The worktree of this job"), Options.optional)
-}
 
 type TargetFlags = {
   readonly workspace: Option.Option<string>

@@ -10,14 +10,15 @@ import { connectionOptions, resolveConnection, withClient } from "./Connection.j
 import { json as toJson, printable, printableLines } from "./Display.js"
 import { formatTable } from "./SessionCommands.js"
 
-const target = {
+/** Where a git or file command works: a workspace (or one of its worktrees), a session's or a job's. */
+export const target = {
   workspace: Options.text("workspace").pipe(Options.withDescription("The workspace"), Options.optional),
   branch: Options.text("branch").pipe(
     Options.withDescription("With --workspace: the worktree that has this branch checked out"),
     Options.optional
   ),
   session: Options.text("session").pipe(
-    Options.withDescription("The worktree of this session"),
+    Options.withDescription("The worktree (or directory) of this session"),
     Options.optional
   ),
   job: Options.text("job").pipe(Options.withDescription("The worktree of this job"), Options.optional)
