@@ -325,7 +325,10 @@ const vibes = (db: Harness.BenchDatabase, admin: pg.Client, fifo: string, dir: s
         env: {
           VIBES_JOB_SLOTS: String(Math.max(2000, jobCount)),
           VIBES_HOST: "127.0.0.1",
-          VIBES_EVENT_BACKEND: eventBackend
+          VIBES_EVENT_BACKEND: eventBackend,
+          // Every job is followed on a stream of its own, all on one client.
+          VIBES_MAX_STREAMS_PER_CLIENT: String(jobCount + 100),
+          VIBES_MAX_IN_FLIGHT: String(jobCount + 100)
         },
         cpuProfDir
       })
