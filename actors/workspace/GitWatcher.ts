@@ -239,11 +239,25 @@ export const layer = (options: { readonly pollInterval: Duration.DurationInput }
             (watcher) => Effect.sync(() => Option.map(watcher, (w) => w.close()))
           )
           let last = yield* snapshot(workspace.path).pipe(Effect.ensuring(Deferred.succeed(ready, undefined)))
+          // `git worktree add -b B` lists the new worktree without a branch for a moment (its HEAD
+          // is written last): a new worktree seen without one is reported at the next look, with
+          // the branch it has by then, or without one if it is still detached then.
+          let settling = new Set<string>()
           yield* Effect.gen(function* () {
             yield* Effect.raceFirst(Queue.take(wake), Effect.sleep(options.pollInterval))
             const next = yield* snapshot(workspace.path)
-            yield* report(workspace, last, next)
-            last = next
+            const worktrees = new Map(next.worktrees)
+            const waiting = new Set<string>()
+            for (const [path, branch] of next.worktrees) {
+              if (branch === null && !last.worktrees.has(path) && !settling.has(path)) {
+                worktrees.delete(path)
+                waiting.add(path)
+              }
+            }
+            settling = waiting
+            const seen = { branches: next.branches, worktrees }
+            yield* report(workspace, last, seen)
+            last = seen
           }).pipe(
             Effect.catchAll((error: GitFailed) =>
               Effect.logWarning(`watching workspace ${workspace.name}: ${error.message}`)

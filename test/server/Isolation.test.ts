@@ -417,8 +417,15 @@ layer(OrdinaryNodeLive, { timeout: 120_000, excludeTestServices: true })(
           )
         yield* exists(ready)
         yield* rpc.Sessions.Input({ sessionId: session.id, data: new Uint8Array([3]) })
-        yield* exists(got)
-        expect(fs.readFileSync(got, "utf8").trim()).toBe("int")
+        // The shell creates the file, then writes into it: wait for what it wrote.
+        const written = yield* Effect.sync(() =>
+          fs.existsSync(got) ? fs.readFileSync(got, "utf8") : ""
+        ).pipe(
+          Effect.filterOrFail((text) => text.endsWith("\n")),
+          Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("30 seconds"))),
+          Effect.orDie
+        )
+        expect(written.trim()).toBe("int")
       })
     )
 
