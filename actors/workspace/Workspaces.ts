@@ -9,7 +9,7 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Context, DateTime, Effect, Layer, Option, Schedule, Schema, Stream } from "effect"
+import { Context, DateTime, Effect, FiberRef, Layer, Option, Schedule, Schema, Stream } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import {
@@ -96,6 +96,18 @@ export class RepoLock extends Context.Tag("vibes/RepoLock")<
   }
 >() {}
 
+/**
+ * Events written under a repository lock wait for its transaction to commit (the event log is not
+ * in it): a reader who sees the event then finds the rows it speaks of. Outside a lock, none wait.
+ */
+const afterCommit = FiberRef.unsafeMake<Array<Effect.Effect<unknown>> | undefined>(undefined)
+
+/** Runs `effect` once the current repository lock's transaction has committed (now, outside one). */
+const onCommit = <A>(effect: Effect.Effect<A>): Effect.Effect<void> =>
+  Effect.flatMap(FiberRef.get(afterCommit), (queued) =>
+    queued === undefined ? Effect.asVoid(effect) : Effect.sync(() => void queued.push(effect))
+  )
+
 /** Advisory-lock class of repository locks (the first key of `pg_advisory_xact_lock(int, int)`). */
 const lockClass = 0x76_69_62 // "vib"
 
@@ -116,16 +128,22 @@ export const repoLockLayer = Layer.effect(
     return RepoLock.of({
       with: <A, E, R>(workspaceId: string, effect: Effect.Effect<A, E, R>) =>
         semaphore(workspaceId).withPermits(1)(
-          // The transaction holds the advisory lock until the git operation is done (and rolls back
-          // what the operation wrote to the store when it fails).
-          sql
-            .withTransaction(
-              Effect.zipRight(
-                sql`SELECT pg_advisory_xact_lock(${lockClass}, hashtext(${workspaceId}))`,
-                effect
+          Effect.suspend(() => {
+            const queued: Array<Effect.Effect<unknown>> = []
+            // The transaction holds the advisory lock until the git operation is done (and rolls
+            // back what the operation wrote to the store when it fails); its events go after it.
+            return sql
+              .withTransaction(
+                Effect.zipRight(
+                  sql`SELECT pg_advisory_xact_lock(${lockClass}, hashtext(${workspaceId}))`,
+                  Effect.locally(effect, afterCommit, queued)
+                )
               )
-            )
-            .pipe(Effect.mapError((error) => (error instanceof SqlError ? unavailable(error) : error)))
+              .pipe(
+                Effect.mapError((error) => (error instanceof SqlError ? unavailable(error) : error)),
+                Effect.tap(() => Effect.forEach(queued, (event) => event, { discard: true }))
+              )
+          })
         )
     })
   })
@@ -444,10 +462,12 @@ export const layer = Layer.effect(
           if (state === "removed") yield* git.run(repository, ["worktree", "prune"]).pipe(Effect.ignore)
         }
         yield* setState(row.id, state)
-        yield* emitter.emit(
-          "workspace.worktree_closed",
-          { workspace: row.workspace, branch: row.branch, path: row.path, state, stashed },
-          ownerEnvelope(row)
+        yield* onCommit(
+          emitter.emit(
+            "workspace.worktree_closed",
+            { workspace: row.workspace, branch: row.branch, path: row.path, state, stashed },
+            ownerEnvelope(row)
+          )
         )
         return { ...row, state, closed_at: new Date() }
       })
@@ -484,10 +504,12 @@ export const layer = Layer.effect(
               Effect.mapError(unavailable)
             )
             yield* watcher.forget(workspace.id)
-            yield* emitter.emit(
-              "workspace.removed",
-              { workspace: workspace.name, path: workspace.path },
-              { component: "workspace" }
+            yield* onCommit(
+              emitter.emit(
+                "workspace.removed",
+                { workspace: workspace.name, path: workspace.path },
+                { component: "workspace" }
+              )
             )
             return workspace
           })
@@ -595,10 +617,12 @@ export const layer = Layer.effect(
             `.pipe(Effect.mapError(unavailable))
             const [row] = yield* worktreeRows(sql.and([sql`w.id = ${id}`]))
             if (row === undefined) return yield* unavailable({ message: `worktree ${id} vanished` })
-            yield* emitter.emit(
-              "workspace.worktree_created",
-              { workspace: workspace.name, branch, path: target, newBranch: !exists },
-              ownerEnvelope(row)
+            yield* onCommit(
+              emitter.emit(
+                "workspace.worktree_created",
+                { workspace: workspace.name, branch, path: target, newBranch: !exists },
+                ownerEnvelope(row)
+              )
             )
             return toWorktree(row)
           })
