@@ -94,6 +94,13 @@ const progressLine = /^::progress\s+(\d+(?:\.\d+)?)\s*$/
 export const backoff = (spec: JobSpec, next: number): number =>
   Math.min(spec.retry.maxDelayMs, spec.retry.initialDelayMs * spec.retry.factor ** Math.max(0, next - 2))
 
+/**
+ * How long a job found running on another live node waits for that node to end the attempt or
+ * hand it back (a stopping node takes the entity termination timeout, its shutdown grace and a
+ * few writes); after that the attempt counts as failed, as after a crash.
+ */
+const handOverWait = Duration.seconds(30)
+
 /** Processes of process group `pgid` that carry `VIBES_JOB_ID=jobId`: left behind by a crash. */
 const orphans = (pgid: number, jobId: string): boolean =>
   Proc.pids().some(
@@ -194,6 +201,18 @@ export const layer = Job.toLayer(
             system("canceled"),
             finish("canceled", { exitCode: null, signal: null, error: "canceled by a client" })
           )
+
+        // Running on another node that is alive (stopping, or whose shard locks lapsed under
+        // load): it ends the attempt or hands the job back itself; two nodes never run it at once.
+        if (job.info.status === "running" && job.info.nodeId !== settings.nodeId) {
+          const stillThere = store.runsElsewhere(jobId, settings.nodeId, settings.liveWithin)
+          yield* stillThere.pipe(
+            Effect.repeat({ while: (held) => held, schedule: Schedule.spaced("100 millis") }),
+            Effect.timeoutOption(handOverWait)
+          )
+          job = yield* store.getOrFail(jobId)
+          if (isFinal(job.info.status)) return job.info
+        }
 
         // A crash cut the last attempt short: its process group may still run.
         let recovered: Option.Option<Outcome> = Option.none()
@@ -470,10 +489,9 @@ export const layer = Job.toLayer(
           Effect.gen(function* () {
             const current = yield* store.get(jobId)
             if (Option.isNone(current) || isFinal(current.value.info.status)) return
-            const attempts =
-              current.value.info.status === "running"
-                ? current.value.info.attempts - 1
-                : current.value.info.attempts
+            const info = current.value.info
+            // Another node runs it now (this one stopped late): that node's row stays as it is.
+            if (info.status === "running" && info.nodeId !== settings.nodeId) return
             const seq = yield* logs.lastSeq(jobId)
             yield* logs.write({
               jobId,
@@ -483,12 +501,8 @@ export const layer = Job.toLayer(
               ts: new Date()
             })
             yield* logs.flush
-            yield* store.update(jobId, {
-              status: "queued",
-              attempts: Math.max(0, attempts),
-              pid: null,
-              ptyId: null
-            })
+            const attempts = info.status === "running" ? info.attempts - 1 : info.attempts
+            yield* store.handBack(info, Math.max(0, attempts))
           }).pipe(Effect.ignore)
         )
       )

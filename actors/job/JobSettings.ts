@@ -19,6 +19,8 @@ export class JobSettings extends Context.Tag("vibes/JobSettings")<
     readonly killGrace: Duration.Duration
     /** SIGTERM to SIGKILL when the node shuts down (it has little time). */
     readonly shutdownGrace: Duration.Duration
+    /** A node whose heartbeat is younger than this is alive. */
+    readonly liveWithin: Duration.Duration
     readonly sshKnownHosts: string
     readonly sshKeepalive: Duration.Duration
     /** The argv prefix local programs start through (the sandbox's), empty for none. */
@@ -41,6 +43,8 @@ export interface Options {
   readonly dataDir: string
   readonly killGrace: Duration.Duration
   readonly sshKnownHosts: string
+  /** A node whose heartbeat is younger than this is alive (default 6 s). */
+  readonly liveWithin?: Duration.Duration
   readonly sshKeepalive: Duration.Duration
   readonly home?: string
   readonly env?: Readonly<Record<string, string>>
@@ -63,7 +67,8 @@ export const layer = (options: Options) => {
       proxyEnded: () => Effect.void,
       ...options,
       secrets,
-      shutdownGrace: Duration.min(options.killGrace, Duration.seconds(2))
+      shutdownGrace: Duration.min(options.killGrace, Duration.seconds(2)),
+      liveWithin: options.liveWithin ?? Duration.seconds(6)
     })
   )
 }

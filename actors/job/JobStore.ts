@@ -2,7 +2,7 @@
  * The `jobs` table: one row a job, written by its entity at every change of status. Reads for
  * `Get` and `List` come straight from here, so any node answers them.
  */
-import { Context, DateTime, Effect, Layer, Option, Schema } from "effect"
+import { Context, DateTime, Duration, Effect, Layer, Option, Schema } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import {
@@ -100,6 +100,21 @@ export class JobStore extends Context.Tag("vibes/JobStore")<
       status: Option.Option<JobStatus>
     ) => Effect.Effect<ReadonlyArray<JobInfo>, JobsUnavailable>
     readonly update: (id: string, patch: Patch) => Effect.Effect<StoredJob, JobsUnavailable | JobNotFound>
+    /**
+     * Puts job `seen.id` back in the queue with `attempts` counted, if its row is still as `seen`
+     * (status, node and attempts: compare-and-set), so that a node stopping late never overwrites
+     * what a newer owner wrote. Whether it did.
+     */
+    readonly handBack: (seen: JobInfo, attempts: number) => Effect.Effect<boolean, JobsUnavailable>
+    /**
+     * Whether job `id` runs on a node other than `nodeId` that has beaten within `within`: that node
+     * is alive (stopping, say), and ends or hands back the attempt itself.
+     */
+    readonly runsElsewhere: (
+      id: string,
+      nodeId: string,
+      within: Duration.Duration
+    ) => Effect.Effect<boolean, JobsUnavailable>
     /** Ids of jobs that are not final, oldest first: to resume after a restart. */
     readonly unfinished: Effect.Effect<ReadonlyArray<string>, JobsUnavailable>
     /**
@@ -182,6 +197,25 @@ export const layer = Layer.effect(
           )
         )
       },
+      handBack: (seen, attempts) =>
+        sql<{ readonly id: string }>`
+          UPDATE jobs SET status = 'queued', attempts = ${attempts}, pid = NULL, pty_id = NULL
+          WHERE id = ${seen.id} AND status = ${seen.status} AND attempts = ${seen.attempts}
+            AND node_id IS NOT DISTINCT FROM ${seen.nodeId}
+          RETURNING id
+        `.pipe(
+          Effect.map((rows) => rows.length > 0),
+          Effect.mapError(unavailable)
+        ),
+      runsElsewhere: (id, nodeId, within) =>
+        sql<{ readonly id: string }>`
+          SELECT j.id FROM jobs j JOIN vibes_nodes n ON n.node_id = j.node_id
+          WHERE j.id = ${id} AND j.status = 'running' AND j.node_id <> ${nodeId}
+            AND n.last_seen_at > now() - make_interval(secs => ${Duration.toSeconds(within)})
+        `.pipe(
+          Effect.map((rows) => rows.length > 0),
+          Effect.mapError(unavailable)
+        ),
       unfinished: sql<{ readonly id: string }>`
         SELECT id FROM jobs WHERE status IN ('queued', 'running', 'retrying') ORDER BY created_at
       `.pipe(

@@ -227,10 +227,11 @@ export const layer = (options: {
         return sharding.hasShardId(sharding.getShardId(entityId, Job.getShardGroup(entityId)))
       }
 
-      // Output of a job of this node is read here, without the hop through its entity; the
-      // entity serves the followers of jobs that live on other nodes.
+      // Stored output is read here from the event log, whichever node runs the job (also while
+      // its entity moves); so is live output of a job of this node. The entity serves the
+      // followers of jobs that live on other nodes.
       const output = (jobId: string, after: number, follow: boolean): Stream.Stream<JobOutput, JobError> =>
-        isLocal(jobId)
+        !follow || isLocal(jobId)
           ? jobLogs.stream(jobId, after, follow)
           : makeClient(jobId).Logs({ after, follow }).pipe(Stream.mapError(toJobError))
 

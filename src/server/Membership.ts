@@ -9,7 +9,18 @@
  * machine are marked lost (their PTYs went with it); those whose restart policy asks for it are
  * started again on a live machine, and the old session records its replacement.
  */
-import { Context, DateTime, Duration, Effect, Layer, Metric, MetricLabel, Option, Schedule } from "effect"
+import {
+  Context,
+  DateTime,
+  Duration,
+  Effect,
+  Layer,
+  Metric,
+  MetricLabel,
+  Option,
+  Schedule,
+  Scope
+} from "effect"
 import * as Sharding from "@effect/cluster/Sharding"
 import { SqlClient } from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -77,10 +88,20 @@ interface NodeRow {
   readonly jobs: string | number
 }
 
-/** Builds the membership; its scope owns the heartbeat and the sweeper. */
+/**
+ * A scope that closes once the cluster runner, and so every entity, has stopped. The heartbeat
+ * runs in it: a stopping node is seen alive until its entities have handed their work back (a job
+ * found running on a live node waits for that node; see `JobEntity`).
+ */
+export class NodeLifetime extends Context.Tag("vibes/NodeLifetime")<NodeLifetime, Scope.Scope>() {}
+
+/** The lifetime scope; provide it below the runner. */
+export const lifetimeLayer: Layer.Layer<NodeLifetime> = Layer.scoped(NodeLifetime, Effect.scope)
+
+/** Builds the membership; its scope owns the sweeper, the node's lifetime its heartbeat. */
 export const layer = (
   options: Options
-): Layer.Layer<Membership, never, SqlClient | Sharding.Sharding | SessionRegistry | Emitter> =>
+): Layer.Layer<Membership, never, SqlClient | Sharding.Sharding | SessionRegistry | Emitter | NodeLifetime> =>
   Layer.scoped(
     Membership,
     Effect.gen(function* () {
@@ -289,10 +310,11 @@ export const layer = (
       const warnOnce = (what: string) => (error: { readonly message: string }) =>
         Effect.logWarning(`${what} failed: ${error.message}`)
 
-      yield* Effect.forkScoped(
+      yield* Effect.forkIn(
         Effect.catchAll(beat, warnOnce("cluster heartbeat")).pipe(
           Effect.repeat(Schedule.spaced(options.heartbeat))
-        )
+        ),
+        yield* NodeLifetime
       )
       if (clustered) {
         yield* Effect.forkScoped(

@@ -334,6 +334,7 @@ const sessions = (config: ServerConfig, nodeId: string, children: Children) =>
             entityTerminationTimeout: Duration.seconds(1)
           })
         ),
+        Layer.provideMerge(Membership.lifetimeLayer),
         // Below the runner, so they outlive the entities that use them while it stops.
         Layer.provideMerge(jobServices(config, nodeId, children)),
         Layer.provideMerge(Recordings.layer),
@@ -406,6 +407,11 @@ const jobServices = (config: ServerConfig, nodeId: string, children: Children) =
         nodeId,
         dataDir: config.dataDir,
         killGrace: config.jobKillGrace,
+        // Three heartbeats, and no less than the cluster lets a node's shard locks go unrefreshed.
+        liveWithin: Duration.max(
+          Duration.times(config.heartbeat, 3),
+          Option.match(config.cluster, { onNone: () => Duration.zero, onSome: (c) => c.shardLockExpiration })
+        ),
         sshKnownHosts: config.sshKnownHosts,
         sshKeepalive: config.sshKeepalive,
         env: { ...ChildEnv.childEnv(children.secrets), ...Sandbox.identityEnv(children.sandbox) },

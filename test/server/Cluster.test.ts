@@ -22,6 +22,21 @@ import * as Vibes from "../support/VibesProcess.js"
 
 const encoder = new TextEncoder()
 
+/** Logs where job `jobId` stands and what it printed, to say why a test failed. */
+const explain = (client: Client.Client, jobId: string, why: string) =>
+  Effect.gen(function* () {
+    const info = yield* client.Jobs.Get({ jobId }).pipe(Effect.option)
+    const output = yield* client.Jobs.Logs({ jobId, follow: false, after: 0 }).pipe(
+      Stream.runCollect,
+      Effect.option
+    )
+    yield* Effect.logError(
+      `job ${jobId} ${why}: ${JSON.stringify(Option.getOrNull(info))}; its output: ${JSON.stringify(
+        Option.map(output, (chunk) => [...chunk])
+      )}`
+    )
+  }).pipe(Effect.timeout("10 seconds"), Effect.ignore)
+
 /** Waits until job `jobId` is final, as `client` sees it; on a timeout, says where it stands. */
 const finished = (client: Client.Client, jobId: string, timeout = 60_000) =>
   eventually(
@@ -30,22 +45,16 @@ const finished = (client: Client.Client, jobId: string, timeout = 60_000) =>
     ),
     `job ${jobId} to finish`,
     timeout
-  ).pipe(
-    Effect.tapError(() =>
-      Effect.gen(function* () {
-        const info = yield* client.Jobs.Get({ jobId }).pipe(Effect.option)
-        const output = yield* client.Jobs.Logs({ jobId, follow: false, after: 0 }).pipe(
-          Stream.runCollect,
-          Effect.option
-        )
-        yield* Effect.logError(
-          `job ${jobId} is not final: ${JSON.stringify(Option.getOrNull(info))}; its output: ${JSON.stringify(
-            Option.map(output, (chunk) => [...chunk])
-          )}`
-        )
-      }).pipe(Effect.timeout("10 seconds"), Effect.ignore)
-    )
-  )
+  ).pipe(Effect.tapError(() => explain(client, jobId, "is not final")))
+
+/** Waits until job `jobId` is final and expects it to have succeeded; if not, says why. */
+const succeeded = (client: Client.Client, jobId: string) =>
+  Effect.gen(function* () {
+    const done = yield* finished(client, jobId)
+    if (done.status !== "succeeded") yield* explain(client, jobId, `ended ${done.status}`)
+    expect(done.status).toBe("succeeded")
+    return done
+  })
 
 /** Every event of the log, read page by page. */
 const allEvents = (client: Client.Client) =>
@@ -331,13 +340,12 @@ describe("a cluster of vibes nodes", () => {
         if (victimJob === undefined) return expect.unreachable()
         const status = yield* a.client.Jobs.Get({ jobId: victimJob.id })
         expect(status.id).toBe(victimJob.id)
-        // Its logs come from its entity, which is moving: the call waits for the move, then answers.
+        // Its stored logs are read from the event log: the call answers while its entity moves.
         const logs = yield* a.client.Jobs.Logs({ jobId: victimJob.id, follow: false }).pipe(Stream.runCollect)
         expect(Chunk.some(logs, (o) => o._tag === "JobLog" && o.chunk.includes("started"))).toBe(true)
 
         for (const job of jobs) {
-          const done = yield* finished(a.client, job.id)
-          expect(done.status).toBe("succeeded")
+          const done = yield* succeeded(a.client, job.id)
           if (job.nodeId === c.nodeId) {
             expect(done.nodeId).not.toBe(c.nodeId)
             expect(done.attempts).toBe(2)
@@ -432,8 +440,7 @@ describe("a cluster of vibes nodes", () => {
         yield* Effect.forEach(fibers, Fiber.interrupt, { discard: true })
         expect(yield* Ref.get(failures)).toEqual([])
         for (const jobId of yield* Ref.get(submitted)) {
-          const done = yield* finished(a.client, jobId)
-          expect(done.status).toBe("succeeded")
+          yield* succeeded(a.client, jobId)
         }
       }),
     240_000
@@ -490,8 +497,7 @@ describe("a cluster of vibes nodes", () => {
         if (client === undefined) return expect.unreachable()
         const ids = yield* Ref.get(acknowledged)
         for (const jobId of ids) {
-          const done = yield* finished(client, jobId)
-          expect(done.status).toBe("succeeded")
+          yield* succeeded(client, jobId)
         }
         const events = yield* allEvents(client)
         expectGapless(events)

@@ -94,6 +94,17 @@ export const make = (prefix: string, count: number, extraEnv: Record<string, str
         node.serving.child.kill(signal)
         const exit = yield* Deferred.await(node.serving.exited)
         yield* Scope.close(node.scope, Exit.void)
+        if (exit.code !== 0 && signal === "SIGTERM") {
+          // Why it did not stop cleanly: its warnings and errors, and its last lines.
+          const telling = node.serving.lines.filter((line) => /"logLevel":"(WARN|ERROR|FATAL)"/.test(line))
+          yield* Effect.logError(
+            `node ${node.nodeId} exited with ${exit.code ?? exit.signal} after SIGTERM:\n${[
+              ...telling.slice(-20),
+              "…",
+              ...node.serving.lines.slice(-20)
+            ].join("\n")}`
+          )
+        }
         return exit.code
       })
 
