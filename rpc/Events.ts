@@ -80,7 +80,14 @@ export class StoredEvent extends Schema.Class<StoredEvent>("StoredEvent")({
 export const payloads = {
   "system.started": Schema.Struct({ version: Schema.String, database: Schema.String }),
   "system.stopped": Schema.Struct({ reason: Schema.String }),
-  "system.alert": Schema.Struct({ component: Schema.String, message: Schema.String }),
+  "system.alert": Schema.Struct({
+    component: Schema.String,
+    message: Schema.String,
+    /** What is wrong, for alerts that watch a condition: `disk_low`, `consumer_lag`, `restarts`. */
+    condition: Schema.optional(Schema.String),
+    /** The condition no longer holds (the alert that raised it is over). */
+    resolved: Schema.optional(Schema.Boolean)
+  }),
   /** A browser logged in; `login` is a non-secret reference to the login (not its cookie). */
   "auth.login": Schema.Struct({
     clientAddress: Schema.String,
@@ -359,6 +366,53 @@ export class SubscriberLagged extends Schema.TaggedError<SubscriberLagged>()("Su
 }) {}
 
 // Filters -----------------------------------------------------------------------------------
+
+// Statistics -------------------------------------------------------------------------------
+
+/** How much of the log one event type takes. */
+export class TypeStats extends Schema.Class<TypeStats>("TypeStats")({
+  type: Schema.String,
+  events: Schema.NonNegativeInt,
+  /** Payload bytes (JSON text of `data` plus raw `bytes`): the measure retention's `maxBytes` caps. */
+  bytes: Schema.NonNegativeInt,
+  oldest: Schema.NullOr(Schema.DateTimeUtc),
+  newest: Schema.NullOr(Schema.DateTimeUtc)
+}) {}
+
+/** A named consumer, where it is, and how far behind the head. */
+export class ConsumerStats extends Schema.Class<ConsumerStats>("ConsumerStats")({
+  name: Schema.String,
+  offset: Schema.NonNegativeInt,
+  lag: Schema.NonNegativeInt
+}) {}
+
+/** A retention policy as the server applies it. */
+export class RetentionStats extends Schema.Class<RetentionStats>("RetentionStats")({
+  types: Schema.Array(Schema.String),
+  maxAgeMillis: Schema.NullOr(Schema.NonNegativeInt),
+  maxBytes: Schema.NullOr(Schema.NonNegativeInt),
+  snapshotType: Schema.NullOr(Schema.String)
+}) {}
+
+/** What the log holds, by type: what a backend's `stats` answers. */
+export class LogStats extends Schema.Class<LogStats>("LogStats")({
+  backend: Schema.Literal("postgres", "jetstream", "memory"),
+  head: Schema.NonNegativeInt,
+  events: Schema.NonNegativeInt,
+  /** Payload bytes of every event (see `TypeStats.bytes`). */
+  bytes: Schema.NonNegativeInt,
+  /** What the store takes on disk (table and indexes, or the stream), when it can tell. */
+  storedBytes: Schema.NullOr(Schema.NonNegativeInt),
+  /** Largest first. */
+  types: Schema.Array(TypeStats)
+}) {}
+
+/** What the event log holds, what takes its space, who reads it and what retention keeps. */
+export class EventLogStats extends Schema.Class<EventLogStats>("EventLogStats")({
+  ...LogStats.fields,
+  consumers: Schema.Array(ConsumerStats),
+  retention: Schema.Array(RetentionStats)
+}) {}
 
 /** Selects events by type globs (one must match) and by each id given. Empty selects everything. */
 export class EventFilter extends Schema.Class<EventFilter>("EventFilter")({

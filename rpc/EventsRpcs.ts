@@ -8,6 +8,7 @@ import { AuthMiddleware } from "./Auth.js"
 import {
   EventFilter,
   EventLogError,
+  EventLogStats,
   InvalidConsumer,
   InvalidGlob,
   StoredEvent,
@@ -65,6 +66,7 @@ export class EventsRpcs extends RpcGroup.make(
     payload: { consumer: ConsumerName, offset: OffsetInput },
     error: Schema.Union(InvalidConsumer, EventLogError)
   }),
+  Rpc.make("Stats", { success: EventLogStats, error: EventLogError }),
   Rpc.make("Committed", {
     payload: { consumer: ConsumerName },
     success: Schema.Struct({ offset: Schema.NullOr(Schema.NonNegativeInt) }),

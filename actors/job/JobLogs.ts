@@ -145,10 +145,13 @@ const fromEvent = (event: StoredEvent): Option.Option<Stored> =>
 /** The events of one job's output. */
 export const logFilter = (jobId: string) => EventFilter.make({ types: ["job.log"], jobId })
 
+/** Job output kept at most, oldest going first, whatever the jobs' age (a backstop for disk). */
+export const jobLogCap = 2 * 1024 * 1024 * 1024
+
 /**
  * Job output is kept as long as finished jobs are: the event retention policy that deletes
- * `job.log` events older than `maxAge`, added to `policies` unless one of them names `job.log`
- * already (an operator's own policy for it wins).
+ * `job.log` events older than `maxAge` (and beyond `jobLogCap`), added to `policies` unless one of
+ * them names `job.log` already (an operator's own policy for it wins).
  */
 export const withRetention = (
   policies: ReadonlyArray<RetentionPolicy>,
@@ -156,7 +159,14 @@ export const withRetention = (
 ): ReadonlyArray<RetentionPolicy> =>
   policies.some((policy) => policy.types.some((glob) => globMatches(glob, "job.log")))
     ? policies
-    : [...policies, RetentionPolicy.make({ types: ["job.log"], maxAgeMillis: Duration.toMillis(maxAge) })]
+    : [
+        ...policies,
+        RetentionPolicy.make({
+          types: ["job.log"],
+          maxAgeMillis: Duration.toMillis(maxAge),
+          maxBytes: jobLogCap
+        })
+      ]
 
 const globMatches = (glob: string, type: string) =>
   Either.match(compileGlob(glob), { onLeft: () => false, onRight: (regex) => regex.test(type) })

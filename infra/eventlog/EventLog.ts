@@ -3,7 +3,7 @@
  * `MemoryEventLog`) sit beside this module; callers see only `EventLog`.
  */
 import * as crypto from "node:crypto"
-import { Context, Deferred, Effect, type Option, Schedule, Schema, type Stream } from "effect"
+import { Context, DateTime, Deferred, Effect, type Option, Schedule, Schema, type Stream } from "effect"
 import {
   type EventFilter,
   EventLogError,
@@ -11,9 +11,11 @@ import {
   EventTooLarge,
   InvalidConsumer,
   InvalidGlob,
+  type LogStats,
   NewEvent,
   type Offset,
   type StoredEvent,
+  TypeStats,
   newEvent
 } from "../../rpc/Events.js"
 import { toStorable, truncate } from "../../rpc/Text.js"
@@ -119,6 +121,8 @@ export class EventLog extends Context.Tag("vibes/EventLog")<
     ) => Effect.Effect<Option.Option<number>, EventLogError | InvalidConsumer>
     /** Every named consumer and the last offset it committed, by name. */
     readonly consumers: Effect.Effect<ReadonlyArray<ConsumerOffset>, EventLogError>
+    /** What the log holds, by type, and what its store takes (reads every event: not for hot paths). */
+    readonly stats: Effect.Effect<LogStats, EventLogError>
     /** Applies retention policies once; `now` is the reference time for ages. */
     readonly applyRetention: (
       policies: ReadonlyArray<RetentionPolicy>,
@@ -126,6 +130,45 @@ export class EventLog extends Context.Tag("vibes/EventLog")<
     ) => Effect.Effect<RetentionReport, EventLogError | InvalidGlob>
   }
 >() {}
+
+/** The retention policies this node applies (reported by `Events.Stats`). */
+export class Retention extends Context.Tag("vibes/Retention")<Retention, ReadonlyArray<RetentionPolicy>>() {}
+
+/** An event's payload size: the JSON text of its `data` and its raw `bytes` (what `maxBytes` counts). */
+export const payloadBytes = (event: StoredEvent): number =>
+  Buffer.byteLength(JSON.stringify(event.data), "utf8") + (event.bytes?.length ?? 0)
+
+/** Per-type statistics of events seen one at a time (for backends that scan in process). */
+export const tally = () => {
+  const byType = new Map<string, { events: number; bytes: number; oldest: number; newest: number }>()
+  return {
+    add: (event: StoredEvent) => {
+      const ts = DateTime.toEpochMillis(event.ts)
+      const entry = byType.get(event.type) ?? { events: 0, bytes: 0, oldest: ts, newest: ts }
+      entry.events++
+      entry.bytes += payloadBytes(event)
+      entry.oldest = Math.min(entry.oldest, ts)
+      entry.newest = Math.max(entry.newest, ts)
+      byType.set(event.type, entry)
+    },
+    types: (): ReadonlyArray<TypeStats> =>
+      bySize(
+        [...byType].map(([type, entry]) =>
+          TypeStats.make({
+            type,
+            events: entry.events,
+            bytes: entry.bytes,
+            oldest: DateTime.unsafeMake(entry.oldest),
+            newest: DateTime.unsafeMake(entry.newest)
+          })
+        )
+      )
+  }
+}
+
+/** Largest first, then by type. */
+export const bySize = (types: ReadonlyArray<TypeStats>): ReadonlyArray<TypeStats> =>
+  [...types].sort((a, b) => b.bytes - a.bytes || (a.type < b.type ? -1 : 1))
 
 /** A log whose writer can have the last word, and that last word. */
 export interface Closable {

@@ -74,6 +74,7 @@ import {
   compileFilter,
   compileGlob,
   type EventFilter,
+  LogStats,
   NewEvent,
   Offset,
   StoredEvent,
@@ -88,7 +89,8 @@ import {
   EventRejected,
   type From,
   type RetentionPolicy,
-  type RetentionReport
+  type RetentionReport,
+  tally
 } from "./EventLog.js"
 import { type Row, toRow } from "./PgEventLog.js"
 
@@ -1126,6 +1128,24 @@ export const make = (options: Options) =>
         return report
       })
 
+    const stats = Effect.gen(function* () {
+      const state = yield* streamState
+      const counted = tally()
+      yield* scanEvents(`${prefix}.>`, 1, (event) => {
+        counted.add(event)
+        return true
+      })
+      const types = counted.types()
+      return LogStats.make({
+        backend: "jetstream",
+        head: state.last_seq,
+        events: types.reduce((sum, t) => sum + t.events, 0),
+        bytes: types.reduce((sum, t) => sum + t.bytes, 0),
+        storedBytes: state.bytes,
+        types
+      })
+    })
+
     return EventLog.of({
       append,
       read,
@@ -1136,6 +1156,7 @@ export const make = (options: Options) =>
       commit,
       committed,
       consumers,
+      stats,
       applyRetention
     })
   })

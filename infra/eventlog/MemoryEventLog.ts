@@ -8,11 +8,20 @@ import {
   compileFilter,
   compileGlob,
   type EventFilter,
+  LogStats,
   type NewEvent,
   Offset,
   StoredEvent
 } from "../../rpc/Events.js"
-import { checkCommit, checkConsumer, EventLog, type From, type RetentionPolicy } from "./EventLog.js"
+import {
+  checkCommit,
+  checkConsumer,
+  EventLog,
+  type From,
+  payloadBytes,
+  type RetentionPolicy,
+  tally
+} from "./EventLog.js"
 import { type Row, toRow } from "./PgEventLog.js"
 
 /** Builds an empty log. */
@@ -177,7 +186,7 @@ export const make = Effect.gen(function* () {
           for (let i = events.length - 1; i >= 0; i--) {
             const event = events[i]
             if (event === undefined || !globs.some((glob) => glob.test(event.type))) continue
-            kept += Buffer.byteLength(JSON.stringify(event.data), "utf8") + (event.bytes?.length ?? 0)
+            kept += payloadBytes(event)
             if (kept > policy.maxBytes && deletable(event)) doomed.add(event.offset)
           }
         }
@@ -198,6 +207,20 @@ export const make = Effect.gen(function* () {
       return { deleted, safeOffset }
     })
 
+  const stats = Effect.gen(function* () {
+    const counted = tally()
+    for (const event of events) counted.add(event)
+    const types = counted.types()
+    return LogStats.make({
+      backend: "memory",
+      head: yield* SubscriptionRef.get(head),
+      events: events.length,
+      bytes: types.reduce((sum, t) => sum + t.bytes, 0),
+      storedBytes: null,
+      types
+    })
+  })
+
   return EventLog.of({
     append,
     read,
@@ -208,6 +231,7 @@ export const make = Effect.gen(function* () {
     commit,
     committed,
     consumers,
+    stats,
     applyRetention
   })
 })

@@ -27,11 +27,13 @@ import {
   compileGlob,
   type CompiledFilter,
   type EventFilter,
+  LogStats,
   maxDataBytes,
   maxEventBytes,
   type NewEvent,
   Offset,
-  StoredEvent
+  StoredEvent,
+  TypeStats
 } from "../../rpc/Events.js"
 import { isPermanentSqlError, Notifications } from "../db/Db.js"
 import { isStorable, toStorable } from "../../rpc/Text.js"
@@ -42,6 +44,7 @@ import {
   EventLogError,
   EventRejected,
   EventTooLarge,
+  bySize,
   type From,
   type RetentionPolicy,
   uuidv7
@@ -627,6 +630,44 @@ export const make = (options: Options = {}) =>
         })
       )
 
+    const stats = Effect.gen(function* () {
+      const rows = yield* sql<{
+        type: string
+        events: string
+        bytes: string
+        oldest: Date
+        newest: Date
+      }>`
+        SELECT type, count(*) AS events,
+          sum(octet_length(data::text) + coalesce(octet_length(bytes), 0)) AS bytes,
+          min(ts) AS oldest, max(ts) AS newest
+        FROM vibes_events GROUP BY type`
+      const [size] = yield* sql<{ size: string }>`SELECT pg_total_relation_size('vibes_events') AS size`
+      const types = bySize(
+        rows.map((row) =>
+          TypeStats.make({
+            type: row.type,
+            events: Number(row.events),
+            bytes: Number(row.bytes),
+            oldest: DateTime.unsafeMake(row.oldest),
+            newest: DateTime.unsafeMake(row.newest)
+          })
+        )
+      )
+      return LogStats.make({
+        backend: "postgres",
+        head: yield* readHead,
+        events: types.reduce((sum, t) => sum + t.events, 0),
+        bytes: types.reduce((sum, t) => sum + t.bytes, 0),
+        storedBytes: size === undefined ? null : Number(size.size),
+        types
+      })
+    }).pipe(
+      Effect.catchTag("SqlError", (error) =>
+        Effect.fail(new EventLogError({ message: `cannot count the event log: ${describe(error)}` }))
+      )
+    )
+
     return EventLog.of({
       append,
       read,
@@ -637,6 +678,7 @@ export const make = (options: Options = {}) =>
       commit,
       committed,
       consumers,
+      stats,
       applyRetention
     })
   })

@@ -14,22 +14,10 @@ import * as ParseResult from "effect/ParseResult"
 import { ArtifactInfo, ArtifactName } from "../../rpc/Artifacts.js"
 import * as Client from "../../rpc/Client.js"
 import { answerWithin, CliFailure, clientLayer, connectionOptions, resolveConnection } from "./Connection.js"
-import { json, printable } from "./Display.js"
+import { formatBytes, json, printable } from "./Display.js"
 import { checkJobId, jobFailure, jobIdArg, usage, write } from "./JobCommands.js"
 
 const encodeInfos = Schema.encodeSync(Schema.Array(ArtifactInfo))
-
-/** `bytes` for people: 512 B, 1.5 KiB, 20.0 MiB. */
-export const formatBytes = (bytes: number): string => {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"]
-  let value = bytes
-  let unit = 0
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024
-    unit++
-  }
-  return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${units[unit]}`
-}
 
 /** One line of the progress bar: `[#####-----]  50%  5.0 MiB / 10.0 MiB`. */
 export const progressLine = (done: number, total: number, width = 30): string => {

@@ -10,7 +10,13 @@ import { Chunk, Context, DateTime, Deferred, Duration, Effect, Layer, Option, Sc
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as Client from "../../rpc/Client.js"
-import { compileGlob, EventFilter, StoredEvent } from "../../rpc/Events.js"
+import {
+  compileGlob,
+  EventFilter,
+  EventLogStats,
+  type RetentionStats,
+  StoredEvent
+} from "../../rpc/Events.js"
 import { follow } from "../../rpc/Follow.js"
 import { ClusterInfo } from "../../rpc/System.js"
 import * as Config from "../config/Config.js"
@@ -37,7 +43,7 @@ import * as FileCommands from "./FileCommands.js"
 import * as GitCommands from "./GitCommands.js"
 import * as WorkspaceCommands from "./WorkspaceCommands.js"
 import * as ProxyCommands from "./ProxyCommands.js"
-import { json, printable } from "./Display.js"
+import { formatBytes, json, printable, table } from "./Display.js"
 import * as SessionCommands from "./SessionCommands.js"
 import { version } from "../Version.js"
 
@@ -394,7 +400,81 @@ const events = Command.make(
     }).pipe(Effect.scoped)
 ).pipe(
   Command.withDescription(
-    "Print events from the log: the last 20 by default, from an offset with --from, and live with --follow."
+    "Print events from the log: the last 20 by default, from an offset with --from, and live with --follow. `vibes events stats` shows what the log holds."
+  )
+)
+
+/** A duration for people: 45 s, 12 min, 3.5 h, 30 days. */
+const formatAge = (millis: number): string =>
+  millis < 120_000
+    ? `${Math.round(millis / 1000)} s`
+    : millis < 7_200_000
+      ? `${Math.round(millis / 60_000)} min`
+      : millis < 172_800_000
+        ? `${(millis / 3_600_000).toFixed(1)} h`
+        : `${Math.round(millis / 86_400_000)} days`
+
+/** A retention policy in a line: `session.output: covered by session.snapshot, at most 2.0 GiB`. */
+const formatPolicy = (policy: RetentionStats): string =>
+  `${policy.types.join(", ")}: ${[
+    policy.snapshotType !== null ? `once covered by ${policy.snapshotType}` : "",
+    policy.maxAgeMillis !== null ? `after ${formatAge(policy.maxAgeMillis)}` : "",
+    policy.maxBytes !== null ? `beyond ${formatBytes(policy.maxBytes)}` : ""
+  ]
+    .filter((part) => part !== "")
+    .join(", ")}`
+
+const eventStats = Command.make(
+  "stats",
+  {
+    ...connectionOptions,
+    json: Options.boolean("json").pipe(Options.withDescription("Print the statistics as JSON"))
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      const stats = yield* withClient(connection, flags.timeout, (client) => client.Events.Stats())
+      if (flags.json) {
+        console.log(json(Schema.encodeSync(EventLogStats)(stats), 2))
+        return
+      }
+      const now = Date.now()
+      const age = (ts: DateTime.Utc | null) =>
+        ts === null ? "-" : formatAge(now - DateTime.toEpochMillis(ts))
+      console.log(
+        [
+          `${stats.backend} event log: head #${stats.head}, ${stats.events} events, ${formatBytes(stats.bytes)} of payload${
+            stats.storedBytes !== null ? `, ${formatBytes(stats.storedBytes)} stored` : ""
+          }`,
+          "",
+          table([
+            ["TYPE", "EVENTS", "PAYLOAD", "SHARE", "OLDEST", "NEWEST"],
+            ...stats.types.map((t) => [
+              t.type,
+              String(t.events),
+              formatBytes(t.bytes),
+              stats.bytes === 0 ? "-" : `${((100 * t.bytes) / stats.bytes).toFixed(1)}%`,
+              age(t.oldest),
+              age(t.newest)
+            ])
+          ]),
+          "",
+          stats.consumers.length === 0
+            ? "consumers: none"
+            : table([
+                ["CONSUMER", "OFFSET", "LAG"],
+                ...stats.consumers.map((c) => [c.name, String(c.offset), String(c.lag)])
+              ]),
+          "",
+          "retention (VIBES_EVENTS_RETENTION, VIBES_JOB_RETENTION):",
+          ...(stats.retention.length === 0 ? ["  none: every event is kept"] : []),
+          ...stats.retention.map((policy) => `  ${printable(formatPolicy(policy))}`)
+        ].join("\n")
+      )
+    })
+).pipe(
+  Command.withDescription(
+    "What the event log holds: events and payload bytes per type (largest first), their oldest and newest, named consumers and their lag, and the retention policies that bound it."
   )
 )
 
@@ -464,7 +544,7 @@ export const command = Command.make("vibes").pipe(
     serve,
     status,
     cluster,
-    events,
+    Command.withSubcommands(events, [eventStats]),
     doctor,
     ...SessionCommands.commands,
     ...JobCommands.commands,

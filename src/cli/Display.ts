@@ -41,3 +41,29 @@ export const printableLines = (text: string): string => text.split("\n").map(pri
  */
 export const json = (value: unknown, indent?: number): string =>
   JSON.stringify(value, null, indent).replace(leftRaw, (char) => `\\u${hex(char.charCodeAt(0), 4)}`)
+
+/** Left-aligned columns, two spaces apart; cells are printed escaped (names and models come from outside). */
+export const table = (cells: ReadonlyArray<ReadonlyArray<string>>): string => {
+  const rows = cells.map((row) => row.map(printable))
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? "").length))) ?? []
+  return rows
+    .map((row) =>
+      row
+        .map((cell, i) => cell.padEnd(widths[i] ?? 0))
+        .join("  ")
+        .trimEnd()
+    )
+    .join("\n")
+}
+
+/** `bytes` for people: 512 B, 1.5 KiB, 20.0 MiB. */
+export const formatBytes = (bytes: number): string => {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"]
+  let value = bytes
+  let unit = 0
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024
+    unit++
+  }
+  return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${units[unit]}`
+}

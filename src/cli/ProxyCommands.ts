@@ -7,26 +7,12 @@ import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import { ProviderInfo, ProxyStats } from "../../rpc/Proxy.js"
 import { connectionOptions, resolveConnection, withClient } from "./Connection.js"
-import { json as toJson, printable } from "./Display.js"
+import { json as toJson, table } from "./Display.js"
 
 const json = Options.boolean("json").pipe(Options.withDescription("Print JSON instead of a table"))
 
 const print = (text: string) =>
   Effect.sync(() => process.stdout.write(text.endsWith("\n") ? text : `${text}\n`))
-
-/** Left-aligned columns, two spaces apart; cells are printed escaped (names and models come from outside). */
-const table = (cells: ReadonlyArray<ReadonlyArray<string>>): string => {
-  const rows = cells.map((row) => row.map(printable))
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? "").length))) ?? []
-  return rows
-    .map((row) =>
-      row
-        .map((cell, i) => cell.padEnd(widths[i] ?? 0))
-        .join("  ")
-        .trimEnd()
-    )
-    .join("\n")
-}
 
 const health = (provider: ProviderInfo): string => {
   if (!provider.hasKey && provider.keySource !== null) return "no key"

@@ -112,9 +112,20 @@ export interface ServerConfig {
   readonly nodeLostAfter: Duration.Duration
 }
 
-/** The default retention: terminal output goes once a later snapshot of its session covers it. */
+const GiB = 1024 * 1024 * 1024
+const days = (n: number) => n * 86_400_000
+
+/**
+ * The default retention, so that the log's disk use is bounded without any setting (README,
+ * "Bounded disk"): terminal output goes once a later snapshot of its session covers it, and
+ * beyond 2 GiB in all; a session keeps only its newest snapshot; proxy request records go after
+ * 30 days and beyond 512 MiB. (Job output, `job.log`, goes with its jobs: `VIBES_JOB_RETENTION`,
+ * and beyond 2 GiB; see `JobLogs.withRetention`.) Other events are small and rare, and kept.
+ */
 export const defaultRetention: ReadonlyArray<RetentionPolicy> = [
-  RetentionPolicy.make({ types: ["session.output"], snapshotType: "session.snapshot" })
+  RetentionPolicy.make({ types: ["session.output"], snapshotType: "session.snapshot", maxBytes: 2 * GiB }),
+  RetentionPolicy.make({ types: ["session.snapshot"], snapshotType: "session.snapshot" }),
+  RetentionPolicy.make({ types: ["proxy.request"], maxAgeMillis: days(30), maxBytes: GiB / 2 })
 ]
 
 const RetentionJson = Schema.parseJson(

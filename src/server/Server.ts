@@ -231,14 +231,11 @@ const announceStop = (nodeId: string, stopWork: Effect.Effect<void>, log: EventL
     )
   })
 
-/**
- * Applies the retention policies now and then on every interval; failures are logged and retried.
- * Job output (`job.log` events) is kept as long as its jobs unless a policy says otherwise.
- */
+/** Applies the retention policies now and then on every interval; failures are logged and retried. */
 const retention = (config: ServerConfig) =>
   Effect.gen(function* () {
     const log = yield* EventLog.EventLog
-    const policies = JobLogs.withRetention(config.eventsRetention, config.jobRetention)
+    const policies = yield* EventLog.Retention
     const report = yield* log.applyRetention(policies, Date.now())
     if (report.deleted > 0) {
       yield* Effect.logInfo(`event retention deleted ${report.deleted} events`).pipe(
@@ -558,7 +555,14 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
               fanOut: config.eventBackend._tag === "JetStream" ? "direct" : "tail"
             })
           ),
-          Layer.provideMerge(Layer.succeed(EventLog.EventLog, closing.log))
+          Layer.provideMerge(Layer.succeed(EventLog.EventLog, closing.log)),
+          // Job output (`job.log` events) is kept as long as its jobs unless a policy says otherwise.
+          Layer.provideMerge(
+            Layer.succeed(
+              EventLog.Retention,
+              JobLogs.withRetention(config.eventsRetention, config.jobRetention)
+            )
+          )
         )
       )
       yield* Effect.flatMap(Emitter.Emitter, (emitter) =>

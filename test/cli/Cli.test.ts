@@ -233,6 +233,26 @@ describe("vibes CLI", () => {
         const bad = yield* Vibes.run(["events", "--type", "session..x", "--data-dir", dataDir])
         expect(bad.code).toBe(2)
         expect(bad.stderr).toContain("invalid type glob 'session..x'")
+
+        // What takes the space, and what bounds it by default.
+        const stats = yield* Vibes.run(["events", "stats", "--data-dir", dataDir])
+        expect(stats.code).toBe(0)
+        expect(stats.stdout).toMatch(/^postgres event log: head #\d+, \d+ events, /)
+        expect(stats.stdout).toMatch(/^system\.started\s+2\s/m)
+        expect(stats.stdout).toContain("session.output: once covered by session.snapshot, beyond 2.0 GiB")
+        expect(stats.stdout).toContain("job.log: after 30 days, beyond 2.0 GiB")
+        const statsJson = yield* Vibes.run(["events", "stats", "--json", "--data-dir", dataDir])
+        expect(statsJson.code).toBe(0)
+        const parsedStats = JSON.parse(statsJson.stdout) as {
+          backend: string
+          head: number
+          events: number
+          types: Array<{ type: string; events: number; bytes: number }>
+        }
+        expect(parsedStats.backend).toBe("postgres")
+        expect(parsedStats.events).toBe(parsedStats.types.reduce((sum, t) => sum + t.events, 0))
+        expect(parsedStats.types.find((t) => t.type === "system.stopped")?.events).toBe(1)
+        expect((yield* Vibes.run(["events", "stats", "--bogus", "--data-dir", dataDir])).code).toBe(2)
       }).pipe(Effect.scoped),
     180_000
   )

@@ -271,6 +271,45 @@ export const eventLogContract = <E>(
       }).pipe(Effect.provide(fresh()))
     )
 
+    it.effect("counts events and payload bytes by type, largest first, with their oldest and newest", () =>
+      Effect.gen(function* () {
+        const log = yield* EventLog
+        const empty = yield* log.stats
+        expect(empty).toMatchObject({ head: 0, events: 0, bytes: 0, types: [] })
+        const data = { text: "y".repeat(300) }
+        yield* log.append(Array.from({ length: 3 }, () => NewEvent.make({ type: "job.log", source, data })))
+        yield* log.append([
+          NewEvent.make({
+            type: "session.output",
+            source,
+            sessionId: "s1",
+            data: {},
+            bytes: new Uint8Array(2000)
+          })
+        ])
+        yield* log.append([NewEvent.make({ type: "test.small", source, data: { n: 1 } })])
+        const stats = yield* log.stats
+        expect(stats.head).toBe(5)
+        expect(stats.events).toBe(5)
+        expect(stats.types.map((t) => [t.type, t.events])).toEqual([
+          ["session.output", 1],
+          ["job.log", 3],
+          ["test.small", 1]
+        ])
+        const [output, logs] = stats.types
+        // Raw bytes count as they are; JSON payloads by their text (a backend may space it).
+        expect(output?.bytes).toBeGreaterThanOrEqual(2000)
+        expect(output?.bytes).toBeLessThan(2010)
+        expect(logs?.bytes).toBeGreaterThanOrEqual(3 * JSON.stringify(data).length)
+        expect(logs?.bytes).toBeLessThan(3 * (JSON.stringify(data).length + 10))
+        expect(stats.bytes).toBe(stats.types.reduce((sum, t) => sum + t.bytes, 0))
+        for (const { oldest, newest } of stats.types) {
+          if (oldest === null || newest === null) return expect.unreachable()
+          expect(DateTime.lessThanOrEqualTo(oldest, newest)).toBe(true)
+        }
+      }).pipe(Effect.provide(fresh()))
+    )
+
     it.effect("retention deletes by age, size and snapshot, but never what a consumer has not passed", () =>
       Effect.gen(function* () {
         const log = yield* EventLog
