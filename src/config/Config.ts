@@ -106,10 +106,25 @@ export interface ServerConfig {
   readonly maxStreamsPerClient: number
   /** How long a browser login lasts after its cookie was last renewed. */
   readonly loginTtl: Duration.Duration
+  /** When conditions raise `system.alert` events (see `Alerts`). */
+  readonly alerts: AlertSettings
   /** How often this node records that it is alive in `vibes_nodes`. */
   readonly heartbeat: Duration.Duration
   /** Silence after which a node that did not stop cleanly counts as gone: its sessions are lost. */
   readonly nodeLostAfter: Duration.Duration
+}
+
+/** When conditions raise alerts: see `Alerts` in the server. */
+export interface AlertSettings {
+  /** How often the conditions are checked. */
+  readonly every: Duration.Duration
+  /** Free space of the data dir's filesystem, in percent, below which the disk counts as low. */
+  readonly diskFreePercent: number
+  /** Events a named consumer may be behind the head. */
+  readonly consumerLag: number
+  /** Restarts of one supervised child within `restartsWithin` that raise an alert. */
+  readonly restarts: number
+  readonly restartsWithin: Duration.Duration
 }
 
 const GiB = 1024 * 1024 * 1024
@@ -466,6 +481,13 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   }),
   maxStreamsPerClient: positiveInt("VIBES_MAX_STREAMS_PER_CLIENT", 128, 1_000_000),
   loginTtl: duration("VIBES_LOGIN_TTL", "7 days"),
+  alerts: Config.all({
+    every: duration("VIBES_ALERT_INTERVAL", "30 seconds"),
+    diskFreePercent: positiveInt("VIBES_ALERT_DISK_FREE_PERCENT", 5, 99),
+    consumerLag: positiveInt("VIBES_ALERT_CONSUMER_LAG", 100_000, Number.MAX_SAFE_INTEGER),
+    restarts: positiveInt("VIBES_ALERT_RESTARTS", 3, 1_000_000),
+    restartsWithin: duration("VIBES_ALERT_RESTARTS_WITHIN", "10 minutes")
+  }),
   heartbeat: duration("VIBES_HEARTBEAT_INTERVAL", "2 seconds"),
   nodeLostAfter: duration("VIBES_NODE_LOST_AFTER", "30 seconds")
 }).pipe(

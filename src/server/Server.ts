@@ -84,6 +84,7 @@ import { newEvent } from "../../rpc/Events.js"
 import * as Emitter from "../../infra/eventlog/Emitter.js"
 import * as Http from "./Http.js"
 import * as SessionsHandlers from "./SessionsHandlers.js"
+import * as Alerts from "./Alerts.js"
 import * as Membership from "./Membership.js"
 import * as WebUi from "./WebUi.js"
 import { NodeInfo, resolveNodeId } from "./NodeInfo.js"
@@ -569,6 +570,9 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         emitter.emit("system.started", { version, database: db.kind })
       ).pipe(Effect.provide(events))
       yield* Effect.forkScoped(retention(config).pipe(Effect.provide(events)))
+      yield* Effect.forkScoped(
+        Alerts.run({ dataDir: config.dataDir, ...config.alerts }).pipe(Effect.provide(events))
+      )
       const authContext = yield* Layer.build(
         Credentials.layer({ nodeId }).pipe(
           Layer.provideMerge(Logins.layer({ ...Logins.defaults, ttl: config.loginTtl })),

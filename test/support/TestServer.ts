@@ -35,7 +35,7 @@ export const ptyHostCommand = (dataDir: string): ReadonlyArray<string> => [
 /** Starts a node for the life of the scope; `overrides` change its configuration. */
 export const startWith = (overrides: Partial<ServerConfig>) =>
   Effect.gen(function* () {
-    const dataDir = yield* tempDir("vibes-server-")
+    const dataDir = overrides.dataDir ?? (yield* tempDir("vibes-server-"))
     const databaseUrl = Option.isSome(overrides.databaseUrl ?? Option.none())
       ? (overrides.databaseUrl ?? Option.none())
       : Option.some((yield* TestDatabase.databaseUrl).url)
@@ -84,6 +84,13 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       rpcLimits: RpcSocketServer.defaultLimits,
       maxStreamsPerClient: 128,
       loginTtl: Duration.days(7),
+      alerts: {
+        every: Duration.seconds(30),
+        diskFreePercent: 5,
+        consumerLag: 100_000,
+        restarts: 3,
+        restartsWithin: Duration.minutes(10)
+      },
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()
