@@ -67,10 +67,10 @@ export const run = (options: Options) =>
   Effect.gen(function* () {
     const log = yield* EventLog
     const emitter = yield* Emitter
-    /** Conditions that held at the last check, and whether their alert is in the log yet. */
-    const firing = new Map<string, { finding: Finding; written: boolean }>()
-    /** Conditions that stopped holding whose `resolved` alert is not in the log yet. */
-    const resolving = new Map<string, Finding>()
+    /** Conditions that held at the last check, by key. */
+    const firing = new Map<string, Finding>()
+    /** Alerts and resolutions not in the log yet, in the order they happened. */
+    const unwritten: Array<{ readonly finding: Finding; readonly resolved: boolean }> = []
     /** Restart counts seen, per child, with when. */
     const restartSamples = new Map<string, Array<{ at: number; count: number }>>()
 
@@ -126,7 +126,9 @@ export const run = (options: Options) =>
           "system.alert",
           {
             component: "alerts",
-            message: resolved ? `resolved: ${finding.message}` : finding.message,
+            message: resolved
+              ? `resolved: ${finding.condition} (${finding.subject}) no longer holds`
+              : finding.message,
             condition: finding.condition,
             ...(resolved ? { resolved: true } : {})
           },
@@ -148,30 +150,28 @@ export const run = (options: Options) =>
       const keys = new Set(found.map((f) => `${f.condition}:${f.subject}`))
       for (const finding of found) {
         const key = `${finding.condition}:${finding.subject}`
-        if (!firing.has(key)) {
-          yield* Effect.logWarning(`alert: ${finding.message}`).pipe(
-            Effect.annotateLogs({ condition: finding.condition })
-          )
-          firing.set(key, { finding, written: false })
-          resolving.delete(key)
-          yield* gauge(finding, 1)
-        }
+        if (firing.has(key)) continue
+        yield* Effect.logWarning(`alert: ${finding.message}`).pipe(
+          Effect.annotateLogs({ condition: finding.condition })
+        )
+        firing.set(key, finding)
+        unwritten.push({ finding, resolved: false })
+        yield* gauge(finding, 1)
       }
-      for (const [key, entry] of firing) {
+      for (const [key, finding] of firing) {
         if (keys.has(key)) continue
         firing.delete(key)
-        yield* Effect.logInfo(`alert resolved: ${entry.finding.message}`).pipe(
-          Effect.annotateLogs({ condition: entry.finding.condition })
+        yield* Effect.logInfo(`alert resolved: ${finding.condition} (${finding.subject})`).pipe(
+          Effect.annotateLogs({ condition: finding.condition })
         )
-        yield* gauge(entry.finding, 0)
-        // An alert never written needs no resolution in the log either.
-        if (entry.written) resolving.set(key, entry.finding)
+        unwritten.push({ finding, resolved: true })
+        yield* gauge(finding, 0)
       }
-      for (const entry of firing.values()) {
-        if (!entry.written) entry.written = yield* write(entry.finding, false)
-      }
-      for (const [key, finding] of resolving) {
-        if (yield* write(finding, true)) resolving.delete(key)
+      // In order, up to the first the log does not take (it is tried again at the next check).
+      while (unwritten.length > 0) {
+        const next = unwritten[0]
+        if (next === undefined || !(yield* write(next.finding, next.resolved))) break
+        unwritten.shift()
       }
     })
 
