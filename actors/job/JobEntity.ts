@@ -295,6 +295,8 @@ export const layer = Job.toLayer(
               const proxyEnv = yield* Effect.acquireRelease(settings.proxyEnv(jobId), () =>
                 settings.proxyEnded(jobId)
               )
+              // The attempt's span, for the program to carry on the trace (W3C trace context).
+              const span = yield* Effect.option(Effect.currentSpan)
               const ctx: Strategies.Context = {
                 jobId,
                 attempt,
@@ -304,6 +306,10 @@ export const layer = Job.toLayer(
                   ...settings.env,
                   ...proxyEnv,
                   ...spec.env,
+                  ...Option.match(span, {
+                    onNone: () => ({}),
+                    onSome: (s) => ({ TRACEPARENT: `00-${s.traceId}-${s.spanId}-${s.sampled ? "01" : "00"}` })
+                  }),
                   VIBES_JOB_ID: jobId,
                   VIBES_JOB_ATTEMPT: String(attempt)
                 },
@@ -420,7 +426,15 @@ export const layer = Job.toLayer(
                       return { _tag: "Canceled", code: null, signal: null } as Outcome
                   }
                 }
-                return yield* attemptOnce(attempt)
+                return yield* attemptOnce(attempt).pipe(
+                  Effect.withSpan("Job.attempt", {
+                    attributes: {
+                      "vibes.job_id": jobId,
+                      "vibes.attempt": attempt,
+                      "vibes.node_id": settings.nodeId
+                    }
+                  })
+                )
               })
           })
           recovered = Option.none()

@@ -4,12 +4,45 @@
  * the Prometheus text format for `/metrics`.
  */
 import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus"
-import { Context, Effect, Layer, Logger, type LogLevel, Option } from "effect"
+import {
+  Context,
+  Effect,
+  FiberRef,
+  FiberRefs,
+  Inspectable,
+  Layer,
+  Logger,
+  type LogLevel,
+  Option,
+  Tracer
+} from "effect"
 import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as Metrics from "@effect/opentelemetry/Metrics"
 import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
 import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"
 import * as Resource from "@effect/opentelemetry/Resource"
+
+/** A log message part as JSON has it: errors by their message. */
+const plain = (part: unknown): unknown => (part instanceof Error ? `${part.name}: ${part.message}` : part)
+
+/**
+ * JSON lines like `Logger.json`, with the `traceId` and `spanId` of the span the line was logged
+ * in (when there is one), so a log line leads to its trace.
+ */
+export const tracedJsonLogger = Logger.make((options) => {
+  const log = Logger.structuredLogger.log(options)
+  const message = Array.isArray(log.message) ? log.message.map(plain) : plain(log.message)
+  const span = Context.getOption(
+    FiberRefs.getOrDefault(options.context, FiberRef.currentContext),
+    Tracer.ParentSpan
+  )
+  return Inspectable.stringifyCircular(
+    Option.match(span, {
+      onNone: () => ({ ...log, message }),
+      onSome: (parent) => ({ ...log, message, traceId: parent.traceId, spanId: parent.spanId })
+    })
+  )
+})
 
 /** Replaces the default logger: JSON lines, or the pretty logger on a terminal. */
 export const layerLogger = (options: {
@@ -18,7 +51,10 @@ export const layerLogger = (options: {
   readonly isTTY: boolean
 }): Layer.Layer<never> => {
   const pretty = options.format === "pretty" || (options.format === "auto" && options.isTTY)
-  return Layer.merge(pretty ? Logger.pretty : Logger.json, Logger.minimumLogLevel(options.level))
+  return Layer.merge(
+    pretty ? Logger.pretty : Logger.replace(Logger.defaultLogger, Logger.withConsoleLog(tracedJsonLogger)),
+    Logger.minimumLogLevel(options.level)
+  )
 }
 
 /** Identity of this process in traces and metrics. */

@@ -1,8 +1,10 @@
 import * as http from "node:http"
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Layer, Option } from "effect"
+import { Chunk, Deferred, Effect, Layer, Option, Stream } from "effect"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as Client from "../../rpc/Client.js"
+import { isFinal, JobSpec } from "../../rpc/Jobs.js"
+import { eventually } from "../support/Attach.js"
 import * as TestServer from "../support/TestServer.js"
 
 /** A stand-in OTLP/HTTP collector on a free port that hands over the first trace export. */
@@ -50,6 +52,43 @@ describe("tracing", () => {
         const body: unknown = JSON.parse(exported.body)
         expect(JSON.stringify(body)).toContain('"service.name"')
         expect(exported.body).toContain("vibes")
+      }).pipe(Effect.scoped),
+    60_000
+  )
+
+  it.live(
+    "a job's program gets the trace of the call that submitted it (TRACEPARENT)",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* TestServer.start
+        const { output, traceId } = yield* Effect.gen(function* () {
+          const span = yield* Effect.currentSpan
+          const client = yield* Client.VibesClient
+          const job = yield* client.Jobs.Submit(
+            JobSpec.make({ command: "echo tp=$TRACEPARENT", shell: true })
+          )
+          yield* eventually(
+            Effect.map(client.Jobs.Get({ jobId: job.id }), (info) =>
+              isFinal(info.status) ? Option.some(info) : Option.none()
+            ),
+            `job ${job.id} to finish`
+          )
+          const logs = yield* client.Jobs.Logs({ jobId: job.id, follow: false }).pipe(Stream.runCollect)
+          const output = Chunk.toArray(logs)
+            .flatMap((o) => (o._tag === "JobLog" ? [o.chunk] : []))
+            .join("")
+          return { output, traceId: span.traceId }
+        }).pipe(
+          Effect.provide(
+            Client.layer({ url: server.url, token: TestServer.redacted(server) }).pipe(
+              Layer.provide(NodeSocket.layerWebSocketConstructor)
+            )
+          ),
+          Effect.withSpan("test.submit")
+        )
+        // 00-<32 hex trace id>-<16 hex span id>-<flags>, in the trace of the call that submitted it.
+        const traceparent = /tp=00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]/.exec(output)
+        expect(traceparent?.[1]).toBe(traceId)
       }).pipe(Effect.scoped),
     60_000
   )
