@@ -33,18 +33,49 @@ export class RecordingNotFound extends Schema.TaggedError<RecordingNotFound>()("
   message: Schema.String
 }) {}
 
+/** A request the server cannot act on as asked (a time range that ends before it starts). */
+export class InvalidRecordingRequest extends Schema.TaggedError<InvalidRecordingRequest>()(
+  "InvalidRecordingRequest",
+  { field: Schema.String, message: Schema.String }
+) {}
+
+/** One recording of a session, as a listing shows it. */
+export class RecordingEntry extends Schema.Class<RecordingEntry>("RecordingEntry")({
+  name: Schema.String,
+  size: Schema.Number,
+  createdAt: Schema.DateTimeUtc
+}) {}
+
 export const RecordingError = Schema.Union(
   SessionNotFound,
   SessionUnavailable,
   RecordingNotFound,
-  StorageUnavailable
+  StorageUnavailable,
+  InvalidRecordingRequest
 )
 export type RecordingError = typeof RecordingError.Type
 
 /** Everything a client can ask of recordings. */
 export class RecordingsRpcs extends RpcGroup.make(
-  /** Writes the session's history as it stands now to storage; the new recording. */
-  Rpc.make("Export", { payload: { sessionId: SessionId }, success: RecordingInfo, error: RecordingError }),
+  /**
+   * Writes the session's history as it stands now to storage, or the part of it between `from`
+   * and `to` (either may be left out); the new recording.
+   */
+  Rpc.make("Export", {
+    payload: {
+      sessionId: SessionId,
+      from: Schema.optional(Schema.DateTimeUtc),
+      to: Schema.optional(Schema.DateTimeUtc)
+    },
+    success: RecordingInfo,
+    error: RecordingError
+  }),
+  /** The session's recordings, oldest first. */
+  Rpc.make("List", {
+    payload: { sessionId: SessionId },
+    success: Schema.Array(RecordingEntry),
+    error: RecordingError
+  }),
   Rpc.make("Download", {
     payload: { sessionId: SessionId, name: RecordingName },
     success: Schema.Uint8ArrayFromSelf,

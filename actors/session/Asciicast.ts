@@ -33,8 +33,18 @@ const pageSize = 1000
 const encoder = new TextEncoder()
 const line = (value: unknown) => encoder.encode(`${JSON.stringify(value)}\n`)
 
-/** The recording of `sessionId` as it stands in the log now. */
-export const cast = (sessionId: string, fallback: Fallback) =>
+/** A part of a session's time, in epoch milliseconds (either end open). */
+export interface Range {
+  readonly from?: number
+  readonly to?: number
+}
+
+/**
+ * The recording of `sessionId` as it stands in the log now, or of the part of it in `range`: that
+ * starts with the screen as it was at the range's start (the snapshot before it, and the output
+ * between the two, shown at once), and is timed from the range's start.
+ */
+export const cast = (sessionId: string, fallback: Fallback, range: Range = {}) =>
   Stream.unwrap(
     Effect.gen(function* () {
       const log = yield* EventLog
@@ -46,11 +56,13 @@ export const cast = (sessionId: string, fallback: Fallback) =>
         onNone: () => fallback.createdAt.getTime(),
         onSome: (event) => DateTime.toEpochMillis(event.ts)
       })
+      const origin = Math.max(start, range.from ?? start)
+      const to = range.to ?? Number.POSITIVE_INFINITY
       const header = {
         version: 2,
         width: Option.match(info, { onNone: () => fallback.cols, onSome: (i) => i.cols }),
         height: Option.match(info, { onNone: () => fallback.rows, onSome: (i) => i.rows }),
-        timestamp: Math.floor(start / 1000),
+        timestamp: Math.floor(origin / 1000),
         title: Option.match(info, {
           onNone: () => `vibes session ${sessionId}`,
           onSome: (i) => i.name ?? [i.command, ...i.args].join(" ")
@@ -63,19 +75,29 @@ export const cast = (sessionId: string, fallback: Fallback) =>
       const firstSeq = Option.flatMap(Option.fromNullable(first[0]), (event) =>
         Option.map(Schema.decodeUnknownOption(Output)(event.data), (data) => data.seq)
       )
-      // The oldest output was pruned: the snapshot that covers it stands in for it.
+      // The oldest output was pruned: the snapshot that covers it stands in for it. With a range,
+      // the latest snapshot before it does (if there is none, the output before it is replayed).
       const snapshot =
-        Option.isSome(firstSeq) && firstSeq.value > 0 && first[0] !== undefined
-          ? yield* latestSnapshot(sessionId, Number(first[0].offset))
-          : Option.none()
+        range.from !== undefined && range.from > start
+          ? yield* latestSnapshot(
+              sessionId,
+              (yield* log
+                .resolve({ _tag: "Time", epochMillis: range.from })
+                .pipe(Effect.orElseSucceed(() => head + 1))) - 1
+            )
+          : Option.isSome(firstSeq) && firstSeq.value > 0 && first[0] !== undefined
+            ? yield* latestSnapshot(sessionId, Number(first[0].offset))
+            : Option.none()
 
       let seq = Option.match(snapshot, { onNone: () => 0, onSome: (s) => s.seq })
       let last = 0
       const decoder = new TextDecoder("utf-8")
+      // Before the range's start, everything is shown at once (time 0).
       const at = (ts: DateTime.Utc) => {
-        last = Math.max(last, (DateTime.toEpochMillis(ts) - start) / 1000)
+        last = Math.max(last, (DateTime.toEpochMillis(ts) - origin) / 1000)
         return Math.round(last * 1e6) / 1e6
       }
+      let past = false
 
       const opening = Option.match(snapshot, {
         onNone: () => [line(header)],
@@ -88,6 +110,10 @@ export const cast = (sessionId: string, fallback: Fallback) =>
       const lines = (events: ReadonlyArray<StoredEvent>) => {
         const out: Array<Uint8Array> = []
         for (const event of events) {
+          if (DateTime.toEpochMillis(event.ts) > to) {
+            past = true
+            break
+          }
           const steps = historySteps([event], seq)
           const ts = event.ts
           for (const step of steps) {
@@ -107,11 +133,12 @@ export const cast = (sessionId: string, fallback: Fallback) =>
         Effect.map(log.read(from, filter, pageSize), (events) => {
           const within = events.filter((event) => Number(event.offset) <= head)
           const tail = events[events.length - 1]
+          const chunk = lines(within)
           const next =
-            events.length === pageSize && tail !== undefined && Number(tail.offset) < head
+            !past && events.length === pageSize && tail !== undefined && Number(tail.offset) < head
               ? Option.some(Number(tail.offset) + 1)
               : Option.none()
-          return [Chunk.unsafeFromArray(lines(within)), next] as const
+          return [Chunk.unsafeFromArray(chunk), next] as const
         })
       )
       const rest = Stream.suspend(() => {

@@ -6,7 +6,13 @@
 import { randomBytes } from "node:crypto"
 import { Context, DateTime, Effect, Layer, Option, Schema, Stream } from "effect"
 import { StorageUnavailable } from "../../rpc/Artifacts.js"
-import { RecordingInfo, RecordingNotFound, type RecordingError } from "../../rpc/Recordings.js"
+import {
+  InvalidRecordingRequest,
+  RecordingEntry,
+  RecordingInfo,
+  RecordingNotFound,
+  type RecordingError
+} from "../../rpc/Recordings.js"
 import { SessionId, SessionNotFound, SessionUnavailable } from "../../rpc/Sessions.js"
 import { EventLog } from "../../infra/eventlog/EventLog.js"
 import * as Storage from "../../infra/storage/Storage.js"
@@ -20,7 +26,12 @@ const tenant = "default"
 export class Recordings extends Context.Tag("vibes/Recordings")<
   Recordings,
   {
-    readonly export: (sessionId: string) => Effect.Effect<RecordingInfo, RecordingError>
+    readonly export: (
+      sessionId: string,
+      range?: Asciicast.Range
+    ) => Effect.Effect<RecordingInfo, RecordingError>
+    /** The session's recordings, oldest first (their names start with the time). */
+    readonly list: (sessionId: string) => Effect.Effect<ReadonlyArray<RecordingEntry>, RecordingError>
     readonly download: (
       sessionId: string,
       name: string
@@ -68,17 +79,27 @@ export const layer = Layer.effect(
         storageUnavailable
       )
 
-    const exportCast: Recordings["Type"]["export"] = (sessionId) =>
+    const exportCast: Recordings["Type"]["export"] = (sessionId, range = {}) =>
       Effect.gen(function* () {
+        if (range.from !== undefined && range.to !== undefined && range.to < range.from) {
+          return yield* new InvalidRecordingRequest({
+            field: "to",
+            message: `the range ends (${new Date(range.to).toISOString()}) before it starts (${new Date(range.from).toISOString()})`
+          })
+        }
         const row = yield* lookup(sessionId)
         const now = new Date()
         const name = newName(now)
         const key = yield* keyOf(sessionId, name)
-        const body = Asciicast.cast(sessionId, {
-          cols: row.cols,
-          rows: row.rows,
-          createdAt: row.createdAt
-        }).pipe(
+        const body = Asciicast.cast(
+          sessionId,
+          {
+            cols: row.cols,
+            rows: row.rows,
+            createdAt: row.createdAt
+          },
+          range
+        ).pipe(
           Stream.mapError((error) => new SessionUnavailable({ sessionId, message: error.message })),
           Stream.provideService(EventLog, log)
         )
@@ -121,6 +142,33 @@ export const layer = Layer.effect(
         return { size: info.size, body }
       })
 
-    return Recordings.of({ export: exportCast, download })
+    const list: Recordings["Type"]["list"] = (sessionId) =>
+      Effect.gen(function* () {
+        yield* lookup(sessionId)
+        const prefix = yield* Effect.mapError(
+          Storage.prefix(tenant, `sessions/${sessionId}/recordings/`),
+          storageUnavailable
+        )
+        const entries: Array<RecordingEntry> = []
+        let after: string | undefined
+        for (;;) {
+          const page = yield* storage
+            .list(prefix, { after })
+            .pipe(Effect.catchTag("StorageError", (error) => Effect.fail(storageUnavailable(error))))
+          for (const object of page.objects) {
+            entries.push(
+              RecordingEntry.make({
+                name: object.key.slice(prefix.length),
+                size: object.size,
+                createdAt: DateTime.unsafeFromDate(object.lastModified)
+              })
+            )
+          }
+          if (Option.isNone(page.next)) return entries
+          after = page.next.value
+        }
+      })
+
+    return Recordings.of({ export: exportCast, download, list })
   })
 )

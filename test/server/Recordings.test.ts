@@ -1,7 +1,7 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { expect, layer } from "@effect/vitest"
-import { Chunk, Context, Effect, Layer, Option, Stream } from "effect"
+import { Chunk, Context, DateTime, Effect, Layer, Option, Stream } from "effect"
 import * as Client from "../../rpc/Client.js"
 import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
 import * as HttpClient from "../support/HttpClient.js"
@@ -143,5 +143,61 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("session record
       expect((yield* Vibes.run(["export", "nope"], env)).code).toBe(2)
       yield* rpc.Sessions.Close({ sessionId: session.id })
     })
+  )
+
+  it.scoped(
+    "a time range records that part, timed from its start, over the screen as it was; recordings are listed",
+    () =>
+      Effect.gen(function* () {
+        const rpc = yield* client
+        const session = yield* rpc.Sessions.Create({
+          command: "/bin/sh",
+          args: ["-c", 'stty -echo; while read -r line; do echo "got:$line"; done'],
+          cols: 80,
+          rows: 24
+        })
+        const sessionId = session.id
+        const say = (line: string) =>
+          Effect.zipRight(
+            rpc.Sessions.Input({ sessionId, data: new TextEncoder().encode(`${line}\n`) }),
+            exportShowing(rpc, sessionId, `got:${line}`)
+          )
+        yield* say("early")
+        const middle = yield* DateTime.now
+        yield* say("inside")
+        const end = yield* DateTime.now
+        yield* say("late")
+        const ranged = yield* rpc.Recordings.Export({ sessionId, from: middle, to: end })
+        const bytes = yield* rpc.Recordings.Download({ sessionId, name: ranged.name }).pipe(
+          Stream.runCollect,
+          Effect.map((chunks) => Buffer.concat(Chunk.toReadonlyArray(chunks)).toString("utf8"))
+        )
+        const { header, events } = parse(bytes)
+        expect(header["timestamp"]).toBe(Math.floor(DateTime.toEpochMillis(middle) / 1000))
+        const text = output(events)
+        // What was on the screen before the range comes first, at time 0; then the range; not after.
+        expect(text).toContain("got:early")
+        expect(text).toContain("got:inside")
+        expect(text).not.toContain("got:late")
+        const early = events.find(([, kind, data]) => kind === "o" && data.includes("got:early"))
+        expect(early?.[0]).toBe(0)
+        const inside = events.find(([, kind, data]) => kind === "o" && data.includes("got:inside"))
+        expect(inside?.[0]).toBeGreaterThanOrEqual(0)
+        expect(inside?.[0]).toBeLessThanOrEqual(
+          (DateTime.toEpochMillis(end) - DateTime.toEpochMillis(middle)) / 1000
+        )
+
+        const backwards = yield* Effect.flip(rpc.Recordings.Export({ sessionId, from: end, to: middle }))
+        expect(backwards._tag).toBe("InvalidRecordingRequest")
+        const listed = yield* rpc.Recordings.List({ sessionId })
+        expect(listed.map((r) => r.name)).toContain(ranged.name)
+        expect(listed.find((r) => r.name === ranged.name)?.size).toBe(ranged.size)
+        expect(listed.map((r) => r.name)).toEqual([...listed.map((r) => r.name)].sort())
+        const unknown = yield* Effect.flip(
+          rpc.Recordings.List({ sessionId: "nope_01939d5e-7c1e-7a2b-9c3d-4e5f60718293" })
+        )
+        expect(unknown._tag).toBe("SessionNotFound")
+        yield* rpc.Sessions.Close({ sessionId })
+      })
   )
 })
