@@ -63,6 +63,7 @@ import * as SystemHandlers from "./SystemHandlers.js"
 import * as WorkspacesHandlers from "./WorkspacesHandlers.js"
 import * as GitHandlers from "./GitHandlers.js"
 import * as FilesHandlers from "./FilesHandlers.js"
+import * as NotifyHandlers from "./NotifyHandlers.js"
 import type { Proxy } from "../../actors/proxy/Proxy.js"
 import * as WebUi from "./WebUi.js"
 import { securityHeaders } from "../../infra/net/Headers.js"
@@ -487,6 +488,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(WorkspacesHandlers.layer),
     Layer.provide(GitHandlers.layer),
     Layer.provide(FilesHandlers.layer),
+    Layer.provide(NotifyHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
     Layer.provide(RequestMetrics.layerRpc),
     Layer.provideMerge(RpcSocketServer.layer(limits))

@@ -84,6 +84,11 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       rpcLimits: RpcSocketServer.defaultLimits,
       maxStreamsPerClient: 128,
       loginTtl: Duration.days(7),
+      notify: {
+        retryBase: Duration.seconds(1),
+        retryMax: Duration.minutes(5),
+        refreshEvery: Duration.seconds(5)
+      },
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()
