@@ -241,6 +241,43 @@ describe("outbound webhooks", () => {
   )
 
   it.scopedLive(
+    "an endpoint that names no types gets the default rules: jobs ending, sessions waiting for input",
+    () =>
+      Effect.gen(function* () {
+        const secret = newSecret()
+        const receiver = yield* WebhookReceiver.start(secret)
+        const server = yield* TestServer.startWith({ notify: fast, sessionIdleAfter: Duration.millis(300) })
+        const rpc = yield* connect(server)
+        yield* rpc.Notify.AddEndpoint(
+          AddEndpoint.make({
+            name: "defaults",
+            url: receiver.url,
+            secret: Redacted.make(secret),
+            coalesceMillis: 0
+          })
+        )
+        const jobId = yield* runJob(rpc)
+        const session = yield* rpc.Sessions.Create(
+          CreateSession.make({ command: "/bin/sh", args: ["-c", "echo ready; sleep 60"] })
+        )
+        const types = yield* eventually(
+          Effect.sync(() => {
+            const bodies = receiver
+              .accepted()
+              .map(({ body }) => body as Delivered & { data: { sessionId?: string } })
+            const job = bodies.some((body) => body.type === "job.done" && body.data.data.jobId === jobId)
+            const idle = bodies.some(
+              (body) => body.type === "session.idle" && body.data.sessionId === session.id
+            )
+            return job && idle ? Option.some(bodies.map((body) => body.type)) : Option.none()
+          }),
+          "the job's end and the session's idleness"
+        )
+        expect(types.every((type) => ["job.done", "session.idle", "session.bell"].includes(type))).toBe(true)
+      })
+  )
+
+  it.scopedLive(
     "endpoints: bad requests change nothing, the list shows no secret, a test message is signed",
     () =>
       Effect.gen(function* () {
