@@ -5,7 +5,7 @@
  * credential of that route: a request that names no hook is refused exactly like one with a wrong
  * signature, after the same work, so the route tells nobody which names exist.
  */
-import { Context, Effect, Layer, Option, Redacted } from "effect"
+import { Context, Effect, Layer, Option, Redacted, Schedule } from "effect"
 import {
   type AddHook,
   AddedHook,
@@ -46,12 +46,24 @@ export class Hooks extends Context.Tag("vibes/Hooks")<
   }
 >() {}
 
-/** The hooks of the node's store. */
-export const layer = Layer.effect(
+/**
+ * How long a delivery id is remembered. Slack and Standard Webhooks requests older than five
+ * minutes are refused by their timestamp; GitHub's carry none, so their ids are kept for a week.
+ */
+const rememberSeen = 7 * 24 * 60 * 60 * 1000
+
+/** The hooks of the node's store; forgets old delivery ids every hour. */
+export const layer = Layer.scoped(
   Hooks,
   Effect.gen(function* () {
     const store = yield* NotifyStore
     const emitter = yield* Emitter
+    yield* Effect.forkScoped(
+      Effect.suspend(() => store.pruneSeen(new Date(Date.now() - rememberSeen))).pipe(
+        Effect.catchAll((error) => Effect.logWarning(error.message)),
+        Effect.repeat(Schedule.spaced("1 hour"))
+      )
+    )
     return Hooks.of({
       add: (request) =>
         Effect.gen(function* () {
