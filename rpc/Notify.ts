@@ -145,6 +145,16 @@ export type HookVerification = typeof HookVerification.Type
 export const HookAction = Schema.Union(
   Schema.TaggedStruct("RunJob", { spec: JobSpec }),
   Schema.TaggedStruct("SendText", { sessionId: SessionId }),
+  /**
+   * A Slack slash command: `/vibes run <shell line>` runs it as a job and answers in the channel
+   * through the command's `response_url` when the job ends; `/vibes ls` lists the latest jobs. The
+   * response URL must start with `responseUrlPrefix` (Slack's own host unless told otherwise).
+   */
+  Schema.TaggedStruct("SlackCommand", {
+    responseUrlPrefix: Schema.optionalWith(WebhookUrl, { default: () => "https://hooks.slack.com/" }),
+    cwd: Schema.optional(Schema.String),
+    workspace: Schema.optional(Schema.String)
+  }),
   Schema.TaggedStruct("CreateSession", {
     command: Schema.optional(Schema.String),
     args: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),

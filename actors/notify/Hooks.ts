@@ -5,7 +5,7 @@
  * credential of that route: a request that names no hook is refused exactly like one with a wrong
  * signature, after the same work, so the route tells nobody which names exist.
  */
-import { Context, Effect, Layer, Option, Redacted, Schedule } from "effect"
+import { Context, Effect, FiberSet, Layer, Option, Redacted, Schedule } from "effect"
 import {
   type AddHook,
   AddedHook,
@@ -41,6 +41,8 @@ export class Hooks extends Context.Tag("vibes/Hooks")<
       body: Buffer,
       nowSeconds: number
     ) => Verification
+    /** Runs `effect` in the background for as long as the node runs (a reply sent later). */
+    readonly background: (effect: Effect.Effect<void>) => Effect.Effect<void>
     /** Records a verified request's delivery id: false when it was seen before (a replay). */
     readonly firstSighting: (hook: Hook, deliveryId: string) => Effect.Effect<boolean, NotifyError>
   }
@@ -58,6 +60,7 @@ export const layer = Layer.scoped(
   Effect.gen(function* () {
     const store = yield* NotifyStore
     const emitter = yield* Emitter
+    const replies = yield* FiberSet.make()
     yield* Effect.forkScoped(
       Effect.suspend(() => store.pruneSeen(new Date(Date.now() - rememberSeen))).pipe(
         Effect.catchAll((error) => Effect.logWarning(error.message)),
@@ -114,6 +117,7 @@ export const layer = Layer.scoped(
           ? { _tag: "Verified", hook: hook.value, deliveryId: verdict.deliveryId }
           : { _tag: "Refused", reason: verdict.reason }
       },
+      background: (effect) => Effect.asVoid(FiberSet.run(replies, effect)),
       firstSighting: (hook, deliveryId) => store.firstSighting(hook.info.id, deliveryId)
     })
   })

@@ -85,7 +85,9 @@ const endpointAdd = Command.make(
     ),
     json,
     name: Args.text({ name: "name" }).pipe(Args.withDescription("The endpoint's name")),
-    target: Args.text({ name: "url" }).pipe(Args.withDescription("Where deliveries are posted (http or https)"))
+    target: Args.text({ name: "url" }).pipe(
+      Args.withDescription("Where deliveries are posted (http or https)")
+    )
   },
   (flags) =>
     Effect.gen(function* () {
@@ -286,6 +288,17 @@ const hookAdd = Command.make(
       Options.withDescription("Action: type the request's `text` into this session"),
       Options.optional
     ),
+    slackCommand: Options.boolean("slack-command").pipe(
+      Options.withDescription(
+        "Action (with --verify slack): answer `/vibes run <line>` (a job, its result posted back to the channel when it ends) and `/vibes ls`"
+      )
+    ),
+    responseUrlPrefix: Options.text("response-url-prefix").pipe(
+      Options.withDescription(
+        "With --slack-command: where answers may go. Default: https://hooks.slack.com/"
+      ),
+      Options.optional
+    ),
     createSession: Options.boolean("create-session").pipe(
       Options.withDescription("Action: start a session (its command: --command, default the shell)")
     ),
@@ -301,30 +314,42 @@ const hookAdd = Command.make(
   },
   (flags) =>
     Effect.gen(function* () {
-      const chosen = [Option.isSome(flags.run), Option.isSome(flags.sendTo), flags.createSession].filter(
-        Boolean
-      )
+      const chosen = [
+        Option.isSome(flags.run),
+        Option.isSome(flags.sendTo),
+        flags.createSession,
+        flags.slackCommand
+      ].filter(Boolean)
       if (chosen.length !== 1)
-        return yield* usage("name exactly one action: --run LINE, --send-to SESSION or --create-session")
+        return yield* usage(
+          "name exactly one action: --run LINE, --send-to SESSION, --create-session or --slack-command"
+        )
       const workspace = Option.getOrUndefined(flags.workspace)
-      const action: HookAction = Option.isSome(flags.run)
+      const action: HookAction = flags.slackCommand
         ? {
-            _tag: "RunJob",
-            spec: JobSpec.make({
-              command: flags.run.value,
-              shell: true,
-              ...(Option.isSome(flags.cwd) ? { cwd: flags.cwd.value } : {}),
-              ...(workspace !== undefined ? { workspace } : {})
-            })
+            _tag: "SlackCommand",
+            responseUrlPrefix: Option.getOrElse(flags.responseUrlPrefix, () => "https://hooks.slack.com/"),
+            ...(Option.isSome(flags.cwd) ? { cwd: flags.cwd.value } : {}),
+            ...(workspace !== undefined ? { workspace } : {})
           }
-        : Option.isSome(flags.sendTo)
-          ? { _tag: "SendText", sessionId: yield* decode(SessionId, flags.sendTo.value) }
-          : {
-              _tag: "CreateSession",
-              args: [],
-              ...(Option.isSome(flags.command) ? { command: flags.command.value } : {}),
-              ...(workspace !== undefined ? { workspace } : {})
+        : Option.isSome(flags.run)
+          ? {
+              _tag: "RunJob",
+              spec: JobSpec.make({
+                command: flags.run.value,
+                shell: true,
+                ...(Option.isSome(flags.cwd) ? { cwd: flags.cwd.value } : {}),
+                ...(workspace !== undefined ? { workspace } : {})
+              })
             }
+          : Option.isSome(flags.sendTo)
+            ? { _tag: "SendText", sessionId: yield* decode(SessionId, flags.sendTo.value) }
+            : {
+                _tag: "CreateSession",
+                args: [],
+                ...(Option.isSome(flags.command) ? { command: flags.command.value } : {}),
+                ...(workspace !== undefined ? { workspace } : {})
+              }
       const request = AddHook.make({
         name: yield* decode(Schema.String, flags.name),
         verify: flags.verify,

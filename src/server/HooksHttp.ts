@@ -7,7 +7,7 @@
  * action (400), and then the action runs: a job from the hook's template (202), text typed into a
  * session, or a new session. Every request, whatever became of it, is a `hook.received` event.
  */
-import { Effect, Either, Metric, Option, Schema } from "effect"
+import { Effect, Either, Metric, Option, Schema, Stream } from "effect"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
@@ -45,13 +45,16 @@ interface Parsed {
   readonly text: string | undefined
   /** Slack's URL verification: answered with its challenge, nothing else done. */
   readonly challenge: string | undefined
+  /** Where a Slack slash command is answered later. */
+  readonly responseUrl?: string | undefined
 }
 
 const JsonObject = Schema.Record({ key: Schema.String, value: Schema.Unknown })
 const decodeObject = Schema.decodeUnknownEither(Schema.parseJson(JsonObject))
 const SlackCommand = Schema.Struct({
   command: Schema.String.pipe(Schema.maxLength(100)),
-  text: Schema.String.pipe(Schema.maxLength(64 * 1024))
+  text: Schema.String.pipe(Schema.maxLength(64 * 1024)),
+  response_url: Schema.optional(Schema.String.pipe(Schema.maxLength(2048)))
 })
 const decodeSlackCommand = Schema.decodeUnknownEither(SlackCommand)
 
@@ -76,7 +79,12 @@ const parse = (hook: Hook, headers: Readonly<Record<string, string | undefined>>
         decodeSlackCommand(form),
         () => "a Slack slash command needs 'command' and 'text' fields"
       )
-      return { event: command.command, text: command.text, challenge: undefined } satisfies Parsed
+      return {
+        event: command.command,
+        text: command.text,
+        challenge: undefined,
+        responseUrl: command.response_url
+      } satisfies Parsed
     }
     const payload =
       hook.info.verify === "github" && contentType.startsWith("application/x-www-form-urlencoded")
@@ -119,6 +127,100 @@ interface Taken {
   readonly sessionId?: string
 }
 
+/** The most output a slash command's answer quotes (its end). */
+const maxQuoted = 2500
+
+/** Posts a Slack message to a command's response URL (a few tries: it is the only answer). */
+const respond = (url: string, message: Record<string, unknown>) =>
+  Effect.tryPromise(async (signal) => {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(message),
+      redirect: "manual",
+      signal: AbortSignal.any([signal, AbortSignal.timeout(10_000)])
+    })
+    await response.body?.cancel().catch(() => undefined)
+    if (response.status >= 300) throw new Error(`HTTP ${response.status}`)
+  }).pipe(
+    Effect.retry({ times: 2 }),
+    Effect.catchAll(() => Effect.logWarning("could not answer a Slack command at its response URL"))
+  )
+
+/** Follows job `jobId` to its end and answers in the channel with its status and output's end. */
+const answerWhenDone = (jobs: Jobs["Type"], jobId: string, line: string, responseUrl: string) =>
+  Effect.gen(function* () {
+    let output = ""
+    let summary = "ended"
+    yield* jobs.logs(jobId, 0, true).pipe(
+      Stream.runForEach((item) =>
+        Effect.sync(() => {
+          if (item._tag === "JobLog" && item.stream !== "system")
+            output = (output + item.chunk).slice(-maxQuoted)
+          if (item._tag === "JobDone")
+            summary = `${item.status}${item.exitCode !== null ? ` (exit ${item.exitCode})` : ""}`
+        })
+      ),
+      Effect.timeout("6 hours"),
+      Effect.catchAll(() => Effect.sync(() => (summary = "could not be followed to its end")))
+    )
+    const fence = "```"
+    const quoted = output.split(fence).join("'''").trimEnd()
+    yield* respond(responseUrl, {
+      response_type: "in_channel",
+      text: `\`${line.slice(0, 200)}\` ${summary}${quoted !== "" ? `\n${fence}${quoted}${fence}` : ""}`
+    })
+  })
+
+/** `/vibes run <line>` and `/vibes ls` from Slack. */
+const slashCommand = (
+  action: Extract<HookAction, { readonly _tag: "SlackCommand" }>,
+  hook: Hook,
+  parsed: Parsed,
+  env: Record<string, string>
+) =>
+  Effect.gen(function* () {
+    const jobs = yield* Jobs
+    const hooks = yield* Hooks
+    const text = (parsed.text ?? "").trim()
+    const verb = text.split(/\s+/)[0] ?? ""
+    const line = text.slice(verb.length).trim()
+    const ephemeral = (message: string): Taken => ({
+      status: 200,
+      body: { response_type: "ephemeral", text: message }
+    })
+    if (verb === "ls") {
+      const latest = yield* jobs.list(10, Option.none())
+      return ephemeral(
+        latest.length === 0
+          ? "no jobs yet"
+          : latest
+              .map((job) => `${job.id.slice(-12)} ${job.status} ${job.spec.command.slice(0, 80)}`)
+              .join("\n")
+      )
+    }
+    if (verb !== "run" || line === "") return ephemeral("usage: /vibes run <command line> | /vibes ls")
+    const responseUrl = parsed.responseUrl
+    if (responseUrl === undefined || !responseUrl.startsWith(action.responseUrlPrefix)) {
+      return yield* Effect.fail({
+        _tag: "NoResponseUrl" as const,
+        message: `the command's response_url must start with ${action.responseUrlPrefix}`
+      })
+    }
+    const job = yield* jobs.submit(
+      JobSpec.make({
+        command: line,
+        shell: true,
+        env,
+        labels: { hook: hook.info.name },
+        ...(action.cwd !== undefined ? { cwd: action.cwd } : {}),
+        ...(action.workspace !== undefined ? { workspace: action.workspace } : {})
+      })
+    )
+    yield* hooks.background(answerWhenDone(jobs, job.id, line, responseUrl))
+    return { ...ephemeral(`vibes started job ${job.id}; the result will follow here`), jobId: job.id }
+  })
+
 /** Runs `action` for a verified request. */
 const act = (action: HookAction, hook: Hook, deliveryId: string, parsed: Parsed, body: Uint8Array) =>
   Effect.gen(function* () {
@@ -155,6 +257,8 @@ const act = (action: HookAction, hook: Hook, deliveryId: string, parsed: Parsed,
           sessionId: action.sessionId
         } satisfies Taken
       }
+      case "SlackCommand":
+        return yield* slashCommand(action, hook, parsed, env)
       case "CreateSession": {
         const sessions = yield* SessionsApi
         const session = yield* sessions["Sessions.Create"](
@@ -301,6 +405,7 @@ export const receive = (clientAddress: string) =>
       const error = taken.left
       const refusedInput = [
         "NoText",
+        "NoResponseUrl",
         "InvalidJobRequest",
         "InvalidSessionRequest",
         "SessionNotFound",

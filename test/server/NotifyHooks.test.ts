@@ -1,4 +1,5 @@
 import * as crypto from "node:crypto"
+import * as http from "node:http"
 import { expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer, Option, Redacted, Stream } from "effect"
 import { Webhook } from "standardwebhooks"
@@ -222,6 +223,64 @@ layer(NodeLive, { timeout: 180_000, excludeTestServices: true })("inbound hooks"
         )
         expect(noSecret._tag).toBe("InvalidNotifyRequest")
       })
+  )
+
+  it.scoped("a Slack slash command runs a command and its result is posted back to the response URL", () =>
+    Effect.gen(function* () {
+      const rpc = yield* client
+      const answers: Array<string> = []
+      const responder = http.createServer((request, response) => {
+        let body = ""
+        request.on("data", (chunk: Buffer) => (body += chunk.toString("utf8")))
+        request.on("end", () => {
+          answers.push(body)
+          response.writeHead(200)
+          response.end("ok")
+        })
+      })
+      yield* Effect.acquireRelease(
+        Effect.async<void>((resume) => {
+          responder.listen(0, "127.0.0.1", () => resume(Effect.void))
+        }),
+        () => Effect.sync(() => responder.close())
+      )
+      const address = responder.address()
+      const origin = `http://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}`
+      yield* rpc.Notify.AddHook(
+        AddHook.make({
+          name: "slash",
+          verify: "slack",
+          secret: Redacted.make(slack.secret),
+          action: { _tag: "SlackCommand", responseUrlPrefix: `${origin}/commands/` }
+        })
+      )
+      const command = (text: string, responseUrl: string) => {
+        const body = new URLSearchParams({ command: "/vibes", text, response_url: responseUrl }).toString()
+        const timestamp = String(Math.floor(Date.now() / 1000))
+        return post("/hooks/slash", body, {
+          "x-slack-signature": slackSign(slack.secret, timestamp, body),
+          "x-slack-request-timestamp": timestamp,
+          "content-type": "application/x-www-form-urlencoded"
+        })
+      }
+      const started = yield* command("run echo hello-$((6*7))", `${origin}/commands/T1/42/abc`)
+      expect(started.status).toBe(200)
+      expect(started.json["response_type"]).toBe("ephemeral")
+      expect(String(started.json["text"])).toMatch(/^vibes started job /)
+      const answer = yield* eventually(
+        Effect.sync(() => Option.fromNullable(answers[0])),
+        "the job's result at the response URL"
+      )
+      const parsed = JSON.parse(answer) as { response_type: string; text: string }
+      expect(parsed.response_type).toBe("in_channel")
+      expect(parsed.text).toContain("succeeded (exit 0)")
+      expect(parsed.text).toContain("hello-42")
+      const listed = yield* command("ls", `${origin}/commands/T1/43/abc`)
+      expect(String(listed.json["text"])).toContain("succeeded")
+      // Answers go only where the hook allows.
+      const elsewhere = yield* command("run echo no", "http://127.0.0.1:9/commands/x")
+      expect(elsewhere.status).toBe(422)
+    })
   )
 
   it.scoped("a Standard Webhooks hook types its text into a session, and is rate-limited per sender", () =>
