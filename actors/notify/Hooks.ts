@@ -15,6 +15,7 @@ import {
 } from "../../rpc/Notify.js"
 import { Emitter } from "../../infra/eventlog/Emitter.js"
 import * as Signatures from "../../infra/webhooks/Signatures.js"
+import { RateLimiter } from "../proxy/Guards.js"
 import { type Hook, NotifyStore } from "./NotifyStore.js"
 
 /** A secret no hook has, checked against when the name is unknown (the same work, the same answer). */
@@ -41,6 +42,13 @@ export class Hooks extends Context.Tag("vibes/Hooks")<
       body: Buffer,
       nowSeconds: number
     ) => Verification
+    /**
+     * Takes a token from `address`'s bucket for hook `key` (`ratePerMinute`, bursts of a tenth of
+     * it): 0 when the request may go, else the seconds until one is free.
+     */
+    readonly take: (key: string, ratePerMinute: number, address: string) => number
+    /** Whether a rate-limited request from `address` to `key` is recorded: one a second, not one a request. */
+    readonly recordLimited: (key: string, address: string) => boolean
     /** Runs `effect` in the background for as long as the node runs (a reply sent later). */
     readonly background: (effect: Effect.Effect<void>) => Effect.Effect<void>
     /** Records a verified request's delivery id: false when it was seen before (a replay). */
@@ -61,6 +69,8 @@ export const layer = Layer.scoped(
     const store = yield* NotifyStore
     const emitter = yield* Emitter
     const replies = yield* FiberSet.make()
+    const limiters = new Map<string, RateLimiter>()
+    const lastLimited = new Map<string, number>()
     yield* Effect.forkScoped(
       Effect.suspend(() => store.pruneSeen(new Date(Date.now() - rememberSeen))).pipe(
         Effect.catchAll((error) => Effect.logWarning(error.message)),
@@ -116,6 +126,20 @@ export const layer = Layer.scoped(
         return verdict._tag === "Verified"
           ? { _tag: "Verified", hook: hook.value, deliveryId: verdict.deliveryId }
           : { _tag: "Refused", reason: verdict.reason }
+      },
+      take: (key, ratePerMinute, address) => {
+        const limiter =
+          limiters.get(key) ?? new RateLimiter(ratePerMinute / 60, Math.max(1, Math.ceil(ratePerMinute / 10)))
+        limiters.set(key, limiter)
+        return limiter.take(address)
+      },
+      recordLimited: (key, address) => {
+        const at = `${key}\0${address}`
+        const now = Date.now()
+        if (now - (lastLimited.get(at) ?? 0) < 1000) return false
+        if (lastLimited.size > 10_000) lastLimited.clear()
+        lastLimited.set(at, now)
+        return true
       },
       background: (effect) => Effect.asVoid(FiberSet.run(replies, effect)),
       firstSighting: (hook, deliveryId) => store.firstSighting(hook.info.id, deliveryId)

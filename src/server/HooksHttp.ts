@@ -17,7 +17,6 @@ import { CreateSession } from "../../rpc/Sessions.js"
 import { Jobs } from "../../actors/job/Jobs.js"
 import { Hooks } from "../../actors/notify/Hooks.js"
 import type { Hook } from "../../actors/notify/NotifyStore.js"
-import { RateLimiter } from "../../actors/proxy/Guards.js"
 import { Emitter } from "../../infra/eventlog/Emitter.js"
 import { tagged } from "../../infra/telemetry/MetricTags.js"
 import { securityHeaders } from "../../infra/net/Headers.js"
@@ -279,19 +278,6 @@ const act = (action: HookAction, hook: Hook, deliveryId: string, parsed: Parsed,
     }
   })
 
-/** Rate limiters by hook id (and one for names no hook has), each keyed by client address. */
-const limiters = new Map<string, RateLimiter>()
-const limiterOf = (key: string, ratePerMinute: number) => {
-  const found = limiters.get(key)
-  if (found !== undefined) return found
-  const made = new RateLimiter(ratePerMinute / 60, Math.max(1, Math.ceil(ratePerMinute / 6)))
-  limiters.set(key, made)
-  return made
-}
-
-/** When each address was last recorded as rate-limited: a flood makes one event a second, not one a request. */
-const lastLimitedEvent = new Map<string, number>()
-
 const refusedAnswer = () =>
   json(401, { error: "Unauthorized", message: "the request's signature does not verify for this hook" })
 
@@ -328,14 +314,10 @@ export const receive = (clientAddress: string) =>
       onNone: () => ({ key: "unknown", ...unknownLimits }),
       onSome: (found) => ({ key: found.info.id, ...found.info })
     })
-    const wait = limiterOf(limits.key, limits.ratePerMinute).take(clientAddress)
+    const wait = hooks.take(limits.key, limits.ratePerMinute, clientAddress)
     if (wait > 0) {
-      const key = `${limits.key}\0${clientAddress}`
-      const now = Date.now()
       tagged(requestsTotal, { hook: label, outcome: "rate_limited" }).unsafeUpdate(1, [])
-      if (now - (lastLimitedEvent.get(key) ?? 0) >= 1000) {
-        if (lastLimitedEvent.size > 10_000) lastLimitedEvent.clear()
-        lastLimitedEvent.set(key, now)
+      if (hooks.recordLimited(limits.key, clientAddress)) {
         yield* emitter.emit(
           "hook.received",
           {
