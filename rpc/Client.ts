@@ -25,6 +25,7 @@ import { SystemRpcs } from "./System.js"
 import { WorkspacesRpcs } from "./Workspaces.js"
 import { GitRpcs } from "./Git.js"
 import { FilesRpcs } from "./Files.js"
+import { NotifyRpcs } from "./Notify.js"
 
 /** Every RPC a vibes server answers at `/rpc`. */
 export class VibesRpcs extends SystemRpcs.merge(
@@ -36,7 +37,8 @@ export class VibesRpcs extends SystemRpcs.merge(
   ProxyRpcs,
   WorkspacesRpcs,
   GitRpcs,
-  FilesRpcs
+  FilesRpcs,
+  NotifyRpcs
 ).middleware(RequestMetrics) {}
 
 /** What the client can call: `client.System.Info()`, … */

@@ -265,6 +265,52 @@ export const payloads = {
     state: Schema.Literal("kept", "removed"),
     stashed: Schema.Boolean
   }),
+  /** A provider of the AI proxy failed `failures` times in a row: its requests are refused for `openMillis`. */
+  "proxy.circuit_opened": Schema.Struct({
+    provider: Schema.String,
+    failures: Schema.Int,
+    openMillis: Schema.Int
+  }),
+  /** A webhook endpoint was added (its URL only as far as its host: the path may hold a token). */
+  "notify.endpoint_added": Schema.Struct({
+    endpoint: Schema.String,
+    target: Schema.String,
+    format: Schema.String
+  }),
+  "notify.endpoint_removed": Schema.Struct({ endpoint: Schema.String }),
+  /** A delivery failed every attempt and was set aside; `vibes notify redeliver` sends it again. */
+  "notify.dead_lettered": Schema.Struct({
+    endpoint: Schema.String,
+    deliveryId: Schema.String,
+    webhookId: Schema.String,
+    attempts: Schema.Int,
+    lastStatus: Schema.NullOr(Schema.Int),
+    error: Schema.String
+  }),
+  "hook.added": Schema.Struct({ hook: Schema.String, verify: Schema.String, action: Schema.String }),
+  "hook.removed": Schema.Struct({ hook: Schema.String }),
+  /**
+   * A request to `POST /hooks/<hook>`, whatever became of it: `accepted` (verified, its action
+   * taken: the envelope names the job or session), `refused` (no such hook, or a bad, missing or
+   * stale signature: answered alike), `replayed` (a delivery id seen before), `rate_limited`,
+   * `too_large`, `invalid` (verified, but the body does not fit the action) or `failed` (the action
+   * failed).
+   */
+  "hook.received": Schema.Struct({
+    hook: Schema.String,
+    outcome: Schema.Literal(
+      "accepted",
+      "refused",
+      "replayed",
+      "rate_limited",
+      "too_large",
+      "invalid",
+      "failed"
+    ),
+    reason: Schema.NullOr(Schema.String),
+    deliveryId: Schema.NullOr(Schema.String),
+    clientAddress: Schema.String
+  }),
   /** One request through the AI-provider proxy; the envelope's sessionId names the session it came from. */
   "proxy.request": Schema.Struct({
     provider: Schema.String,

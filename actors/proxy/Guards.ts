@@ -80,10 +80,14 @@ export class CircuitBreaker {
     this.trial = false
   }
 
-  failed(now: number = performance.now()): void {
+  /** Records a failure; true when it opened the circuit (from closed, or a failed trial). */
+  failed(now: number = performance.now()): boolean {
     this.consecutive += 1
-    if (this.trial || this.consecutive >= this.settings.failures) this.openedAt = now
+    const wasOpen = this.openedAt !== null && !this.trial
+    const opens = this.trial || this.consecutive >= this.settings.failures
+    if (opens) this.openedAt = now
     this.trial = false
+    return opens && !wasOpen
   }
 
   /** A request admitted as the trial ended without telling (the client went away): let another try. */

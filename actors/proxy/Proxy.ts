@@ -638,6 +638,26 @@ export const layer = (
         events.push(event)
       }
 
+      /** Records a failure of `state`'s provider; when it opens the circuit, says so in the log. */
+      const failed = (state: ProviderState) => {
+        if (!state.circuit.failed()) return
+        events.push(
+          newEvent(
+            "proxy.circuit_opened",
+            {
+              provider: truncate(toStorable(state.provider.config.name), 100),
+              failures: state.circuit.failures,
+              openMillis: state.provider.config.circuit.openMs
+            },
+            {
+              source: { nodeId: settings.nodeId, component: "proxy" },
+              tenantId: "default",
+              severity: "error"
+            }
+          )
+        )
+      }
+
       /** `answer`, with a defect in it logged and answered 500 instead of ending the process. */
       const serve = (request: http.IncomingMessage, response: http.ServerResponse): void => {
         try {
@@ -856,7 +876,7 @@ export const layer = (
             if (result._tag === "Failed") {
               if (result.kind === "connect" && !last) return retryIn(backoffMs(config.retry, attempts))
               answered = true
-              state.circuit.failed()
+              failed(state)
               const status = result.kind === "timeout" ? 504 : 502
               finish({ status, errorKind: result.kind })
               return writeError(
@@ -879,7 +899,7 @@ export const layer = (
               }
             }
             answered = true
-            if (status >= 500) state.circuit.failed()
+            if (status >= 500) failed(state)
             else state.circuit.succeeded()
             pass(upstreamResponse, status)
           })

@@ -38,6 +38,7 @@ import {
 import * as ArtifactCommands from "./ArtifactCommands.js"
 import * as JobCommands from "./JobCommands.js"
 import * as RecordingCommands from "./RecordingCommands.js"
+import * as NotifyCommands from "./NotifyCommands.js"
 import * as PtyHostCommand from "./PtyHostCommand.js"
 import * as FileCommands from "./FileCommands.js"
 import * as GitCommands from "./GitCommands.js"
@@ -554,6 +555,7 @@ export const command = Command.make("vibes").pipe(
     WorkspaceCommands.command,
     GitCommands.command,
     FileCommands.command,
+    NotifyCommands.command,
     PtyHostCommand.command
   ])
 )

@@ -129,7 +129,8 @@ const usageErrors = new Set([
   "InvalidBranchName",
   "NotARepository",
   "PathRefused",
-  "InvalidFileRequest"
+  "InvalidFileRequest",
+  "InvalidNotifyRequest"
 ])
 /** Errors about the state of things on the server: exit code 1 with the server's message. */
 const refusals = new Set([
@@ -148,7 +149,9 @@ const refusals = new Set([
   "FileNotFound",
   "FileExists",
   "FileTooLarge",
-  "FilesUnavailable"
+  "FilesUnavailable",
+  "NotifyNotFound",
+  "NotifyUnavailable"
 ])
 
 const isTagged = (error: unknown): error is { readonly _tag: string; readonly message: string } =>

@@ -28,6 +28,7 @@ import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import type { Limits as RpcLimits } from "../../infra/rpc/RpcSocketServer.js"
 import { ProviderConfig } from "../../rpc/Proxy.js"
 import type * as Sandbox from "../../infra/sandbox/Sandbox.js"
+import type { Settings as NotifySettings } from "../../actors/notify/Notifier.js"
 
 /** How log lines are written. `auto` means JSON unless stdout is a terminal. */
 export type LogFormat = "auto" | "json" | "pretty"
@@ -108,6 +109,8 @@ export interface ServerConfig {
   readonly loginTtl: Duration.Duration
   /** When conditions raise `system.alert` events (see `Alerts`). */
   readonly alerts: AlertSettings
+  /** How webhook deliveries are retried (`VIBES_NOTIFY_RETRY_BASE`, `VIBES_NOTIFY_RETRY_MAX`). */
+  readonly notify: NotifySettings
   /** How often this node records that it is alive in `vibes_nodes`. */
   readonly heartbeat: Duration.Duration
   /** Silence after which a node that did not stop cleanly counts as gone: its sessions are lost. */
@@ -487,6 +490,11 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
     consumerLag: positiveInt("VIBES_ALERT_CONSUMER_LAG", 100_000, Number.MAX_SAFE_INTEGER),
     restarts: positiveInt("VIBES_ALERT_RESTARTS", 3, 1_000_000),
     restartsWithin: duration("VIBES_ALERT_RESTARTS_WITHIN", "10 minutes")
+  }),
+  notify: Config.all({
+    retryBase: duration("VIBES_NOTIFY_RETRY_BASE", "1 second"),
+    retryMax: duration("VIBES_NOTIFY_RETRY_MAX", "5 minutes"),
+    refreshEvery: Config.succeed(Duration.seconds(5))
   }),
   heartbeat: duration("VIBES_HEARTBEAT_INTERVAL", "2 seconds"),
   nodeLostAfter: duration("VIBES_NODE_LOST_AFTER", "30 seconds")

@@ -1,7 +1,9 @@
 /**
  * The HTTP surface of a node: `/healthz`, `/readyz`, `/metrics`, `/login`, `/logout`, `/`,
- * `/api/whoami`, `/api/events`, `/api/jobs…`, `/rpc` and `/proxy/…`. Everything but `/healthz`
- * requires credentials, checked before any body or frame is read.
+ * `/api/whoami`, `/api/events`, `/api/jobs…`, `/rpc`, `/proxy/…` and `/hooks/<name>`. Everything
+ * but `/healthz` requires credentials, checked before any body or frame is read; for
+ * `/hooks/<name>` the credential is the hook's signature over the body (read under a cap, verified
+ * before it is parsed).
  *
  * In front of everything (`createServer`): the `Host` header must name this node
  * (`VIBES_ALLOWED_HOSTS`; `/healthz` excepted, for probes), a request from another origin's page
@@ -63,6 +65,8 @@ import * as SystemHandlers from "./SystemHandlers.js"
 import * as WorkspacesHandlers from "./WorkspacesHandlers.js"
 import * as GitHandlers from "./GitHandlers.js"
 import * as FilesHandlers from "./FilesHandlers.js"
+import * as NotifyHandlers from "./NotifyHandlers.js"
+import * as HooksHttp from "./HooksHttp.js"
 import type { Proxy } from "../../actors/proxy/Proxy.js"
 import * as WebUi from "./WebUi.js"
 import { securityHeaders } from "../../infra/net/Headers.js"
@@ -487,6 +491,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(WorkspacesHandlers.layer),
     Layer.provide(GitHandlers.layer),
     Layer.provide(FilesHandlers.layer),
+    Layer.provide(NotifyHandlers.layer),
     Layer.provide(RpcSocketServer.layerAuth),
     Layer.provide(RequestMetrics.layerRpc),
     Layer.provideMerge(RpcSocketServer.layer(limits))
@@ -495,6 +500,18 @@ const rpc = (limits: RpcSocketServer.Limits) =>
 /** `/api/events`: the event log as Server-Sent Events. */
 const events = (heartbeat: Duration.Duration) =>
   HttpLayerRouter.add("GET", "/api/events", authenticated(holdingSlot(EventsHttp.handler(heartbeat))))
+
+/**
+ * `/hooks/<name>`: inbound webhooks, authenticated by the hook's own signature, not the vibes
+ * token (see HooksHttp).
+ */
+const hooks = HttpLayerRouter.add(
+  "POST",
+  "/hooks/:name",
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+    Effect.flatMap(originOf(request), (origin) => HooksHttp.receive(origin.address))
+  )
+)
 
 /** Options of the routes. */
 export interface RouteOptions {
@@ -519,6 +536,7 @@ export const routes = (options: RouteOptions) =>
     home(options.web),
     assets(options.web),
     events(options.sseHeartbeat),
+    hooks,
     ...JobsHttp.handlers(options.sseHeartbeat).map(([method, path, handler, long]) =>
       HttpLayerRouter.add(method, path, authenticated(long ? holdingSlot(handler) : handler))
     ),

@@ -49,6 +49,9 @@ import * as Workspaces from "../../actors/workspace/Workspaces.js"
 import * as GitService from "../../actors/workspace/GitService.js"
 import * as GitWatcher from "../../actors/workspace/GitWatcher.js"
 import * as Files from "../../actors/workspace/Files.js"
+import * as InboundHooks from "../../actors/notify/Hooks.js"
+import * as Notifier from "../../actors/notify/Notifier.js"
+import * as NotifyStore from "../../actors/notify/NotifyStore.js"
 import * as Git from "../../infra/git/Git.js"
 import * as PgSupervisor from "../../actors/supervisors/PgSupervisor.js"
 import * as PtyHostSupervisor from "../../actors/supervisors/PtyHostSupervisor.js"
@@ -620,6 +623,16 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         ),
         work
       )
+      // Webhooks: the deliverers run as a cluster singleton, stopped with the work.
+      const notifyContext = yield* Layer.buildWithScope(
+        Layer.merge(Notifier.layer(config.notify), InboundHooks.layer).pipe(
+          Layer.provideMerge(NotifyStore.layer),
+          Layer.provide(Layer.succeedContext(sessionsContext)),
+          Layer.provide(Layer.succeedContext(events)),
+          Layer.provide(Layer.succeedContext(sqlContext))
+        ),
+        work
+      )
       yield* Scope.close(startup, Exit.void)
       yield* Effect.forkScoped(resumeSessions(nodeId).pipe(Effect.provide(sessionsContext)))
       // One budget of long-lived connections per client address: RPC sockets, event and log
@@ -679,6 +692,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Layer.provide(Telemetry.layerPrometheus(identity, metricSamplers)),
         Layer.provide(Layer.succeedContext(adminToken)),
         Layer.provide(Layer.succeedContext(sessionsContext)),
+        Layer.provide(Layer.succeedContext(notifyContext)),
         Layer.provide(Layer.succeedContext(proxyContext)),
         Layer.provide(Layer.succeedContext(events)),
         Layer.provide(Layer.succeedContext(sqlContext)),

@@ -15,7 +15,7 @@ import { EventFilter, type StoredEvent } from "../../rpc/Events.js"
 import type { ProviderConfig } from "../../rpc/Proxy.js"
 import * as ProxyTokens from "../../actors/proxy/ProxyTokens.js"
 import * as FreePort from "../../infra/net/FreePort.js"
-import { clientLayer } from "../support/Attach.js"
+import { clientLayer, eventually } from "../support/Attach.js"
 import * as FakeProvider from "../support/FakeProvider.js"
 import { tempDir, writableTempDir } from "../support/TempDir.js"
 import * as TestServer from "../support/TestServer.js"
@@ -523,6 +523,22 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("AI-provider pro
         circuit: "open",
         consecutiveFailures: 2
       })
+      // The opening is an event (what notifications send), once: the refusals after it are not.
+      const opened = yield* eventually(
+        Effect.map(
+          rpc.Events.Read({
+            from: 1,
+            filter: EventFilter.make({ types: ["proxy.circuit_opened"] }),
+            limit: 10
+          }),
+          (events) => (events.length > 0 ? Option.some(events) : Option.none())
+        ),
+        "proxy.circuit_opened"
+      )
+      expect(opened.map((event) => event.data)).toEqual([
+        { provider: "fragile", failures: 2, openMillis: 60_000 }
+      ])
+      expect(opened[0]?.severity).toBe("error")
     })
   )
 

@@ -91,6 +91,11 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
         restarts: 3,
         restartsWithin: Duration.minutes(10)
       },
+      notify: {
+        retryBase: Duration.seconds(1),
+        retryMax: Duration.minutes(5),
+        refreshEvery: Duration.seconds(5)
+      },
       ...overrides
     }
     const listening = yield* Deferred.make<Server.Announcement>()
