@@ -133,6 +133,53 @@ export class LogRequest extends Schema.Class<LogRequest>("LogRequest")({
   limit: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 1000)), { default: () => 50 })
 }) {}
 
+/** A commit message: 1 to 64 KiB of text without NUL. */
+export const CommitMessage = Schema.String.pipe(
+  Schema.filter((text) => text.trim() !== "" && !text.includes("\u0000") && text.length <= 65_536, {
+    message: () => "a commit message is 1 to 65,536 characters, not blank, without NUL"
+  })
+)
+
+/**
+ * `Commit`: commits what is staged in the target, or with `all` every change (new, changed and
+ * deleted files, as `git add --all` stages them). Refused with unmerged paths (`GitConflict`) or
+ * nothing to commit (`NothingToCommit`).
+ */
+export class CommitRequest extends Schema.Class<CommitRequest>("CommitRequest")({
+  ...GitTarget,
+  message: CommitMessage,
+  all: Schema.optionalWith(Schema.Boolean, { default: () => false })
+}) {}
+
+/** A commit the git service made, and the branch it is on (null when HEAD is detached). */
+export class CommitMade extends Schema.Class<CommitMade>("CommitMade")({
+  path: Schema.String,
+  branch: Schema.NullOr(Schema.String),
+  commit: CommitInfo
+}) {}
+
+/**
+ * `Checkout`: switches the target's checkout to branch `to` (with `create`, a new branch from
+ * `from`, default HEAD). Refused when the checkout has uncommitted changes to tracked files
+ * (`WorktreeDirty`) or unmerged paths (`GitConflict`), when `to` is checked out in another
+ * worktree (`PathInUse`), and in a worktree vibes made for a session or job (it belongs to its
+ * branch).
+ */
+export class CheckoutRequest extends Schema.Class<CheckoutRequest>("CheckoutRequest")({
+  ...GitTarget,
+  to: Schema.String,
+  create: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  from: Schema.optional(Schema.String)
+}) {}
+
+/** Where a checkout is after `Checkout`. */
+export class CheckedOut extends Schema.Class<CheckedOut>("CheckedOut")({
+  path: Schema.String,
+  branch: Schema.String,
+  commit: Schema.String,
+  created: Schema.Boolean
+}) {}
+
 /** The `Git` RPC group, at `/rpc`. */
 export class GitRpcs extends RpcGroup.make(
   Rpc.make("Status", { payload: { ...GitTarget, ...Page }, success: GitStatus, error: WorkspaceError }),
@@ -142,7 +189,9 @@ export class GitRpcs extends RpcGroup.make(
     error: WorkspaceError
   }),
   Rpc.make("Log", { payload: LogRequest, success: Schema.Array(CommitInfo), error: WorkspaceError }),
-  Rpc.make("Diff", { payload: DiffRequest, success: DiffPage, error: WorkspaceError })
+  Rpc.make("Diff", { payload: DiffRequest, success: DiffPage, error: WorkspaceError }),
+  Rpc.make("Commit", { payload: CommitRequest, success: CommitMade, error: WorkspaceError }),
+  Rpc.make("Checkout", { payload: CheckoutRequest, success: CheckedOut, error: WorkspaceError })
 )
   .prefix("Git.")
   .middleware(AuthMiddleware) {}

@@ -138,6 +138,18 @@ export class GitRefused extends Schema.TaggedError<GitRefused>()("GitRefused", {
   message: Schema.String
 }) {}
 
+/** Paths are in conflict (unmerged, or a merge git cannot make); nothing was changed. */
+export class GitConflict extends Schema.TaggedError<GitConflict>()("GitConflict", {
+  paths: Schema.Array(Schema.String),
+  message: Schema.String
+}) {}
+
+/** A commit was asked for with nothing staged (and nothing to stage with `all`). */
+export class NothingToCommit extends Schema.TaggedError<NothingToCommit>()("NothingToCommit", {
+  path: Schema.String,
+  message: Schema.String
+}) {}
+
 /** The workspace store could not be reached; nothing was changed. Retry later. */
 export class WorkspacesUnavailable extends Schema.TaggedError<WorkspacesUnavailable>()(
   "WorkspacesUnavailable",
@@ -154,6 +166,8 @@ export const WorkspaceError = Schema.Union(
   WorktreeDirty,
   InvalidWorkspaceRequest,
   GitRefused,
+  GitConflict,
+  NothingToCommit,
   WorkspacesUnavailable
 )
 export type WorkspaceError = typeof WorkspaceError.Type
@@ -168,6 +182,8 @@ export const workspaceErrorTags: ReadonlySet<string> = new Set([
   "WorktreeDirty",
   "InvalidWorkspaceRequest",
   "GitRefused",
+  "GitConflict",
+  "NothingToCommit",
   "WorkspacesUnavailable"
 ])
 

@@ -16,10 +16,12 @@ import {
   type AddWorkspace,
   branchSlug,
   ClosePolicy,
+  type GitConflict,
   GitRefused,
   InvalidBranchName,
   InvalidWorkspaceRequest,
   NotARepository,
+  type NothingToCommit,
   PathInUse,
   WorkspaceExists,
   WorkspaceInfo,
@@ -211,6 +213,8 @@ export type WorkspaceError =
   | WorktreeDirty
   | InvalidWorkspaceRequest
   | GitRefused
+  | GitConflict
+  | NothingToCommit
   | WorkspacesUnavailable
 
 const WorktreeRow = Schema.Struct({

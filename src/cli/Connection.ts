@@ -144,6 +144,8 @@ const refusals = new Set([
   "PathInUse",
   "WorktreeDirty",
   "GitRefused",
+  "GitConflict",
+  "NothingToCommit",
   "WorkspacesUnavailable",
   "FileNotFound",
   "FileExists",
