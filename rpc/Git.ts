@@ -89,9 +89,14 @@ export class FileDiff extends Schema.Class<FileDiff>("FileDiff")({
   binary: Schema.Boolean,
   /** The unified diff of the file; null for a binary file. */
   patch: Schema.NullOr(Schema.String),
-  /** The patch was cut at `maxPatchBytes`. */
-  truncated: Schema.Boolean
+  /** The patch was cut at `maxPatchBytes` (or, for an untracked file over `maxUntrackedBytes`, not read). */
+  truncated: Schema.Boolean,
+  /** A file git does not track yet, shown as a new file (as `git diff` shows an added one). */
+  untracked: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {}
+
+/** The largest untracked file a working-tree diff reads to show its content, in bytes. */
+export const maxUntrackedBytes = 16 * 1024 * 1024
 
 /** What a diff compares. */
 export const DiffAgainst = Schema.Literal("head", "base")
@@ -103,10 +108,13 @@ export class DiffPage extends Schema.Class<DiffPage>("DiffPage")({
   from: Schema.String,
   to: Schema.String,
   files: Schema.Array(FileDiff),
-  /** Changed files in all (the page holds `files` from `offset`). */
+  /** Changed files in all, untracked ones included (the page holds `files` from `offset`). */
   total: Schema.Int,
   offset: Schema.Int,
-  /** Files git does not track yet (a working-tree diff only; their content is not in `files`). */
+  /**
+   * Files git does not track yet (a working-tree diff only; the first 1,000): they come after the
+   * tracked changes in `files`, each with `untracked` set and its content as a new file's patch.
+   */
   untracked: Schema.Array(Schema.String)
 }) {}
 

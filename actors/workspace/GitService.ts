@@ -4,6 +4,8 @@
  * bounded pages (a diff lists its files with `--numstat` first and reads the patches of one page
  * only; binary files are reported as binary, never as bytes).
  */
+import * as fs from "node:fs"
+import * as nodePath from "node:path"
 import { Context, DateTime, Effect, Layer, Option } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import {
@@ -18,6 +20,7 @@ import {
   FileDiff,
   GitStatus,
   maxPatchBytes,
+  maxUntrackedBytes,
   StatusEntry
 } from "../../rpc/Git.js"
 import {
@@ -393,6 +396,64 @@ export const layer = Layer.effect(
         return yield* readLog(dir, start, offset, limit)
       }).pipe(Effect.withSpan("Git.log"))
 
+    /**
+     * An untracked file as `git diff` shows a new one (`git diff --no-index /dev/null file`, which
+     * shows a symbolic link as its target, never what it points to); one larger than
+     * `maxUntrackedBytes` is not read.
+     */
+    const untrackedDiff = (dir: string, file: string) =>
+      Effect.gen(function* () {
+        const base = { path: file, oldPath: null, untracked: true }
+        const size = yield* Effect.promise(() =>
+          fs.promises.lstat(nodePath.join(dir, file)).then(
+            (stat) => (stat.isFile() ? stat.size : 0),
+            () => 0
+          )
+        )
+        if (size > maxUntrackedBytes) {
+          return FileDiff.make({
+            ...base,
+            added: null,
+            deleted: null,
+            binary: false,
+            patch: null,
+            truncated: true
+          })
+        }
+        const output = (yield* git.run(
+          dir,
+          ["diff", "--no-index", "--no-color", "--no-ext-diff", "--numstat", "-p", "--", "/dev/null", file],
+          { okExitCodes: [1], maxBuffer: 4 * maxUntrackedBytes }
+        )).stdout.toString("utf8")
+        const [added = "-", deleted = "-"] = output.slice(0, output.indexOf("\n")).split("\t")
+        const binary = added === "-"
+        const at = output.indexOf("diff --git ")
+        const patch = binary || at < 0 ? null : output.slice(at)
+        const truncated = patch !== null && Buffer.byteLength(patch) > maxPatchBytes
+        return FileDiff.make({
+          ...base,
+          added: binary ? null : Number(added),
+          deleted: binary ? null : Number(deleted),
+          binary,
+          patch: truncated ? Buffer.from(patch).subarray(0, maxPatchBytes).toString("utf8") : patch,
+          truncated
+        })
+      }).pipe(
+        // Gone between the listing and the read (an agent at work): listed, without content.
+        Effect.orElseSucceed(() =>
+          FileDiff.make({
+            path: file,
+            oldPath: null,
+            untracked: true,
+            added: null,
+            deleted: null,
+            binary: false,
+            patch: null,
+            truncated: false
+          })
+        )
+      )
+
     const diff = (request: DiffRequest) =>
       Effect.gen(function* () {
         const { dir, workspace } = yield* locate(request)
@@ -410,12 +471,9 @@ export const layer = Layer.effect(
           from = "HEAD"
           to = "working tree"
           const others = yield* git
-            .text(dir, ["ls-files", "--others", "--exclude-standard", "--directory", "-z"])
+            .text(dir, ["ls-files", "--others", "--exclude-standard", "-z"])
             .pipe(Effect.mapError(refused))
-          untracked = others
-            .split("\0")
-            .filter((p) => p !== "")
-            .slice(0, 1000)
+          untracked = others.split("\0").filter((p) => p !== "")
         } else {
           const base = request.base ?? Option.getOrUndefined(Option.map(workspace, (w) => w.defaultBranch))
           if (base === undefined) return yield* invalid("base", "name the base to compare with")
@@ -430,6 +488,8 @@ export const layer = Layer.effect(
             .pipe(Effect.mapError(refused))).stdout.toString("utf8")
         )
         const page = numstat.slice(request.offset, request.offset + request.limit)
+        const untrackedStart = Math.max(0, request.offset - numstat.length)
+        const untrackedPage = untracked.slice(untrackedStart, untrackedStart + request.limit - page.length)
         const textual = page.filter((file) => file.added !== null)
         const patches =
           textual.length === 0
@@ -477,7 +537,17 @@ export const layer = Layer.effect(
             truncated
           })
         })
-        return DiffPage.make({ from, to, files, total: numstat.length, offset: request.offset, untracked })
+        const added = yield* Effect.forEach(untrackedPage, (file) => untrackedDiff(dir, file), {
+          concurrency: 4
+        })
+        return DiffPage.make({
+          from,
+          to,
+          files: [...files, ...added],
+          total: numstat.length + untracked.length,
+          offset: request.offset,
+          untracked: untracked.slice(0, 1000)
+        })
       }).pipe(Effect.withSpan("Git.diff"))
 
     /** Runs `effect` under the lock of the target's repository, its watcher started first. */

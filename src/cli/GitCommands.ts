@@ -175,13 +175,19 @@ const diff = Command.make(
       for (const file of page.files) {
         const name = printable(file.oldPath === null ? file.path : `${file.oldPath} => ${file.path}`)
         if (flags.stat || file.patch === null) {
-          console.log(file.binary ? `binary\t${name}` : `+${file.added ?? 0}\t-${file.deleted ?? 0}\t${name}`)
+          const mark = file.untracked ? "\t(untracked)" : ""
+          console.log(
+            file.binary
+              ? `binary\t${name}${mark}`
+              : file.added === null
+                ? `+?\t-?\t${name}${mark} (too large to show)`
+                : `+${file.added}\t-${file.deleted ?? 0}\t${name}${mark}`
+          )
         } else {
           process.stdout.write(printableLines(file.patch.replace(/\n$/, "")) + "\n")
           if (file.truncated) console.log(`[vibes: the patch of ${name} is cut here]`)
         }
       }
-      for (const path of page.untracked) console.log(`untracked\t${printable(path)}`)
       const shown = page.offset + page.files.length
       if (shown < page.total) console.log(`[vibes: ${page.total - shown} more files: --offset ${shown}]`)
     })
