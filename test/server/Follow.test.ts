@@ -135,7 +135,9 @@ layer(NodeLive, { timeout: 180_000, excludeTestServices: true })("follow mode", 
         const stopped = yield* nextEvent(rpc, head, "workspace.follow_stopped", info.name)
         expect(stopped.data).toMatchObject({ branch: "agent", restored: "main" })
         yield* rpc.Sessions.Close({ sessionId: session.id })
-      })
+      }),
+    // Several CLI runs (a Node start each): slow on a loaded machine.
+    180_000
   )
 
   it.scoped("a main checkout moved by hand is reported as diverged and not moved back", () =>
@@ -202,6 +204,8 @@ layer(NodeLive, { timeout: 180_000, excludeTestServices: true })("follow mode", 
         expect(stopped.code).toBe(0)
         expect(git(repo.path, "symbolic-ref", "--short", "HEAD")).toBe("main")
         yield* rpc.Sessions.Close({ sessionId: session.id })
-      })
+      }),
+    // Several CLI runs (a Node start each): slow on a loaded machine.
+    180_000
   )
 })

@@ -204,37 +204,41 @@ layer(NodeLive, { timeout: 180_000, excludeTestServices: true })(
         })
     )
 
-    it.scoped("vibes git commit and vibes git checkout", () =>
-      Effect.gen(function* () {
-        const rpc = yield* client
-        const { repo, info } = yield* workspace(rpc)
-        write(repo.path, "notes.txt", "a note\n")
-        const committed = yield* vibes([
-          "git",
-          "commit",
-          "--workspace",
-          info.name,
-          "-m",
-          "add notes",
-          "--all"
-        ])
-        expect(committed.code).toBe(0)
-        expect(committed.stdout).toMatch(/^\[main [0-9a-f]{12}\] add notes\n$/)
-        const empty = yield* vibes(["git", "commit", "--workspace", info.name, "-m", "again"])
-        expect(empty.code).toBe(1)
-        expect(empty.stderr).toContain("nothing is staged")
+    it.scoped(
+      "vibes git commit and vibes git checkout",
+      () =>
+        Effect.gen(function* () {
+          const rpc = yield* client
+          const { repo, info } = yield* workspace(rpc)
+          write(repo.path, "notes.txt", "a note\n")
+          const committed = yield* vibes([
+            "git",
+            "commit",
+            "--workspace",
+            info.name,
+            "-m",
+            "add notes",
+            "--all"
+          ])
+          expect(committed.code).toBe(0)
+          expect(committed.stdout).toMatch(/^\[main [0-9a-f]{12}\] add notes\n$/)
+          const empty = yield* vibes(["git", "commit", "--workspace", info.name, "-m", "again"])
+          expect(empty.code).toBe(1)
+          expect(empty.stderr).toContain("nothing is staged")
 
-        const created = yield* vibes(["git", "checkout", "--workspace", info.name, "--create", "topic"])
-        expect(created.code).toBe(0)
-        expect(created.stdout).toContain("on new branch topic")
-        write(repo.path, "notes.txt", "changed\n")
-        const dirty = yield* vibes(["git", "checkout", "--workspace", info.name, "main"])
-        expect(dirty.code).toBe(1)
-        expect(dirty.stderr).toContain("uncommitted changes")
-        expect(git(repo.path, "symbolic-ref", "--short", "HEAD")).toBe("topic")
-        const usage = yield* vibes(["git", "checkout", "--workspace", info.name, "bad..name"])
-        expect(usage.code).toBe(2)
-      })
+          const created = yield* vibes(["git", "checkout", "--workspace", info.name, "--create", "topic"])
+          expect(created.code).toBe(0)
+          expect(created.stdout).toContain("on new branch topic")
+          write(repo.path, "notes.txt", "changed\n")
+          const dirty = yield* vibes(["git", "checkout", "--workspace", info.name, "main"])
+          expect(dirty.code).toBe(1)
+          expect(dirty.stderr).toContain("uncommitted changes")
+          expect(git(repo.path, "symbolic-ref", "--short", "HEAD")).toBe("topic")
+          const usage = yield* vibes(["git", "checkout", "--workspace", info.name, "bad..name"])
+          expect(usage.code).toBe(2)
+        }),
+      // Several CLI runs (a Node start each): slow on a loaded machine.
+      180_000
     )
 
     it.scoped(
