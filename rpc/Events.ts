@@ -311,6 +311,39 @@ export const payloads = {
     deliveryId: Schema.NullOr(Schema.String),
     clientAddress: Schema.String
   }),
+  /** A workspace's main checkout follows `branch` from now on (see `Workspaces.Follow`). */
+  "workspace.follow_started": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    /** The branch the main checkout was on, which unfollowing switches back to. */
+    restore: Schema.NullOr(Schema.String)
+  }),
+  /** The main checkout was moved to the followed branch's new commit (a detached HEAD). */
+  "workspace.follow_synced": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    from: Schema.NullOr(Schema.String),
+    to: Schema.String
+  }),
+  /**
+   * The main checkout could not follow the branch and was left as it is: `dirty` (uncommitted
+   * changes to tracked files), `conflict` (unmerged paths, or git refused the switch),
+   * `diverged` (it was moved off what vibes put there), `switched` (someone checked out a branch
+   * in it), `gone` (the followed branch no longer exists). Once per change of reason or commit.
+   */
+  "workspace.follow_blocked": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    reason: Schema.Literal("dirty", "conflict", "diverged", "switched", "gone"),
+    message: Schema.String,
+    commit: Schema.NullOr(Schema.String)
+  }),
+  "workspace.follow_stopped": Schema.Struct({
+    workspace: Schema.String,
+    branch: Schema.String,
+    /** The branch the main checkout was switched back to, or null when it was left where it was. */
+    restored: Schema.NullOr(Schema.String)
+  }),
   /** One request through the AI-provider proxy; the envelope's sessionId names the session it came from. */
   "proxy.request": Schema.Struct({
     provider: Schema.String,

@@ -89,9 +89,14 @@ export class FileDiff extends Schema.Class<FileDiff>("FileDiff")({
   binary: Schema.Boolean,
   /** The unified diff of the file; null for a binary file. */
   patch: Schema.NullOr(Schema.String),
-  /** The patch was cut at `maxPatchBytes`. */
-  truncated: Schema.Boolean
+  /** The patch was cut at `maxPatchBytes` (or, for an untracked file over `maxUntrackedBytes`, not read). */
+  truncated: Schema.Boolean,
+  /** A file git does not track yet, shown as a new file (as `git diff` shows an added one). */
+  untracked: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {}
+
+/** The largest untracked file a working-tree diff reads to show its content, in bytes. */
+export const maxUntrackedBytes = 16 * 1024 * 1024
 
 /** What a diff compares. */
 export const DiffAgainst = Schema.Literal("head", "base")
@@ -103,10 +108,13 @@ export class DiffPage extends Schema.Class<DiffPage>("DiffPage")({
   from: Schema.String,
   to: Schema.String,
   files: Schema.Array(FileDiff),
-  /** Changed files in all (the page holds `files` from `offset`). */
+  /** Changed files in all, untracked ones included (the page holds `files` from `offset`). */
   total: Schema.Int,
   offset: Schema.Int,
-  /** Files git does not track yet (a working-tree diff only; their content is not in `files`). */
+  /**
+   * Files git does not track yet (a working-tree diff only; the first 1,000): they come after the
+   * tracked changes in `files`, each with `untracked` set and its content as a new file's patch.
+   */
   untracked: Schema.Array(Schema.String)
 }) {}
 
@@ -133,6 +141,53 @@ export class LogRequest extends Schema.Class<LogRequest>("LogRequest")({
   limit: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 1000)), { default: () => 50 })
 }) {}
 
+/** A commit message: 1 to 64 KiB of text without NUL. */
+export const CommitMessage = Schema.String.pipe(
+  Schema.filter((text) => text.trim() !== "" && !text.includes("\u0000") && text.length <= 65_536, {
+    message: () => "a commit message is 1 to 65,536 characters, not blank, without NUL"
+  })
+)
+
+/**
+ * `Commit`: commits what is staged in the target, or with `all` every change (new, changed and
+ * deleted files, as `git add --all` stages them). Refused with unmerged paths (`GitConflict`) or
+ * nothing to commit (`NothingToCommit`).
+ */
+export class CommitRequest extends Schema.Class<CommitRequest>("CommitRequest")({
+  ...GitTarget,
+  message: CommitMessage,
+  all: Schema.optionalWith(Schema.Boolean, { default: () => false })
+}) {}
+
+/** A commit the git service made, and the branch it is on (null when HEAD is detached). */
+export class CommitMade extends Schema.Class<CommitMade>("CommitMade")({
+  path: Schema.String,
+  branch: Schema.NullOr(Schema.String),
+  commit: CommitInfo
+}) {}
+
+/**
+ * `Checkout`: switches the target's checkout to branch `to` (with `create`, a new branch from
+ * `from`, default HEAD). Refused when the checkout has uncommitted changes to tracked files
+ * (`WorktreeDirty`) or unmerged paths (`GitConflict`), when `to` is checked out in another
+ * worktree (`PathInUse`), and in a worktree vibes made for a session or job (it belongs to its
+ * branch).
+ */
+export class CheckoutRequest extends Schema.Class<CheckoutRequest>("CheckoutRequest")({
+  ...GitTarget,
+  to: Schema.String,
+  create: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  from: Schema.optional(Schema.String)
+}) {}
+
+/** Where a checkout is after `Checkout`. */
+export class CheckedOut extends Schema.Class<CheckedOut>("CheckedOut")({
+  path: Schema.String,
+  branch: Schema.String,
+  commit: Schema.String,
+  created: Schema.Boolean
+}) {}
+
 /** The `Git` RPC group, at `/rpc`. */
 export class GitRpcs extends RpcGroup.make(
   Rpc.make("Status", { payload: { ...GitTarget, ...Page }, success: GitStatus, error: WorkspaceError }),
@@ -142,7 +197,9 @@ export class GitRpcs extends RpcGroup.make(
     error: WorkspaceError
   }),
   Rpc.make("Log", { payload: LogRequest, success: Schema.Array(CommitInfo), error: WorkspaceError }),
-  Rpc.make("Diff", { payload: DiffRequest, success: DiffPage, error: WorkspaceError })
+  Rpc.make("Diff", { payload: DiffRequest, success: DiffPage, error: WorkspaceError }),
+  Rpc.make("Commit", { payload: CommitRequest, success: CommitMade, error: WorkspaceError }),
+  Rpc.make("Checkout", { payload: CheckoutRequest, success: CheckedOut, error: WorkspaceError })
 )
   .prefix("Git.")
   .middleware(AuthMiddleware) {}

@@ -26,6 +26,27 @@ export const WorkspaceName = Schema.String.pipe(
 export const ClosePolicy = Schema.Literal("keep", "remove-when-clean", "remove-always")
 export type ClosePolicy = typeof ClosePolicy.Type
 
+/** Why a main checkout is not following its branch right now. */
+export const FollowBlock = Schema.Literal("dirty", "conflict", "diverged", "switched", "gone")
+export type FollowBlock = typeof FollowBlock.Type
+
+/**
+ * Follow mode: the workspace's main checkout follows `branch` (usually checked out in a session's
+ * worktree): each new commit of it is checked out there (a detached HEAD), never forced. When it
+ * cannot be, following is `blocked` with the `reason` until the main checkout allows it again.
+ */
+export class FollowInfo extends Schema.Class<FollowInfo>("FollowInfo")({
+  branch: Schema.String,
+  state: Schema.Literal("following", "blocked"),
+  reason: Schema.NullOr(FollowBlock),
+  message: Schema.NullOr(Schema.String),
+  /** The commit last checked out in the main checkout by following. */
+  commit: Schema.NullOr(Schema.String),
+  /** The branch the main checkout was on when following began (unfollowing switches back to it). */
+  restore: Schema.NullOr(Schema.String),
+  updatedAt: Schema.DateTimeUtc
+}) {}
+
 /** A registered repository. */
 export class WorkspaceInfo extends Schema.Class<WorkspaceInfo>("WorkspaceInfo")({
   id: Schema.String,
@@ -37,7 +58,9 @@ export class WorkspaceInfo extends Schema.Class<WorkspaceInfo>("WorkspaceInfo")(
   /** Where vibes puts the worktrees of this workspace. */
   worktreesDir: Schema.String,
   closePolicy: ClosePolicy,
-  createdAt: Schema.DateTimeUtc
+  createdAt: Schema.DateTimeUtc,
+  /** The branch the main checkout follows, when it does. */
+  follow: Schema.NullOr(FollowInfo)
 }) {}
 
 /** `Add`: registers the repository at `path` (a directory inside it is enough). */
@@ -89,6 +112,12 @@ export class RemoveWorktree extends Schema.Class<RemoveWorktree>("RemoveWorktree
 export const branchSlug = (branch: string): string =>
   branch.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[.-]+/, "") || "branch"
 
+/** `Follow`: the main checkout of `workspace` follows `branch` from now on. */
+export class FollowBranch extends Schema.Class<FollowBranch>("FollowBranch")({
+  workspace: Schema.String,
+  branch: Schema.String
+}) {}
+
 // Errors ------------------------------------------------------------------------------------
 
 /** No workspace of that name. */
@@ -138,6 +167,18 @@ export class GitRefused extends Schema.TaggedError<GitRefused>()("GitRefused", {
   message: Schema.String
 }) {}
 
+/** Paths are in conflict (unmerged, or a merge git cannot make); nothing was changed. */
+export class GitConflict extends Schema.TaggedError<GitConflict>()("GitConflict", {
+  paths: Schema.Array(Schema.String),
+  message: Schema.String
+}) {}
+
+/** A commit was asked for with nothing staged (and nothing to stage with `all`). */
+export class NothingToCommit extends Schema.TaggedError<NothingToCommit>()("NothingToCommit", {
+  path: Schema.String,
+  message: Schema.String
+}) {}
+
 /** The workspace store could not be reached; nothing was changed. Retry later. */
 export class WorkspacesUnavailable extends Schema.TaggedError<WorkspacesUnavailable>()(
   "WorkspacesUnavailable",
@@ -154,6 +195,8 @@ export const WorkspaceError = Schema.Union(
   WorktreeDirty,
   InvalidWorkspaceRequest,
   GitRefused,
+  GitConflict,
+  NothingToCommit,
   WorkspacesUnavailable
 )
 export type WorkspaceError = typeof WorkspaceError.Type
@@ -168,6 +211,8 @@ export const workspaceErrorTags: ReadonlySet<string> = new Set([
   "WorktreeDirty",
   "InvalidWorkspaceRequest",
   "GitRefused",
+  "GitConflict",
+  "NothingToCommit",
   "WorkspacesUnavailable"
 ])
 
@@ -185,7 +230,18 @@ export class WorkspacesRpcs extends RpcGroup.make(
     success: Schema.Array(WorktreeInfo),
     error: WorkspaceError
   }),
-  Rpc.make("RemoveWorktree", { payload: RemoveWorktree, success: WorktreeInfo, error: WorkspaceError })
+  Rpc.make("RemoveWorktree", { payload: RemoveWorktree, success: WorktreeInfo, error: WorkspaceError }),
+  /**
+   * Keeps the main checkout following a branch: checked out (detached) at once, then at each of
+   * its new commits. Refused with uncommitted changes or unmerged paths in the main checkout.
+   */
+  Rpc.make("Follow", { payload: FollowBranch, success: WorkspaceInfo, error: WorkspaceError }),
+  /** Stops following; the main checkout goes back to its branch when it is clean and unmoved. */
+  Rpc.make("Unfollow", {
+    payload: { workspace: Schema.String },
+    success: WorkspaceInfo,
+    error: WorkspaceError
+  })
 )
   .prefix("Workspaces.")
   .middleware(AuthMiddleware) {}

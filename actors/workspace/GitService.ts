@@ -4,24 +4,43 @@
  * bounded pages (a diff lists its files with `--numstat` first and reads the patches of one page
  * only; binary files are reported as binary, never as bytes).
  */
+import * as fs from "node:fs"
+import * as nodePath from "node:path"
 import { Context, DateTime, Effect, Layer, Option } from "effect"
 import { SqlClient } from "@effect/sql/SqlClient"
 import {
   BranchInfo,
+  CheckedOut,
+  type CheckoutRequest,
   CommitInfo,
+  CommitMade,
+  type CommitRequest,
   DiffPage,
   type DiffRequest,
   FileDiff,
   GitStatus,
   maxPatchBytes,
+  maxUntrackedBytes,
   StatusEntry
 } from "../../rpc/Git.js"
-import { InvalidWorkspaceRequest, NotARepository, type WorkspaceInfo } from "../../rpc/Workspaces.js"
-import { Git } from "../../infra/git/Git.js"
+import {
+  GitConflict,
+  GitRefused,
+  InvalidBranchName,
+  InvalidWorkspaceRequest,
+  NotARepository,
+  NothingToCommit,
+  PathInUse,
+  type WorkspaceInfo,
+  WorktreeDirty
+} from "../../rpc/Workspaces.js"
+import { Git, isValidBranch } from "../../infra/git/Git.js"
+import { GitWatcher } from "./GitWatcher.js"
 import {
   parseWorktreeList,
   realPath,
   refused,
+  RepoLock,
   unavailable,
   type WorkspaceError,
   Workspaces
@@ -64,6 +83,10 @@ export class GitService extends Context.Tag("vibes/GitService")<
       limit: number
     ) => Effect.Effect<ReadonlyArray<CommitInfo>, WorkspaceError>
     readonly diff: (request: DiffRequest) => Effect.Effect<DiffPage, WorkspaceError>
+    /** Commits in the target (under its repository's lock); the watcher reports it as `git.commit`. */
+    readonly commit: (request: CommitRequest) => Effect.Effect<CommitMade, WorkspaceError>
+    /** Switches the target's checkout to a branch (under its repository's lock). */
+    readonly checkout: (request: CheckoutRequest) => Effect.Effect<CheckedOut, WorkspaceError>
   }
 >() {}
 
@@ -193,6 +216,8 @@ export const layer = Layer.effect(
     const git = yield* Git
     const workspaces = yield* Workspaces
     const sql = yield* SqlClient
+    const lock = yield* RepoLock
+    const watcher = yield* GitWatcher
 
     const existing = (dir: string, what: string) =>
       Effect.flatMap(realPath(dir), (real) =>
@@ -335,11 +360,9 @@ export const layer = Layer.effect(
         })
       }).pipe(Effect.withSpan("Git.branches"))
 
-    const log = (target: Target, ref: string | undefined, offset: number, limit: number) =>
+    /** Commits of `dir` from `start` back, newest first. */
+    const readLog = (dir: string, start: string, offset: number, limit: number) =>
       Effect.gen(function* () {
-        const { dir } = yield* locate(target)
-        const start = ref ?? "HEAD"
-        yield* commitOf(dir, start, "ref")
         const output = yield* git
           .text(dir, [
             "log",
@@ -363,7 +386,73 @@ export const layer = Layer.effect(
             subject
           })
         })
+      })
+
+    const log = (target: Target, ref: string | undefined, offset: number, limit: number) =>
+      Effect.gen(function* () {
+        const { dir } = yield* locate(target)
+        const start = ref ?? "HEAD"
+        yield* commitOf(dir, start, "ref")
+        return yield* readLog(dir, start, offset, limit)
       }).pipe(Effect.withSpan("Git.log"))
+
+    /**
+     * An untracked file as `git diff` shows a new one (`git diff --no-index /dev/null file`, which
+     * shows a symbolic link as its target, never what it points to); one larger than
+     * `maxUntrackedBytes` is not read.
+     */
+    const untrackedDiff = (dir: string, file: string) =>
+      Effect.gen(function* () {
+        const base = { path: file, oldPath: null, untracked: true }
+        const size = yield* Effect.promise(() =>
+          fs.promises.lstat(nodePath.join(dir, file)).then(
+            (stat) => (stat.isFile() ? stat.size : 0),
+            () => 0
+          )
+        )
+        if (size > maxUntrackedBytes) {
+          return FileDiff.make({
+            ...base,
+            added: null,
+            deleted: null,
+            binary: false,
+            patch: null,
+            truncated: true
+          })
+        }
+        const output = (yield* git.run(
+          dir,
+          ["diff", "--no-index", "--no-color", "--no-ext-diff", "--numstat", "-p", "--", "/dev/null", file],
+          { okExitCodes: [1], maxBuffer: 4 * maxUntrackedBytes }
+        )).stdout.toString("utf8")
+        const [added = "-", deleted = "-"] = output.slice(0, output.indexOf("\n")).split("\t")
+        const binary = added === "-"
+        const at = output.indexOf("diff --git ")
+        const patch = binary || at < 0 ? null : output.slice(at)
+        const truncated = patch !== null && Buffer.byteLength(patch) > maxPatchBytes
+        return FileDiff.make({
+          ...base,
+          added: binary ? null : Number(added),
+          deleted: binary ? null : Number(deleted),
+          binary,
+          patch: truncated ? Buffer.from(patch).subarray(0, maxPatchBytes).toString("utf8") : patch,
+          truncated
+        })
+      }).pipe(
+        // Gone between the listing and the read (an agent at work): listed, without content.
+        Effect.orElseSucceed(() =>
+          FileDiff.make({
+            path: file,
+            oldPath: null,
+            untracked: true,
+            added: null,
+            deleted: null,
+            binary: false,
+            patch: null,
+            truncated: false
+          })
+        )
+      )
 
     const diff = (request: DiffRequest) =>
       Effect.gen(function* () {
@@ -382,12 +471,9 @@ export const layer = Layer.effect(
           from = "HEAD"
           to = "working tree"
           const others = yield* git
-            .text(dir, ["ls-files", "--others", "--exclude-standard", "--directory", "-z"])
+            .text(dir, ["ls-files", "--others", "--exclude-standard", "-z"])
             .pipe(Effect.mapError(refused))
-          untracked = others
-            .split("\0")
-            .filter((p) => p !== "")
-            .slice(0, 1000)
+          untracked = others.split("\0").filter((p) => p !== "")
         } else {
           const base = request.base ?? Option.getOrUndefined(Option.map(workspace, (w) => w.defaultBranch))
           if (base === undefined) return yield* invalid("base", "name the base to compare with")
@@ -402,6 +488,8 @@ export const layer = Layer.effect(
             .pipe(Effect.mapError(refused))).stdout.toString("utf8")
         )
         const page = numstat.slice(request.offset, request.offset + request.limit)
+        const untrackedStart = Math.max(0, request.offset - numstat.length)
+        const untrackedPage = untracked.slice(untrackedStart, untrackedStart + request.limit - page.length)
         const textual = page.filter((file) => file.added !== null)
         const patches =
           textual.length === 0
@@ -449,9 +537,178 @@ export const layer = Layer.effect(
             truncated
           })
         })
-        return DiffPage.make({ from, to, files, total: numstat.length, offset: request.offset, untracked })
+        const added = yield* Effect.forEach(untrackedPage, (file) => untrackedDiff(dir, file), {
+          concurrency: 4
+        })
+        return DiffPage.make({
+          from,
+          to,
+          files: [...files, ...added],
+          total: numstat.length + untracked.length,
+          offset: request.offset,
+          untracked: untracked.slice(0, 1000)
+        })
       }).pipe(Effect.withSpan("Git.diff"))
 
-    return GitService.of({ locate, status, branches, log, diff })
+    /** Runs `effect` under the lock of the target's repository, its watcher started first. */
+    const locked = <A>(located: Located, effect: Effect.Effect<A, WorkspaceError>) =>
+      Option.match(located.workspace, {
+        onNone: () => lock.with(`dir:${located.dir}`, effect),
+        onSome: (workspace) => Effect.zipRight(watcher.ensure(workspace), lock.with(workspace.id, effect))
+      })
+
+    /** The unmerged paths and the changes to tracked files of a checkout. */
+    const changesOf = (dir: string) =>
+      Effect.map(
+        git
+          .run(dir, ["status", "--porcelain=v2", "-z", "--untracked-files=no"])
+          .pipe(Effect.mapError(refused)),
+        (output) => {
+          const { entries } = parseStatus(output.stdout.toString("utf8"))
+          return {
+            unmerged: entries.filter((entry) => entry.kind === "unmerged").map((entry) => entry.path),
+            changed: entries.filter((entry) => entry.kind !== "unmerged").map((entry) => entry.path)
+          }
+        }
+      )
+
+    const conflict = (dir: string, paths: ReadonlyArray<string>, doing: string) =>
+      new GitConflict({
+        paths: paths.slice(0, 100),
+        message: `${dir} has ${paths.length} unmerged path(s) (${paths.slice(0, 3).join(", ")}${paths.length > 3 ? ", …" : ""}); resolve them before ${doing}`
+      })
+
+    const commit = (request: CommitRequest) =>
+      Effect.gen(function* () {
+        const located = yield* locate(request)
+        const { dir } = located
+        return yield* locked(
+          located,
+          Effect.gen(function* () {
+            const { unmerged } = yield* changesOf(dir)
+            if (unmerged.length > 0) return yield* conflict(dir, unmerged, "committing")
+            if (request.all) yield* git.run(dir, ["add", "--all"]).pipe(Effect.mapError(refused))
+            const staged = yield* git.run(dir, ["diff", "--cached", "--quiet", "--no-ext-diff"]).pipe(
+              Effect.as(false),
+              Effect.catchAll((error) =>
+                error.exitCode === 1 ? Effect.succeed(true) : Effect.fail(refused(error))
+              )
+            )
+            if (!staged) {
+              return yield* new NothingToCommit({
+                path: dir,
+                message: request.all
+                  ? `${dir} has no change to commit`
+                  : `nothing is staged in ${dir}; stage changes first, or commit with all`
+              })
+            }
+            yield* git
+              .run(dir, ["commit", "--quiet", "--cleanup=strip", "-F", "-"], { input: request.message })
+              .pipe(Effect.mapError(refused))
+            const [made] = yield* readLog(dir, "HEAD", 0, 1)
+            const branch = yield* git
+              .text(dir, ["symbolic-ref", "--quiet", "--short", "HEAD"])
+              .pipe(Effect.orElseSucceed(() => ""))
+            if (made === undefined)
+              return yield* new GitRefused({ message: "git commit left no commit behind" })
+            return CommitMade.make({ path: dir, branch: branch === "" ? null : branch, commit: made })
+          })
+        )
+      }).pipe(Effect.withSpan("Git.commit"))
+
+    const checkout = (request: CheckoutRequest) =>
+      Effect.gen(function* () {
+        const located = yield* locate(request)
+        const { dir } = located
+        const to = request.to
+        if (!(yield* isValidBranch(git, to))) {
+          return yield* new InvalidBranchName({
+            branch: to,
+            message: `git refuses ${JSON.stringify(to.slice(0, 100))} as a branch name`
+          })
+        }
+        if (request.from !== undefined && !request.create)
+          return yield* invalid("from", "from goes with create: it says where the new branch starts")
+        const made = yield* sql<{ readonly session_id: string | null; readonly job_id: string | null }>`
+          SELECT session_id, job_id FROM vibes_worktrees WHERE path = ${dir} AND state <> 'removed' LIMIT 1`.pipe(
+          Effect.mapError(unavailable)
+        )
+        if (made[0] !== undefined) {
+          const owner =
+            made[0].session_id !== null ? `session ${made[0].session_id}` : `job ${made[0].job_id ?? "?"}`
+          return yield* invalid(
+            "to",
+            `${dir} is the worktree vibes made for ${owner} and stays on its branch; check out in the workspace's main checkout`
+          )
+        }
+        const following = Option.isSome(located.workspace)
+          ? yield* sql<{ readonly follow_branch: string | null }>`
+              SELECT follow_branch FROM vibes_workspaces WHERE id = ${located.workspace.value.id}`.pipe(
+              Effect.mapError(unavailable)
+            )
+          : []
+        const followed = following[0]?.follow_branch ?? null
+        if (followed !== null && Option.isSome(located.workspace) && dir === located.workspace.value.path) {
+          return yield* invalid(
+            "to",
+            `the main checkout of ${located.workspace.value.name} follows branch ${followed}; unfollow it first (vibes workspace unfollow ${located.workspace.value.name})`
+          )
+        }
+        return yield* locked(
+          located,
+          Effect.gen(function* () {
+            const exists = yield* git.run(dir, ["show-ref", "--verify", "--quiet", `refs/heads/${to}`]).pipe(
+              Effect.as(true),
+              Effect.orElseSucceed(() => false)
+            )
+            if (request.create && exists)
+              return yield* invalid("to", `branch ${to} exists already; check it out without create`)
+            if (!request.create && !exists)
+              return yield* invalid(
+                "to",
+                `there is no branch ${JSON.stringify(to.slice(0, 100))}; create it with create`
+              )
+            if (request.from !== undefined) yield* commitOf(dir, request.from, "from")
+            if (exists) {
+              const listed = parseWorktreeList(
+                yield* git.text(dir, ["worktree", "list", "--porcelain", "-z"]).pipe(Effect.mapError(refused))
+              )
+              const elsewhere = listed.find((entry) => entry.branch === `refs/heads/${to}`)
+              if (elsewhere !== undefined && elsewhere.path !== dir) {
+                return yield* new PathInUse({
+                  path: elsewhere.path,
+                  message: `branch ${to} is checked out at ${elsewhere.path}; git keeps a branch in one worktree at a time`
+                })
+              }
+            }
+            const { unmerged, changed } = yield* changesOf(dir)
+            if (unmerged.length > 0) return yield* conflict(dir, unmerged, "checking out")
+            if (changed.length > 0) {
+              return yield* new WorktreeDirty({
+                path: dir,
+                message: `${dir} has uncommitted changes to ${changed.length} tracked file(s); commit or stash them before checking out ${to}`
+              })
+            }
+            yield* git
+              .run(
+                dir,
+                request.create
+                  ? [
+                      "switch",
+                      "--quiet",
+                      "--create",
+                      to,
+                      ...(request.from !== undefined ? [request.from] : [])
+                    ]
+                  : ["switch", "--quiet", "--no-guess", to]
+              )
+              .pipe(Effect.mapError(refused))
+            const commit = yield* git.text(dir, ["rev-parse", "HEAD"]).pipe(Effect.mapError(refused))
+            return CheckedOut.make({ path: dir, branch: to, commit, created: request.create })
+          })
+        )
+      }).pipe(Effect.withSpan("Git.checkout"))
+
+    return GitService.of({ locate, status, branches, log, diff, commit, checkout })
   })
 )

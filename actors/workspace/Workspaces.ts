@@ -16,10 +16,14 @@ import {
   type AddWorkspace,
   branchSlug,
   ClosePolicy,
+  FollowBlock,
+  FollowInfo,
+  type GitConflict,
   GitRefused,
   InvalidBranchName,
   InvalidWorkspaceRequest,
   NotARepository,
+  type NothingToCommit,
   PathInUse,
   WorkspaceExists,
   WorkspaceInfo,
@@ -47,7 +51,14 @@ const DbRow = Schema.Struct({
   default_branch: Schema.String,
   worktrees_dir: Schema.String,
   close_policy: ClosePolicy,
-  created_at: Schema.DateFromSelf
+  created_at: Schema.DateFromSelf,
+  follow_branch: Schema.NullOr(Schema.String),
+  follow_state: Schema.NullOr(Schema.Literal("following", "blocked")),
+  follow_reason: Schema.NullOr(FollowBlock),
+  follow_message: Schema.NullOr(Schema.String),
+  follow_commit: Schema.NullOr(Schema.String),
+  follow_restore: Schema.NullOr(Schema.String),
+  follow_updated_at: Schema.NullOr(Schema.DateFromSelf)
 })
 const decodeRows = Schema.decodeUnknown(Schema.Array(DbRow))
 
@@ -59,7 +70,19 @@ const toInfo = (row: typeof DbRow.Type): WorkspaceInfo =>
     defaultBranch: row.default_branch,
     worktreesDir: row.worktrees_dir,
     closePolicy: row.close_policy,
-    createdAt: DateTime.unsafeFromDate(row.created_at)
+    createdAt: DateTime.unsafeFromDate(row.created_at),
+    follow:
+      row.follow_branch === null
+        ? null
+        : FollowInfo.make({
+            branch: row.follow_branch,
+            state: row.follow_state ?? "following",
+            reason: row.follow_reason,
+            message: row.follow_message,
+            commit: row.follow_commit,
+            restore: row.follow_restore,
+            updatedAt: DateTime.unsafeFromDate(row.follow_updated_at ?? row.created_at)
+          })
   })
 
 /** The store failed; nothing was changed. */
@@ -211,6 +234,8 @@ export type WorkspaceError =
   | WorktreeDirty
   | InvalidWorkspaceRequest
   | GitRefused
+  | GitConflict
+  | NothingToCommit
   | WorkspacesUnavailable
 
 const WorktreeRow = Schema.Struct({

@@ -17,6 +17,7 @@ import m0009 from "./migrations/0009_job_output_once.js"
 import m0010 from "./migrations/0010_job_artifacts.js"
 import m0011 from "./migrations/0011_workspaces.js"
 import m0012 from "./migrations/0012_notify.js"
+import m0013 from "./migrations/0013_workspace_follow.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -39,7 +40,8 @@ export const loader = Migrator.fromRecord({
   "0009_job_output_once": m0009,
   "0010_job_artifacts": m0010,
   "0011_workspaces": m0011,
-  "0012_notify": m0012
+  "0012_notify": m0012,
+  "0013_workspace_follow": m0013
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

@@ -27,6 +27,8 @@ export interface RunOptions {
   readonly maxBuffer?: number
   /** Bytes written to git's stdin. */
   readonly input?: string
+  /** Exit codes that are answers, not failures (`git diff --no-index` exits 1 on a difference). */
+  readonly okExitCodes?: ReadonlyArray<number>
 }
 
 /** Who git runs as: the server's user, or the account programs run as (when vibes is root). */
@@ -85,6 +87,8 @@ export const make = (settings: GitSettings = {}): Git["Type"] => {
           const err = stderr.toString("utf8")
           if (error === null) return resume(Effect.succeed({ stdout, stderr: err }))
           const code = typeof error.code === "number" ? error.code : null
+          if (code !== null && options.okExitCodes?.includes(code) === true)
+            return resume(Effect.succeed({ stdout, stderr: err }))
           const why =
             error.code === "ERR_CHILD_PROCESS_STDIO_MAXBUFFER"
               ? `its output is larger than ${options.maxBuffer ?? 64 * 1024 * 1024} bytes`

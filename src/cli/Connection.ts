@@ -145,6 +145,8 @@ const refusals = new Set([
   "PathInUse",
   "WorktreeDirty",
   "GitRefused",
+  "GitConflict",
+  "NothingToCommit",
   "WorkspacesUnavailable",
   "FileNotFound",
   "FileExists",

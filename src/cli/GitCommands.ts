@@ -3,9 +3,21 @@
  * a workspace (`--workspace W [--branch B]`) or a session's or job's worktree (`--session`, `--job`).
  */
 import { DateTime, Effect, Option, Schema } from "effect"
+import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
-import { BranchInfo, CommitInfo, DiffPage, DiffRequest, GitStatus, LogRequest } from "../../rpc/Git.js"
+import {
+  BranchInfo,
+  CheckedOut,
+  CheckoutRequest,
+  CommitInfo,
+  CommitMade,
+  CommitRequest,
+  DiffPage,
+  DiffRequest,
+  GitStatus,
+  LogRequest
+} from "../../rpc/Git.js"
 import { connectionOptions, resolveConnection, withClient } from "./Connection.js"
 import { json as toJson, printable, printableLines } from "./Display.js"
 import { formatTable } from "./SessionCommands.js"
@@ -163,13 +175,19 @@ const diff = Command.make(
       for (const file of page.files) {
         const name = printable(file.oldPath === null ? file.path : `${file.oldPath} => ${file.path}`)
         if (flags.stat || file.patch === null) {
-          console.log(file.binary ? `binary\t${name}` : `+${file.added ?? 0}\t-${file.deleted ?? 0}\t${name}`)
+          const mark = file.untracked ? "\t(untracked)" : ""
+          console.log(
+            file.binary
+              ? `binary\t${name}${mark}`
+              : file.added === null
+                ? `+?\t-?\t${name}${mark} (too large to show)`
+                : `+${file.added}\t-${file.deleted ?? 0}\t${name}${mark}`
+          )
         } else {
           process.stdout.write(printableLines(file.patch.replace(/\n$/, "")) + "\n")
           if (file.truncated) console.log(`[vibes: the patch of ${name} is cut here]`)
         }
       }
-      for (const path of page.untracked) console.log(`untracked\t${printable(path)}`)
       const shown = page.offset + page.files.length
       if (shown < page.total) console.log(`[vibes: ${page.total - shown} more files: --offset ${shown}]`)
     })
@@ -177,10 +195,86 @@ const diff = Command.make(
   Command.withDescription("What changed: the working tree against HEAD, or the branch against its base.")
 )
 
-/** `vibes git status|branches|log|diff`. */
+const commit = Command.make(
+  "commit",
+  {
+    ...connectionOptions,
+    ...target,
+    json,
+    message: Options.text("message").pipe(
+      Options.withAlias("m"),
+      Options.withDescription("The commit message")
+    ),
+    all: Options.boolean("all").pipe(
+      Options.withAlias("a"),
+      Options.withDescription("Stage every change first: new, changed and deleted files (git add --all)")
+    )
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      const made = yield* withClient(connection, flags.timeout, (client) =>
+        client.Git.Commit(CommitRequest.make({ ...targetOf(flags), message: flags.message, all: flags.all }))
+      )
+      if (flags.json) return console.log(toJson(Schema.encodeSync(CommitMade)(made)))
+      console.log(
+        printable(
+          `[${made.branch ?? "detached HEAD"} ${made.commit.commit.slice(0, 12)}] ${made.commit.subject}`
+        )
+      )
+    })
+).pipe(
+  Command.withDescription(
+    "Commit what is staged in a worktree (--all: every change). Refused with unmerged paths or nothing to commit."
+  )
+)
+
+const checkout = Command.make(
+  "checkout",
+  {
+    ...connectionOptions,
+    ...target,
+    json,
+    create: Options.boolean("create").pipe(
+      Options.withAlias("c"),
+      Options.withDescription("Create the branch")
+    ),
+    from: Options.text("from").pipe(
+      Options.withDescription("With --create: where the new branch starts. Default: HEAD"),
+      Options.optional
+    ),
+    to: Args.text({ name: "BRANCH" }).pipe(Args.withDescription("The branch to switch to"))
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      const connection = yield* resolveConnection(flags)
+      const done = yield* withClient(connection, flags.timeout, (client) =>
+        client.Git.Checkout(
+          CheckoutRequest.make({
+            ...targetOf(flags),
+            to: flags.to,
+            create: flags.create,
+            ...(Option.isSome(flags.from) ? { from: flags.from.value } : {})
+          })
+        )
+      )
+      if (flags.json) return console.log(toJson(Schema.encodeSync(CheckedOut)(done)))
+      console.log(
+        printable(
+          `${done.path}: on ${done.created ? "new branch " : ""}${done.branch} at ${done.commit.slice(0, 12)}`
+        )
+      )
+    })
+).pipe(
+  Command.withDescription(
+    "Switch a checkout to a branch. Refused with uncommitted changes to tracked files, unmerged paths, a branch checked out elsewhere, or in a worktree vibes made for a session or job."
+  )
+)
+
+/** `vibes git status|branches|log|diff|commit|checkout`. */
 export const command = Command.make("git").pipe(
   Command.withDescription(
-    "The git service: `vibes git status|branches|log|diff` of a workspace or a session's worktree."
+    "The git service: `vibes git status|branches|log|diff|commit|checkout` of a workspace or a session's worktree."
   ),
-  Command.withSubcommands([status, branches, log, diff])
+  Command.withSubcommands([status, branches, log, diff, commit, checkout])
 )

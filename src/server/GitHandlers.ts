@@ -13,7 +13,9 @@ export const layer = GitRpcs.toLayer(
       "Git.Status": (request) => git.status(request, request.offset, request.limit),
       "Git.Branches": (request) => git.branches(request, request.offset, request.limit),
       "Git.Log": (request) => git.log(request, request.ref, request.offset, request.limit),
-      "Git.Diff": (request) => git.diff(request)
+      "Git.Diff": (request) => git.diff(request),
+      "Git.Commit": (request) => git.commit(request),
+      "Git.Checkout": (request) => git.checkout(request)
     }
   })
 )

@@ -48,6 +48,7 @@ import * as SessionSettings from "../../actors/session/SessionSettings.js"
 import * as Workspaces from "../../actors/workspace/Workspaces.js"
 import * as GitService from "../../actors/workspace/GitService.js"
 import * as GitWatcher from "../../actors/workspace/GitWatcher.js"
+import * as Follow from "../../actors/workspace/Follow.js"
 import * as Files from "../../actors/workspace/Files.js"
 import * as InboundHooks from "../../actors/notify/Hooks.js"
 import * as Notifier from "../../actors/notify/Notifier.js"
@@ -385,7 +386,11 @@ const workspaces = (children: Children) => {
     children.sandbox._tag === "RunAs"
       ? { uid: children.sandbox.user.uid, gid: children.sandbox.user.gid, home: children.sandbox.user.home }
       : {}
-  return Layer.mergeAll(Workspaces.closerLayer, Files.layer(programs)).pipe(
+  return Layer.mergeAll(
+    Workspaces.closerLayer,
+    Files.layer(programs),
+    Follow.layer({ pollInterval: Duration.seconds(5) })
+  ).pipe(
     Layer.provideMerge(GitService.layer),
     Layer.provideMerge(Workspaces.layer),
     Layer.provideMerge(GitWatcher.layer({ pollInterval: Duration.seconds(5) })),

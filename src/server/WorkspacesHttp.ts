@@ -40,6 +40,8 @@ export const statusOf = (error: WorkspaceError): number => {
     case "WorkspaceExists":
     case "PathInUse":
     case "WorktreeDirty":
+    case "GitConflict":
+    case "NothingToCommit":
       return 409
     case "GitRefused":
       return 422

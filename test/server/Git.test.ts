@@ -157,8 +157,14 @@ layer(NodeLive, { timeout: 180_000, excludeTestServices: true })("git service", 
         expect(bySession.path).toBe(dir)
 
         const diff = yield* rpc.Git.Diff(DiffRequest.make({ workspace: info.name, branch: "work" }))
-        expect(diff.total).toBe(2)
+        expect(diff.total).toBe(3)
         expect(diff.untracked).toEqual(["new.txt"])
+        expect(diff.files.find((f) => f.path === "new.txt")).toMatchObject({
+          untracked: true,
+          added: 1,
+          deleted: 0,
+          binary: false
+        })
         const binary = diff.files.find((f) => f.path === "image.bin")
         expect(binary).toMatchObject({ binary: true, patch: null, added: null })
         const text = diff.files.find((f) => f.path === "src/a.ts")

@@ -120,8 +120,10 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("workspaces", (
       expect(added.stdout).toBe(`${name}\n`)
       expect(added.code).toBe(0)
       const listed = yield* vibes(["workspace", "ls"])
-      expect(listed.stdout.split("\n")[0]).toMatch(/^NAME\s+DEFAULT BRANCH\s+ON CLOSE\s+ADDED\s+PATH$/)
-      expect(listed.stdout).toMatch(new RegExp(`^${name}\\s+main\\s+keep\\s+\\S+\\s+${repo.path}$`, "m"))
+      expect(listed.stdout.split("\n")[0]).toMatch(
+        /^NAME\s+DEFAULT BRANCH\s+ON CLOSE\s+ADDED\s+FOLLOWS\s+PATH$/
+      )
+      expect(listed.stdout).toMatch(new RegExp(`^${name}\\s+main\\s+keep\\s+\\S+\\s+-\\s+${repo.path}$`, "m"))
       const plain = yield* tempDir("vibes-plain-")
       const refused = yield* vibes(["workspace", "add", plain])
       expect(refused.code).toBe(2)
