@@ -16,6 +16,7 @@ import m0008 from "./migrations/0008_event_bytes.js"
 import m0009 from "./migrations/0009_job_output_once.js"
 import m0010 from "./migrations/0010_job_artifacts.js"
 import m0011 from "./migrations/0011_workspaces.js"
+import m0012 from "./migrations/0012_proxy_conversations.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -37,7 +38,8 @@ export const loader = Migrator.fromRecord({
   "0008_event_bytes": m0008,
   "0009_job_output_once": m0009,
   "0010_job_artifacts": m0010,
-  "0011_workspaces": m0011
+  "0011_workspaces": m0011,
+  "0012_proxy_conversations": m0012
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

@@ -59,6 +59,7 @@ import * as FilesHttp from "./FilesHttp.js"
 import * as AttachSocket from "./AttachSocket.js"
 import { formatIssue } from "./JsonApi.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
+import * as ConversationsHandlers from "./ConversationsHandlers.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 import * as WorkspacesHandlers from "./WorkspacesHandlers.js"
 import * as GitHandlers from "./GitHandlers.js"
@@ -484,6 +485,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(ArtifactsHandlers.layer),
     Layer.provide(RecordingsHandlers.layer),
     Layer.provide(ProxyHandlers.layer),
+    Layer.provide(ConversationsHandlers.layer),
     Layer.provide(WorkspacesHandlers.layer),
     Layer.provide(GitHandlers.layer),
     Layer.provide(FilesHandlers.layer),

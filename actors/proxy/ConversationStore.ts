@@ -1,0 +1,516 @@
+/**
+ * Where recorded conversations live: `vibes_conversations`, `vibes_proxy_turns` and the
+ * compressed bodies in `vibes_proxy_turn_bodies` (migration 0012). Storing a turn threads it:
+ * a Responses request names its parent by `previous_response_id`; a Messages or Chat request's
+ * parent is the latest answered turn of the same caller whose whole message chain is a strict
+ * prefix of its own. A parent that already has an answered child makes the new turn a fork: a
+ * conversation of its own that names the turn it left from.
+ */
+import * as zlib from "node:zlib"
+import { Context, DateTime, Effect, Layer, Option } from "effect"
+import { SqlClient } from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import {
+  type Block,
+  type CostBy,
+  CostRow,
+  ConversationDetail,
+  ConversationNotFound,
+  ConversationSummary,
+  ConversationsUnavailable,
+  TurnDetail,
+  TurnMessage,
+  TurnSummary,
+  TurnUsage,
+  type TurnApi
+} from "../../rpc/Conversations.js"
+import * as Turns from "./Turns.js"
+
+/** The tenant conversations belong to (vibes has one until tenants arrive). */
+const tenant = "default"
+
+/** One stored body of a turn. */
+export interface Body {
+  readonly kind: "request" | "response" | "assembled"
+  readonly encoding: "identity" | "gzip"
+  /** Bytes before compression. */
+  readonly size: number
+  /** Only the first bytes were kept (the body was larger than the capture limit). */
+  readonly truncated: boolean
+  readonly body: Buffer
+}
+
+/** A turn ready to store. */
+export interface NewTurn {
+  readonly id: string
+  readonly provider: string
+  readonly api: TurnApi
+  readonly model: string | null
+  readonly path: string
+  readonly status: number
+  readonly errorKind: string | null
+  readonly streamed: boolean
+  readonly client: string
+  readonly sessionId: string | null
+  readonly jobId: string | null
+  /** The request's chain of message hashes (`Turns.chain`). */
+  readonly chain: ReadonlyArray<Buffer>
+  readonly previousResponseId: string | null
+  readonly responseId: string | null
+  readonly stopReason: string | null
+  readonly toolCalls: number
+  readonly usage: TurnUsage
+  readonly costUsd: number | null
+  readonly latencyMs: number
+  readonly ttfbMs: number | null
+  readonly requestBytes: number
+  readonly responseBytes: number
+  readonly preview: string
+  readonly title: string
+  readonly searchText: string
+  readonly bodies: ReadonlyArray<Body>
+}
+
+/** Where a stored turn went. */
+export interface Threaded {
+  readonly conversationId: string
+  readonly seq: number
+  readonly parentTurnId: string | null
+  readonly forked: boolean
+}
+
+/** Spend loaded at start, for the budgets. */
+export interface Spent {
+  readonly byHolder: ReadonlyArray<{ readonly key: string; readonly usd: number }>
+  readonly today: number
+}
+
+/** The conversation store. */
+export class ConversationStore extends Context.Tag("vibes/ConversationStore")<
+  ConversationStore,
+  {
+    readonly insert: (turn: NewTurn) => Effect.Effect<Threaded, SqlError>
+    readonly list: (options: {
+      readonly sessionId?: string | undefined
+      readonly jobId?: string | undefined
+      readonly search?: string | undefined
+      readonly limit: number
+    }) => Effect.Effect<ReadonlyArray<ConversationSummary>, ConversationsUnavailable>
+    readonly get: (
+      conversationId: string,
+      bodies: boolean
+    ) => Effect.Effect<ConversationDetail, ConversationNotFound | ConversationsUnavailable>
+    readonly cost: (options: {
+      readonly by: CostBy
+      readonly sessionId?: string | undefined
+      readonly days: number
+    }) => Effect.Effect<ReadonlyArray<CostRow>, ConversationsUnavailable>
+    /** Deletes the turns recorded before `cutoff`, and the conversations left empty. */
+    readonly prune: (cutoff: Date) => Effect.Effect<number, SqlError>
+    /** Spend per session and job over the last `days`, and since midnight UTC. */
+    readonly spent: (days: number) => Effect.Effect<Spent, SqlError>
+    /** The turns stored in all (for tests and `vibes doctor`). */
+    readonly count: Effect.Effect<number, SqlError>
+  }
+>() {}
+
+interface ConversationRow {
+  readonly id: string
+  readonly provider: string
+  readonly api: TurnApi
+  readonly client: string
+  readonly session_id: string | null
+  readonly job_id: string | null
+  readonly parent_id: string | null
+  readonly forked_from_turn_id: string | null
+  readonly title: string
+  readonly created_at: Date
+  readonly updated_at: Date
+  readonly model: string | null
+  readonly turns: string | number
+  readonly input_tokens: string | number | null
+  readonly output_tokens: string | number | null
+  readonly cache_read_tokens: string | number | null
+  readonly cache_write_tokens: string | number | null
+  readonly cost_usd: number | null
+}
+
+interface TurnRow {
+  readonly id: string
+  readonly conversation_id: string
+  readonly seq: number
+  readonly parent_turn_id: string | null
+  readonly provider: string
+  readonly api: TurnApi
+  readonly model: string | null
+  readonly status: number
+  readonly error_kind: string | null
+  readonly streamed: boolean
+  readonly stop_reason: string | null
+  readonly tool_calls: number
+  readonly input_tokens: number | null
+  readonly output_tokens: number | null
+  readonly cache_read_tokens: number | null
+  readonly cache_write_tokens: number | null
+  readonly cost_usd: number | null
+  readonly latency_ms: number
+  readonly ttfb_ms: number | null
+  readonly request_bytes: string | number
+  readonly response_bytes: string | number
+  readonly preview: string
+  readonly input_from: number
+  readonly created_at: Date
+}
+
+interface BodyRow {
+  readonly turn_id: string
+  readonly kind: Body["kind"]
+  readonly encoding: Body["encoding"]
+  readonly body: Buffer
+}
+
+const num = (value: string | number | null): number | null => (value === null ? null : Number(value))
+
+const unavailable = (error: SqlError) =>
+  new ConversationsUnavailable({ message: `the conversation store cannot be read: ${error.message}` })
+
+/** A body's bytes, decompressed. */
+export const decode = (row: {
+  readonly encoding: Body["encoding"]
+  readonly body: Buffer
+}): Effect.Effect<Buffer> =>
+  row.encoding === "identity"
+    ? Effect.succeed(row.body)
+    : Effect.async<Buffer>((resume) =>
+        zlib.gunzip(row.body, (error, out) =>
+          resume(
+            error === null
+              ? Effect.succeed(out)
+              : Effect.succeed(Buffer.from(`[cannot decompress: ${error.message}]`))
+          )
+        )
+      )
+
+const summaryOf = (row: ConversationRow) =>
+  new ConversationSummary({
+    id: row.id,
+    provider: row.provider,
+    api: row.api,
+    client: row.client,
+    sessionId: row.session_id,
+    jobId: row.job_id,
+    parentId: row.parent_id,
+    forkedFromTurnId: row.forked_from_turn_id,
+    title: row.title,
+    model: row.model,
+    turns: Number(row.turns),
+    usage: new TurnUsage({
+      inputTokens: num(row.input_tokens),
+      outputTokens: num(row.output_tokens),
+      cacheReadTokens: num(row.cache_read_tokens),
+      cacheWriteTokens: num(row.cache_write_tokens)
+    }),
+    costUsd: row.cost_usd,
+    createdAt: DateTime.unsafeFromDate(row.created_at),
+    updatedAt: DateTime.unsafeFromDate(row.updated_at)
+  })
+
+const turnOf = (row: TurnRow) =>
+  new TurnSummary({
+    id: row.id,
+    conversationId: row.conversation_id,
+    seq: row.seq,
+    parentTurnId: row.parent_turn_id,
+    provider: row.provider,
+    api: row.api,
+    model: row.model,
+    status: row.status,
+    errorKind: row.error_kind,
+    streamed: row.streamed,
+    stopReason: row.stop_reason,
+    toolCalls: row.tool_calls,
+    usage: new TurnUsage({
+      inputTokens: row.input_tokens,
+      outputTokens: row.output_tokens,
+      cacheReadTokens: row.cache_read_tokens,
+      cacheWriteTokens: row.cache_write_tokens
+    }),
+    costUsd: row.cost_usd,
+    latencyMs: row.latency_ms,
+    ttfbMs: row.ttfb_ms,
+    requestBytes: Number(row.request_bytes),
+    responseBytes: Number(row.response_bytes),
+    preview: row.preview,
+    createdAt: DateTime.unsafeFromDate(row.created_at)
+  })
+
+const parseJson = (bytes: Buffer): unknown => {
+  try {
+    return JSON.parse(bytes.toString("utf8"))
+  } catch {
+    return null
+  }
+}
+
+/** The assembled blocks as the recorder stored them. */
+const blocksOf = (value: unknown): ReadonlyArray<Block> =>
+  typeof value === "object" && value !== null && "blocks" in value && Array.isArray(value.blocks)
+    ? (value.blocks as ReadonlyArray<Block>) // written by the recorder from `Block`s
+    : []
+
+/** The store on the node's Postgres. */
+export const layer: Layer.Layer<ConversationStore, never, SqlClient> = Layer.effect(
+  ConversationStore,
+  Effect.gen(function* () {
+    const sql = yield* SqlClient
+
+    const parentOf = (turn: NewTurn) =>
+      Effect.gen(function* () {
+        type Parent = {
+          readonly id: string
+          readonly conversation_id: string
+          readonly message_count: number
+        }
+        if (turn.previousResponseId !== null) {
+          const rows = yield* sql<Parent>`
+            SELECT id, conversation_id, message_count FROM vibes_proxy_turns
+            WHERE tenant_id = ${tenant} AND response_id = ${turn.previousResponseId}
+            ORDER BY created_at DESC LIMIT 1`
+          return { parent: Option.fromNullable(rows[0]), inputFrom: 0 }
+        }
+        const prefixes = turn.chain.slice(0, -1)
+        if (prefixes.length === 0) return { parent: Option.none<Parent>(), inputFrom: 0 }
+        const rows = yield* sql<Parent>`
+          SELECT id, conversation_id, message_count FROM vibes_proxy_turns
+          WHERE messages_hash IN ${sql.in(prefixes)}
+            AND tenant_id = ${tenant} AND provider = ${turn.provider} AND api = ${turn.api}
+            AND session_id IS NOT DISTINCT FROM ${turn.sessionId}
+            AND job_id IS NOT DISTINCT FROM ${turn.jobId}
+            AND status < 400
+          ORDER BY message_count DESC, created_at DESC LIMIT 1`
+        const parent = Option.fromNullable(rows[0])
+        return {
+          parent,
+          inputFrom: Option.match(parent, { onNone: () => 0, onSome: (p) => p.message_count })
+        }
+      })
+
+    const insert = (turn: NewTurn) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          const { parent, inputFrom } = yield* parentOf(turn)
+          const answered = turn.status < 400 && turn.errorKind === null
+          let conversationId: string
+          let forked = false
+          if (Option.isSome(parent)) {
+            const children = yield* sql<{ readonly n: number }>`
+              SELECT 1 AS n FROM vibes_proxy_turns
+              WHERE parent_turn_id = ${parent.value.id} AND status < 400 AND error_kind IS NULL LIMIT 1`
+            forked = answered && children.length > 0
+            conversationId = forked ? turn.id : parent.value.conversation_id
+          } else conversationId = turn.id
+          const parentTurnId = Option.match(parent, { onNone: () => null, onSome: (p) => p.id })
+          if (conversationId === turn.id) {
+            yield* sql`
+              INSERT INTO vibes_conversations
+                (id, tenant_id, provider, api, client, session_id, job_id, parent_id, forked_from_turn_id, title)
+              VALUES (${conversationId}, ${tenant}, ${turn.provider}, ${turn.api}, ${turn.client},
+                ${turn.sessionId}, ${turn.jobId},
+                ${forked ? Option.getOrThrow(parent).conversation_id : null}, ${forked ? parentTurnId : null},
+                ${turn.title})`
+          } else {
+            yield* sql`UPDATE vibes_conversations SET updated_at = now() WHERE id = ${conversationId}`
+          }
+          const seqRows = yield* sql<{ readonly seq: number }>`
+            SELECT coalesce(max(seq), 0) + 1 AS seq FROM vibes_proxy_turns WHERE conversation_id = ${conversationId}`
+          const seq = Number(seqRows[0]?.seq ?? 1)
+          const last = turn.chain[turn.chain.length - 1] ?? null
+          yield* sql`
+            INSERT INTO vibes_proxy_turns (
+              id, tenant_id, conversation_id, seq, parent_turn_id, provider, api, model, path, status,
+              error_kind, streamed, client, session_id, job_id, messages_hash, message_count, input_from,
+              response_id, stop_reason, tool_calls, input_tokens, output_tokens, cache_read_tokens,
+              cache_write_tokens, cost_usd, latency_ms, ttfb_ms, request_bytes, response_bytes, preview, search
+            ) VALUES (
+              ${turn.id}, ${tenant}, ${conversationId}, ${seq}, ${parentTurnId}, ${turn.provider}, ${turn.api},
+              ${turn.model}, ${turn.path}, ${turn.status}, ${turn.errorKind}, ${turn.streamed}, ${turn.client},
+              ${turn.sessionId}, ${turn.jobId}, ${last}, ${turn.chain.length}, ${inputFrom},
+              ${turn.responseId}, ${turn.stopReason}, ${turn.toolCalls}, ${turn.usage.inputTokens},
+              ${turn.usage.outputTokens}, ${turn.usage.cacheReadTokens}, ${turn.usage.cacheWriteTokens},
+              ${turn.costUsd}, ${turn.latencyMs}, ${turn.ttfbMs}, ${turn.requestBytes}, ${turn.responseBytes},
+              ${turn.preview}, to_tsvector('simple', ${turn.searchText})
+            )`
+          for (const body of turn.bodies) {
+            yield* sql`
+              INSERT INTO vibes_proxy_turn_bodies (turn_id, kind, tenant_id, encoding, size, truncated, body)
+              VALUES (${turn.id}, ${body.kind}, ${tenant}, ${body.encoding}, ${body.size}, ${body.truncated}, ${body.body})`
+          }
+          return { conversationId, seq, parentTurnId, forked } satisfies Threaded
+        })
+      )
+
+    const totals = sql`
+      count(t.id) AS turns,
+      sum(t.input_tokens) AS input_tokens, sum(t.output_tokens) AS output_tokens,
+      sum(t.cache_read_tokens) AS cache_read_tokens, sum(t.cache_write_tokens) AS cache_write_tokens,
+      sum(t.cost_usd) AS cost_usd`
+
+    const list: ConversationStore["Type"]["list"] = (options) =>
+      sql<ConversationRow>`
+        SELECT c.*, (array_agg(t.model ORDER BY t.seq DESC))[1] AS model, ${totals}
+        FROM vibes_conversations c JOIN vibes_proxy_turns t ON t.conversation_id = c.id
+        WHERE c.tenant_id = ${tenant}
+          ${options.sessionId === undefined ? sql`` : sql`AND c.session_id = ${options.sessionId}`}
+          ${options.jobId === undefined ? sql`` : sql`AND c.job_id = ${options.jobId}`}
+          ${
+            options.search === undefined
+              ? sql``
+              : sql`AND c.id IN (SELECT conversation_id FROM vibes_proxy_turns
+                    WHERE tenant_id = ${tenant} AND search @@ websearch_to_tsquery('simple', ${options.search}))`
+          }
+        GROUP BY c.id
+        ORDER BY c.updated_at DESC, c.id DESC
+        LIMIT ${options.limit}`.pipe(
+        Effect.map((rows) => rows.map(summaryOf)),
+        Effect.mapError(unavailable)
+      )
+
+    const get: ConversationStore["Type"]["get"] = (conversationId, withBodies) =>
+      Effect.gen(function* () {
+        const rows = yield* sql<ConversationRow>`
+          SELECT c.*, (array_agg(t.model ORDER BY t.seq DESC))[1] AS model, ${totals}
+          FROM vibes_conversations c JOIN vibes_proxy_turns t ON t.conversation_id = c.id
+          WHERE c.tenant_id = ${tenant} AND c.id = ${conversationId}
+          GROUP BY c.id`
+        const row = rows[0]
+        if (row === undefined) {
+          return yield* new ConversationNotFound({
+            conversationId,
+            message: `no conversation ${conversationId}; list them with 'vibes conversations'`
+          })
+        }
+        const turns = yield* sql<TurnRow>`
+          SELECT * FROM vibes_proxy_turns WHERE conversation_id = ${conversationId} ORDER BY seq`
+        const kinds = withBodies ? ["request", "response", "assembled"] : ["request", "assembled"]
+        const bodies =
+          turns.length === 0
+            ? []
+            : yield* sql<BodyRow>`
+                SELECT turn_id, kind, encoding, body FROM vibes_proxy_turn_bodies
+                WHERE turn_id IN ${sql.in(turns.map((t) => t.id))} AND kind IN ${sql.in(kinds)}`
+        const byTurn = new Map<string, Map<string, Buffer>>()
+        for (const body of bodies) {
+          const decoded = yield* decode(body)
+          const entry = byTurn.get(body.turn_id) ?? new Map<string, Buffer>()
+          entry.set(body.kind, decoded)
+          byTurn.set(body.turn_id, entry)
+        }
+        const details = turns.map((turn, index) => {
+          const stored = byTurn.get(turn.id)
+          const request = stored?.get("request")
+          const view = request === undefined ? null : Turns.readRequest(turn.api, parseJson(request))
+          const input = view === null ? [] : Turns.messages(view, turn.input_from)
+          // A request that extends its parent repeats the parent's answer first: shown once, there.
+          let start = 0
+          if (turn.input_from > 0) while (input[start]?.role === "assistant") start += 1
+          const assembled = stored?.get("assembled")
+          return new TurnDetail({
+            turn: turnOf(turn),
+            system: index === 0 || turn.input_from === 0 ? (view?.system ?? null) : null,
+            input: input.slice(start).map((message) => new TurnMessage(message)),
+            output: assembled === undefined ? [] : blocksOf(parseJson(assembled)),
+            requestBody: withBodies && request !== undefined ? request.toString("utf8") : null,
+            responseBody: withBodies ? (stored?.get("response")?.toString("utf8") ?? null) : null
+          })
+        })
+        return new ConversationDetail({ conversation: summaryOf(row), turns: details })
+      }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(unavailable(error))))
+
+    const cost: ConversationStore["Type"]["cost"] = (options) => {
+      const key =
+        options.by === "model"
+          ? sql`coalesce(t.model, '-')`
+          : options.by === "session"
+            ? sql`coalesce(t.session_id, CASE WHEN t.job_id IS NOT NULL THEN 'job:' || t.job_id ELSE t.client END)`
+            : options.by === "day"
+              ? sql`to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')`
+              : sql`t.conversation_id::text`
+      const provider = options.by === "model" ? sql`t.provider` : sql`NULL::text`
+      return sql<{
+        readonly key: string
+        readonly provider: string | null
+        readonly turns: string | number
+        readonly unpriced: string | number
+        readonly input_tokens: string | number | null
+        readonly output_tokens: string | number | null
+        readonly cache_read_tokens: string | number | null
+        readonly cache_write_tokens: string | number | null
+        readonly cost_usd: number | null
+      }>`
+        SELECT ${key} AS key, ${provider} AS provider, ${totals},
+          count(t.id) FILTER (WHERE t.cost_usd IS NULL) AS unpriced
+        FROM vibes_proxy_turns t
+        WHERE t.tenant_id = ${tenant} AND t.created_at > now() - make_interval(days => ${options.days})
+          ${options.sessionId === undefined ? sql`` : sql`AND t.session_id = ${options.sessionId}`}
+        GROUP BY 1, 2
+        ORDER BY ${options.by === "day" ? sql`1 DESC` : sql`sum(t.cost_usd) DESC NULLS LAST, 1`}
+        LIMIT 1000`.pipe(
+        Effect.map((rows) =>
+          rows.map(
+            (row) =>
+              new CostRow({
+                key: row.key,
+                provider: row.provider,
+                turns: Number(row.turns),
+                usage: new TurnUsage({
+                  inputTokens: num(row.input_tokens),
+                  outputTokens: num(row.output_tokens),
+                  cacheReadTokens: num(row.cache_read_tokens),
+                  cacheWriteTokens: num(row.cache_write_tokens)
+                }),
+                costUsd: row.cost_usd,
+                unpriced: Number(row.unpriced)
+              })
+          )
+        ),
+        Effect.mapError(unavailable)
+      )
+    }
+
+    const prune = (cutoff: Date) =>
+      Effect.gen(function* () {
+        const deleted = yield* sql<{ readonly id: string }>`
+          DELETE FROM vibes_proxy_turns WHERE created_at < ${cutoff} RETURNING id`
+        yield* sql`
+          DELETE FROM vibes_conversations c WHERE c.updated_at < ${cutoff}
+            AND NOT EXISTS (SELECT 1 FROM vibes_proxy_turns t WHERE t.conversation_id = c.id)`
+        return deleted.length
+      })
+
+    const spent = (days: number) =>
+      Effect.gen(function* () {
+        const rows = yield* sql<{ readonly key: string; readonly usd: number }>`
+          SELECT CASE WHEN session_id IS NOT NULL THEN 'session:' || session_id ELSE 'job:' || job_id END AS key,
+                 sum(cost_usd) AS usd
+          FROM vibes_proxy_turns
+          WHERE tenant_id = ${tenant} AND cost_usd IS NOT NULL
+            AND (session_id IS NOT NULL OR job_id IS NOT NULL)
+            AND created_at > now() - make_interval(days => ${days})
+          GROUP BY 1`
+        const today = yield* sql<{ readonly usd: number | null }>`
+          SELECT sum(cost_usd) AS usd FROM vibes_proxy_turns
+          WHERE tenant_id = ${tenant} AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'`
+        return {
+          byHolder: rows.map((row) => ({ key: row.key, usd: Number(row.usd) })),
+          today: Number(today[0]?.usd ?? 0)
+        }
+      })
+
+    const count = Effect.map(
+      sql<{ readonly n: string | number }>`SELECT count(*) AS n FROM vibes_proxy_turns`,
+      (rows) => Number(rows[0]?.n ?? 0)
+    )
+
+    return ConversationStore.of({ insert, list, get, cost, prune, spent, count })
+  })
+)
