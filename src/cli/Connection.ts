@@ -148,7 +148,9 @@ const refusals = new Set([
   "FileNotFound",
   "FileExists",
   "FileTooLarge",
-  "FilesUnavailable"
+  "FilesUnavailable",
+  "ConversationNotFound",
+  "ConversationsUnavailable"
 ])
 
 const isTagged = (error: unknown): error is { readonly _tag: string; readonly message: string } =>
