@@ -60,6 +60,7 @@ import * as AttachSocket from "./AttachSocket.js"
 import { formatIssue } from "./JsonApi.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
 import * as ConversationsHandlers from "./ConversationsHandlers.js"
+import * as ConversationsHttp from "./ConversationsHttp.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 import * as WorkspacesHandlers from "./WorkspacesHandlers.js"
 import * as GitHandlers from "./GitHandlers.js"
@@ -537,6 +538,9 @@ export const routes = (options: RouteOptions) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     ),
     ...FilesHttp.handlers.map(([method, path, handler]) =>
+      HttpLayerRouter.add(method, path, authenticated(handler))
+    ),
+    ...ConversationsHttp.handlers.map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     )
   ).pipe(Layer.provide(RequestMetrics.httpMiddleware.layer))

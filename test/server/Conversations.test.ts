@@ -628,6 +628,50 @@ layer(EnvLive, { timeout: 120_000, excludeTestServices: true })("proxy conversat
       })
   )
 
+  it.scoped(
+    "the REST API lists, reads and costs conversations, after credentials, and refuses bad input",
+    () =>
+      Effect.gen(function* () {
+        const { server } = yield* ConversationsEnv
+        const client = yield* freshSession
+        yield* Effect.promise(() =>
+          client.anthropic.messages.create({
+            model: "claude-test-1",
+            max_tokens: 16,
+            messages: [{ role: "user", content: "rest please" }]
+          })
+        )
+        const [event] = yield* eventsOf(client.sessionId, "proxy.turn", 1)
+        const id = String(data(event as StoredEvent)["conversationId"])
+        const get = (path: string, token: string | null = server.token) =>
+          Effect.promise(async () => {
+            const response = await fetch(`${server.url}${path}`, {
+              headers: token === null ? {} : { authorization: `Bearer ${token}` }
+            })
+            return { status: response.status, body: (await response.json()) as unknown }
+          })
+        expect((yield* get(`/api/conversations?session=${client.sessionId}`, null)).status).toBe(401)
+        // A session's proxy token is for the proxy only.
+        expect((yield* get(`/api/conversations?session=${client.sessionId}`, client.token)).status).toBe(401)
+        const listed = yield* get(`/api/conversations?session=${encodeURIComponent(client.sessionId)}`)
+        expect(listed.status).toBe(200)
+        expect(listed.body).toMatchObject([{ id, turns: 1, title: "rest please" }])
+        const one = yield* get(`/api/conversations/${id}?bodies=true`)
+        expect(one.status).toBe(200)
+        expect(one.body).toMatchObject({ conversation: { id }, turns: [{ turn: { seq: 1, status: 200 } }] })
+        const cost = yield* get(
+          `/api/conversations-cost?by=session&session=${encodeURIComponent(client.sessionId)}`
+        )
+        expect(cost.body).toMatchObject([{ key: client.sessionId, turns: 1 }])
+        expect((cost.body as Array<{ costUsd: number }>)[0]?.costUsd).toBeCloseTo(0.000111, 10)
+        expect((yield* get("/api/conversations?limit=0")).status).toBe(400)
+        expect((yield* get("/api/conversations-cost?by=planet")).status).toBe(400)
+        expect((yield* get("/api/conversations/not-a-uuid")).status).toBe(400)
+        const missing = yield* get("/api/conversations/01890000-0000-7000-8000-000000000000")
+        expect(missing).toMatchObject({ status: 404, body: { error: "ConversationNotFound" } })
+      })
+  )
+
   it.scoped("a provider with recording off leaves nothing in the store", () =>
     Effect.gen(function* () {
       const { server, rpc, quiet } = yield* ConversationsEnv
