@@ -79,6 +79,23 @@ export interface Threaded {
   readonly forked: boolean
 }
 
+/** A stored turn as threading needs it. */
+interface Known {
+  readonly id: string
+  readonly conversationId: string
+  readonly messageCount: number
+  readonly seq: number
+  /** An answered turn continues it already: the next one to do so is a fork. */
+  answeredChild: boolean
+}
+
+/** Turns (and conversations) threading keeps in memory, per index. */
+const maxKnown = 50_000
+
+/** The key of a chain hash among a caller's turns of one provider and API. */
+const hashKey = (turn: NewTurn, hash: Buffer) =>
+  `${turn.provider}\0${turn.api}\0${turn.sessionId ?? ""}\0${turn.jobId ?? ""}\0${hash.toString("base64")}`
+
 /** Spend loaded at start, for the budgets. */
 export interface Spent {
   readonly byHolder: ReadonlyArray<{ readonly key: string; readonly usd: number }>
@@ -89,7 +106,8 @@ export interface Spent {
 export class ConversationStore extends Context.Tag("vibes/ConversationStore")<
   ConversationStore,
   {
-    readonly insert: (turn: NewTurn) => Effect.Effect<Threaded, SqlError>
+    /** Stores turns in order, threading each (a later one may continue an earlier one). */
+    readonly insert: (turns: ReadonlyArray<NewTurn>) => Effect.Effect<ReadonlyArray<Threaded>, SqlError>
     readonly list: (options: {
       readonly sessionId?: string | undefined
       readonly jobId?: string | undefined
@@ -264,90 +282,190 @@ export const layer: Layer.Layer<ConversationStore, never, SqlClient> = Layer.eff
   Effect.gen(function* () {
     const sql = yield* SqlClient
 
-    const parentOf = (turn: NewTurn) =>
+    /**
+     * What this node knows of the turns it stored lately, so that threading a turn costs no query
+     * in the common case (the agent's previous turn went through this node). A miss (a restart,
+     * another node) asks the database.
+     */
+    const known = new Map<string, Known>()
+    const byResponse = new Map<string, Known>()
+    const byHash = new Map<string, Known>()
+    const lastSeq = new Map<string, number>()
+    const remember = (turn: NewTurn, entry: Known) => {
+      for (const map of [known, byResponse, byHash])
+        if (map.size >= maxKnown) map.delete(map.keys().next().value ?? "")
+      if (lastSeq.size >= maxKnown) lastSeq.delete(lastSeq.keys().next().value ?? "")
+      known.set(entry.id, entry)
+      lastSeq.set(entry.conversationId, entry.seq)
+      if (turn.responseId !== null) byResponse.set(turn.responseId, entry)
+      const last = turn.chain[turn.chain.length - 1]
+      if (last !== undefined) byHash.set(hashKey(turn, last), entry)
+    }
+
+    type Parent = { readonly id: string; readonly conversation_id: string; readonly message_count: number }
+    const fromRow = (row: Parent, answeredChild: boolean, seq: number): Known => ({
+      id: row.id,
+      conversationId: row.conversation_id,
+      messageCount: row.message_count,
+      seq,
+      answeredChild
+    })
+
+    /** The parent turn of `turn`: from memory, else from the database. */
+    const parentOf = (turn: NewTurn): Effect.Effect<Option.Option<Known>, SqlError> =>
       Effect.gen(function* () {
-        type Parent = {
-          readonly id: string
-          readonly conversation_id: string
-          readonly message_count: number
-        }
         if (turn.previousResponseId !== null) {
-          const rows = yield* sql<Parent>`
-            SELECT id, conversation_id, message_count FROM vibes_proxy_turns
-            WHERE tenant_id = ${tenant} AND response_id = ${turn.previousResponseId}
-            ORDER BY created_at DESC LIMIT 1`
-          return { parent: Option.fromNullable(rows[0]), inputFrom: 0 }
+          const hit = byResponse.get(turn.previousResponseId)
+          if (hit !== undefined) return Option.some(hit)
+        } else {
+          for (let i = turn.chain.length - 2; i >= 0; i--) {
+            const prefix = turn.chain[i]
+            const hit = prefix === undefined ? undefined : byHash.get(hashKey(turn, prefix))
+            if (hit !== undefined) return Option.some(hit)
+          }
         }
         const prefixes = turn.chain.slice(0, -1)
-        if (prefixes.length === 0) return { parent: Option.none<Parent>(), inputFrom: 0 }
-        const rows = yield* sql<Parent>`
-          SELECT id, conversation_id, message_count FROM vibes_proxy_turns
-          WHERE messages_hash IN ${sql.in(prefixes)}
-            AND tenant_id = ${tenant} AND provider = ${turn.provider} AND api = ${turn.api}
-            AND session_id IS NOT DISTINCT FROM ${turn.sessionId}
-            AND job_id IS NOT DISTINCT FROM ${turn.jobId}
-            AND status < 400
-          ORDER BY message_count DESC, created_at DESC LIMIT 1`
-        const parent = Option.fromNullable(rows[0])
-        return {
-          parent,
-          inputFrom: Option.match(parent, { onNone: () => 0, onSome: (p) => p.message_count })
-        }
+        if (turn.previousResponseId === null && prefixes.length === 0) return Option.none()
+        const rows =
+          turn.previousResponseId !== null
+            ? yield* sql<Parent>`
+                SELECT id, conversation_id, message_count FROM vibes_proxy_turns
+                WHERE tenant_id = ${tenant} AND response_id = ${turn.previousResponseId}
+                ORDER BY created_at DESC LIMIT 1`
+            : yield* sql<Parent>`
+                SELECT id, conversation_id, message_count FROM vibes_proxy_turns
+                WHERE messages_hash IN ${sql.in(prefixes)}
+                  AND tenant_id = ${tenant} AND provider = ${turn.provider} AND api = ${turn.api}
+                  AND session_id IS NOT DISTINCT FROM ${turn.sessionId}
+                  AND job_id IS NOT DISTINCT FROM ${turn.jobId}
+                  AND status < 400 AND error_kind IS NULL
+                ORDER BY message_count DESC, created_at DESC LIMIT 1`
+        const row = rows[0]
+        if (row === undefined) return Option.none()
+        const children = yield* sql<{ readonly n: number }>`
+          SELECT 1 AS n FROM vibes_proxy_turns
+          WHERE parent_turn_id = ${row.id} AND status < 400 AND error_kind IS NULL LIMIT 1`
+        const seq = yield* seqOf(row.conversation_id)
+        return Option.some(fromRow(row, children.length > 0, seq - 1))
       })
 
-    const insert = (turn: NewTurn) =>
-      sql.withTransaction(
-        Effect.gen(function* () {
-          const { parent, inputFrom } = yield* parentOf(turn)
+    /** The next seq of a conversation. */
+    const seqOf = (conversationId: string) =>
+      Effect.gen(function* () {
+        const cached = lastSeq.get(conversationId)
+        if (cached !== undefined) return cached + 1
+        const rows = yield* sql<{ readonly seq: number }>`
+          SELECT coalesce(max(seq), 0) + 1 AS seq FROM vibes_proxy_turns WHERE conversation_id = ${conversationId}`
+        return Number(rows[0]?.seq ?? 1)
+      })
+
+    const insert = (turns: ReadonlyArray<NewTurn>) =>
+      Effect.gen(function* () {
+        const conversations = new Map<string, Record<string, unknown>>()
+        const turnRows: Array<Record<string, unknown>> = []
+        const bodyRows: Array<Record<string, unknown>> = []
+        const threaded: Array<Threaded> = []
+        for (const turn of turns) {
+          const parent = yield* parentOf(turn)
           const answered = turn.status < 400 && turn.errorKind === null
-          let conversationId: string
-          let forked = false
-          if (Option.isSome(parent)) {
-            const children = yield* sql<{ readonly n: number }>`
-              SELECT 1 AS n FROM vibes_proxy_turns
-              WHERE parent_turn_id = ${parent.value.id} AND status < 400 AND error_kind IS NULL LIMIT 1`
-            forked = answered && children.length > 0
-            conversationId = forked ? turn.id : parent.value.conversation_id
-          } else conversationId = turn.id
+          const forked = Option.isSome(parent) && answered && parent.value.answeredChild
+          const conversationId = Option.isSome(parent) && !forked ? parent.value.conversationId : turn.id
           const parentTurnId = Option.match(parent, { onNone: () => null, onSome: (p) => p.id })
-          if (conversationId === turn.id) {
-            yield* sql`
-              INSERT INTO vibes_conversations
-                (id, tenant_id, provider, api, client, session_id, job_id, parent_id, forked_from_turn_id, title)
-              VALUES (${conversationId}, ${tenant}, ${turn.provider}, ${turn.api}, ${turn.client},
-                ${turn.sessionId}, ${turn.jobId},
-                ${forked ? Option.getOrThrow(parent).conversation_id : null}, ${forked ? parentTurnId : null},
-                ${turn.title})`
-          } else {
-            yield* sql`UPDATE vibes_conversations SET updated_at = now() WHERE id = ${conversationId}`
-          }
-          const seqRows = yield* sql<{ readonly seq: number }>`
-            SELECT coalesce(max(seq), 0) + 1 AS seq FROM vibes_proxy_turns WHERE conversation_id = ${conversationId}`
-          const seq = Number(seqRows[0]?.seq ?? 1)
-          const last = turn.chain[turn.chain.length - 1] ?? null
-          yield* sql`
-            INSERT INTO vibes_proxy_turns (
-              id, tenant_id, conversation_id, seq, parent_turn_id, provider, api, model, path, status,
-              error_kind, streamed, client, session_id, job_id, messages_hash, message_count, input_from,
-              response_id, stop_reason, tool_calls, input_tokens, output_tokens, cache_read_tokens,
-              cache_write_tokens, cost_usd, latency_ms, ttfb_ms, request_bytes, response_bytes, preview, search
-            ) VALUES (
-              ${turn.id}, ${tenant}, ${conversationId}, ${seq}, ${parentTurnId}, ${turn.provider}, ${turn.api},
-              ${turn.model}, ${turn.path}, ${turn.status}, ${turn.errorKind}, ${turn.streamed}, ${turn.client},
-              ${turn.sessionId}, ${turn.jobId}, ${last}, ${turn.chain.length}, ${inputFrom},
-              ${turn.responseId}, ${turn.stopReason}, ${turn.toolCalls}, ${turn.usage.inputTokens},
-              ${turn.usage.outputTokens}, ${turn.usage.cacheReadTokens}, ${turn.usage.cacheWriteTokens},
-              ${turn.costUsd}, ${turn.latencyMs}, ${turn.ttfbMs}, ${turn.requestBytes}, ${turn.responseBytes},
-              ${turn.preview}, to_tsvector('simple', ${turn.searchText})
-            )`
+          const seq = conversationId === turn.id ? 1 : yield* seqOf(conversationId)
+          conversations.set(conversationId, {
+            id: conversationId,
+            tenant_id: tenant,
+            provider: turn.provider,
+            api: turn.api,
+            client: turn.client,
+            session_id: turn.sessionId,
+            job_id: turn.jobId,
+            parent_id: forked ? Option.getOrThrow(parent).conversationId : null,
+            forked_from_turn_id: forked ? parentTurnId : null,
+            title: turn.title
+          })
+          if (answered && Option.isSome(parent)) parent.value.answeredChild = true
+          const inputFrom = Option.match(parent, {
+            onNone: () => 0,
+            onSome: (p) => (turn.previousResponseId !== null ? 0 : p.messageCount)
+          })
+          turnRows.push({
+            id: turn.id,
+            tenant_id: tenant,
+            conversation_id: conversationId,
+            seq,
+            parent_turn_id: parentTurnId,
+            provider: turn.provider,
+            api: turn.api,
+            model: turn.model,
+            path: turn.path,
+            status: turn.status,
+            error_kind: turn.errorKind,
+            streamed: turn.streamed,
+            client: turn.client,
+            session_id: turn.sessionId,
+            job_id: turn.jobId,
+            messages_hash: turn.chain[turn.chain.length - 1] ?? null,
+            message_count: turn.chain.length,
+            input_from: inputFrom,
+            response_id: turn.responseId,
+            stop_reason: turn.stopReason,
+            tool_calls: turn.toolCalls,
+            input_tokens: turn.usage.inputTokens,
+            output_tokens: turn.usage.outputTokens,
+            cache_read_tokens: turn.usage.cacheReadTokens,
+            cache_write_tokens: turn.usage.cacheWriteTokens,
+            cost_usd: turn.costUsd,
+            latency_ms: turn.latencyMs,
+            ttfb_ms: turn.ttfbMs,
+            request_bytes: turn.requestBytes,
+            response_bytes: turn.responseBytes,
+            preview: turn.preview,
+            search_text: turn.searchText
+          })
           for (const body of turn.bodies) {
-            yield* sql`
-              INSERT INTO vibes_proxy_turn_bodies (turn_id, kind, tenant_id, encoding, size, truncated, body)
-              VALUES (${turn.id}, ${body.kind}, ${tenant}, ${body.encoding}, ${body.size}, ${body.truncated}, ${body.body})`
+            bodyRows.push({
+              turn_id: turn.id,
+              kind: body.kind,
+              tenant_id: tenant,
+              encoding: body.encoding,
+              size: body.size,
+              truncated: body.truncated,
+              body: body.body
+            })
           }
-          return { conversationId, seq, parentTurnId, forked } satisfies Threaded
-        })
-      )
+          if (answered) {
+            remember(turn, {
+              id: turn.id,
+              conversationId,
+              messageCount: turn.chain.length,
+              seq,
+              answeredChild: false
+            })
+          } else lastSeq.set(conversationId, seq)
+          threaded.push({ conversationId, seq, parentTurnId, forked })
+        }
+        // One statement: the conversations (new, or touched), the turns and their bodies.
+        yield* sql`
+          WITH conversations AS (
+            INSERT INTO vibes_conversations ${sql.insert([...conversations.values()])}
+            ON CONFLICT (id) DO UPDATE SET updated_at = now()
+          ), turns AS (
+            INSERT INTO vibes_proxy_turns ${sql.insert(turnRows)}
+          )
+          INSERT INTO vibes_proxy_turn_bodies ${sql.insert(bodyRows)}`.pipe(
+          // What memory learnt from a batch that was not stored is forgotten.
+          Effect.tapError(() =>
+            Effect.sync(() => {
+              for (const turn of turns) known.delete(turn.id)
+              byResponse.clear()
+              byHash.clear()
+              lastSeq.clear()
+            })
+          )
+        )
+        return threaded
+      })
 
     const totals = sql`
       count(t.id) AS turns,

@@ -8,7 +8,7 @@
  * the queue is dropped and counted, never waited for.
  */
 import * as zlib from "node:zlib"
-import { Duration, Effect, Fiber, Metric, Queue, type Scope } from "effect"
+import { Chunk, Duration, Effect, Fiber, Metric, Queue, type Scope } from "effect"
 import { newEvent, type NewEvent } from "../../rpc/Events.js"
 import { TurnUsage, type TurnApi } from "../../rpc/Conversations.js"
 import * as ChildEnv from "../../infra/sandbox/ChildEnv.js"
@@ -74,6 +74,12 @@ const recordedTotal = Metric.counter("vibes_proxy_turns_recorded_total", {
   incremental: true
 })
 
+/** The most turns stored by one statement. */
+const batchSize = 64
+
+/** How long the first turn of a batch waits for others. */
+const lingerMs = Duration.millis(20)
+
 /** Bodies smaller than this are stored as they are. */
 const compressFrom = 1024
 
@@ -133,7 +139,8 @@ export const make = (
     const sizeOf = (capture: Capture) =>
       capture.request.length + capture.response.reduce((sum, chunk) => sum + chunk.length, 0)
 
-    const record = (capture: Capture) =>
+    /** A capture made into a turn ready to store: redacted, assembled, compressed. */
+    const prepare = (capture: Capture) =>
       Effect.gen(function* () {
         const requestText = redact(capture.request.toString("utf8"))
         const responseText = redact(Buffer.concat(capture.response).toString("utf8"))
@@ -194,61 +201,103 @@ export const make = (
           searchText: toStorable(truncate(`${inputText}\n${outputText}`, 200_000)),
           bodies
         }
-        const threaded = yield* store.insert(turn)
-        recordedTotal.unsafeUpdate(1, [])
-        emit(
-          newEvent(
-            "proxy.turn",
-            {
-              conversationId: threaded.conversationId,
-              turnId: id,
-              seq: threaded.seq,
-              parentTurnId: threaded.parentTurnId,
-              forked: threaded.forked,
-              provider: truncate(toStorable(capture.provider), 100),
-              api: capture.api,
-              model: turn.model,
-              status: capture.status,
-              stopReason: turn.stopReason === null ? null : truncate(toStorable(turn.stopReason), 100),
-              toolCalls: turn.toolCalls,
-              inputTokens: usage.inputTokens,
-              outputTokens: usage.outputTokens,
-              cacheReadTokens: usage.cacheReadTokens,
-              cacheWriteTokens: usage.cacheWriteTokens,
-              costUsd: capture.costUsd,
-              latencyMillis: Math.round(capture.latencyMs * 1000) / 1000
-            },
-            {
-              source: { nodeId: settings.nodeId, component: "proxy" },
-              tenantId: "default",
-              ...(capture.sessionId !== null ? { sessionId: capture.sessionId } : {}),
-              ...(capture.jobId !== null ? { jobId: capture.jobId } : {})
-            }
-          )
+        return turn
+      })
+
+    /** The `proxy.turn` event of a stored turn. */
+    const announce = (
+      capture: Capture,
+      turn: ConversationStore.NewTurn,
+      threaded: ConversationStore.Threaded
+    ) => {
+      const usage = turn.usage
+      const id = turn.id
+      emit(
+        newEvent(
+          "proxy.turn",
+          {
+            conversationId: threaded.conversationId,
+            turnId: id,
+            seq: threaded.seq,
+            parentTurnId: threaded.parentTurnId,
+            forked: threaded.forked,
+            provider: truncate(toStorable(capture.provider), 100),
+            api: capture.api,
+            model: turn.model,
+            status: capture.status,
+            stopReason: turn.stopReason === null ? null : truncate(toStorable(turn.stopReason), 100),
+            toolCalls: turn.toolCalls,
+            inputTokens: usage.inputTokens,
+            outputTokens: usage.outputTokens,
+            cacheReadTokens: usage.cacheReadTokens,
+            cacheWriteTokens: usage.cacheWriteTokens,
+            costUsd: capture.costUsd,
+            latencyMillis: Math.round(capture.latencyMs * 1000) / 1000
+          },
+          {
+            source: { nodeId: settings.nodeId, component: "proxy" },
+            tenantId: "default",
+            ...(capture.sessionId !== null ? { sessionId: capture.sessionId } : {}),
+            ...(capture.jobId !== null ? { jobId: capture.jobId } : {})
+          }
         )
+      )
+    }
+
+    /** Stores captures as turns, in order, with one statement; a turn that cannot be made is skipped. */
+    const record = (captures: ReadonlyArray<Capture>) =>
+      Effect.gen(function* () {
+        const prepared: Array<readonly [Capture, ConversationStore.NewTurn]> = []
+        for (const capture of captures) {
+          const turn = yield* prepare(capture).pipe(
+            Effect.catchAllCause((cause) =>
+              Effect.as(
+                Effect.logWarning("could not make a proxy turn").pipe(
+                  Effect.annotateLogs("cause", String(cause))
+                ),
+                null
+              )
+            )
+          )
+          if (turn !== null) prepared.push([capture, turn])
+        }
+        if (prepared.length === 0) return
+        const threaded = yield* store.insert(prepared.map(([, turn]) => turn))
+        recordedTotal.unsafeUpdate(prepared.length, [])
+        prepared.forEach(([capture, turn], i) => {
+          const where = threaded[i]
+          if (where !== undefined) announce(capture, turn, where)
+        })
       }).pipe(
         Effect.catchAllCause((cause) =>
-          Effect.logWarning("could not record a proxy turn").pipe(Effect.annotateLogs("cause", String(cause)))
+          Effect.logWarning(`could not record ${captures.length} proxy turns`).pipe(
+            Effect.annotateLogs("cause", String(cause))
+          )
         )
       )
 
-    const take = Effect.flatMap(Queue.take(queue), (capture) =>
-      Effect.ensuring(
-        record(capture),
+    // The first capture waits `lingerMs` for others: one statement stores them all, and the
+    // recorder's work leaves the moments right after an answer to the requests that follow.
+    const batch = Effect.gen(function* () {
+      const first = yield* Queue.take(queue)
+      yield* Effect.sleep(lingerMs)
+      const rest = yield* Queue.takeUpTo(queue, batchSize - 1)
+      return [first, ...Chunk.toReadonlyArray(rest)]
+    })
+    const take = Effect.flatMap(batch, (captures) => {
+      return Effect.ensuring(
+        record(captures),
         Effect.sync(() => {
-          queuedBytes -= sizeOf(capture)
+          for (const capture of captures) queuedBytes -= sizeOf(capture)
         })
       )
-    )
+    })
     const consumer = yield* Effect.forkDaemon(Effect.forever(take))
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         yield* Fiber.interrupt(consumer)
         const rest = yield* Queue.takeAll(queue)
-        yield* Effect.forEach(rest, record, { discard: true }).pipe(
-          Effect.timeout(Duration.seconds(10)),
-          Effect.ignore
-        )
+        yield* record(Chunk.toReadonlyArray(rest)).pipe(Effect.timeout(Duration.seconds(10)), Effect.ignore)
       })
     )
 

@@ -61,7 +61,8 @@ export default Effect.gen(function* () {
       request_bytes      BIGINT NOT NULL,
       response_bytes     BIGINT NOT NULL,
       preview            TEXT NOT NULL DEFAULT '',
-      search             TSVECTOR NOT NULL,
+      search_text        TEXT NOT NULL DEFAULT '',
+      search             TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', search_text)) STORED,
       created_at         TIMESTAMPTZ NOT NULL DEFAULT now()
     )
   `
