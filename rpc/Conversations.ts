@@ -143,8 +143,13 @@ export class ConversationsUnavailable extends Schema.TaggedError<ConversationsUn
   { message: Schema.String }
 ) {}
 
+/** A replay could not be sent or answered (the provider is unknown, unreachable, or refused it). */
+export class ReplayFailed extends Schema.TaggedError<ReplayFailed>()("ReplayFailed", {
+  message: Schema.String
+}) {}
+
 /** Anything a `Conversations` RPC can fail with. */
-export const ConversationError = Schema.Union(ConversationNotFound, ConversationsUnavailable)
+export const ConversationError = Schema.Union(ConversationNotFound, ConversationsUnavailable, ReplayFailed)
 export type ConversationError = typeof ConversationError.Type
 
 /** `Conversations.List`: newest first, of a session or job, matching a search. */
@@ -170,6 +175,28 @@ export class CostRequest extends Schema.Class<CostRequest>("CostRequest")({
   days: Schema.optionalWith(Schema.Int.pipe(Schema.between(1, 3650)), { default: () => 30 })
 }) {}
 
+/** `Conversations.Replay`: a turn's recorded request sent again, as it was or to another model. */
+export class ReplayTurn extends Schema.Class<ReplayTurn>("ReplayTurn")({
+  turnId: Schema.UUID,
+  model: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(200)))
+}) {}
+
+/** The recorded answer and the new one, side by side. */
+export class ReplayResult extends Schema.Class<ReplayResult>("ReplayResult")({
+  turnId: Schema.UUID,
+  provider: Schema.String,
+  originalModel: Schema.NullOr(Schema.String),
+  model: Schema.NullOr(Schema.String),
+  original: Schema.Array(Block),
+  replay: Schema.Array(Block),
+  status: Schema.Int,
+  /** The provider's error, when it answered with one. */
+  error: Schema.NullOr(Schema.String),
+  usage: TurnUsage,
+  costUsd: Schema.NullOr(Schema.Number),
+  latencyMs: Schema.Number
+}) {}
+
 /** RPCs over the recorded conversations. */
 export class ConversationsRpcs extends RpcGroup.make(
   Rpc.make("List", {
@@ -178,7 +205,8 @@ export class ConversationsRpcs extends RpcGroup.make(
     error: ConversationError
   }),
   Rpc.make("Get", { payload: GetConversation, success: ConversationDetail, error: ConversationError }),
-  Rpc.make("Cost", { payload: CostRequest, success: Schema.Array(CostRow), error: ConversationError })
+  Rpc.make("Cost", { payload: CostRequest, success: Schema.Array(CostRow), error: ConversationError }),
+  Rpc.make("Replay", { payload: ReplayTurn, success: ReplayResult, error: ConversationError })
 )
   .prefix("Conversations.")
   .middleware(AuthMiddleware) {}

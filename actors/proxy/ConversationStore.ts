@@ -123,6 +123,18 @@ export class ConversationStore extends Context.Tag("vibes/ConversationStore")<
       readonly sessionId?: string | undefined
       readonly days: number
     }) => Effect.Effect<ReadonlyArray<CostRow>, ConversationsUnavailable>
+    /** A turn's recorded request (redacted) and assembled answer, to replay it. */
+    readonly request: (turnId: string) => Effect.Effect<
+      {
+        readonly provider: string
+        readonly api: TurnApi
+        readonly path: string
+        readonly model: string | null
+        readonly body: Buffer
+        readonly original: ReadonlyArray<Block>
+      },
+      ConversationNotFound | ConversationsUnavailable
+    >
     /** Deletes the turns recorded before `cutoff`, and the conversations left empty. */
     readonly prune: (cutoff: Date) => Effect.Effect<number, SqlError>
     /** Spend per session and job over the last `days`, and since midnight UTC. */
@@ -595,6 +607,36 @@ export const layer: Layer.Layer<ConversationStore, never, SqlClient> = Layer.eff
       )
     }
 
+    const request: ConversationStore["Type"]["request"] = (turnId) =>
+      Effect.gen(function* () {
+        const rows = yield* sql<{
+          readonly provider: string
+          readonly api: TurnApi
+          readonly path: string
+          readonly model: string | null
+        }>`SELECT provider, api, path, model FROM vibes_proxy_turns WHERE tenant_id = ${tenant} AND id = ${turnId}`
+        const row = rows[0]
+        if (row === undefined) {
+          return yield* new ConversationNotFound({
+            conversationId: turnId,
+            message: `no turn ${turnId}; 'vibes conversation ID --json' lists a conversation's turns`
+          })
+        }
+        const bodies = yield* sql<BodyRow>`
+          SELECT turn_id, kind, encoding, body FROM vibes_proxy_turn_bodies WHERE turn_id = ${turnId}`
+        const decoded = new Map<string, Buffer>()
+        for (const body of bodies) decoded.set(body.kind, yield* decode(body))
+        const body = decoded.get("request")
+        if (body === undefined) {
+          return yield* new ConversationNotFound({
+            conversationId: turnId,
+            message: `turn ${turnId} has no recorded request`
+          })
+        }
+        const assembled = decoded.get("assembled")
+        return { ...row, body, original: assembled === undefined ? [] : blocksOf(parseJson(assembled)) }
+      }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(unavailable(error))))
+
     const prune = (cutoff: Date) =>
       Effect.gen(function* () {
         const deleted = yield* sql<{ readonly id: string }>`
@@ -629,6 +671,6 @@ export const layer: Layer.Layer<ConversationStore, never, SqlClient> = Layer.eff
       (rows) => Number(rows[0]?.n ?? 0)
     )
 
-    return ConversationStore.of({ insert, list, get, cost, prune, spent, count })
+    return ConversationStore.of({ insert, list, get, cost, request, prune, spent, count })
   })
 )

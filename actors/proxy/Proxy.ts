@@ -49,7 +49,7 @@ import * as Prices from "./Prices.js"
 import * as Recorder from "./Recorder.js"
 import * as Turns from "./Turns.js"
 import { ConversationStore } from "./ConversationStore.js"
-import type { Price } from "../../rpc/Conversations.js"
+import { type Price, ReplayFailed } from "../../rpc/Conversations.js"
 
 /** How the proxy of a node is set up. */
 export interface ProxySettings {
@@ -124,6 +124,24 @@ export class Proxy extends Context.Tag("vibes/Proxy")<
     readonly keyVariables: ReadonlySet<string>
     /** The provider keys this node holds. */
     readonly keys: ReadonlyArray<Redacted.Redacted<string>>
+    /**
+     * Sends a request body to a provider as the proxy would (its key, its timeouts), without
+     * retries and without recording it: to replay a recorded turn. Its cost counts in the day's spend.
+     */
+    readonly replay: (
+      provider: string,
+      path: string,
+      body: Buffer
+    ) => Effect.Effect<
+      {
+        readonly status: number
+        readonly body: Buffer
+        readonly latencyMs: number
+        readonly costUsd: number | null
+        readonly format: ProviderFormat
+      },
+      ReplayFailed
+    >
   }
 >() {}
 
@@ -1217,6 +1235,67 @@ export const layer = (
         live.delete(ProxyTokens.holderKey(holder))
       }
       const keys = loaded.flatMap((provider) => Option.toArray(provider.key))
-      return Proxy.of({ serve, providers, stats, clientEnv, ended, keyVariables, keys })
+      const replay = (name: string, path: string, body: Buffer) =>
+        Effect.async<
+          { status: number; body: Buffer; latencyMs: number; costUsd: number | null; format: ProviderFormat },
+          ReplayFailed
+        >((resume) => {
+          const state = states.get(name)
+          if (state === undefined || !Providers.usable(state.provider)) {
+            resume(
+              Effect.fail(
+                new ReplayFailed({ message: `provider '${name}' is not configured with a key on this node` })
+              )
+            )
+            return
+          }
+          const provider = state.provider
+          const headers: http.OutgoingHttpHeaders = {
+            "content-type": "application/json",
+            "content-length": String(body.length),
+            "accept-encoding": "identity",
+            ...(provider.config.format === "anthropic" ? { "anthropic-version": "2023-06-01" } : {})
+          }
+          for (const header in provider.config.headers)
+            headers[header.toLowerCase()] = provider.config.headers[header]
+          if (Option.isSome(provider.keyHeader))
+            headers[provider.keyHeader.value[0]] = provider.keyHeader.value[1]
+          const started = performance.now()
+          const request = send(provider, "POST", provider.basePath + path, headers, body, (attempt) => {
+            if (attempt._tag === "Failed") {
+              resume(Effect.fail(new ReplayFailed({ message: `provider '${name}': ${attempt.message}` })))
+              return
+            }
+            const chunks: Array<Buffer> = []
+            attempt.response.on("data", (chunk: Buffer) => chunks.push(chunk))
+            attempt.response.on("error", (error) =>
+              resume(Effect.fail(new ReplayFailed({ message: error.message })))
+            )
+            attempt.response.on("end", () => {
+              const answer = Buffer.concat(chunks)
+              const usage: Usage.Usage = { model: null, inputTokens: null, outputTokens: null }
+              const reader = new Usage.JsonReader(answer.length + 1)
+              reader.push(answer)
+              reader.end(usage)
+              const format = provider.config.format
+              const costUsd =
+                prices.length === 0
+                  ? null
+                  : Prices.costOf(prices, name, usage.model, Usage.priced(usage, format))
+              if (costUsd !== null && costUsd > 0) addSpend({ kind: "admin" }, costUsd)
+              resume(
+                Effect.succeed({
+                  status: attempt.response.statusCode ?? 502,
+                  body: answer,
+                  latencyMs: performance.now() - started,
+                  costUsd,
+                  format
+                })
+              )
+            })
+          })
+          return Effect.sync(() => request.destroy())
+        })
+      return Proxy.of({ serve, providers, stats, clientEnv, ended, keyVariables, keys, replay })
     })
   )

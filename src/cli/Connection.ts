@@ -150,7 +150,8 @@ const refusals = new Set([
   "FileTooLarge",
   "FilesUnavailable",
   "ConversationNotFound",
-  "ConversationsUnavailable"
+  "ConversationsUnavailable",
+  "ReplayFailed"
 ])
 
 const isTagged = (error: unknown): error is { readonly _tag: string; readonly message: string } =>

@@ -11,6 +11,7 @@ import {
   type Block,
   ConversationDetail,
   ConversationSummary,
+  ReplayResult,
   type TurnUsage
 } from "../../rpc/Conversations.js"
 import { CliFailure, connectionOptions, resolveConnection, withClient } from "./Connection.js"
@@ -204,5 +205,69 @@ const show = Command.make(
   )
 )
 
-/** `vibes conversations` and `vibes conversation`. */
-export const commands = [list, show] as const
+/** Lines of at most `width` characters (longer ones wrapped). */
+const wrap = (text: string, width: number): Array<string> =>
+  text.split("\n").flatMap((line) => {
+    const out: Array<string> = []
+    for (let at = 0; at < line.length; at += width) out.push(line.slice(at, at + width))
+    return out.length === 0 ? [""] : out
+  })
+
+/** Two texts side by side in columns of `width`. */
+export const sideBySide = (left: string, right: string, width: number): string => {
+  const a = wrap(printableLines(left), width)
+  const b = wrap(printableLines(right), width)
+  return Array.from({ length: Math.max(a.length, b.length) }, (_, i) =>
+    `${(a[i] ?? "").padEnd(width)} │ ${b[i] ?? ""}`.trimEnd()
+  ).join("\n")
+}
+
+const replay = Command.make(
+  "replay-turn",
+  {
+    ...connectionOptions,
+    json,
+    model: Options.text("model").pipe(
+      Options.withDescription("Send it to this model instead of the recorded one"),
+      Options.optional
+    ),
+    id: Args.text({ name: "turn-id" }).pipe(
+      Args.withDescription("The turn's id (`vibes conversation ID --json` lists them)")
+    )
+  },
+  (flags) =>
+    Effect.gen(function* () {
+      if (!uuid.test(flags.id)) {
+        return yield* new CliFailure({ message: `'${printable(flags.id)}' is not a turn id`, exitCode: 2 })
+      }
+      const connection = yield* resolveConnection(flags)
+      const result = yield* withClient(connection, Math.max(flags.timeout, 300), (client) =>
+        client.Conversations.Replay({
+          turnId: flags.id,
+          ...Option.match(flags.model, { onNone: () => ({}), onSome: (model) => ({ model }) })
+        })
+      )
+      if (flags.json) return yield* print(toJson(Schema.encodeSync(ReplayResult)(result), 2))
+      const width = Math.max(30, Math.floor(((process.stdout.columns ?? 120) - 3) / 2))
+      const text = (blocks: ReadonlyArray<Block>) =>
+        blocks.map((block) => blockLines(block, false)).join("\n")
+      yield* print(
+        [
+          sideBySide(
+            `recorded: ${result.originalModel ?? "-"}`,
+            `replay: ${result.model ?? "-"}  ${result.status}  ${tokens(result.usage)}  ${dollars(result.costUsd)}  ${Math.round(result.latencyMs)} ms`,
+            width
+          ),
+          `${"─".repeat(width)}─┼─${"─".repeat(width)}`,
+          sideBySide(text(result.original), result.error ?? text(result.replay), width)
+        ].join("\n")
+      )
+    })
+).pipe(
+  Command.withDescription(
+    "Send a recorded turn's request again (as recorded, redactions included), to the same or another model, and show both answers side by side. The replay is not recorded; its cost counts in the day's spend."
+  )
+)
+
+/** `vibes conversations`, `vibes conversation` and `vibes replay-turn`. */
+export const commands = [list, show, replay] as const

@@ -74,7 +74,7 @@ const ask = (messages: ReadonlyArray<unknown>) =>
 
 layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("conversation commands", (it) => {
   it.scoped(
-    "vibes conversations lists and searches, vibes conversation renders turns, proxy stats --cost adds up",
+    "vibes conversations lists and searches, vibes conversation renders turns, replay-turn compares two answers, proxy stats --cost adds up",
     () =>
       Effect.gen(function* () {
         const { rpc } = yield* Node
@@ -134,6 +134,44 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("conversation c
         }
         expect(detail.turns.map((t) => t.turn.seq)).toEqual([1, 2])
         expect(JSON.parse(detail.turns[0]?.responseBody ?? "{}")).toMatchObject({ stop_reason: "end_turn" })
+
+        // A turn replayed to another model: both answers, the request as recorded but for the model.
+        const { fake } = yield* Node
+        const turnId = (detail.turns[0] as unknown as { turn: { id: string } }).turn.id
+        const replayed = yield* vibes(["replay-turn", turnId, "--model", "claude-cli-2", "--json"])
+        expect(replayed.code).toBe(0)
+        const result = JSON.parse(replayed.stdout) as {
+          originalModel: string
+          model: string
+          costUsd: number
+        }
+        expect(result).toMatchObject({
+          originalModel: "claude-cli-1",
+          model: "claude-cli-2",
+          status: 200,
+          original: [{ _tag: "text", text: "Hello world!" }],
+          replay: [{ _tag: "text", text: "Hello world!" }],
+          usage: { inputTokens: 12, outputTokens: 5 }
+        })
+        expect(result.costUsd).toBeCloseTo(0.000111, 10)
+        const sent = fake.requests[fake.requests.length - 1]
+        expect(sent?.headers["x-api-key"]).toBe(fakeKey)
+        expect(JSON.parse(sent?.body.toString("utf8") ?? "{}")).toMatchObject({
+          model: "claude-cli-2",
+          stream: false,
+          system: "Answer in one word.",
+          messages: first
+        })
+        const sideBySide = yield* vibes(["replay-turn", turnId])
+        expect(sideBySide.stdout).toMatch(/recorded: claude-cli-1\s+│ replay: claude-cli-1\s+200/)
+        expect(sideBySide.stdout).toMatch(/Hello world!\s+│ Hello world!/)
+        // Replays are not recorded.
+        const after = JSON.parse((yield* vibes(["conversations", "--json"])).stdout) as Array<{
+          turns: number
+        }>
+        expect(after.map((c) => c.turns)).toEqual([2])
+        const badTurn = yield* vibes(["replay-turn", "01890000-0000-7000-8000-000000000000"])
+        expect(badTurn.code).toBe(1)
 
         const cost = yield* vibes(["proxy", "stats", "--cost"])
         expect(cost.code).toBe(0)
