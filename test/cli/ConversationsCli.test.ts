@@ -180,25 +180,30 @@ layer(NodeLive, { timeout: 120_000, excludeTestServices: true })("conversation c
         const days = JSON.parse(byDay.stdout) as Array<{ key: string; costUsd: number }>
         expect(days[0]?.key).toBe(new Date().toISOString().slice(0, 10))
         expect(days[0]?.costUsd).toBeCloseTo(0.000222, 10)
-      })
+      }),
+    // About fifteen CLI processes, each seconds long on a loaded machine.
+    180_000
   )
 
-  it.scoped("bad ids are usage errors, unknown ids are refused, and both commands have help", () =>
-    Effect.gen(function* () {
-      const bad = yield* vibes(["conversation", "not-an-id"])
-      expect(bad.code).toBe(2)
-      expect(bad.stderr).toContain("is not a conversation id")
-      const unknown = yield* vibes(["conversation", "01890000-0000-7000-8000-000000000000"])
-      expect(unknown.code).toBe(1)
-      expect(unknown.stderr).toContain("no conversation 01890000-0000-7000-8000-000000000000")
-      const limit = yield* vibes(["conversations", "--limit", "0"])
-      expect(limit.code).toBe(2)
-      const help = yield* vibes(["conversations", "--help"])
-      expect(help.stdout).toContain("--search")
-      const showHelp = yield* vibes(["conversation", "--help"])
-      expect(showHelp.stdout).toContain("--full")
-      const statsHelp = yield* vibes(["proxy", "stats", "--help"])
-      expect(statsHelp.stdout).toContain("--cost")
-    })
+  it.scoped(
+    "bad ids are usage errors, unknown ids are refused, and both commands have help",
+    () =>
+      Effect.gen(function* () {
+        const bad = yield* vibes(["conversation", "not-an-id"])
+        expect(bad.code).toBe(2)
+        expect(bad.stderr).toContain("is not a conversation id")
+        const unknown = yield* vibes(["conversation", "01890000-0000-7000-8000-000000000000"])
+        expect(unknown.code).toBe(1)
+        expect(unknown.stderr).toContain("no conversation 01890000-0000-7000-8000-000000000000")
+        const limit = yield* vibes(["conversations", "--limit", "0"])
+        expect(limit.code).toBe(2)
+        const help = yield* vibes(["conversations", "--help"])
+        expect(help.stdout).toContain("--search")
+        const showHelp = yield* vibes(["conversation", "--help"])
+        expect(showHelp.stdout).toContain("--full")
+        const statsHelp = yield* vibes(["proxy", "stats", "--help"])
+        expect(statsHelp.stdout).toContain("--cost")
+      }),
+    120_000
   )
 })
