@@ -18,6 +18,7 @@ import { ArtifactsRpcs } from "./Artifacts.js"
 import { EventsRpcs } from "./EventsRpcs.js"
 import { JobsRpcs } from "./Jobs.js"
 import { ProxyRpcs } from "./Proxy.js"
+import { ConversationsRpcs } from "./Conversations.js"
 import { RecordingsRpcs } from "./Recordings.js"
 import { SessionsRpcs } from "./Sessions.js"
 import { RequestMetrics } from "./RequestMetrics.js"
@@ -35,6 +36,7 @@ export class VibesRpcs extends SystemRpcs.merge(
   ArtifactsRpcs,
   RecordingsRpcs,
   ProxyRpcs,
+  ConversationsRpcs,
   WorkspacesRpcs,
   GitRpcs,
   FilesRpcs,

@@ -363,6 +363,35 @@ export const payloads = {
     client: Schema.String,
     errorKind: Schema.NullOr(ProxyErrorKind),
     bytes: Schema.Int
+  }),
+  /**
+   * A proxied request was recorded as a turn of a conversation (its bodies are in the conversation
+   * store, never here); `forked` when it left its conversation at an earlier turn.
+   */
+  "proxy.turn": Schema.Struct({
+    conversationId: Schema.String,
+    turnId: Schema.String,
+    seq: Schema.Int,
+    parentTurnId: Schema.NullOr(Schema.String),
+    forked: Schema.Boolean,
+    provider: Schema.String,
+    api: Schema.String,
+    model: Schema.NullOr(Schema.String),
+    status: Schema.Int,
+    stopReason: Schema.NullOr(Schema.String),
+    toolCalls: Schema.Int,
+    inputTokens: Schema.NullOr(Schema.Int),
+    outputTokens: Schema.NullOr(Schema.Int),
+    cacheReadTokens: Schema.NullOr(Schema.Int),
+    cacheWriteTokens: Schema.NullOr(Schema.Int),
+    costUsd: Schema.NullOr(Schema.Number),
+    latencyMillis: Schema.Number
+  }),
+  /** A session's (or the node's daily) proxy budget is spent: its requests are refused until it is raised. */
+  "proxy.budget_exceeded": Schema.Struct({
+    scope: Schema.Literal("session", "job", "daily"),
+    budgetUsd: Schema.Number,
+    spentUsd: Schema.Number
   })
 } as const
 

@@ -89,7 +89,9 @@ export const ProviderConfig = Schema.Struct({
   retry: Schema.optionalWith(ProviderRetry, {
     default: () => ({ maxAttempts: 3, initialDelayMs: 250, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 })
   }),
-  circuit: Schema.optionalWith(ProviderCircuit, { default: () => ({ failures: 5, openMs: 30_000 }) })
+  circuit: Schema.optionalWith(ProviderCircuit, { default: () => ({ failures: 5, openMs: 30_000 }) }),
+  /** Whether its requests are recorded as conversations (bodies, redacted). */
+  record: Schema.optionalWith(Schema.Boolean, { default: () => true })
 })
 export type ProviderConfig = typeof ProviderConfig.Type
 
@@ -148,6 +150,7 @@ export const ProxyErrorKind = Schema.Literal(
   "body_too_large",
   "rate_limited",
   "circuit_open",
+  "budget_exceeded",
   "connect",
   "timeout",
   "upstream_status",

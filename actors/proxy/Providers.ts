@@ -22,7 +22,8 @@ export const defaults = {
   firstByteTimeoutMs: 300_000,
   idleTimeoutMs: 300_000,
   retry: { maxAttempts: 3, initialDelayMs: 250, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
-  circuit: { failures: 5, openMs: 30_000 }
+  circuit: { failures: 5, openMs: 30_000 },
+  record: true
 } satisfies Partial<ProviderConfig>
 
 /** The providers every node has unless configuration replaces them by name. */

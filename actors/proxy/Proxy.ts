@@ -23,7 +23,7 @@ import {
   Metric,
   MetricBoundaries,
   Option,
-  type Redacted,
+  Redacted,
   Runtime,
   Schedule
 } from "effect"
@@ -45,6 +45,11 @@ import { CircuitBreaker, RateLimiter } from "./Guards.js"
 import * as Providers from "./Providers.js"
 import * as ProxyTokens from "./ProxyTokens.js"
 import * as Usage from "./Usage.js"
+import * as Prices from "./Prices.js"
+import * as Recorder from "./Recorder.js"
+import * as Turns from "./Turns.js"
+import { ConversationStore } from "./ConversationStore.js"
+import { type Price, ReplayFailed } from "../../rpc/Conversations.js"
 
 /** How the proxy of a node is set up. */
 export interface ProxySettings {
@@ -61,6 +66,26 @@ export interface ProxySettings {
    * credentials count against it, as on every other route). Without it, nothing is throttled.
    */
   readonly guard?: CredentialGuard
+  /** Recording of requests as conversation turns; without it, nothing is recorded. */
+  readonly recording?: RecordingSettings
+  /** Prices per provider and model, to cost each request. */
+  readonly prices?: ReadonlyArray<Price>
+  /** Spend limits, in US dollars: per session or job (over the last 30 days), and per UTC day. */
+  readonly budget?: Budget
+}
+
+/** How the proxy records conversations. */
+export interface RecordingSettings extends Omit<Recorder.RecorderSettings, "nodeId"> {
+  /** Off: no provider records (each provider can also be turned off by its `record`). */
+  readonly enabled: boolean
+  /** The most response bytes kept of one answer (the rest reaches the client, not the record). */
+  readonly maxResponseBytes: number
+}
+
+/** Spend limits in US dollars; null is no limit. */
+export interface Budget {
+  readonly session: number | null
+  readonly daily: number | null
 }
 
 /** The node's failed-credential throttle, as the proxy's plain-Node path uses it. */
@@ -99,6 +124,24 @@ export class Proxy extends Context.Tag("vibes/Proxy")<
     readonly keyVariables: ReadonlySet<string>
     /** The provider keys this node holds. */
     readonly keys: ReadonlyArray<Redacted.Redacted<string>>
+    /**
+     * Sends a request body to a provider as the proxy would (its key, its timeouts), without
+     * retries and without recording it: to replay a recorded turn. Its cost counts in the day's spend.
+     */
+    readonly replay: (
+      provider: string,
+      path: string,
+      body: Buffer
+    ) => Effect.Effect<
+      {
+        readonly status: number
+        readonly body: Buffer
+        readonly latencyMs: number
+        readonly costUsd: number | null
+        readonly format: ProviderFormat
+      },
+      ReplayFailed
+    >
   }
 >() {}
 
@@ -207,6 +250,19 @@ const errorBody = (format: ProviderFormat, status: number, message: string): unk
     status < 500 && status !== 429 ? "invalid_request_error" : status === 429 ? "requests" : "server_error"
   return { error: { message, type, param: null, code } }
 }
+
+/**
+ * The error body of a spent budget, as each API says "out of credit": OpenAI's
+ * `insufficient_quota` (429), Anthropic's `invalid_request_error` (400, as its low-balance
+ * answer). Sent with `x-should-retry: false`, which the official SDKs honour.
+ */
+const budgetAnswer = (format: ProviderFormat, message: string) =>
+  format === "anthropic"
+    ? { status: 400, body: { type: "error", error: { type: "invalid_request_error", message } } }
+    : {
+        status: 429,
+        body: { error: { message, type: "insufficient_quota", param: null, code: "insufficient_quota" } }
+      }
 
 /** `Retry-After` in ms (seconds or an HTTP date), or null. */
 const retryAfterMs = (value: string | Array<string> | undefined, now: number = Date.now()): number | null => {
@@ -491,7 +547,7 @@ const batcher = (
 /** The proxy for `settings`; it needs the admin token (for client credentials) and the event log. */
 export const layer = (
   settings: ProxySettings
-): Layer.Layer<Proxy, Providers.ProxyConfigError, AdminToken | EventLog> =>
+): Layer.Layer<Proxy, Providers.ProxyConfigError, AdminToken | EventLog | ConversationStore> =>
   Layer.scoped(
     Proxy,
     Effect.gen(function* () {
@@ -532,6 +588,78 @@ export const layer = (
         runFork
       )
       yield* Effect.addFinalizer(() => events.drain)
+      const store = yield* ConversationStore
+      const recording = settings.recording
+      // Created after the event batcher: closed before it, so its last proxy.turn events go out.
+      const recorder =
+        recording === undefined || !recording.enabled
+          ? null
+          : yield* Recorder.make(
+              {
+                ...recording,
+                nodeId: settings.nodeId,
+                secrets: [
+                  ...recording.secrets,
+                  ...loaded.flatMap((p) => Option.toArray(p.key)).map(Redacted.value)
+                ]
+              },
+              store,
+              events.push
+            )
+      const prices = settings.prices ?? []
+      const budget = settings.budget ?? { session: null, daily: null }
+      /** Spend per session or job (`holderKey`), and of the current UTC day. */
+      const spent = new Map<string, number>()
+      let today = { day: new Date().toISOString().slice(0, 10), usd: 0 }
+      if (prices.length > 0 && (budget.session !== null || budget.daily !== null)) {
+        const loaded = yield* store
+          .spent(30)
+          .pipe(
+            Effect.catchAll((error) =>
+              Effect.as(
+                Effect.logWarning(`proxy budgets start from zero: cannot read past spend (${error.message})`),
+                { byHolder: [], today: 0 }
+              )
+            )
+          )
+        for (const { key, usd } of loaded.byHolder) spent.set(key, usd)
+        today.usd = loaded.today
+      }
+      /** Holders (and days) whose spent budget has been announced by an event already. */
+      const announced = new Set<string>()
+      const addSpend = (client: ProxyTokens.ProxyClient, usd: number) => {
+        const day = new Date().toISOString().slice(0, 10)
+        if (today.day !== day) today = { day, usd: 0 }
+        today.usd += usd
+        Option.map(ProxyTokens.holderOf(client), (holder) => {
+          const key = ProxyTokens.holderKey(holder)
+          spent.set(key, (spent.get(key) ?? 0) + usd)
+        })
+      }
+      /** The budget a client has spent, if any: its own, else the day's. */
+      const overBudget = (
+        client: ProxyTokens.ProxyClient
+      ): {
+        readonly scope: "session" | "job" | "daily"
+        readonly key: string
+        readonly budget: number
+        readonly spent: number
+      } | null => {
+        const holder = ProxyTokens.holderOf(client)
+        if (budget.session !== null && Option.isSome(holder)) {
+          const key = ProxyTokens.holderKey(holder.value)
+          const usd = spent.get(key) ?? 0
+          if (usd >= budget.session)
+            return { scope: holder.value.kind, key, budget: budget.session, spent: usd }
+        }
+        if (budget.daily !== null) {
+          const day = new Date().toISOString().slice(0, 10)
+          if (today.day !== day) today = { day, usd: 0 }
+          if (today.usd >= budget.daily)
+            return { scope: "daily", key: `daily:${day}`, budget: budget.daily, spent: today.usd }
+        }
+        return null
+      }
       // Valid tokens seen lately, so a request costs no hash; a new admin token means a new process.
       const verdicts = new Map<string, ProxyTokens.ProxyClient>()
       /** Sessions and jobs running on this node: only their tokens are accepted. */
@@ -762,6 +890,43 @@ export const layer = (
             }
           )
         }
+        const over = overBudget(client.value)
+        if (over !== null) {
+          request.resume()
+          const message = `vibes proxy: the ${over.scope} budget of $${over.budget.toFixed(2)} is spent ($${over.spent.toFixed(4)}); raise VIBES_PROXY_BUDGET_${over.scope === "daily" ? "DAILY" : "SESSION"} to go on`
+          const answer = budgetAnswer(format, message)
+          record({
+            ...base,
+            model: null,
+            status: answer.status,
+            errorKind: "budget_exceeded",
+            latencyMillis: performance.now() - started
+          })
+          if (!announced.has(over.key)) {
+            announced.add(over.key)
+            events.push(
+              newEvent(
+                "proxy.budget_exceeded",
+                { scope: over.scope, budgetUsd: over.budget, spentUsd: over.spent },
+                {
+                  source: { nodeId: settings.nodeId, component: "proxy" },
+                  tenantId: "default",
+                  severity: "warn",
+                  ...(client.value.kind === "session" ? { sessionId: client.value.sessionId } : {}),
+                  ...(client.value.kind === "job" ? { jobId: client.value.jobId } : {})
+                }
+              )
+            )
+          }
+          const text = JSON.stringify(answer.body)
+          response.writeHead(answer.status, {
+            ...securityHeaders,
+            "content-type": "application/json",
+            "content-length": Buffer.byteLength(text),
+            "x-should-retry": "false"
+          })
+          return void response.end(text)
+        }
         const tooLarge = () =>
           refuse(413, "body_too_large", `the request body is larger than ${settings.maxBodyBytes} bytes`, {
             connection: "close"
@@ -916,8 +1081,41 @@ export const layer = (
           const json = !streamed && contentType.includes("json") ? new Usage.JsonReader() : null
           let bytes = 0
           let ended = false
+          // The answer's chunks, kept by reference for the recorder (up to its limit).
+          const api = recorder === null || !config.record ? null : Turns.apiOf(base.method, base.path)
+          const captured: Array<Buffer> | null = api === null ? null : []
+          const captureLimit = recording?.maxResponseBytes ?? 0
+          let capturedBytes = 0
           const end = (errorKind: ProxyErrorKind | null) => {
             json?.end(usage)
+            const model = usage.model ?? base.model
+            const costUsd =
+              prices.length === 0
+                ? null
+                : Prices.costOf(prices, config.name, model, Usage.priced(usage, format))
+            if (costUsd !== null && costUsd > 0) addSpend(base.client, costUsd)
+            if (recorder !== null && api !== null && captured !== null) {
+              const client = base.client
+              recorder.submit({
+                api,
+                provider: config.name,
+                path: base.path,
+                status,
+                errorKind,
+                streamed,
+                client: client.kind,
+                sessionId: client.kind === "session" ? client.sessionId : null,
+                jobId: client.kind === "job" ? client.jobId : null,
+                latencyMs: performance.now() - started,
+                ttfbMs: ttfbMillis,
+                model,
+                costUsd,
+                request: body,
+                response: captured,
+                responseBytes: bytes,
+                responseTruncated: capturedBytes < bytes
+              })
+            }
             finish({
               status,
               errorKind,
@@ -964,6 +1162,10 @@ export const layer = (
             bytes += chunk.length
             sse?.push(chunk)
             json?.push(chunk)
+            if (captured !== null && capturedBytes + chunk.length <= captureLimit) {
+              captured.push(chunk)
+              capturedBytes += chunk.length
+            }
             if (!response.write(chunk)) {
               upstreamResponse.pause()
               response.once("drain", drained)
@@ -1053,6 +1255,67 @@ export const layer = (
         live.delete(ProxyTokens.holderKey(holder))
       }
       const keys = loaded.flatMap((provider) => Option.toArray(provider.key))
-      return Proxy.of({ serve, providers, stats, clientEnv, ended, keyVariables, keys })
+      const replay = (name: string, path: string, body: Buffer) =>
+        Effect.async<
+          { status: number; body: Buffer; latencyMs: number; costUsd: number | null; format: ProviderFormat },
+          ReplayFailed
+        >((resume) => {
+          const state = states.get(name)
+          if (state === undefined || !Providers.usable(state.provider)) {
+            resume(
+              Effect.fail(
+                new ReplayFailed({ message: `provider '${name}' is not configured with a key on this node` })
+              )
+            )
+            return
+          }
+          const provider = state.provider
+          const headers: http.OutgoingHttpHeaders = {
+            "content-type": "application/json",
+            "content-length": String(body.length),
+            "accept-encoding": "identity",
+            ...(provider.config.format === "anthropic" ? { "anthropic-version": "2023-06-01" } : {})
+          }
+          for (const header in provider.config.headers)
+            headers[header.toLowerCase()] = provider.config.headers[header]
+          if (Option.isSome(provider.keyHeader))
+            headers[provider.keyHeader.value[0]] = provider.keyHeader.value[1]
+          const started = performance.now()
+          const request = send(provider, "POST", provider.basePath + path, headers, body, (attempt) => {
+            if (attempt._tag === "Failed") {
+              resume(Effect.fail(new ReplayFailed({ message: `provider '${name}': ${attempt.message}` })))
+              return
+            }
+            const chunks: Array<Buffer> = []
+            attempt.response.on("data", (chunk: Buffer) => chunks.push(chunk))
+            attempt.response.on("error", (error) =>
+              resume(Effect.fail(new ReplayFailed({ message: error.message })))
+            )
+            attempt.response.on("end", () => {
+              const answer = Buffer.concat(chunks)
+              const usage: Usage.Usage = { model: null, inputTokens: null, outputTokens: null }
+              const reader = new Usage.JsonReader(answer.length + 1)
+              reader.push(answer)
+              reader.end(usage)
+              const format = provider.config.format
+              const costUsd =
+                prices.length === 0
+                  ? null
+                  : Prices.costOf(prices, name, usage.model, Usage.priced(usage, format))
+              if (costUsd !== null && costUsd > 0) addSpend({ kind: "admin" }, costUsd)
+              resume(
+                Effect.succeed({
+                  status: attempt.response.statusCode ?? 502,
+                  body: answer,
+                  latencyMs: performance.now() - started,
+                  costUsd,
+                  format
+                })
+              )
+            })
+          })
+          return Effect.sync(() => request.destroy())
+        })
+      return Proxy.of({ serve, providers, stats, clientEnv, ended, keyVariables, keys, replay })
     })
   )

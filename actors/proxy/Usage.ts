@@ -8,8 +8,29 @@
 /** What was learnt about a response. */
 export interface Usage {
   model: string | null
+  /** As the provider reports it: OpenAI's includes the cached tokens, Anthropic's does not. */
   inputTokens: number | null
   outputTokens: number | null
+  /** Cached input tokens read (Anthropic `cache_read_input_tokens`, OpenAI `cached_tokens`). */
+  cacheReadTokens?: number | null
+  /** Input tokens written to the cache (Anthropic `cache_creation_input_tokens`). */
+  cacheWriteTokens?: number | null
+}
+
+/** The tokens of `usage` with the cached ones kept apart from the input, as prices want them. */
+export const priced = (usage: Usage, format: "anthropic" | "openai") => {
+  const cacheRead = usage.cacheReadTokens ?? null
+  return {
+    inputTokens:
+      usage.inputTokens === null
+        ? null
+        : format === "openai"
+          ? Math.max(0, usage.inputTokens - (cacheRead ?? 0))
+          : usage.inputTokens,
+    outputTokens: usage.outputTokens,
+    cacheReadTokens: cacheRead,
+    cacheWriteTokens: usage.cacheWriteTokens ?? null
+  }
 }
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
@@ -25,6 +46,14 @@ const takeUsage = (usage: unknown, into: Usage) => {
   const output = count(usage["output_tokens"]) ?? count(usage["completion_tokens"])
   if (input !== null && (into.inputTokens === null || input > 0)) into.inputTokens = input
   if (output !== null && (into.outputTokens === null || output > 0)) into.outputTokens = output
+  const details = usage["prompt_tokens_details"] ?? usage["input_tokens_details"]
+  const cacheRead =
+    count(usage["cache_read_input_tokens"]) ?? (isRecord(details) ? count(details["cached_tokens"]) : null)
+  const cacheWrite = count(usage["cache_creation_input_tokens"])
+  if (cacheRead !== null && ((into.cacheReadTokens ?? null) === null || cacheRead > 0))
+    into.cacheReadTokens = cacheRead
+  if (cacheWrite !== null && ((into.cacheWriteTokens ?? null) === null || cacheWrite > 0))
+    into.cacheWriteTokens = cacheWrite
 }
 
 const takeModel = (value: unknown, into: Usage) => {

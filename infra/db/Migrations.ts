@@ -18,6 +18,7 @@ import m0010 from "./migrations/0010_job_artifacts.js"
 import m0011 from "./migrations/0011_workspaces.js"
 import m0012 from "./migrations/0012_notify.js"
 import m0013 from "./migrations/0013_workspace_follow.js"
+import m0014 from "./migrations/0014_proxy_conversations.js"
 
 /** The migrations could not be applied. */
 export class MigrationFailed extends Schema.TaggedError<MigrationFailed>()("MigrationFailed", {
@@ -41,7 +42,8 @@ export const loader = Migrator.fromRecord({
   "0010_job_artifacts": m0010,
   "0011_workspaces": m0011,
   "0012_notify": m0012,
-  "0013_workspace_follow": m0013
+  "0013_workspace_follow": m0013,
+  "0014_proxy_conversations": m0014
 })
 
 /** Applies the pending migrations; returns the ones applied now (`[id, name]`). */

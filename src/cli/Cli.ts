@@ -44,6 +44,7 @@ import * as FileCommands from "./FileCommands.js"
 import * as GitCommands from "./GitCommands.js"
 import * as WorkspaceCommands from "./WorkspaceCommands.js"
 import * as ProxyCommands from "./ProxyCommands.js"
+import * as ConversationCommands from "./ConversationCommands.js"
 import { formatBytes, json, printable, table } from "./Display.js"
 import * as SessionCommands from "./SessionCommands.js"
 import { version } from "../Version.js"
@@ -552,6 +553,7 @@ export const command = Command.make("vibes").pipe(
     ...ArtifactCommands.commands,
     ...RecordingCommands.commands,
     ProxyCommands.command,
+    ...ConversationCommands.commands,
     WorkspaceCommands.command,
     GitCommands.command,
     FileCommands.command,

@@ -153,7 +153,10 @@ const refusals = new Set([
   "FileTooLarge",
   "FilesUnavailable",
   "NotifyNotFound",
-  "NotifyUnavailable"
+  "NotifyUnavailable",
+  "ConversationNotFound",
+  "ConversationsUnavailable",
+  "ReplayFailed"
 ])
 
 const isTagged = (error: unknown): error is { readonly _tag: string; readonly message: string } =>

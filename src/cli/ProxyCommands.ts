@@ -2,11 +2,12 @@
  * Proxy commands of the CLI: `vibes proxy ls` (providers and their health) and
  * `vibes proxy stats` (requests, errors, latency and tokens per provider and model).
  */
-import { DateTime, Effect, Schema } from "effect"
+import { DateTime, Effect, Option, Schema } from "effect"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import { ProviderInfo, ProxyStats } from "../../rpc/Proxy.js"
-import { connectionOptions, resolveConnection, withClient } from "./Connection.js"
+import { CostBy, CostRow } from "../../rpc/Conversations.js"
+import { CliFailure, connectionOptions, resolveConnection, withClient } from "./Connection.js"
 import { json as toJson, table } from "./Display.js"
 
 const json = Options.boolean("json").pipe(Options.withDescription("Print JSON instead of a table"))
@@ -54,9 +55,86 @@ const ls = Command.make("ls", { ...connectionOptions, json }, (flags) =>
   )
 )
 
-const stats = Command.make("stats", { ...connectionOptions, json }, (flags) =>
+const costRows = (rows: ReadonlyArray<CostRow>, by: CostBy) =>
+  table([
+    [
+      by.toUpperCase(),
+      ...(by === "model" ? ["PROVIDER"] : []),
+      "TURNS",
+      "INPUT",
+      "OUTPUT",
+      "CACHE READ",
+      "CACHE WRITE",
+      "COST",
+      "UNPRICED"
+    ],
+    ...rows.map((row) => [
+      row.key,
+      ...(by === "model" ? [row.provider ?? "-"] : []),
+      String(row.turns),
+      String(row.usage.inputTokens ?? 0),
+      String(row.usage.outputTokens ?? 0),
+      String(row.usage.cacheReadTokens ?? 0),
+      String(row.usage.cacheWriteTokens ?? 0),
+      row.costUsd === null ? "-" : `$${row.costUsd.toFixed(4)}`,
+      String(row.unpriced)
+    ]),
+    ...(rows.length > 1
+      ? [
+          [
+            "TOTAL",
+            ...(by === "model" ? [""] : []),
+            String(rows.reduce((sum, row) => sum + row.turns, 0)),
+            "",
+            "",
+            "",
+            "",
+            `$${rows.reduce((sum, row) => sum + (row.costUsd ?? 0), 0).toFixed(4)}`,
+            String(rows.reduce((sum, row) => sum + row.unpriced, 0))
+          ]
+        ]
+      : [])
+  ])
+
+const costOptions = {
+  cost: Options.boolean("cost").pipe(
+    Options.withDescription("Spend from the recorded conversations, priced by VIBES_PROXY_PRICES (all nodes)")
+  ),
+  by: Options.choice("by", CostBy.literals).pipe(
+    Options.withDescription("With --cost: group by model, session, day or conversation"),
+    Options.withDefault<CostBy>("model")
+  ),
+  days: Options.integer("days").pipe(
+    Options.withDescription("With --cost: the last this many days (1 to 3650)"),
+    Options.withDefault(30)
+  ),
+  session: Options.text("session").pipe(
+    Options.withDescription("With --cost: only this session's turns"),
+    Options.optional
+  )
+}
+
+const stats = Command.make("stats", { ...connectionOptions, json, ...costOptions }, (flags) =>
   Effect.gen(function* () {
+    if (flags.days < 1 || flags.days > 3650) {
+      return yield* new CliFailure({ message: "--days must be between 1 and 3650", exitCode: 2 })
+    }
     const connection = yield* resolveConnection(flags)
+    if (flags.cost) {
+      const rows = yield* withClient(connection, flags.timeout, (client) =>
+        client.Conversations.Cost({
+          by: flags.by,
+          days: flags.days,
+          ...Option.match(flags.session, { onNone: () => ({}), onSome: (sessionId) => ({ sessionId }) })
+        })
+      )
+      if (flags.json) return yield* print(toJson(Schema.encodeSync(Schema.Array(CostRow))(rows), 2))
+      if (rows.length === 0) return yield* print(`no recorded proxy turns in the last ${flags.days} days`)
+      return yield* print(
+        costRows(rows, flags.by) +
+          `\n(the last ${flags.days} days, recorded turns; a turn without a price in VIBES_PROXY_PRICES counts as unpriced)`
+      )
+    }
     const result = yield* withClient(connection, flags.timeout, (client) => client.Proxy.Stats())
     if (flags.json) return yield* print(toJson(Schema.encodeSync(ProxyStats)(result), 2))
     if (result.rows.length === 0) {
@@ -92,7 +170,7 @@ const stats = Command.make("stats", { ...connectionOptions, json }, (flags) =>
   })
 ).pipe(
   Command.withDescription(
-    "Requests, errors, latency and tokens per provider and model through the server's proxy since it started."
+    "Requests, errors, latency and tokens per provider and model through the server's proxy since it started; with --cost, the spend of the recorded turns by model, session, day or conversation."
   )
 )
 

@@ -27,6 +27,7 @@ import * as AllowedHosts from "../../infra/net/AllowedHosts.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import type { Limits as RpcLimits } from "../../infra/rpc/RpcSocketServer.js"
 import { ProviderConfig } from "../../rpc/Proxy.js"
+import { type Price, PriceTable } from "../../rpc/Conversations.js"
 import type * as Sandbox from "../../infra/sandbox/Sandbox.js"
 import type { Settings as NotifySettings } from "../../actors/notify/Notifier.js"
 
@@ -88,6 +89,8 @@ export interface ServerConfig {
   /** Proxy requests a second per client (0: no limit), and the burst allowed above that rate. */
   readonly proxyRate: number
   readonly proxyBurst: number
+  /** Conversation recording, prices and budgets of the proxy. */
+  readonly proxyConversations: ProxyConversationsConfig
   /** `VIBES_SANDBOX`: `auto` runs sessions and jobs as `runAs` when vibes runs as root, in namespaces of their own otherwise (where the machine allows); `namespaces` refuses to start without them; `off` never isolates. */
   readonly sandbox: Sandbox.SandboxMode
   /** `VIBES_RUN_AS`: the user sessions and jobs run as under a root server (created when missing). */
@@ -270,6 +273,37 @@ const proxyProviders = Config.all({
   })
 )
 
+/** How the proxy records conversations, prices them and limits spend. */
+export interface ProxyConversationsConfig {
+  /** `VIBES_PROXY_RECORD` (default on): record proxied requests as conversation turns. */
+  readonly record: boolean
+  /** `VIBES_PROXY_RECORD_RETENTION` (default 30 days): turns older than this are deleted. */
+  readonly retention: Duration.Duration
+  /** `VIBES_PROXY_RECORD_MAX_RESPONSE` (default 32 MiB): response bytes kept of one answer. */
+  readonly maxResponseBytes: number
+  /** `VIBES_PROXY_RECORD_QUEUE` (default 256 MiB): bytes of captures waiting to be recorded. */
+  readonly queueBytes: number
+  /** `VIBES_PROXY_REDACT` (JSON list of regular expressions): also redacted from recorded bodies. */
+  readonly redactPatterns: ReadonlyArray<RegExp>
+  /** `VIBES_PROXY_PRICES` (JSON price table, or the JSON file named by `VIBES_PROXY_PRICES_FILE`). */
+  readonly prices: ReadonlyArray<Price>
+  /** `VIBES_PROXY_BUDGET_SESSION`, `VIBES_PROXY_BUDGET_DAILY`: US dollars, none by default. */
+  readonly budgetSession: number | null
+  readonly budgetDaily: number | null
+}
+
+/** The defaults of `ProxyConversationsConfig`: recording on, no prices, no budgets. */
+export const proxyConversationsDefaults: ProxyConversationsConfig = {
+  record: true,
+  retention: Duration.days(30),
+  maxResponseBytes: 32 * 1024 * 1024,
+  queueBytes: 256 * 1024 * 1024,
+  redactPatterns: [],
+  prices: [],
+  budgetSession: null,
+  budgetDaily: null
+}
+
 /** `$XDG_DATA_HOME/vibes`, else `~/.local/share/vibes`. */
 export const defaultDataDir = (env: NodeJS.ProcessEnv = process.env): string => {
   const xdg = env["XDG_DATA_HOME"]
@@ -396,6 +430,65 @@ const cluster: Config.Config<
   )
 )
 
+const redactPatterns = Config.string("VIBES_PROXY_REDACT").pipe(
+  Config.mapOrFail((text) =>
+    Either.flatMap(
+      Either.mapLeft(Schema.decodeUnknownEither(Schema.parseJson(Schema.Array(Schema.String)))(text), () =>
+        ConfigError.InvalidData([], "VIBES_PROXY_REDACT must be a JSON list of regular expressions")
+      ),
+      (sources) =>
+        Either.try({
+          try: () => sources.map((source) => new RegExp(source, "g")),
+          catch: (error) =>
+            ConfigError.InvalidData(
+              [],
+              `VIBES_PROXY_REDACT: ${error instanceof Error ? error.message : String(error)}`
+            )
+        })
+    )
+  ),
+  Config.withDefault<ReadonlyArray<RegExp>>([])
+)
+
+const prices = Config.all({
+  inline: Config.string("VIBES_PROXY_PRICES").pipe(Config.option),
+  file: Config.string("VIBES_PROXY_PRICES_FILE").pipe(Config.option)
+}).pipe(
+  Config.mapOrFail(({ inline, file }) => {
+    const decode = (text: string, where: string) =>
+      Either.mapLeft(Schema.decodeUnknownEither(Schema.parseJson(PriceTable))(text), (error) =>
+        ConfigError.InvalidData([], `${where} is not a valid price table: ${error.message}`)
+      )
+    if (Option.isSome(inline)) return decode(inline.value, "VIBES_PROXY_PRICES")
+    if (Option.isNone(file)) return Either.right<ReadonlyArray<Price>>([])
+    return Either.flatMap(
+      Either.try({
+        try: () => fs.readFileSync(file.value, "utf8"),
+        catch: (error) =>
+          ConfigError.InvalidData([], `VIBES_PROXY_PRICES_FILE: cannot read ${file.value}: ${String(error)}`)
+      }),
+      (text) => decode(text, `VIBES_PROXY_PRICES_FILE (${file.value})`)
+    )
+  })
+)
+
+const dollars = (name: string) =>
+  checked(name, Config.number(name), "must be a non-negative amount of US dollars", (n) => n >= 0).pipe(
+    Config.map((n): number | null => n),
+    Config.withDefault<number | null>(null)
+  )
+
+const proxyConversations: Config.Config<ProxyConversationsConfig> = Config.all({
+  record: Config.boolean("VIBES_PROXY_RECORD").pipe(Config.withDefault(true)),
+  retention: duration("VIBES_PROXY_RECORD_RETENTION", "30 days"),
+  maxResponseBytes: positiveInt("VIBES_PROXY_RECORD_MAX_RESPONSE", 32 * 1024 * 1024, 1024 * 1024 * 1024),
+  queueBytes: positiveInt("VIBES_PROXY_RECORD_QUEUE", 256 * 1024 * 1024, 16 * 1024 * 1024 * 1024),
+  redactPatterns,
+  prices,
+  budgetSession: dollars("VIBES_PROXY_BUDGET_SESSION"),
+  budgetDaily: dollars("VIBES_PROXY_BUDGET_DAILY")
+})
+
 /** The whole server configuration from the environment. */
 export const serverConfig: Config.Config<ServerConfig> = Config.all({
   host,
@@ -444,6 +537,7 @@ export const serverConfig: Config.Config<ServerConfig> = Config.all({
   proxyMaxBody: positiveInt("VIBES_PROXY_MAX_BODY", 32 * 1024 * 1024, 1024 * 1024 * 1024),
   proxyRate: nonNegativeInt("VIBES_PROXY_RATE", 20),
   proxyBurst: positiveInt("VIBES_PROXY_BURST", 40, 1_000_000),
+  proxyConversations,
   sandbox: Config.literal(
     "auto",
     "namespaces",

@@ -61,6 +61,8 @@ import * as FilesHttp from "./FilesHttp.js"
 import * as AttachSocket from "./AttachSocket.js"
 import { formatIssue } from "./JsonApi.js"
 import * as ProxyHandlers from "./ProxyHandlers.js"
+import * as ConversationsHandlers from "./ConversationsHandlers.js"
+import * as ConversationsHttp from "./ConversationsHttp.js"
 import * as SystemHandlers from "./SystemHandlers.js"
 import * as WorkspacesHandlers from "./WorkspacesHandlers.js"
 import * as GitHandlers from "./GitHandlers.js"
@@ -488,6 +490,7 @@ const rpc = (limits: RpcSocketServer.Limits) =>
     Layer.provide(ArtifactsHandlers.layer),
     Layer.provide(RecordingsHandlers.layer),
     Layer.provide(ProxyHandlers.layer),
+    Layer.provide(ConversationsHandlers.layer),
     Layer.provide(WorkspacesHandlers.layer),
     Layer.provide(GitHandlers.layer),
     Layer.provide(FilesHandlers.layer),
@@ -553,6 +556,9 @@ export const routes = (options: RouteOptions) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     ),
     ...FilesHttp.handlers.map(([method, path, handler]) =>
+      HttpLayerRouter.add(method, path, authenticated(handler))
+    ),
+    ...ConversationsHttp.handlers.map(([method, path, handler]) =>
       HttpLayerRouter.add(method, path, authenticated(handler))
     )
   ).pipe(Layer.provide(RequestMetrics.httpMiddleware.layer))

@@ -33,6 +33,8 @@ import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as Artifacts from "../../actors/job/Artifacts.js"
 import * as JobEntity from "../../actors/job/JobEntity.js"
 import * as Proxy from "../../actors/proxy/Proxy.js"
+import * as ConversationStore from "../../actors/proxy/ConversationStore.js"
+import * as TurnRecorder from "../../actors/proxy/Recorder.js"
 import * as JobLogs from "../../actors/job/JobLogs.js"
 import * as Jobs from "../../actors/job/Jobs.js"
 import * as JobSettings from "../../actors/job/JobSettings.js"
@@ -122,6 +124,17 @@ const pruneLogins = Effect.gen(function* () {
   Effect.catchAll((error) => Effect.logWarning(error.message)),
   Effect.repeat(Schedule.spaced("1 hour"))
 )
+
+/** Deletes recorded proxy turns past their retention, every hour. */
+const pruneConversations = (retention: Duration.Duration) =>
+  Effect.gen(function* () {
+    const store = yield* ConversationStore.ConversationStore
+    const deleted = yield* store.prune(new Date(Date.now() - Duration.toMillis(retention)))
+    if (deleted > 0) yield* Effect.logInfo(`deleted ${deleted} recorded proxy turns past their retention`)
+  }).pipe(
+    Effect.catchAll((error) => Effect.logWarning(`could not prune recorded proxy turns: ${error.message}`)),
+    Effect.repeat(Schedule.spaced("1 hour"))
+  )
 
 /** The database layer: external from `DATABASE_URL`, or a supervised embedded Postgres. */
 const database = (config: ServerConfig) =>
@@ -285,6 +298,19 @@ const ptyHostEnv = (secrets: ChildEnv.Secrets): Record<string, string> => ({
   )
 })
 
+/** The secret values of this node but its provider keys: tokens, the cluster secret, the database URL. */
+const nodeSecretValues = (config: ServerConfig, adminToken: Redacted.Redacted<string>): Array<string> =>
+  [
+    Redacted.value(adminToken),
+    ...Option.toArray(Option.map(config.adminToken, Redacted.value)),
+    ...Option.toArray(Option.map(config.cluster, (cluster) => Redacted.value(cluster.secret))),
+    ...Option.toArray(Option.map(config.databaseUrl, Redacted.value)),
+    process.env["VIBES_TOKEN"],
+    ...Object.entries(process.env).flatMap(([name, value]): Array<string | undefined> =>
+      name.startsWith("VIBES_SECRET_") ? [value] : []
+    )
+  ].filter((value): value is string => value !== undefined)
+
 /** The secrets of this node: what no session or job may see, in its environment or its output. */
 const nodeSecrets = (
   config: ServerConfig,
@@ -293,17 +319,7 @@ const nodeSecrets = (
 ): ChildEnv.Secrets =>
   ChildEnv.secrets({
     variables: proxy.keyVariables,
-    values: [
-      Redacted.value(adminToken),
-      ...Option.toArray(Option.map(config.adminToken, Redacted.value)),
-      ...Option.toArray(Option.map(config.cluster, (cluster) => Redacted.value(cluster.secret))),
-      ...Option.toArray(Option.map(config.databaseUrl, Redacted.value)),
-      ...proxy.keys.map(Redacted.value),
-      process.env["VIBES_TOKEN"],
-      ...Object.entries(process.env).flatMap(([name, value]): Array<string | undefined> =>
-        name.startsWith("VIBES_SECRET_") ? [value] : []
-      )
-    ]
+    values: [...nodeSecretValues(config, adminToken), ...proxy.keys.map(Redacted.value)]
   })
 
 /**
@@ -591,6 +607,13 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
       )
       yield* Effect.forkScoped(pruneLogins.pipe(Effect.provide(authContext)))
       const authenticator = Context.get(authContext, Credentials.Authenticator)
+      const conversationsContext = yield* Layer.build(
+        ConversationStore.layer.pipe(Layer.provide(Layer.succeedContext(sqlContext)))
+      )
+      const conversations = config.proxyConversations
+      yield* Effect.forkScoped(
+        pruneConversations(conversations.retention).pipe(Effect.provide(conversationsContext))
+      )
       const proxyContext = yield* Layer.build(
         Proxy.layer({
           nodeId,
@@ -605,8 +628,24 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
             lockedFor: authenticator.lockedFor,
             refused: authenticator.refused,
             accepted: authenticator.accepted
-          }
-        }).pipe(Layer.provide(Layer.succeedContext(adminToken)), Layer.provide(Layer.succeedContext(events)))
+          },
+          recording: {
+            enabled: conversations.record,
+            maxResponseBytes: conversations.maxResponseBytes,
+            maxQueued: 10_000,
+            maxQueuedBytes: conversations.queueBytes,
+            maxParseBytes: 64 * 1024 * 1024,
+            // The provider keys are added by the proxy, which holds them.
+            secrets: nodeSecretValues(config, Context.get(adminToken, AdminToken.AdminToken).token),
+            patterns: [TurnRecorder.tokenPattern, ...conversations.redactPatterns]
+          },
+          prices: conversations.prices,
+          budget: { session: conversations.budgetSession, daily: conversations.budgetDaily }
+        }).pipe(
+          Layer.provide(Layer.succeedContext(adminToken)),
+          Layer.provide(Layer.succeedContext(events)),
+          Layer.provide(Layer.succeedContext(conversationsContext))
+        )
       )
       const proxy = Context.get(proxyContext, Proxy.Proxy)
       // Where sessions reach this node's proxy: known once the server listens.
@@ -699,6 +738,7 @@ export const layer = (config: ServerConfig, hooks: Hooks) =>
         Layer.provide(Layer.succeedContext(sessionsContext)),
         Layer.provide(Layer.succeedContext(notifyContext)),
         Layer.provide(Layer.succeedContext(proxyContext)),
+        Layer.provide(Layer.succeedContext(conversationsContext)),
         Layer.provide(Layer.succeedContext(events)),
         Layer.provide(Layer.succeedContext(sqlContext)),
         Layer.provide(NodeHttpServer.layer(() => server, { port: config.port, host: config.host })),

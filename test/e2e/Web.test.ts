@@ -16,6 +16,8 @@ import * as FreePort from "../../infra/net/FreePort.js"
 import { clientLayer, eventually, stopPtyHostAtEnd } from "../support/Attach.js"
 import * as Web from "../support/Browser.js"
 import * as TestDatabase from "../support/TestDatabase.js"
+import * as FakeProvider from "../support/FakeProvider.js"
+import * as ProxyTokens from "../../actors/proxy/ProxyTokens.js"
 import { tempDir, writableTempDir } from "../support/TempDir.js"
 import * as Vibes from "../support/VibesProcess.js"
 
@@ -48,7 +50,21 @@ const EnvLive = Layer.scoped(
     const workDir = yield* writableTempDir("vibes-e2e-work-")
     yield* stopPtyHostAtEnd(dataDir)
     const database = yield* TestDatabase.freshDatabase("vibes_e2e")
-    const env = Vibes.childEnv({ DATABASE_URL: Redacted.value(database.url), VIBES_WEB_DIR: webDir })
+    // An AI provider for the conversation panel: the fake, priced.
+    const fake = yield* FakeProvider.make({ apiKey: fakeProviderKey })
+    const env = Vibes.childEnv({
+      DATABASE_URL: Redacted.value(database.url),
+      VIBES_WEB_DIR: webDir,
+      VIBES_TEST_E2E_FAKE_KEY: fakeProviderKey,
+      VIBES_PROXY_PROVIDERS: JSON.stringify([
+        FakeProvider.providerConfig("fake", fake.url, {
+          format: "anthropic",
+          auth: "x-api-key",
+          keyEnv: "VIBES_TEST_E2E_FAKE_KEY"
+        })
+      ]),
+      VIBES_PROXY_PRICES: JSON.stringify([{ model: "claude-e2e-*", input: 3, output: 15 }])
+    })
     const port = yield* FreePort.find()
     let serverScope = yield* Scope.make()
     yield* Effect.addFinalizer(() => Scope.close(serverScope, Exit.void))
@@ -83,6 +99,8 @@ const EnvLive = Layer.scoped(
 )
 
 const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
+
+const fakeProviderKey = "sk-fake-provider-key-for-the-web-test"
 
 /** A fresh browser context (no cookies) for the life of the scope. */
 const context = (options: BrowserContextOptions = {}) =>
@@ -402,6 +420,54 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
         page.locator(`tr[data-type="session.created"]:has-text("${session.id.slice(-8)}")`).waitFor()
       )
       yield* Web.screenshot(page, "web-events")
+      yield* rpc.Sessions.Close({ sessionId: session.id })
+    })
+  )
+
+  it.scoped("a session's AI conversation appears live beside its terminal, with its cost", () =>
+    Effect.gen(function* () {
+      const { rpc, workDir, url, token } = yield* WebEnv
+      const session = yield* rpc.Sessions.Create({
+        command: "/bin/sh",
+        cwd: workDir,
+        name: "with-an-agent"
+      })
+      const ctx = yield* context()
+      const page = yield* loggedIn(ctx)
+      yield* promise(() => page.goto(`${new URL(page.url()).origin}/#/sessions/${session.id}`))
+      const panel = page.getByRole("complementary", { name: "AI conversations" })
+      yield* promise(() => panel.getByText("No AI requests from this session yet.").waitFor())
+      // The session's agent asks; the panel shows the turn without a reload.
+      const sessionToken = ProxyTokens.make({
+        token: Redacted.make(token),
+        verify: (t) => t === token
+      }).mint({
+        kind: "session",
+        id: session.id
+      })
+      const status = yield* promise(() =>
+        fetch(`${url}/proxy/fake/v1/messages`, {
+          method: "POST",
+          headers: {
+            "x-api-key": sessionToken,
+            "content-type": "application/json",
+            "anthropic-version": "2023-06-01"
+          },
+          body: JSON.stringify({
+            model: "claude-e2e-1",
+            max_tokens: 16,
+            messages: [{ role: "user", content: "Which platypus is the web test's?" }]
+          })
+        }).then((r) => r.status)
+      )
+      expect(status).toBe(200)
+      yield* promise(() => panel.getByText("Which platypus is the web test's?").waitFor())
+      yield* promise(() => panel.getByText("Hello world!").waitFor())
+      // 12 in and 5 out at $3 and $15 a million.
+      yield* promise(() => panel.getByText("$0.0001").first().waitFor())
+      expect(yield* Web.unnamedControls(page)).toEqual([])
+      expect(yield* Web.lowContrastText(page)).toEqual([])
+      yield* Web.screenshot(page, "web-conversation")
       yield* rpc.Sessions.Close({ sessionId: session.id })
     })
   )

@@ -4,7 +4,8 @@
 import { Deferred, Duration, Effect, Layer, LogLevel, Option, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import type { ServerConfig } from "../../src/config/Config.js"
+import { type ServerConfig } from "../../src/config/Config.js"
+import * as Config from "../../src/config/Config.js"
 import * as ClientAddress from "../../infra/net/ClientAddress.js"
 import * as RpcSocketServer from "../../infra/rpc/RpcSocketServer.js"
 import * as Server from "../../src/server/Server.js"
@@ -74,6 +75,7 @@ export const startWith = (overrides: Partial<ServerConfig>) =>
       proxyMaxBody: 32 * 1024 * 1024,
       proxyRate: 20,
       proxyBurst: 40,
+      proxyConversations: Config.proxyConversationsDefaults,
       sandbox: "auto",
       runAs: "vibes",
       cluster: Option.none(),

@@ -22,14 +22,15 @@ layer(TestDatabase.layerSql, { timeout: 120_000, excludeTestServices: true })("m
         "10:job_artifacts",
         "11:workspaces",
         "12:notify",
-        "13:workspace_follow"
+        "13:workspace_follow",
+        "14:proxy_conversations"
       ])
       const second = yield* Migrations.run
       expect(second).toEqual([])
       const recorded = yield* sql<{
         migrationId: number
       }>`SELECT migration_id AS "migrationId" FROM vibes_migrations`
-      expect(recorded.map((row) => row.migrationId)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])
+      expect(recorded.map((row) => row.migrationId)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
       const tables = yield* sql<{ name: string }>`
           SELECT table_name AS name FROM information_schema.tables
           WHERE table_name IN ('vibes_nodes', 'jobs', 'job_events') ORDER BY table_name`
