@@ -546,12 +546,13 @@ layer(EnvLive, { timeout: 240_000, excludeTestServices: true })("web UI in a rea
         yield* promise(() => page.goto(`${origin}/#/jobs`))
         yield* promise(() => page.reload())
         yield* promise(() => page.locator("tr[data-job]").first().waitFor())
-        const stops = yield* Web.tabThrough(page, 10)
+        const stops = yield* Web.tabThrough(page, 11)
         expect(stops.filter((stop) => !stop.visible)).toEqual([])
         expect(stops.map((stop) => stop.label)).toEqual([
           "vibes home",
           "Sessions",
           "Jobs",
+          "Workspaces",
           "Events",
           "Settings",
           "Log out",

@@ -68,8 +68,8 @@ describe("a full disk", () => {
 
         const ballast = fillUp(dataDir)
         // While full: calls that write fail with an error (or wait), and the node stays up.
-        // A job whose output (5 MB) the log must grow for, and a few more calls.
-        const during = yield* run("head -c 5000000 /dev/zero | tr '\\0' x | fold -w 100").pipe(
+        // A job whose output (1 MB) the log must grow for, and a few more calls.
+        const during = yield* run("head -c 1000000 /dev/zero | tr '\\0' x | fold -w 100").pipe(
           Effect.timeout("60 seconds"),
           Effect.exit
         )

@@ -135,7 +135,8 @@ layer(Layer.scoped(TestServerTag, TestServer.start), { timeout: 120_000, exclude
           Effect.map(({ body }) =>
             sampleValue(body, "vibes_supervised_restarts_total", { child: "pty-host" })
           ),
-          Effect.filterOrFail((value): value is number => value !== undefined),
+          // The series is there from the start (at 0): wait for the restart to count.
+          Effect.filterOrFail((value): value is number => value !== undefined && value >= 1),
           Effect.retry(Schedule.spaced("200 millis").pipe(Schedule.upTo("60 seconds")))
         )
         expect(restarts).toBe(1)
